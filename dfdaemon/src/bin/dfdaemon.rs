@@ -1,0 +1,59 @@
+//! dfdaemon: the node agent (registry mirror, piece store, download API).
+
+use clap::Parser;
+use dfdaemon::config::{Config, DEFAULT_CONFIG_PATH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(version, about = "Dragonfly node agent: registry mirror, piece cache and download API")]
+struct Args {
+    /// Config file (YAML, Dragonfly key names).
+    #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Print the full documented default config and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log filter (also RUST_LOG), e.g. info or dfdaemon=debug.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default_yaml());
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dfdaemon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfdaemon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dfdaemon::daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfdaemon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,57 @@
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Download API server (dfget talks to it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DownloadServer {
+    /// Unix socket of the `dfdaemon.v2.DfdaemonDownload` gRPC service.
+    /// Default: `/var/run/dragonfly/dfdaemon.sock`.
+    pub socket_path: PathBuf,
+}
+
+impl Default for DownloadServer {
+    fn default() -> Self {
+        DownloadServer {
+            socket_path: PathBuf::from("/var/run/dragonfly/dfdaemon.sock"),
+        }
+    }
+}
+
+/// Download behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Download {
+    /// Download API server.
+    pub server: DownloadServer,
+    /// Pieces of one task fetched in parallel. Default: 8.
+    pub concurrent_piece_count: u32,
+    /// Timeout for one piece (connect + transfer). Default: 120s.
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+}
+
+impl Default for Download {
+    fn default() -> Self {
+        Download {
+            server: DownloadServer::default(),
+            concurrent_piece_count: 8,
+            piece_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Download {
+    pub(crate) fn validate(&self, p: &mut Vec<String>) {
+        if !(1..=64).contains(&self.concurrent_piece_count) {
+            p.push("download.concurrentPieceCount: must be 1-64".into());
+        }
+        if self.piece_timeout.is_zero() {
+            p.push("download.pieceTimeout: must be greater than 0".into());
+        }
+        if self.server.socket_path.as_os_str().is_empty() {
+            p.push("download.server.socketPath: must not be empty".into());
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! dfdaemon configuration: YAML with Dragonfly's key names, every key documented
+//! and defaulted, unknown keys rejected, values validated after load.
+
+mod backend;
+mod download;
+mod gc;
+mod host;
+mod metrics;
+mod proxy;
+mod storage;
+mod upload;
+
+pub use backend::Backend;
+pub use download::{Download, DownloadServer};
+pub use gc::{Gc, GcPolicy};
+pub use host::Host;
+pub use metrics::Metrics;
+pub use proxy::{Proxy, ProxyRule, ProxyServer, RegistryMirror};
+pub use storage::Storage;
+pub use upload::{Upload, UploadServer};
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Default config file location.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dfdaemon.yaml";
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} is invalid:\n  {}", problems.join("\n  "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// The scheduler section (used by the P2P issue; with no addresses dfdaemon is a
+/// pure mirror and cache).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scheduler {
+    /// Static scheduler addresses (`host:port`). Empty: no scheduler, no P2P.
+    pub addrs: Vec<String>,
+}
+
+/// The manager section (used by the manager issue).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manager {
+    /// Manager gRPC address (`host:port`). Empty: run without a manager.
+    pub addr: String,
+}
+
+/// The whole dfdaemon configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// This host's identity.
+    pub host: Host,
+    /// Download API (dfget) and download behaviour.
+    pub download: Download,
+    /// Upload (P2P) server.
+    pub upload: Upload,
+    /// Piece store location and behaviour.
+    pub storage: Storage,
+    /// Cache eviction.
+    pub gc: Gc,
+    /// Registry mirror / HTTP proxy.
+    pub proxy: Proxy,
+    /// Origin (back-to-source) HTTP client.
+    pub backend: Backend,
+    /// Prometheus metrics and health endpoint.
+    pub metrics: Metrics,
+    /// Schedulers (P2P).
+    pub scheduler: Scheduler,
+    /// Manager (control plane).
+    pub manager: Manager,
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        };
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem found, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        self.download.validate(&mut p);
+        self.upload.validate(&mut p);
+        self.storage.validate(&mut p);
+        self.gc.validate(&mut p);
+        self.proxy.validate(&mut p);
+        self.backend.validate(&mut p);
+        self.metrics.validate(&mut p);
+        for (i, a) in self.scheduler.addrs.iter().enumerate() {
+            if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+                p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));
+            }
+        }
+        p
+    }
+
+    /// The documented default configuration as YAML.
+    pub fn default_yaml() -> String {
+        DEFAULT_CONFIG_YAML.to_string()
+    }
+}
+
+/// The full default configuration with a comment on every key. A unit test
+/// checks that it parses to exactly `Config::default()`.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+pub(crate) fn check_port(p: &mut Vec<String>, key: &str, port: u16) {
+    if port == 0 {
+        p.push(format!("{key}: port must be 1-65535"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_equals_builtin_default() {
+        let parsed = Config::parse(DEFAULT_CONFIG_YAML, Path::new("default.yaml")).unwrap();
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("proxy:\n  registryMirror:\n    adr: x\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.registryMirror"), "{err}");
+        assert!(err.contains("adr"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported() {
+        let err = Config::parse(
+            "gc:\n  policy:\n    distHighThresholdPercent: 120\nproxy:\n  rules:\n    - regex: '('\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gc.policy.distHighThresholdPercent"), "{err}");
+        assert!(err.contains("proxy.rules[0].regex"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::parse("proxy:\n  server:\n    port: 99999\n", Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy.server.port"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        let c = Config::parse(
+            "gc:\n  interval: 30s\n  policy:\n    taskTTL: 2h\n    distThreshold: 10GiB\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.gc.interval, std::time::Duration::from_secs(30));
+        assert_eq!(c.gc.policy.task_ttl, std::time::Duration::from_secs(7200));
+        assert_eq!(c.gc.policy.dist_threshold.as_u64(), 10 * 1024 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,192 @@
+//! Wires the node agent together: store, engine, proxy, metrics server,
+//! download API on a unix socket, GC; shuts down on SIGTERM/SIGINT.
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::download::{Engine, EngineConfig};
+use crate::gc::Gc;
+use crate::grpc::download::DownloadService;
+use crate::metrics::{Metrics, StateLabels};
+use crate::proxy::Proxy;
+use crate::storage::{Store, TaskStatus};
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+/// This host's name and IP.
+pub fn host_identity(cfg: &Config) -> (String, IpAddr) {
+    let hostname = cfg.host.hostname.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let ip = cfg.host.ip.unwrap_or_else(detect_ip);
+    (hostname, ip)
+}
+
+/// The source address the kernel would use for outbound traffic (a UDP
+/// `connect` sends no packet), or loopback when there is no route.
+fn detect_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn refresh_gauges(store: &Store, metrics: &Metrics) {
+    let (mut done, mut running) = (0i64, 0i64);
+    for t in store.tasks() {
+        if t.meta().status == TaskStatus::Succeeded {
+            done += 1;
+        } else {
+            running += 1;
+        }
+    }
+    metrics
+        .tasks
+        .get_or_create(&StateLabels { state: "succeeded" })
+        .set(done);
+    metrics
+        .tasks
+        .get_or_create(&StateLabels { state: "running" })
+        .set(running);
+    metrics.storage_bytes.set(store.disk_usage() as i64);
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, store: Arc<Store>, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/metrics" => {
+                            refresh_gauges(&store, &metrics);
+                            (
+                                StatusCode::OK,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                metrics.encode(),
+                            )
+                        }
+                        "/healthy" => (StatusCode::OK, "text/plain", "OK\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (hostname, ip) = host_identity(&cfg);
+    let host_id = common::id::host_id(&ip.to_string(), &hostname, false);
+    let (store, rec) = Store::open(&cfg.storage.dir, cfg.storage.keep)
+        .with_context(|| format!("cannot open the store in {}", cfg.storage.dir.display()))?;
+    tracing::info!(
+        dir = %cfg.storage.dir.display(),
+        complete = rec.complete,
+        partial = rec.partial,
+        dropped_pieces = rec.dropped_pieces,
+        dropped_tasks = rec.dropped_tasks,
+        "store opened"
+    );
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let backend = Arc::new(Backend::new(&cfg.backend).context("cannot set up the HTTP client")?);
+    let engine = Engine::new(
+        store.clone(),
+        backend,
+        metrics.clone(),
+        EngineConfig {
+            concurrent_piece_count: cfg.download.concurrent_piece_count,
+            piece_timeout: cfg.download.piece_timeout,
+            max_retries: cfg.backend.max_retries,
+        },
+    );
+
+    let proxy_addr = SocketAddr::new(cfg.proxy.server.ip, cfg.proxy.server.port);
+    let proxy_listener = bind(proxy_addr, "proxy.server").await?;
+    let metrics_addr = SocketAddr::new(cfg.metrics.server.ip, cfg.metrics.server.port);
+    let metrics_listener = bind(metrics_addr, "metrics.server").await?;
+
+    let sock = cfg.download.server.socket_path.clone();
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::remove_file(&sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", sock.display())),
+    }
+    let uds = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {} (download.server.socketPath)", sock.display()))?;
+    // Only root (and the socket's group) may ask the daemon to write files.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", sock.display()))?;
+
+    let proxy = Arc::new(Proxy::new(&cfg.proxy, &cfg.storage, engine.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = proxy.serve(proxy_listener).await {
+            tracing::error!(error = %e, "proxy stopped");
+        }
+    });
+    tokio::spawn(serve_metrics(metrics_listener, store.clone(), metrics.clone()));
+    let svc = DownloadService::new(engine.clone(), host_id.clone()).into_server();
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "download API stopped");
+        }
+    });
+    tokio::spawn(Gc::new(store.clone(), metrics.clone(), cfg.gc.clone()).run());
+
+    tracing::info!(
+        %host_id,
+        proxy = %proxy_addr,
+        metrics = %metrics_addr,
+        socket = %sock.display(),
+        "dfdaemon ready"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+    let _ = store.sync_metadata().await;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

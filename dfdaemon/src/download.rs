@@ -1,0 +1,757 @@
+//! Back-to-source engine: one download per task (single flight), content
+//! length from a ranged probe, concurrent ranged piece GETs with retries,
+//! pieces streamed to the store as they land, digest verified before a task
+//! is marked complete.
+
+use crate::backend::{error_chain, parse_content_range, Backend, MAX_ERROR_BODY};
+use crate::metrics::{Metrics, TrafficLabels};
+use crate::storage::{now_secs, PieceMeta, Store, Task, TaskMeta, TaskStatus};
+use bytes::{Bytes, BytesMut};
+use common::id::BlobDigest;
+use common::piece::{piece_count, piece_length_for, piece_range, MIN_PIECE_LENGTH};
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Bytes buffered before one write to the content file.
+const WRITE_CHUNK: usize = 1024 * 1024;
+
+/// What to download.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    pub task_id: String,
+    pub url: String,
+    /// Headers sent to the origin (e.g. registry `Authorization`).
+    pub headers: HeaderMap,
+    /// Expected content digest; the task completes only if the content matches.
+    pub digest: Option<BlobDigest>,
+    /// A user-chosen piece length (else Dragonfly's rule).
+    pub piece_length: Option<u64>,
+}
+
+/// An origin reply that is passed back to the client and not cached.
+#[derive(Debug, Clone)]
+pub struct OriginReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a download started.
+pub enum Started {
+    /// The task is stored (or being stored): read it from the store.
+    Stored { task: Arc<Task>, cached: bool },
+    /// The origin answered with an error: pass it through.
+    Origin(OriginReply),
+    /// The origin's answer cannot be cached (no length, or an encoding);
+    /// `Some` hands the live response to the first caller, `None` tells a
+    /// joining caller to fetch it directly.
+    NotCacheable(Option<reqwest::Response>),
+}
+
+/// Errors of a download.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("origin {url}: {message}")]
+    Origin { url: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::storage::StoreError),
+    #[error("download of task {task_id} failed: {reason}")]
+    Failed { task_id: String, reason: String },
+}
+
+#[derive(Clone)]
+enum StartState {
+    Ready(Arc<Task>),
+    Origin(OriginReply),
+    NotCacheable,
+    Failed(String),
+}
+
+struct Inflight {
+    state: watch::Receiver<Option<StartState>>,
+    response: Mutex<Option<reqwest::Response>>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub concurrent_piece_count: u32,
+    pub piece_timeout: Duration,
+    pub max_retries: u32,
+}
+
+/// The back-to-source engine.
+pub struct Engine {
+    store: Arc<Store>,
+    backend: Arc<Backend>,
+    metrics: Arc<Metrics>,
+    config: EngineConfig,
+    inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+}
+
+enum Probe {
+    /// Range supported; the reply covered `range` of `total` bytes.
+    Ranged {
+        total: u64,
+        range: (u64, u64),
+        resp: reqwest::Response,
+    },
+    /// No range support: the whole body follows.
+    Whole { total: u64, resp: reqwest::Response },
+    Empty,
+    Error(OriginReply),
+    NotCacheable(reqwest::Response),
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<Store>,
+        backend: Arc<Backend>,
+        metrics: Arc<Metrics>,
+        config: EngineConfig,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            backend,
+            metrics,
+            config,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Starts (or joins) the download of a task and returns once its content
+    /// length is known, so the caller can stream pieces as they land.
+    pub async fn start(self: &Arc<Self>, req: DownloadRequest) -> Result<Started, DownloadError> {
+        if let Some(t) = self.store.get(&req.task_id) {
+            if t.is_complete() {
+                self.store.touch(&t);
+                return Ok(Started::Stored {
+                    task: t,
+                    cached: true,
+                });
+            }
+        }
+        let (inflight, first) = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&req.task_id) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let f = Arc::new(Inflight {
+                        state: rx,
+                        response: Mutex::new(None),
+                    });
+                    map.insert(req.task_id.clone(), f.clone());
+                    let engine = self.clone();
+                    let req = req.clone();
+                    let f2 = f.clone();
+                    tokio::spawn(async move { engine.drive(req, tx, f2).await });
+                    (f, true)
+                }
+            }
+        };
+        let mut rx = inflight.state.clone();
+        let state = loop {
+            if let Some(s) = rx.borrow_and_update().clone() {
+                break s;
+            }
+            if rx.changed().await.is_err() {
+                // The driver ended without publishing: its task panicked.
+                break StartState::Failed("download driver stopped".into());
+            }
+        };
+        Ok(match state {
+            StartState::Ready(task) => Started::Stored {
+                task,
+                cached: false,
+            },
+            StartState::Origin(r) => Started::Origin(r),
+            StartState::NotCacheable => {
+                let resp = if first {
+                    inflight
+                        .response
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                } else {
+                    None
+                };
+                Started::NotCacheable(resp)
+            }
+            StartState::Failed(reason) => {
+                return Err(DownloadError::Failed {
+                    task_id: req.task_id,
+                    reason,
+                })
+            }
+        })
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        req: DownloadRequest,
+        tx: watch::Sender<Option<StartState>>,
+        inflight: Arc<Inflight>,
+    ) {
+        let span = tracing::info_span!("download", task_id = %req.task_id);
+        let _e = span.enter();
+        drop(_e);
+        let result = self.run(&req, &tx, &inflight).await;
+        if let Err(e) = &result {
+            tracing::warn!(task_id = %req.task_id, url = %req.url, error = %e, "download failed");
+            tx.send_if_modified(|s| {
+                if s.is_none() {
+                    *s = Some(StartState::Failed(e.to_string()));
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.task_id);
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        req: &DownloadRequest,
+        tx: &watch::Sender<Option<StartState>>,
+        inflight: &Inflight,
+    ) -> Result<(), DownloadError> {
+        let existing = self.store.get(&req.task_id).filter(|t| !t.is_complete());
+        let probe_range = match &existing {
+            Some(t) => {
+                let first = t.missing_pieces().first().copied().unwrap_or(0);
+                let (off, len) = piece_range(first, t.content_length(), t.piece_length());
+                (off, off + len.max(1) - 1)
+            }
+            None => (0, req.piece_length.unwrap_or(MIN_PIECE_LENGTH) - 1),
+        };
+        let probe = self.probe(req, probe_range).await?;
+        let (task, first_body) = match probe {
+            Probe::Error(r) => {
+                let _ = tx.send(Some(StartState::Origin(r)));
+                return Ok(());
+            }
+            Probe::NotCacheable(resp) => {
+                *inflight.response.lock().unwrap_or_else(|p| p.into_inner()) = Some(resp);
+                let _ = tx.send(Some(StartState::NotCacheable));
+                return Ok(());
+            }
+            Probe::Empty => {
+                let task = self.create_task(req, 0, existing, None)?;
+                let _ = tx.send(Some(StartState::Ready(task.clone())));
+                return self.finish(req, &task).await;
+            }
+            Probe::Whole { total, resp } => {
+                let task = self.create_task(req, total, None, content_type(&resp))?;
+                let _ = tx.send(Some(StartState::Ready(task.clone())));
+                let _use = task.use_task();
+                let r = self.fetch_sequential(&task, resp).await;
+                return self.conclude(req, &task, r).await;
+            }
+            Probe::Ranged { total, range, resp } => {
+                let task = self.create_task(req, total, existing, content_type(&resp))?;
+                let pl = task.piece_length();
+                let p = (range.0 / pl) as u32;
+                let (off, len) = piece_range(p, total, pl);
+                let body = if range == (off, off + len - 1) && !task.has_piece(p) {
+                    Some((p, resp))
+                } else {
+                    None
+                };
+                (task, body)
+            }
+        };
+        task.clear_failure();
+        let _ = tx.send(Some(StartState::Ready(task.clone())));
+        let _use = task.use_task();
+        let r = self.fetch_pieces(req, &task, first_body).await;
+        self.conclude(req, &task, r).await
+    }
+
+    fn create_task(
+        &self,
+        req: &DownloadRequest,
+        total: u64,
+        existing: Option<Arc<Task>>,
+        content_type: Option<String>,
+    ) -> Result<Arc<Task>, DownloadError> {
+        if let Some(t) = existing {
+            if t.content_length() == total {
+                return Ok(t);
+            }
+            tracing::info!(task_id = %req.task_id, "origin content length changed; restarting task");
+        }
+        let now = now_secs();
+        Ok(self.store.create(TaskMeta {
+            id: req.task_id.clone(),
+            url: req.url.clone(),
+            content_length: total,
+            piece_length: req.piece_length.unwrap_or_else(|| piece_length_for(total)),
+            status: TaskStatus::Running,
+            digest: req.digest.as_ref().map(|d| d.to_string()),
+            content_type,
+            pieces: BTreeMap::new(),
+            created_at: now,
+            accessed_at: now,
+        })?)
+    }
+
+    /// Issues the first GET; retried on connection errors and 5xx.
+    async fn probe(&self, req: &DownloadRequest, range: (u64, u64)) -> Result<Probe, DownloadError> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .backend
+                .get(&req.task_id, &req.url, &req.headers, Some(range), None)
+                .await;
+            let retryable = match &result {
+                Err(_) => true,
+                Ok(r) => r.status().is_server_error(),
+            };
+            if retryable && attempt < self.config.max_retries {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+                continue;
+            }
+            let resp = result.map_err(|e| DownloadError::Origin {
+                url: req.url.clone(),
+                message: e.to_string(),
+            })?;
+            return Ok(classify(resp).await);
+        }
+    }
+
+    /// Fetches every missing piece with `concurrent_piece_count` workers;
+    /// pieces a reader waits for go first.
+    async fn fetch_pieces(
+        self: &Arc<Self>,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        first: Option<(u32, reqwest::Response)>,
+    ) -> Result<(), DownloadError> {
+        let pending: BTreeSet<u32> = task
+            .missing_pieces()
+            .into_iter()
+            .filter(|p| Some(*p) != first.as_ref().map(|f| f.0))
+            .collect();
+        let pending = Arc::new(Mutex::new(pending));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = tokio::task::JoinSet::new();
+        if let Some((p, resp)) = first {
+            let (engine, task, stop) = (self.clone(), task.clone(), stop.clone());
+            let req = req.clone();
+            workers.spawn(async move {
+                let r = match engine.store_piece_body(&task, p, resp).await {
+                    Ok(()) => Ok(()),
+                    // The probe body broke: fetch the piece again like any other.
+                    Err(_) => engine.fetch_piece(&req, &task, p).await,
+                };
+                if r.is_err() {
+                    stop.store(true, Ordering::Release);
+                }
+                r
+            });
+        }
+        let n = self.config.concurrent_piece_count.max(1);
+        for _ in 0..n {
+            let (engine, task, pending, stop) =
+                (self.clone(), task.clone(), pending.clone(), stop.clone());
+            let req = req.clone();
+            workers.spawn(async move {
+                loop {
+                    if stop.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    let next = {
+                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = task.take_wanted(&p).or_else(|| p.first().copied());
+                        if let Some(n) = n {
+                            p.remove(&n);
+                        }
+                        n
+                    };
+                    let Some(number) = next else { return Ok(()) };
+                    if let Err(e) = engine.fetch_piece(&req, &task, number).await {
+                        stop.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                }
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = workers.join_next().await {
+            let r = r.unwrap_or_else(|e| {
+                Err(DownloadError::Failed {
+                    task_id: task.id.clone(),
+                    reason: format!("piece worker panicked: {e}"),
+                })
+            });
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// GETs one piece's range, retrying with exponential backoff.
+    async fn fetch_piece(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        number: u32,
+    ) -> Result<(), DownloadError> {
+        let (off, len) = piece_range(number, task.content_length(), task.piece_length());
+        let mut attempt = 0;
+        loop {
+            let r = async {
+                let resp = self
+                    .backend
+                    .get(
+                        &req.task_id,
+                        &req.url,
+                        &req.headers,
+                        Some((off, off + len - 1)),
+                        Some(self.config.piece_timeout),
+                    )
+                    .await
+                    .map_err(|e| (true, e.to_string()))?;
+                let status = resp.status();
+                let whole = status == StatusCode::OK && off == 0 && len == task.content_length();
+                if status != StatusCode::PARTIAL_CONTENT && !whole {
+                    let retry = status.is_server_error()
+                        || status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::REQUEST_TIMEOUT;
+                    return Err((retry, format!("piece {number}: origin answered {status}")));
+                }
+                if status == StatusCode::PARTIAL_CONTENT {
+                    let cr = resp
+                        .headers()
+                        .get(http::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_content_range);
+                    if cr != Some((Some((off, off + len - 1)), task.content_length())) {
+                        return Err((
+                            false,
+                            format!("piece {number}: origin sent a different range ({cr:?})"),
+                        ));
+                    }
+                }
+                self.store_piece_body(task, number, resp)
+                    .await
+                    .map_err(|e| (true, e.to_string()))
+            }
+            .await;
+            match r {
+                Ok(()) => return Ok(()),
+                Err((retry, message)) => {
+                    if retry && attempt < self.config.max_retries {
+                        attempt += 1;
+                        tracing::debug!(task_id = %task.id, piece = number, attempt, %message, "retrying piece");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(DownloadError::Origin {
+                        url: req.url.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Streams a response body (exactly one piece) into the store.
+    async fn store_piece_body(
+        &self,
+        task: &Arc<Task>,
+        number: u32,
+        resp: reqwest::Response,
+    ) -> Result<(), DownloadError> {
+        let (off, len) = piece_range(number, task.content_length(), task.piece_length());
+        let mut stream = resp.bytes_stream();
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
+        let mut written = 0u64;
+        let fail = |m: String| DownloadError::Failed {
+            task_id: task.id.clone(),
+            reason: format!("piece {number}: {m}"),
+        };
+        loop {
+            let chunk = stream.next().await;
+            let done = chunk.is_none();
+            if let Some(c) = chunk {
+                let c = c.map_err(|e| fail(error_chain(&e)))?;
+                if written + buf.len() as u64 + c.len() as u64 > len {
+                    return Err(fail("origin sent more bytes than the range".into()));
+                }
+                buf.extend_from_slice(&c);
+            }
+            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
+                let data = buf.split().freeze();
+                crc.update(&data);
+                let t = task.clone();
+                let at = off + written;
+                written += data.len() as u64;
+                tokio::task::spawn_blocking(move || t.write_at(at, &data))
+                    .await
+                    .map_err(|e| fail(e.to_string()))??;
+            }
+            if done {
+                break;
+            }
+        }
+        if written != len {
+            return Err(fail(format!("origin sent {written} of {len} bytes")));
+        }
+        self.store.commit_piece(
+            task,
+            number,
+            PieceMeta {
+                length: len,
+                crc32: crc.finalize(),
+            },
+        );
+        self.metrics.traffic("back_to_source", len);
+        self.metrics
+            .pieces
+            .get_or_create(&TrafficLabels {
+                r#type: "back_to_source",
+            })
+            .inc();
+        Ok(())
+    }
+
+    /// Origin without range support: the body is read once, in order, piece by piece.
+    async fn fetch_sequential(
+        &self,
+        task: &Arc<Task>,
+        resp: reqwest::Response,
+    ) -> Result<(), DownloadError> {
+        let total = task.content_length();
+        let pl = task.piece_length();
+        let mut stream = resp.bytes_stream();
+        let mut pos = 0u64;
+        let mut crc = crc32fast::Hasher::new();
+        let fail = |m: String| DownloadError::Failed {
+            task_id: task.id.clone(),
+            reason: m,
+        };
+        let mut pending = BytesMut::new();
+        while let Some(c) = stream.next().await {
+            let c = c.map_err(|e| fail(error_chain(&e)))?;
+            if pos + pending.len() as u64 + c.len() as u64 > total {
+                return Err(fail("origin sent more bytes than Content-Length".into()));
+            }
+            pending.extend_from_slice(&c);
+            loop {
+                let number = (pos / pl) as u32;
+                let (off, len) = piece_range(number, total, pl);
+                let need = (off + len - pos) as usize;
+                let take = need.min(pending.len());
+                if take == 0 || (take < need && pending.len() < WRITE_CHUNK) {
+                    break;
+                }
+                let data = pending.split_to(take).freeze();
+                crc.update(&data);
+                let t = task.clone();
+                let at = pos;
+                tokio::task::spawn_blocking(move || t.write_at(at, &data))
+                    .await
+                    .map_err(|e| fail(e.to_string()))??;
+                pos += take as u64;
+                if pos == off + len {
+                    let c = std::mem::replace(&mut crc, crc32fast::Hasher::new());
+                    self.store.commit_piece(
+                        task,
+                        number,
+                        PieceMeta {
+                            length: len,
+                            crc32: c.finalize(),
+                        },
+                    );
+                    self.metrics.traffic("back_to_source", len);
+                }
+                if pos == total {
+                    break;
+                }
+            }
+        }
+        if pos != total {
+            return Err(fail(format!("origin sent {pos} of {total} bytes")));
+        }
+        Ok(())
+    }
+
+    async fn conclude(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        fetched: Result<(), DownloadError>,
+    ) -> Result<(), DownloadError> {
+        if let Err(e) = fetched {
+            self.store.mark_failed(task, &e.to_string());
+            return Err(e);
+        }
+        self.finish(req, task).await
+    }
+
+    /// Verifies the digest (if any) and marks the task complete, or purges it.
+    async fn finish(&self, req: &DownloadRequest, task: &Arc<Task>) -> Result<(), DownloadError> {
+        if let Some(want) = &req.digest {
+            let got = self.content_digest(task, &want.algorithm).await?;
+            if got != want.encoded {
+                let reason = format!(
+                    "content digest {}:{got} does not match {want}; nothing was cached",
+                    want.algorithm
+                );
+                self.metrics.digest_mismatches.inc();
+                tracing::warn!(task_id = %task.id, url = %req.url, %reason, "digest mismatch");
+                self.store.purge(task, &reason)?;
+                return Err(DownloadError::Failed {
+                    task_id: task.id.clone(),
+                    reason,
+                });
+            }
+        }
+        self.store.mark_succeeded(task).await?;
+        tracing::info!(task_id = %task.id, bytes = task.content_length(), "task complete");
+        Ok(())
+    }
+
+    async fn content_digest(&self, task: &Arc<Task>, algorithm: &str) -> Result<String, DownloadError> {
+        let t = task.clone();
+        let algorithm = algorithm.to_string();
+        tokio::task::spawn_blocking(move || {
+            let len = t.content_length();
+            let mut buf = vec![0u8; WRITE_CHUNK];
+            let mut h256 = sha2::Sha256::new();
+            let mut h512 = sha2::Sha512::new();
+            let mut pos = 0u64;
+            while pos < len {
+                let n = (len - pos).min(buf.len() as u64) as usize;
+                t.read_at(pos, &mut buf[..n])?;
+                if algorithm == "sha512" {
+                    h512.update(&buf[..n]);
+                } else {
+                    h256.update(&buf[..n]);
+                }
+                pos += n as u64;
+            }
+            Ok::<_, crate::storage::StoreError>(if algorithm == "sha512" {
+                hex::encode(h512.finalize())
+            } else {
+                hex::encode(h256.finalize())
+            })
+        })
+        .await
+        .map_err(|e| DownloadError::Failed {
+            task_id: task.id.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(DownloadError::from)
+    }
+}
+
+fn content_type(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
+}
+
+fn identity_encoding(h: &HeaderMap) -> bool {
+    match h.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"),
+    }
+}
+
+async fn classify(resp: reqwest::Response) -> Probe {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if status == StatusCode::PARTIAL_CONTENT {
+        let cr = headers
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range);
+        return match cr {
+            Some((Some(range), total)) if identity_encoding(&headers) => Probe::Ranged {
+                total,
+                range,
+                resp,
+            },
+            _ => Probe::NotCacheable(resp),
+        };
+    }
+    if status == StatusCode::OK {
+        return match resp.content_length() {
+            Some(total) if identity_encoding(&headers) => {
+                if total == 0 {
+                    Probe::Empty
+                } else {
+                    Probe::Whole { total, resp }
+                }
+            }
+            _ => Probe::NotCacheable(resp),
+        };
+    }
+    if status == StatusCode::RANGE_NOT_SATISFIABLE {
+        let empty = headers
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range)
+            == Some((None, 0));
+        if empty {
+            return Probe::Empty;
+        }
+    }
+    // Anything else goes back to the client as the origin sent it.
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(c)) = stream.next().await {
+        let room = MAX_ERROR_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&c[..c.len().min(room)]);
+        if room <= c.len() {
+            break;
+        }
+    }
+    Probe::Error(OriginReply {
+        status,
+        headers,
+        body: body.freeze(),
+    })
+}
+
+/// Dragonfly's piece count for a content length and piece length (re-export
+/// for the API layer).
+pub fn pieces_of(content_length: u64, piece_length: u64) -> u32 {
+    piece_count(content_length, piece_length)
+}

@@ -1,0 +1,3 @@
+//! gRPC services of dfdaemon (Dragonfly v2 API).
+
+pub mod download;

@@ -1,0 +1,135 @@
+//! Prometheus metrics (prefix `dragonfly_dfdaemon_`) and the `/metrics` +
+//! `/healthy` HTTP endpoint.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where downloaded bytes came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    /// `back_to_source`, `local_cache` or `remote_peer`.
+    pub r#type: &'static str,
+}
+
+/// Proxy request outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// GC reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Task state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+/// All dfdaemon metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Bytes by source: fetched from the origin (`back_to_source`), served from
+    /// tasks already complete in the store (`local_cache`), fetched from other
+    /// peers (`remote_peer`).
+    pub download_traffic: Family<TrafficLabels, Counter>,
+    /// Pieces stored, by source.
+    pub pieces: Family<TrafficLabels, Counter>,
+    /// Proxy requests by outcome.
+    pub proxy_requests: Family<OutcomeLabels, Counter>,
+    /// Tasks in the store by state.
+    pub tasks: Family<StateLabels, Gauge>,
+    /// Tasks evicted by GC, by reason (`ttl`, `disk`).
+    pub gc_evicted_tasks: Family<ReasonLabels, Counter>,
+    /// Bytes evicted by GC.
+    pub gc_evicted_bytes: Counter,
+    /// Bytes the store's content files occupy on disk.
+    pub storage_bytes: Gauge,
+    /// Downloads that failed digest verification.
+    pub digest_mismatches: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("dragonfly_dfdaemon");
+        let m = Metrics {
+            download_traffic: Family::default(),
+            pieces: Family::default(),
+            proxy_requests: Family::default(),
+            tasks: Family::default(),
+            gc_evicted_tasks: Family::default(),
+            gc_evicted_bytes: Counter::default(),
+            storage_bytes: Gauge::default(),
+            digest_mismatches: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "download_traffic_bytes",
+            "Bytes by source: back_to_source (origin), local_cache (served from complete cached tasks), remote_peer",
+            m.download_traffic.clone(),
+        );
+        registry.register("pieces", "Pieces stored, by source", m.pieces.clone());
+        registry.register(
+            "proxy_requests",
+            "Proxy requests by outcome",
+            m.proxy_requests.clone(),
+        );
+        registry.register("tasks", "Tasks in the store by state", m.tasks.clone());
+        registry.register(
+            "gc_evicted_tasks",
+            "Tasks evicted by GC, by reason",
+            m.gc_evicted_tasks.clone(),
+        );
+        registry.register(
+            "gc_evicted_bytes",
+            "Bytes evicted by GC",
+            m.gc_evicted_bytes.clone(),
+        );
+        registry.register(
+            "storage_bytes",
+            "Bytes the store's content files occupy on disk",
+            m.storage_bytes.clone(),
+        );
+        registry.register(
+            "digest_mismatches",
+            "Downloads whose content did not match the expected digest",
+            m.digest_mismatches.clone(),
+        );
+        // Pre-create the label sets users look for, so they read 0 rather than absent.
+        for t in ["back_to_source", "local_cache", "remote_peer"] {
+            let _ = m.download_traffic.get_or_create(&TrafficLabels { r#type: t });
+        }
+        Metrics { registry, ..m }
+    }
+
+    pub fn traffic(&self, source: &'static str, bytes: u64) {
+        self.download_traffic
+            .get_or_create(&TrafficLabels { r#type: source })
+            .inc_by(bytes);
+    }
+
+    pub fn proxy_outcome(&self, outcome: &'static str) {
+        self.proxy_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,724 @@
+//! The piece store: one sparse content file per task, pieces written at their
+//! offsets, metadata in redb. Readers of any byte range wait for missing pieces.
+
+pub mod metadata;
+
+use bytes::Bytes;
+use futures_util::Stream;
+pub use metadata::{now_secs, PieceMeta, TaskMeta, TaskStatus};
+use metadata::{Metadata, MetadataError};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("task {task_id} failed: {reason}")]
+    TaskFailed { task_id: String, reason: String },
+    #[error("task {task_id} was removed")]
+    TaskRemoved { task_id: String },
+    #[error("range {start}-{end} is outside task {task_id} of {content_length} bytes")]
+    OutOfRange {
+        task_id: String,
+        start: u64,
+        end: u64,
+        content_length: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+struct TaskState {
+    meta: TaskMeta,
+    failed: Option<String>,
+    removed: bool,
+}
+
+/// A task in the store. Cheap to clone through `Arc`.
+pub struct Task {
+    pub id: String,
+    path: PathBuf,
+    file: File,
+    state: Mutex<TaskState>,
+    changed: watch::Sender<u64>,
+    users: AtomicUsize,
+    wanted: Mutex<BTreeSet<u32>>,
+}
+
+/// Marks a task as in use while alive; GC never evicts a task in use.
+pub struct TaskUse(Arc<Task>);
+
+impl Drop for TaskUse {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::ops::Deref for TaskUse {
+    type Target = Arc<Task>;
+    fn deref(&self) -> &Arc<Task> {
+        &self.0
+    }
+}
+
+impl Task {
+    fn lock(&self) -> MutexGuard<'_, TaskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Marks the task in use until the returned guard drops.
+    pub fn use_task(self: &Arc<Self>) -> TaskUse {
+        self.users.fetch_add(1, Ordering::AcqRel);
+        TaskUse(self.clone())
+    }
+
+    /// Whether a reader or writer holds the task.
+    pub fn in_use(&self) -> bool {
+        self.users.load(Ordering::Acquire) > 0
+    }
+
+    /// A snapshot of the task's metadata.
+    pub fn meta(&self) -> TaskMeta {
+        self.lock().meta.clone()
+    }
+
+    pub fn content_length(&self) -> u64 {
+        self.lock().meta.content_length
+    }
+
+    pub fn piece_length(&self) -> u64 {
+        self.lock().meta.piece_length
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        let s = self.lock();
+        common::piece::piece_count(s.meta.content_length, s.meta.piece_length)
+    }
+
+    /// Whether every piece is present and verified.
+    pub fn is_complete(&self) -> bool {
+        let s = self.lock();
+        s.meta.status == TaskStatus::Succeeded && !s.removed
+    }
+
+    /// Pieces not yet stored, in order.
+    pub fn missing_pieces(&self) -> Vec<u32> {
+        let s = self.lock();
+        let n = common::piece::piece_count(s.meta.content_length, s.meta.piece_length);
+        (0..n).filter(|i| !s.meta.pieces.contains_key(i)).collect()
+    }
+
+    pub fn has_piece(&self, number: u32) -> bool {
+        self.lock().meta.pieces.contains_key(&number)
+    }
+
+    /// The failure reason, if the task failed.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Clears a failure so a new download attempt can fill the missing pieces.
+    pub fn clear_failure(&self) {
+        self.lock().failed = None;
+    }
+
+    /// Writes bytes at `offset` of the content file (blocking; call from a blocking context).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(io_err(&self.path))
+    }
+
+    /// Reads bytes at `offset` (blocking).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.file.read_exact_at(buf, offset).map_err(io_err(&self.path))
+    }
+
+    /// Path of the content file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Asks the downloader to fetch this piece before others.
+    pub fn want(&self, number: u32) {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number);
+        self.notify();
+    }
+
+    /// Takes the lowest wanted piece that is still in `candidates`.
+    pub fn take_wanted(&self, candidates: &BTreeSet<u32>) -> Option<u32> {
+        let mut w = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|n| candidates.contains(n));
+        let first = w.iter().next().copied();
+        if let Some(n) = first {
+            w.remove(&n);
+        }
+        first
+    }
+
+    /// A receiver that changes whenever a piece lands or the state changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Waits until piece `number` can be read: stored, and for a task whose
+    /// digest is verified at the end, its last piece only once verified, so no
+    /// client receives the final bytes of a blob that turns out wrong.
+    pub async fn wait_piece(&self, number: u32) -> Result<PieceMeta, StoreError> {
+        self.wait(number, true).await
+    }
+
+    /// Waits until piece `number` is stored, ignoring the hold on the last piece
+    /// (for the verifier that computes the digest).
+    pub async fn wait_stored(&self, number: u32) -> Result<PieceMeta, StoreError> {
+        self.wait(number, false).await
+    }
+
+    async fn wait(&self, number: u32, respect_hold: bool) -> Result<PieceMeta, StoreError> {
+        let mut rx = self.subscribe();
+        let mut asked = false;
+        loop {
+            {
+                let s = self.lock();
+                if let Some(reason) = &s.failed {
+                    return Err(StoreError::TaskFailed {
+                        task_id: self.id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if s.removed {
+                    return Err(StoreError::TaskRemoved {
+                        task_id: self.id.clone(),
+                    });
+                }
+                if let Some(p) = s.meta.pieces.get(&number) {
+                    let n = common::piece::piece_count(s.meta.content_length, s.meta.piece_length);
+                    let held = respect_hold
+                        && s.meta.digest.is_some()
+                        && number + 1 == n
+                        && s.meta.status != TaskStatus::Succeeded;
+                    if !held {
+                        return Ok(*p);
+                    }
+                }
+            }
+            if !asked {
+                asked = true;
+                if !self.has_piece(number) {
+                    self.want(number);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::TaskRemoved {
+                    task_id: self.id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Waits until the task is complete (every piece stored and verified).
+    pub async fn wait_complete(&self) -> Result<(), StoreError> {
+        let mut rx = self.subscribe();
+        loop {
+            {
+                let s = self.lock();
+                if let Some(reason) = &s.failed {
+                    return Err(StoreError::TaskFailed {
+                        task_id: self.id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if s.removed {
+                    return Err(StoreError::TaskRemoved {
+                        task_id: self.id.clone(),
+                    });
+                }
+                if s.meta.status == TaskStatus::Succeeded {
+                    return Ok(());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::TaskRemoved {
+                    task_id: self.id.clone(),
+                });
+            }
+        }
+    }
+
+    /// Streams bytes `start..end` (exclusive), waiting for pieces as needed.
+    pub fn read_range(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+        buf_size: usize,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static {
+        let task = self.use_task();
+        let piece_length = self.piece_length().max(1);
+        let buf_size = buf_size.max(4096) as u64;
+        futures_util::stream::unfold((task, start), move |(task, pos)| async move {
+            if pos >= end {
+                return None;
+            }
+            let number = (pos / piece_length) as u32;
+            if let Err(e) = task.wait_piece(number).await {
+                return Some((Err(e), (task, end)));
+            }
+            let piece_end = ((u64::from(number) + 1) * piece_length).min(end);
+            let len = (piece_end - pos).min(buf_size) as usize;
+            let t = task.0.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                t.read_at(pos, &mut buf).map(|_| Bytes::from(buf))
+            })
+            .await;
+            match read {
+                Ok(Ok(b)) => Some((Ok(b), (task, pos + len as u64))),
+                Ok(Err(e)) => Some((Err(e), (task, end))),
+                Err(e) => Some((
+                    Err(StoreError::Io {
+                        path: task.path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    }),
+                    (task, end),
+                )),
+            }
+        })
+    }
+}
+
+/// The content store.
+pub struct Store {
+    root: PathBuf,
+    metadata: Metadata,
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+/// Summary of what start-up recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub complete: usize,
+    pub partial: usize,
+    pub dropped_pieces: usize,
+    pub dropped_tasks: usize,
+}
+
+impl Store {
+    /// Opens the store under `dir`. With `keep == false` the store is emptied.
+    /// Recovers tasks: complete ones are kept; partial ones keep only the pieces
+    /// whose bytes still match their CRC.
+    pub fn open(dir: &Path, keep: bool) -> Result<(Store, Recovery), StoreError> {
+        let content = dir.join("content").join("tasks");
+        let meta_dir = dir.join("metadata");
+        if !keep {
+            for d in [&content, &meta_dir] {
+                if d.exists() {
+                    std::fs::remove_dir_all(d).map_err(io_err(d))?;
+                }
+            }
+        }
+        std::fs::create_dir_all(&content).map_err(io_err(&content))?;
+        std::fs::create_dir_all(&meta_dir).map_err(io_err(&meta_dir))?;
+        let metadata = Metadata::open(&meta_dir.join("dfdaemon.redb"))?;
+        let store = Store {
+            root: dir.to_path_buf(),
+            metadata,
+            tasks: Mutex::new(HashMap::new()),
+        };
+        let rec = store.recover()?;
+        Ok((store, rec))
+    }
+
+    fn recover(&self) -> Result<Recovery, StoreError> {
+        let (metas, bad) = self.metadata.load_all()?;
+        let mut rec = Recovery::default();
+        for id in bad {
+            self.metadata.delete(&id);
+            rec.dropped_tasks += 1;
+        }
+        for mut meta in metas {
+            let path = self.content_path(&meta.id);
+            let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(_) => {
+                    self.metadata.delete(&meta.id);
+                    rec.dropped_tasks += 1;
+                    continue;
+                }
+            };
+            let len_ok = file
+                .metadata()
+                .map(|m| m.len() == meta.content_length)
+                .unwrap_or(false);
+            if !len_ok {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                self.metadata.delete(&meta.id);
+                rec.dropped_tasks += 1;
+                continue;
+            }
+            if meta.status == TaskStatus::Running {
+                let before = meta.pieces.len();
+                meta.pieces.retain(|n, p| {
+                    let (off, len) =
+                        common::piece::piece_range(*n, meta.content_length, meta.piece_length);
+                    if len != p.length {
+                        return false;
+                    }
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, off).is_ok() && crc32fast::hash(&buf) == p.crc32
+                });
+                rec.dropped_pieces += before - meta.pieces.len();
+                rec.partial += 1;
+                self.metadata.put(meta.clone());
+            } else {
+                rec.complete += 1;
+            }
+            let task = self.new_task(meta, file, path);
+            self.lock().insert(task.id.clone(), task);
+        }
+        Ok(rec)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_task(&self, meta: TaskMeta, file: File, path: PathBuf) -> Arc<Task> {
+        let (changed, _) = watch::channel(0);
+        Arc::new(Task {
+            id: meta.id.clone(),
+            path,
+            file,
+            state: Mutex::new(TaskState {
+                meta,
+                failed: None,
+                removed: false,
+            }),
+            changed,
+            users: AtomicUsize::new(0),
+            wanted: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Root directory of the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `content/tasks/<id[0..3]>/<id>`.
+    pub fn content_path(&self, id: &str) -> PathBuf {
+        let prefix: String = id.chars().take(3).collect();
+        self.root
+            .join("content")
+            .join("tasks")
+            .join(prefix)
+            .join(id)
+    }
+
+    /// The task with this ID, if stored (complete or partial).
+    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// All tasks.
+    pub fn tasks(&self) -> Vec<Arc<Task>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Creates a task with a sparse content file of `content_length` bytes,
+    /// replacing any previous task of that ID.
+    pub fn create(&self, mut meta: TaskMeta) -> Result<Arc<Task>, StoreError> {
+        if let Some(old) = self.lock().remove(&meta.id) {
+            self.mark_removed(&old);
+        }
+        let path = self.content_path(&meta.id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(meta.content_length).map_err(io_err(&path))?;
+        meta.pieces.clear();
+        meta.status = TaskStatus::Running;
+        self.metadata.put(meta.clone());
+        let task = self.new_task(meta, file, path);
+        self.lock().insert(task.id.clone(), task.clone());
+        Ok(task)
+    }
+
+    /// Records a piece whose bytes are already written.
+    pub fn commit_piece(&self, task: &Task, number: u32, piece: PieceMeta) {
+        let snapshot = {
+            let mut s = task.lock();
+            s.meta.pieces.insert(number, piece);
+            s.meta.accessed_at = now_secs();
+            s.meta.clone()
+        };
+        self.metadata.put(snapshot);
+        task.notify();
+    }
+
+    /// Marks a task complete, durably: content synced to disk, record committed.
+    pub async fn mark_succeeded(&self, task: &Arc<Task>) -> Result<(), StoreError> {
+        let t = task.clone();
+        tokio::task::spawn_blocking(move || t.file.sync_data().map_err(io_err(&t.path)))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: task.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let snapshot = {
+            let mut s = task.lock();
+            s.meta.status = TaskStatus::Succeeded;
+            s.meta.accessed_at = now_secs();
+            s.meta.clone()
+        };
+        self.metadata.put(snapshot);
+        self.metadata.sync().await?;
+        task.notify();
+        Ok(())
+    }
+
+    /// Fails a task: readers waiting on it get `reason`. Stored pieces are kept
+    /// so a later attempt resumes.
+    pub fn mark_failed(&self, task: &Task, reason: &str) {
+        task.lock().failed = Some(reason.to_string());
+        task.notify();
+    }
+
+    /// Updates the access time (for TTL and LRU eviction).
+    pub fn touch(&self, task: &Task) {
+        let snapshot = {
+            let mut s = task.lock();
+            s.meta.accessed_at = now_secs();
+            s.meta.clone()
+        };
+        self.metadata.put(snapshot);
+    }
+
+    /// Sets the access time explicitly (tests and imports).
+    pub fn set_accessed_at(&self, task: &Task, at: u64) {
+        let snapshot = {
+            let mut s = task.lock();
+            s.meta.accessed_at = at;
+            s.meta.clone()
+        };
+        self.metadata.put(snapshot);
+    }
+
+    fn mark_removed(&self, task: &Task) {
+        task.lock().removed = true;
+        task.notify();
+    }
+
+    /// Removes a task's file and record. Readers still holding it get an error.
+    pub fn remove(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let Some(task) = self.lock().remove(id) else {
+            return Ok(None);
+        };
+        self.mark_removed(&task);
+        let len = task.content_length();
+        self.metadata.delete(id);
+        match std::fs::remove_file(&task.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&task.path)(e)),
+        }
+        Ok(Some(len))
+    }
+
+    /// Fails a task and removes it (e.g. its content did not match its digest),
+    /// so nothing of it is ever served as cached.
+    pub fn purge(&self, task: &Task, reason: &str) -> Result<(), StoreError> {
+        self.mark_failed(task, reason);
+        let same = self.get(&task.id).map(|t| std::ptr::eq(&*t, task)) == Some(true);
+        if same {
+            self.remove(&task.id)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes allocated on disk by the store's content files (sparse files count
+    /// only what is written).
+    pub fn disk_usage(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.tasks()
+            .iter()
+            .filter_map(|t| std::fs::metadata(&t.path).ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    }
+
+    /// Waits until queued metadata is committed.
+    pub async fn sync_metadata(&self) -> Result<(), StoreError> {
+        Ok(self.metadata.sync().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::collections::BTreeMap;
+
+    fn meta(id: &str, len: u64, piece: u64, digest: Option<String>) -> TaskMeta {
+        TaskMeta {
+            id: id.into(),
+            url: "http://o/x".into(),
+            content_length: len,
+            piece_length: piece,
+            status: TaskStatus::Running,
+            digest,
+            content_type: None,
+            pieces: BTreeMap::new(),
+            created_at: now_secs(),
+            accessed_at: now_secs(),
+        }
+    }
+
+    fn put_piece(store: &Store, t: &Task, n: u32, data: &[u8]) {
+        let off = u64::from(n) * t.piece_length();
+        t.write_at(off, data).unwrap();
+        store.commit_piece(
+            t,
+            n,
+            PieceMeta {
+                length: data.len() as u64,
+                crc32: crc32fast::hash(data),
+            },
+        );
+    }
+
+    async fn collect(t: &Arc<Task>, a: u64, b: u64) -> Result<Vec<u8>, StoreError> {
+        let mut s = Box::pin(t.read_range(a, b, 4096));
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn reader_waits_for_missing_pieces_and_gets_exact_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), true).unwrap();
+        let store = Arc::new(store);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let t = store.create(meta("t1", 10_000, 4096, None)).unwrap();
+        let reader = {
+            let t = t.clone();
+            tokio::spawn(async move { collect(&t, 100, 9_000).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!reader.is_finished());
+        // The reader asked for piece 0 first.
+        assert_eq!(t.take_wanted(&BTreeSet::from([0, 1, 2])), Some(0));
+        put_piece(&store, &t, 2, &data[8192..]);
+        put_piece(&store, &t, 0, &data[..4096]);
+        put_piece(&store, &t, 1, &data[4096..8192]);
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got, &data[100..9_000]);
+    }
+
+    #[tokio::test]
+    async fn last_piece_of_a_digest_task_is_held_until_verified_and_failure_reaches_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), true).unwrap();
+        let t = store
+            .create(meta("t2", 5000, 4096, Some("sha256:00".into())))
+            .unwrap();
+        put_piece(&store, &t, 0, &[1u8; 4096]);
+        put_piece(&store, &t, 1, &[2u8; 904]);
+        let reader = {
+            let t = t.clone();
+            tokio::spawn(async move { collect(&t, 0, 5000).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!reader.is_finished(), "last piece must be held back");
+        store.purge(&t, "digest mismatch").unwrap();
+        let err = reader.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert!(store.get("t2").is_none());
+        assert!(!store.content_path("t2").exists());
+    }
+
+    #[tokio::test]
+    async fn recovery_keeps_complete_tasks_and_verified_pieces_of_partial_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), true).unwrap();
+            let a = store.create(meta("aaa1", 8192, 4096, None)).unwrap();
+            put_piece(&store, &a, 0, &[7u8; 4096]);
+            put_piece(&store, &a, 1, &[8u8; 4096]);
+            store.mark_succeeded(&a).await.unwrap();
+            let b = store.create(meta("bbb1", 12288, 4096, None)).unwrap();
+            put_piece(&store, &b, 0, &[1u8; 4096]);
+            put_piece(&store, &b, 2, &[3u8; 4096]);
+            store.sync_metadata().await.unwrap();
+            // Corrupt piece 2 behind the store's back.
+            b.write_at(8192, &[9u8; 10]).unwrap();
+        }
+        let (store, rec) = loop {
+            match Store::open(dir.path(), true) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert_eq!(rec.complete, 1);
+        assert_eq!(rec.partial, 1);
+        assert_eq!(rec.dropped_pieces, 1);
+        let a = store.get("aaa1").unwrap();
+        assert!(a.is_complete());
+        assert_eq!(collect(&a, 0, 8192).await.unwrap()[4096], 8);
+        let b = store.get("bbb1").unwrap();
+        assert_eq!(b.missing_pieces(), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn keep_false_empties_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), true).unwrap();
+            store.create(meta("ccc1", 10, 4096, None)).unwrap();
+            store.sync_metadata().await.unwrap();
+        }
+        let (store, _) = loop {
+            match Store::open(dir.path(), false) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert!(store.get("ccc1").is_none());
+        assert!(!store.content_path("ccc1").exists());
+    }
+}
