@@ -1139,7 +1139,7 @@ impl fmt::Display for Report {
                 FileRole::DefaultHosts => "mirror for all other registries".to_string(),
                 FileRole::Backup { of } => format!("backup of the original {}", of.display()),
             };
-            writeln!(f, "{verb:>12} {} ({what})", change.path.display())?;
+            writeln!(f, "  {verb:<12} {} ({what})", change.path.display())?;
         }
         if !self.changed() {
             return writeln!(

@@ -11,3 +11,4 @@ pub mod proxy;
 pub mod grpc;
 pub mod gc;
 pub mod daemon;
+pub mod dfget;

@@ -3,7 +3,7 @@
 //! See `docs/containerd.md`. The work is done by `dfdaemon::dfinit`; this file only parses the
 //! command line and prints the report.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
@@ -50,8 +50,22 @@ fn parse_proxy(s: &str) -> Result<ProxyAddr, dfinit::UrlError> {
     s.parse()
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The chain without a backtrace: operators need the file, key and reason, not frames.
+            eprintln!("dfinit: error: {err}");
+            for cause in err.chain().skip(1) {
+                let cause = cause.to_string();
+                eprintln!("  caused by: {}", cause.trim_end().replace('\n', "\n    "));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
