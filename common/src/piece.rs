@@ -4,6 +4,8 @@
 pub const MIN_PIECE_LENGTH: u64 = 4 * 1024 * 1024;
 /// Largest computed piece (64 MiB).
 pub const MAX_PIECE_LENGTH: u64 = 64 * 1024 * 1024;
+/// Largest piece length a user may ask for (Vortex carries pieces up to 1 GiB).
+pub const MAX_USER_PIECE_LENGTH: u64 = 1024 * 1024 * 1024;
 /// Target upper bound on the number of pieces of a task.
 pub const MAX_PIECE_COUNT: u64 = 500;
 
@@ -13,6 +15,11 @@ pub fn piece_length_for(content_length: u64) -> u64 {
     let raw = content_length / MAX_PIECE_COUNT;
     let pow2 = raw.checked_next_power_of_two().unwrap_or(MAX_PIECE_LENGTH);
     pow2.clamp(MIN_PIECE_LENGTH, MAX_PIECE_LENGTH)
+}
+
+/// Whether a user-supplied piece length is acceptable (4 MiB..=1 GiB).
+pub fn valid_user_piece_length(n: u64) -> bool {
+    (MIN_PIECE_LENGTH..=MAX_USER_PIECE_LENGTH).contains(&n)
 }
 
 /// Number of pieces of a task (`ceil(content_length / piece_length)`); 0 for an empty task.

@@ -87,9 +87,7 @@ impl Backend {
                 b = b.add_root_certificate(c);
             }
         }
-        let client = b
-            .build()
-            .map_err(|e| BackendError::Client(e.to_string()))?;
+        let client = b.build().map_err(|e| BackendError::Client(e.to_string()))?;
         Ok(Backend {
             client,
             cache_redirects: cfg.enable_cache_temporary_redirect,

@@ -60,37 +60,51 @@ fn refresh_gauges(store: &Store, metrics: &Metrics) {
         .get_or_create(&StateLabels { state: "running" })
         .set(running);
     metrics.storage_bytes.set(store.disk_usage() as i64);
+    metrics
+        .metadata_pending_writes
+        .set(store.pending_metadata_writes() as i64);
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, store: Arc<Store>, metrics: Arc<Metrics>) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (store, metrics) = (store.clone(), metrics.clone());
-                async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/metrics" => {
-                            refresh_gauges(&store, &metrics);
-                            (
-                                StatusCode::OK,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                metrics.encode(),
-                            )
-                        }
-                        "/healthy" => (StatusCode::OK, "text/plain", "OK\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
-                    };
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = status;
-                    r.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (store, metrics) = (store.clone(), metrics.clone());
+                    async move {
+                        let (status, ctype, body) = match req.uri().path() {
+                            "/metrics" => {
+                                refresh_gauges(&store, &metrics);
+                                (
+                                    StatusCode::OK,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                    metrics.encode(),
+                                )
+                            }
+                            "/healthy" => (StatusCode::OK, "text/plain", "OK\n".to_string()),
+                            _ => (
+                                StatusCode::NOT_FOUND,
+                                "text/plain",
+                                "not found\n".to_string(),
+                            ),
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = status;
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(ctype),
+                        );
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -147,8 +161,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", sock.display())),
     }
-    let uds = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("cannot listen on {} (download.server.socketPath)", sock.display()))?;
+    let uds = tokio::net::UnixListener::bind(&sock).with_context(|| {
+        format!(
+            "cannot listen on {} (download.server.socketPath)",
+            sock.display()
+        )
+    })?;
     // Only root (and the socket's group) may ask the daemon to write files.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", sock.display()))?;
@@ -159,7 +177,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "proxy stopped");
         }
     });
-    tokio::spawn(serve_metrics(metrics_listener, store.clone(), metrics.clone()));
+    tokio::spawn(serve_metrics(
+        metrics_listener,
+        store.clone(),
+        metrics.clone(),
+    ));
     let svc = DownloadService::new(engine.clone(), host_id.clone()).into_server();
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()

@@ -31,8 +31,7 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, C
         }))
         .await
         .map_err(|e| unreachable(crate::backend::error_chain(&e)))?;
-    Ok(DfdaemonDownloadClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024))
+    Ok(DfdaemonDownloadClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// Parses `Name: value` header arguments.

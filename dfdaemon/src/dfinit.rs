@@ -126,6 +126,9 @@ pub enum DfinitError {
     /// `--config-path` is not absolute.
     #[error("--config-path {0}: must be an absolute path")]
     RelativeConfigPathFlag(PathBuf),
+    /// `--config-path` is not valid UTF-8 (it cannot be written into config.toml).
+    #[error("--config-path {0}: must be valid UTF-8")]
+    NonUtf8ConfigPathFlag(PathBuf),
     /// containerd's config could not be read.
     #[error("cannot read containerd config {path}")]
     ReadConfig {
@@ -936,10 +939,7 @@ pub fn plan_containerd_config(
     }
     let config_path_str = config_path
         .to_str()
-        .ok_or_else(|| DfinitError::EditCheck {
-            path: path.to_path_buf(),
-            reason: format!("--config-path {} is not UTF-8", config_path.display()),
-        })?
+        .ok_or_else(|| DfinitError::NonUtf8ConfigPathFlag(config_path.clone()))?
         .to_string();
     let status = if existing.is_some() {
         ConfigPathStatus::WasEmpty

@@ -5,7 +5,7 @@
 
 use crate::backend::{error_chain, parse_content_range, Backend, MAX_ERROR_BODY};
 use crate::metrics::{Metrics, TrafficLabels};
-use crate::storage::{now_secs, PieceMeta, Store, Task, TaskMeta, TaskStatus};
+use crate::storage::{now_millis, PieceMeta, Store, Task, TaskMeta, TaskStatus};
 use bytes::{Bytes, BytesMut};
 use common::id::BlobDigest;
 use common::piece::{piece_count, piece_length_for, piece_range, MIN_PIECE_LENGTH};
@@ -103,7 +103,10 @@ enum Probe {
         resp: reqwest::Response,
     },
     /// No range support: the whole body follows.
-    Whole { total: u64, resp: reqwest::Response },
+    Whole {
+        total: u64,
+        resp: reqwest::Response,
+    },
     Empty,
     Error(OriginReply),
     NotCacheable(reqwest::Response),
@@ -303,7 +306,7 @@ impl Engine {
             }
             tracing::info!(task_id = %req.task_id, "origin content length changed; restarting task");
         }
-        let now = now_secs();
+        let now = now_millis();
         Ok(self.store.create(TaskMeta {
             id: req.task_id.clone(),
             url: req.url.clone(),
@@ -319,7 +322,11 @@ impl Engine {
     }
 
     /// Issues the first GET; retried on connection errors and 5xx.
-    async fn probe(&self, req: &DownloadRequest, range: (u64, u64)) -> Result<Probe, DownloadError> {
+    async fn probe(
+        &self,
+        req: &DownloadRequest,
+        range: (u64, u64),
+    ) -> Result<Probe, DownloadError> {
         let mut attempt = 0;
         loop {
             let result = self
@@ -642,7 +649,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn content_digest(&self, task: &Arc<Task>, algorithm: &str) -> Result<String, DownloadError> {
+    async fn content_digest(
+        &self,
+        task: &Arc<Task>,
+        algorithm: &str,
+    ) -> Result<String, DownloadError> {
         let t = task.clone();
         let algorithm = algorithm.to_string();
         tokio::task::spawn_blocking(move || {
@@ -688,7 +699,10 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 fn identity_encoding(h: &HeaderMap) -> bool {
-    match h.get(http::header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+    match h
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
         None => true,
         Some(v) => v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"),
     }
@@ -703,11 +717,9 @@ async fn classify(resp: reqwest::Response) -> Probe {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_content_range);
         return match cr {
-            Some((Some(range), total)) if identity_encoding(&headers) => Probe::Ranged {
-                total,
-                range,
-                resp,
-            },
+            Some((Some(range), total)) if identity_encoding(&headers) => {
+                Probe::Ranged { total, range, resp }
+            }
             _ => Probe::NotCacheable(resp),
         };
     }

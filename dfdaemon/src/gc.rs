@@ -4,7 +4,7 @@
 
 use crate::config;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::storage::{now_secs, Store};
+use crate::storage::{now_millis, Store};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -68,13 +68,14 @@ impl Gc {
 
     /// One pass at the current time.
     pub fn run_once(&self) -> GcReport {
-        self.run_at(now_secs())
+        self.run_at(now_millis())
     }
 
-    /// One pass as of `now` (Unix seconds).
+    /// One pass as of `now` (Unix milliseconds).
     pub fn run_at(&self, now: u64) -> GcReport {
+        self.metrics.gc_runs.inc();
         let mut report = GcReport::default();
-        let ttl = self.config.policy.task_ttl.as_secs();
+        let ttl = self.config.policy.task_ttl.as_millis() as u64;
         for t in self.store.tasks() {
             let m = t.meta();
             if now.saturating_sub(m.accessed_at) > ttl && !t.in_use() {
@@ -91,13 +92,19 @@ impl Gc {
                 return report;
             }
         };
-        let high = usage.capacity as u128 * self.config.policy.dist_high_threshold_percent as u128 / 100;
-        let low = usage.capacity as u128 * self.config.policy.dist_low_threshold_percent as u128 / 100;
+        let high =
+            usage.capacity as u128 * self.config.policy.dist_high_threshold_percent as u128 / 100;
+        let low =
+            usage.capacity as u128 * self.config.policy.dist_low_threshold_percent as u128 / 100;
         let mut used = usage.used as u128;
         if used < high {
             return report;
         }
-        tracing::info!(used = usage.used, capacity = usage.capacity, "gc: disk usage above high watermark");
+        tracing::info!(
+            used = usage.used,
+            capacity = usage.capacity,
+            "gc: disk usage above high watermark"
+        );
         let mut candidates: Vec<_> = self
             .store
             .tasks()
@@ -114,7 +121,9 @@ impl Gc {
             }
             let on_disk = {
                 use std::os::unix::fs::MetadataExt;
-                std::fs::metadata(t.path()).map(|m| m.blocks() * 512).unwrap_or(0)
+                std::fs::metadata(t.path())
+                    .map(|m| m.blocks() * 512)
+                    .unwrap_or(0)
             };
             if self.evict(&t.id, "disk").is_some() {
                 used = used.saturating_sub(on_disk as u128);
@@ -212,10 +221,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path(), true).unwrap();
         let store = Arc::new(store);
-        let now = 1_000_000;
-        add(&store, "old1", 4096, now - 7200);
-        add(&store, "old2", 4096, now - 7200);
-        add(&store, "new1", 4096, now - 10);
+        let now = 1_000_000_000;
+        add(&store, "old1", 4096, now - 7_200_000);
+        add(&store, "old2", 4096, now - 7_200_000);
+        add(&store, "new1", 4096, now - 10_000);
         let busy = store.get("old2").unwrap().use_task();
         let r = gc(store.clone(), 3600, 0).run_at(now);
         assert_eq!(r.ttl_evicted, vec!["old1".to_string()]);
@@ -233,7 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path(), true).unwrap();
         let store = Arc::new(store);
-        let now = 1_000_000;
+        let now = 1_000_000_000;
         for (i, id) in ["t0", "t1", "t2", "t3", "t4"].iter().enumerate() {
             add(&store, id, 8192, now - 100 + i as u64);
         }

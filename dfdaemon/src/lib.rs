@@ -3,12 +3,12 @@
 
 pub mod backend;
 pub mod config;
-pub mod storage;
-pub mod metrics;
-pub mod download;
-pub mod dfinit;
-pub mod proxy;
-pub mod grpc;
-pub mod gc;
 pub mod daemon;
 pub mod dfget;
+pub mod dfinit;
+pub mod download;
+pub mod gc;
+pub mod grpc;
+pub mod metrics;
+pub mod proxy;
+pub mod storage;

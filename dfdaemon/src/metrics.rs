@@ -53,6 +53,10 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     /// Downloads that failed digest verification.
     pub digest_mismatches: Counter,
+    /// GC passes run.
+    pub gc_runs: Counter,
+    /// Metadata writes queued but not yet committed to disk.
+    pub metadata_pending_writes: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Metrics {
             gc_evicted_bytes: Counter::default(),
             storage_bytes: Gauge::default(),
             digest_mismatches: Counter::default(),
+            gc_runs: Counter::default(),
+            metadata_pending_writes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,9 +113,17 @@ impl Metrics {
             "Downloads whose content did not match the expected digest",
             m.digest_mismatches.clone(),
         );
+        registry.register("gc_runs", "GC passes run", m.gc_runs.clone());
+        registry.register(
+            "metadata_pending_writes",
+            "Metadata writes queued but not yet committed to disk",
+            m.metadata_pending_writes.clone(),
+        );
         // Pre-create the label sets users look for, so they read 0 rather than absent.
         for t in ["back_to_source", "local_cache", "remote_peer"] {
-            let _ = m.download_traffic.get_or_create(&TrafficLabels { r#type: t });
+            let _ = m
+                .download_traffic
+                .get_or_create(&TrafficLabels { r#type: t });
         }
         Metrics { registry, ..m }
     }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "Dragonfly node agent: registry mirror, piece cache and download API")]
+#[command(
+    version,
+    about = "Dragonfly node agent: registry mirror, piece cache and download API"
+)]
 struct Args {
     /// Config file (YAML, Dragonfly key names).
     #[arg(long, short = 'c', default_value = DEFAULT_CONFIG_PATH)]
@@ -42,7 +45,10 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dfdaemon: cannot start the runtime: {e}");

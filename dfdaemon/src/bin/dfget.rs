@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(version, about = "Download a URL through the local dfdaemon (cache, P2P, back-to-source)")]
+#[command(
+    version,
+    about = "Download a URL through the local dfdaemon (cache, P2P, back-to-source)"
+)]
 struct Args {
     /// URL to download (http or https).
     url: String,
@@ -85,13 +88,15 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let url = url::Url::parse(&args.url).with_context(|| format!("invalid URL {:?}", args.url))?;
     if url.scheme() != "http" && url.scheme() != "https" {
-        bail!("unsupported URL scheme {:?}: use http or https", url.scheme());
+        bail!(
+            "unsupported URL scheme {:?}: use http or https",
+            url.scheme()
+        );
     }
     let digest = match &args.digest {
-        Some(d) => Some(
-            common::id::BlobDigest::parse(d)
-                .with_context(|| format!("--digest {d:?} must be sha256:<64 hex> or sha512:<128 hex>"))?,
-        ),
+        Some(d) => Some(common::id::BlobDigest::parse(d).with_context(|| {
+            format!("--digest {d:?} must be sha256:<64 hex> or sha512:<128 hex>")
+        })?),
         None => None,
     };
     let output = absolute(&args.output)?;
@@ -126,7 +131,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .into_inner();
         let mut bar: Option<ProgressBar> = None;
         let mut total = 0u64;
-        while let Some(msg) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", s.message()))? {
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        {
             match msg.response {
                 Some(download_task_response::Response::DownloadTaskStartedResponse(s)) => {
                     total = s.content_length;
@@ -164,7 +173,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(_) => {
             let _ = std::fs::remove_file(&tmp);
-            bail!("timed out after {}", humantime::format_duration(args.timeout));
+            bail!(
+                "timed out after {}",
+                humantime::format_duration(args.timeout)
+            );
         }
     };
     if !tmp.exists() {

@@ -45,7 +45,10 @@ impl Backend {
         }
         if let Some(ca) = &self.ca_cert {
             if !ca.is_file() {
-                p.push(format!("backend.caCert: {} is not a readable file", ca.display()));
+                p.push(format!(
+                    "backend.caCert: {} is not a readable file",
+                    ca.display()
+                ));
             }
         }
     }

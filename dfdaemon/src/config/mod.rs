@@ -37,7 +37,10 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} is invalid:\n  {}", problems.join("\n  "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 /// The scheduler section (used by the P2P issue; with no addresses dfdaemon is a
@@ -163,9 +166,12 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse("proxy:\n  registryMirror:\n    adr: x\n", Path::new("c.yaml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "proxy:\n  registryMirror:\n    adr: x\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("proxy.registryMirror"), "{err}");
         assert!(err.contains("adr"), "{err}");
     }

@@ -89,7 +89,8 @@ fn header_map(h: &std::collections::HashMap<String, String>) -> Result<HeaderMap
 fn piece_of(task: &Task, number: u32, traffic: TrafficType) -> Option<Piece> {
     let meta = task.meta();
     let p = meta.pieces.get(&number)?;
-    let (offset, length) = common::piece::piece_range(number, meta.content_length, meta.piece_length);
+    let (offset, length) =
+        common::piece::piece_range(number, meta.content_length, meta.piece_length);
     Some(Piece {
         number,
         parent_id: None,
@@ -105,7 +106,12 @@ fn piece_of(task: &Task, number: u32, traffic: TrafficType) -> Option<Piece> {
 
 /// Hard-links the task's content to `out`, or copies it when linking fails
 /// (another filesystem) and `force_hard_link` is not set.
-fn link_or_copy(content: &Path, out: &Path, force_hard_link: bool, overwrite: bool) -> Result<(), Status> {
+fn link_or_copy(
+    content: &Path,
+    out: &Path,
+    force_hard_link: bool,
+    overwrite: bool,
+) -> Result<(), Status> {
     if !out.is_absolute() {
         return Err(Status::invalid_argument(format!(
             "output path {} must be absolute",
@@ -114,7 +120,10 @@ fn link_or_copy(content: &Path, out: &Path, force_hard_link: bool, overwrite: bo
     }
     if out.exists() {
         if !overwrite {
-            return Err(Status::already_exists(format!("{} already exists", out.display())));
+            return Err(Status::already_exists(format!(
+                "{} already exists",
+                out.display()
+            )));
         }
         std::fs::remove_file(out)
             .map_err(|e| Status::internal(format!("cannot replace {}: {e}", out.display())))?;
@@ -171,7 +180,7 @@ impl DfdaemonDownload for DownloadService {
         }
         .or_else(|| BlobDigest::from_blob_url(&d.url));
         if let Some(pl) = d.piece_length {
-            if pl < common::piece::MIN_PIECE_LENGTH || pl > 1 << 30 {
+            if !common::piece::valid_user_piece_length(pl) {
                 return Err(Status::invalid_argument(
                     "piece_length must be between 4 MiB and 1 GiB",
                 ));
@@ -233,22 +242,24 @@ impl DfdaemonDownload for DownloadService {
                 host_id: host_id.clone(),
                 task_id: task.id.clone(),
                 peer_id: peer_id.clone(),
-                response: Some(download_task_response::Response::DownloadTaskStartedResponse(
-                    DownloadTaskStartedResponse {
-                        content_length: meta.content_length,
-                        range: range.map(|r| Range {
-                            start: r.start,
-                            length: r.length,
-                        }),
-                        response_header: meta
-                            .content_type
-                            .iter()
-                            .map(|c| ("Content-Type".to_string(), c.clone()))
-                            .collect(),
-                        pieces: have.clone(),
-                        is_finished: meta.status == TaskStatus::Succeeded,
-                    },
-                )),
+                response: Some(
+                    download_task_response::Response::DownloadTaskStartedResponse(
+                        DownloadTaskStartedResponse {
+                            content_length: meta.content_length,
+                            range: range.map(|r| Range {
+                                start: r.start,
+                                length: r.length,
+                            }),
+                            response_header: meta
+                                .content_type
+                                .iter()
+                                .map(|c| ("Content-Type".to_string(), c.clone()))
+                                .collect(),
+                            pieces: have.clone(),
+                            is_finished: meta.status == TaskStatus::Succeeded,
+                        },
+                    ),
+                ),
             };
             if tx.send(Ok(started)).await.is_err() {
                 return;
@@ -262,7 +273,9 @@ impl DfdaemonDownload for DownloadService {
                 if have.iter().any(|p| p.number == number) {
                     continue;
                 }
-                let Some(piece) = piece_of(&task, number, traffic) else { continue };
+                let Some(piece) = piece_of(&task, number, traffic) else {
+                    continue;
+                };
                 let msg = DownloadTaskResponse {
                     host_id: host_id.clone(),
                     task_id: task.id.clone(),
@@ -325,7 +338,13 @@ impl DfdaemonDownload for DownloadService {
         &self,
         _r: Request<ListLocalTasksRequest>,
     ) -> Result<Response<ListLocalTasksResponse>, Status> {
-        let tasks = self.engine.store().tasks().iter().map(|t| local_task(t)).collect();
+        let tasks = self
+            .engine
+            .store()
+            .tasks()
+            .iter()
+            .map(|t| local_task(t))
+            .collect();
         Ok(Response::new(ListLocalTasksResponse { tasks }))
     }
 
@@ -333,7 +352,9 @@ impl DfdaemonDownload for DownloadService {
         &self,
         _r: Request<ListTaskEntriesRequest>,
     ) -> Result<Response<ListTaskEntriesResponse>, Status> {
-        Err(Status::unimplemented("recursive downloads are not supported"))
+        Err(Status::unimplemented(
+            "recursive downloads are not supported",
+        ))
     }
 
     async fn delete_task(&self, r: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
@@ -446,7 +467,9 @@ impl DownloadService {
         }
         match store.remove(id) {
             Ok(Some(_)) => Ok(Response::new(())),
-            Ok(None) => Err(Status::not_found(format!("task {id} is not in the local store"))),
+            Ok(None) => Err(Status::not_found(format!(
+                "task {id} is not in the local store"
+            ))),
             Err(e) => Err(Status::internal(e.to_string())),
         }
     }

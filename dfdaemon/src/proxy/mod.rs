@@ -85,7 +85,10 @@ pub fn host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
     if allowed.is_empty() {
         return true;
     }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let with_port = format!("{host}:{port}");
     allowed.iter().any(|p| {
         let p = p.to_ascii_lowercase();
@@ -100,7 +103,11 @@ pub fn host_allowed(allowed: &[String], host: &str, port: u16) -> bool {
                 return false;
             }
         }
-        let target = if pat_port.is_some() { &with_port } else { &host };
+        let target = if pat_port.is_some() {
+            &with_port
+        } else {
+            &host
+        };
         let target_host = target.split(':').next().unwrap_or("");
         match pat_host.strip_prefix("*.") {
             Some(suffix) => target_host.ends_with(&format!(".{suffix}")),
@@ -183,11 +190,18 @@ impl Proxy {
         }
         let url = match self.target_url(&req) {
             Ok(u) => u,
-            Err(resp) => return resp,
+            Err(msg) => {
+                self.engine.metrics().proxy_outcome("bad_request");
+                return text(StatusCode::BAD_REQUEST, "proxy", msg);
+            }
         };
         let Some(host) = url.host_str().map(str::to_string) else {
             self.engine.metrics().proxy_outcome("bad_request");
-            return text(StatusCode::BAD_REQUEST, "proxy", format!("no host in {url}"));
+            return text(
+                StatusCode::BAD_REQUEST,
+                "proxy",
+                format!("no host in {url}"),
+            );
         };
         let port = url.port_or_known_default().unwrap_or(80);
         if !host_allowed(&self.allowed, &host, port) {
@@ -234,11 +248,8 @@ impl Proxy {
     }
 
     /// The origin URL a request is for.
-    fn target_url(&self, req: &Request<Incoming>) -> Result<url::Url, Response<Body>> {
-        let bad = |m: String| {
-            self.engine.metrics().proxy_outcome("bad_request");
-            text(StatusCode::BAD_REQUEST, "proxy", m)
-        };
+    fn target_url(&self, req: &Request<Incoming>) -> Result<url::Url, String> {
+        let bad = |m: String| m;
         let uri = req.uri();
         if uri.scheme().is_some() {
             // Forward-proxy mode: absolute URI.
@@ -260,7 +271,9 @@ impl Proxy {
         let u = url::Url::parse(&format!("{upstream}{pq}"))
             .map_err(|e| bad(format!("invalid upstream registry {upstream:?}: {e}")))?;
         if u.scheme() != "http" && u.scheme() != "https" {
-            return Err(bad(format!("upstream registry {upstream:?} is not http(s)")));
+            return Err(bad(format!(
+                "upstream registry {upstream:?} is not http(s)"
+            )));
         }
         Ok(u)
     }
@@ -303,17 +316,19 @@ impl Proxy {
             .unwrap_or(self.blob_digest_ids);
         let piece_length = match header_str(headers, HEADER_PIECE_LENGTH) {
             None => None,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if (common::piece::MIN_PIECE_LENGTH..=1 << 30).contains(&n) => Some(n),
-                _ => {
-                    self.engine.metrics().proxy_outcome("bad_request");
-                    return text(
+            Some(v) => {
+                match v.parse::<u64>() {
+                    Ok(n) if common::piece::valid_user_piece_length(n) => Some(n),
+                    _ => {
+                        self.engine.metrics().proxy_outcome("bad_request");
+                        return text(
                         StatusCode::BAD_REQUEST,
                         "proxy",
                         format!("{HEADER_PIECE_LENGTH}: {v:?} must be a byte count of at least 4194304"),
                     );
+                    }
                 }
-            },
+            }
         };
         let filtered = match header_str(headers, HEADER_FILTERED_QUERY_PARAMS) {
             Some(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
@@ -390,7 +405,11 @@ impl Proxy {
                 }
             },
         };
-        metrics.proxy_outcome(if cached { "cache_hit" } else { "back_to_source" });
+        metrics.proxy_outcome(if cached {
+            "cache_hit"
+        } else {
+            "back_to_source"
+        });
         let meta = task.meta();
         let stream = task.read_range(start, end, self.read_buffer);
         let m2 = metrics.clone();
@@ -414,7 +433,10 @@ impl Proxy {
         };
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(end - start));
-        h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(
+            http::header::ACCEPT_RANGES,
+            HeaderValue::from_static("bytes"),
+        );
         let ct = meta
             .content_type
             .as_deref()
@@ -545,14 +567,24 @@ mod tests {
 
     #[test]
     fn ns_maps_to_registry_url() {
-        assert_eq!(registry_from_ns("docker.io"), "https://registry-1.docker.io");
+        assert_eq!(
+            registry_from_ns("docker.io"),
+            "https://registry-1.docker.io"
+        );
         assert_eq!(registry_from_ns("ghcr.io"), "https://ghcr.io");
-        assert_eq!(registry_from_ns("http://127.0.0.1:5000/"), "http://127.0.0.1:5000");
+        assert_eq!(
+            registry_from_ns("http://127.0.0.1:5000/"),
+            "http://127.0.0.1:5000"
+        );
     }
 
     #[test]
     fn allowed_hosts() {
-        let a: Vec<String> = vec!["registry.example.com".into(), "*.corp.net".into(), "127.0.0.1:5000".into()];
+        let a: Vec<String> = vec![
+            "registry.example.com".into(),
+            "*.corp.net".into(),
+            "127.0.0.1:5000".into(),
+        ];
         assert!(host_allowed(&[], "anything", 80));
         assert!(host_allowed(&a, "registry.example.com", 443));
         assert!(host_allowed(&a, "REGISTRY.example.com", 80));

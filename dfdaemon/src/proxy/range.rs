@@ -86,13 +86,25 @@ mod tests {
         assert_eq!(r("bytes=-3", 10), Ok((7, 10)));
         assert_eq!(r("bytes=-30", 10), Ok((0, 10)));
         assert_eq!(r("bytes=5-100", 10), Ok((5, 10)));
-        assert!(matches!(r("bytes=10-", 10), Err(RangeError::Unsatisfiable(..))));
-        assert!(matches!(r("bytes=-0", 10), Err(RangeError::Unsatisfiable(..))));
+        assert!(matches!(
+            r("bytes=10-", 10),
+            Err(RangeError::Unsatisfiable(..))
+        ));
+        assert!(matches!(
+            r("bytes=-0", 10),
+            Err(RangeError::Unsatisfiable(..))
+        ));
         assert!(matches!(r("bytes=5-2", 10), Err(RangeError::Malformed(_))));
         assert!(matches!(r("bytes=a-b", 10), Err(RangeError::Malformed(_))));
         assert!(matches!(r("items=0-1", 10), Err(RangeError::Malformed(_))));
         assert!(matches!(r("bytes=+1-2", 10), Err(RangeError::Malformed(_))));
-        assert!(matches!(r("bytes=0-1,3-4", 10), Err(RangeError::Multiple(_))));
-        assert!(matches!(r("bytes=99999999999999999999-", 10), Err(RangeError::Malformed(_))));
+        assert!(matches!(
+            r("bytes=0-1,3-4", 10),
+            Err(RangeError::Multiple(_))
+        ));
+        assert!(matches!(
+            r("bytes=99999999999999999999-", 10),
+            Err(RangeError::Malformed(_))
+        ));
     }
 }

@@ -62,17 +62,17 @@ pub struct TaskMeta {
     /// `Content-Type` the origin sent, replayed when serving from cache.
     pub content_type: Option<String>,
     pub pieces: BTreeMap<u32, PieceMeta>,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created_at: u64,
-    /// Unix seconds of the last read or write (GC orders by it).
+    /// Unix milliseconds of the last read or write (GC orders by it).
     pub accessed_at: u64,
 }
 
-/// Current Unix time in seconds.
-pub fn now_secs() -> u64 {
+/// Current Unix time in milliseconds.
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -86,6 +86,7 @@ enum Op {
 pub struct Metadata {
     db: std::sync::Arc<Database>,
     tx: mpsc::Sender<Op>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Metadata {
@@ -103,21 +104,37 @@ impl Metadata {
         let db = std::sync::Arc::new(db);
         let (tx, rx) = mpsc::channel::<Op>();
         let wdb = db.clone();
+        let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let wpending = pending.clone();
         std::thread::Builder::new()
             .name("metadata-writer".into())
-            .spawn(move || writer_loop(&wdb, rx))
+            .spawn(move || writer_loop(&wdb, rx, &wpending))
             .map_err(|e| MetadataError::Db(format!("cannot start writer thread: {e}")))?;
-        Ok(Metadata { db, tx })
+        Ok(Metadata { db, tx, pending })
+    }
+
+    fn send(&self, op: Op) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.tx.send(op).is_err() {
+            self.pending
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// Queues a record write (committed with the next batch).
     pub fn put(&self, meta: TaskMeta) {
-        let _ = self.tx.send(Op::Put(Box::new(meta)));
+        self.send(Op::Put(Box::new(meta)));
     }
 
     /// Queues a record deletion.
     pub fn delete(&self, id: &str) {
-        let _ = self.tx.send(Op::Delete(id.to_string()));
+        self.send(Op::Delete(id.to_string()));
+    }
+
+    /// Writes queued but not yet committed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until everything queued so far is durably committed.
@@ -146,7 +163,7 @@ impl Metadata {
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Op>) {
+fn writer_loop(db: &Database, rx: mpsc::Receiver<Op>, pending: &std::sync::atomic::AtomicUsize) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(op) = rx.try_recv() {
@@ -159,6 +176,8 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Op>) {
         if let Err(e) = &result {
             tracing::error!(error = %e, "metadata commit failed");
         }
+        let writes = batch.iter().filter(|op| !matches!(op, Op::Sync(_))).count();
+        pending.fetch_sub(writes, std::sync::atomic::Ordering::AcqRel);
         for op in batch {
             if let Op::Sync(reply) = op {
                 let _ = reply.send(match &result {
@@ -215,7 +234,13 @@ mod tests {
             status: TaskStatus::Running,
             digest: None,
             content_type: None,
-            pieces: BTreeMap::from([(0, PieceMeta { length: 4, crc32: 7 })]),
+            pieces: BTreeMap::from([(
+                0,
+                PieceMeta {
+                    length: 4,
+                    crc32: 7,
+                },
+            )]),
             created_at: 1,
             accessed_at: 2,
         }

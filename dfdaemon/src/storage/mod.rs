@@ -5,7 +5,7 @@ pub mod metadata;
 
 use bytes::Bytes;
 use futures_util::Stream;
-pub use metadata::{now_secs, PieceMeta, TaskMeta, TaskStatus};
+pub use metadata::{now_millis, PieceMeta, TaskMeta, TaskStatus};
 use metadata::{Metadata, MetadataError};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -153,7 +153,9 @@ impl Task {
 
     /// Reads bytes at `offset` (blocking).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        self.file.read_exact_at(buf, offset).map_err(io_err(&self.path))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(io_err(&self.path))
     }
 
     /// Path of the content file.
@@ -362,7 +364,11 @@ impl Store {
         }
         for mut meta in metas {
             let path = self.content_path(&meta.id);
-            let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(_) => {
                     self.metadata.delete(&meta.id);
@@ -481,7 +487,7 @@ impl Store {
         let snapshot = {
             let mut s = task.lock();
             s.meta.pieces.insert(number, piece);
-            s.meta.accessed_at = now_secs();
+            s.meta.accessed_at = now_millis();
             s.meta.clone()
         };
         self.metadata.put(snapshot);
@@ -500,7 +506,7 @@ impl Store {
         let snapshot = {
             let mut s = task.lock();
             s.meta.status = TaskStatus::Succeeded;
-            s.meta.accessed_at = now_secs();
+            s.meta.accessed_at = now_millis();
             s.meta.clone()
         };
         self.metadata.put(snapshot);
@@ -520,7 +526,7 @@ impl Store {
     pub fn touch(&self, task: &Task) {
         let snapshot = {
             let mut s = task.lock();
-            s.meta.accessed_at = now_secs();
+            s.meta.accessed_at = now_millis();
             s.meta.clone()
         };
         self.metadata.put(snapshot);
@@ -579,6 +585,11 @@ impl Store {
             .sum()
     }
 
+    /// Metadata writes queued but not yet committed (0 means what is in memory is durable).
+    pub fn pending_metadata_writes(&self) -> usize {
+        self.metadata.pending()
+    }
+
     /// Waits until queued metadata is committed.
     pub async fn sync_metadata(&self) -> Result<(), StoreError> {
         Ok(self.metadata.sync().await?)
@@ -601,8 +612,8 @@ mod tests {
             digest,
             content_type: None,
             pieces: BTreeMap::new(),
-            created_at: now_secs(),
-            accessed_at: now_secs(),
+            created_at: now_millis(),
+            accessed_at: now_millis(),
         }
     }
 
