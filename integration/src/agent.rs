@@ -1,0 +1,228 @@
+//! The project's own binaries under test: a dfdaemon process with its own
+//! store, ports and socket, plus helpers to run dfget and dfinit.
+
+use crate::{free_port, wait_for, ChildProcess, Error, Result, TestDir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Directory holding the workspace's built binaries (`target/debug`, or
+/// `$CARGO_TARGET_DIR/debug`, or `$DFRS_BIN_DIR`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DFRS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug")
+}
+
+/// Path of one of the project's binaries; panics with a hint when it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` first (hack/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Deep-merges `extra` into `base` (objects merge, everything else replaces).
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// A running dfdaemon.
+pub struct Agent {
+    pub name: String,
+    pub store_dir: PathBuf,
+    pub socket: PathBuf,
+    pub config_path: PathBuf,
+    pub proxy_port: u16,
+    pub metrics_port: u16,
+    process: Option<ChildProcess>,
+    log_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts dfdaemon with loopback ports, a store under the test dir, and
+    /// `extra_yaml` merged over that config. Waits until `/healthy` answers.
+    pub async fn start(dir: &TestDir, name: &str, extra_yaml: &str) -> Result<Agent> {
+        let store_dir = dir.join(format!("{name}-store"));
+        let socket = dir.join(format!("{name}.sock"));
+        let proxy_port = free_port();
+        let metrics_port = free_port();
+        let mut cfg = serde_json::json!({
+            "storage": {"dir": store_dir},
+            "proxy": {"server": {"ip": "127.0.0.1", "port": proxy_port}},
+            "metrics": {"server": {"ip": "127.0.0.1", "port": metrics_port}},
+            "upload": {"server": {"ip": "127.0.0.1", "port": free_port()}},
+            "download": {"server": {"socketPath": socket}},
+        });
+        if !extra_yaml.trim().is_empty() {
+            let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml)
+                .map_err(|e| Error::malformed("dfdaemon harness", format!("bad extra YAML for {name}: {e}")))?;
+            merge(&mut cfg, extra);
+        }
+        let config_path = dir.join(format!("{name}.yaml"));
+        let yaml = serde_yaml_ng::to_string(&cfg)
+            .map_err(|e| Error::malformed("dfdaemon harness", format!("cannot render config: {e}")))?;
+        std::fs::write(&config_path, yaml).map_err(|e| Error::io("write", &config_path, e))?;
+        let mut agent = Agent {
+            name: name.to_string(),
+            store_dir,
+            socket,
+            config_path,
+            proxy_port,
+            metrics_port,
+            process: None,
+            log_path: dir.logs_dir().join(format!("{name}.log")),
+        };
+        agent.launch().await?;
+        Ok(agent)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("dfdaemon"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,dfdaemon=debug");
+        let p = ChildProcess::spawn_with_log(&self.name, cmd, &self.log_path)?;
+        self.process = Some(p);
+        let url = format!("http://127.0.0.1:{}/healthy", self.metrics_port);
+        let socket = self.socket.clone();
+        let r = wait_for(Duration::from_secs(20), &format!("{} /healthy", self.name), || {
+            let url = url.clone();
+            let socket = socket.clone();
+            async move {
+                socket.exists()
+                    && reqwest::get(&url)
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            return Err(Error::malformed("dfdaemon harness", format!(
+                "{e}\n--- {} log ---\n{}",
+                self.name,
+                self.log_tail(40)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Restarts the daemon with the same config and store.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop().await;
+        }
+        self.launch().await
+    }
+
+    /// SIGKILLs the daemon (no clean shutdown) and waits until it is gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill9();
+            p.wait_exit(Duration::from_secs(10)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<proxy port>`.
+    pub fn proxy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = s.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().map(|p| p.is_running()).unwrap_or(false)
+    }
+
+    /// The raw Prometheus text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let r = reqwest::get(&url)
+            .await
+            .map_err(|e| Error::malformed("dfdaemon harness", format!("GET {url}: {e}")))?;
+        r.text()
+            .await
+            .map_err(|e| Error::malformed("dfdaemon harness", format!("GET {url}: {e}")))
+    }
+
+    /// Sum of the samples whose `name{labels}` starts with `series`
+    /// (e.g. `dragonfly_dfdaemon_download_traffic_bytes_total{type="local_cache"}`).
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.metrics_text().await?;
+        Ok(sum_metric(&text, series))
+    }
+
+    /// Runs dfget against this daemon.
+    pub fn dfget(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin("dfget"));
+        cmd.arg("--endpoint").arg(&self.socket).arg("--no-progress").args(args);
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run dfget: {e}"))
+    }
+
+    /// The content file of a task in this daemon's store.
+    pub fn task_path(&self, task_id: &str) -> PathBuf {
+        self.store_dir
+            .join("content/tasks")
+            .join(&task_id[..3.min(task_id.len())])
+            .join(task_id)
+    }
+}
+
+/// Sums samples of a Prometheus text exposition whose series starts with `series`.
+pub fn sum_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_matching_series() {
+        let t = "# HELP x\nfoo_total{type=\"a\"} 3\nfoo_total{type=\"b\"} 4\nfoobar 9\n";
+        assert_eq!(sum_metric(t, "foo_total{type=\"a\"}"), 3.0);
+        assert_eq!(sum_metric(t, "foo_total"), 7.0);
+    }
+
+    #[test]
+    fn merge_is_deep() {
+        let mut a = serde_json::json!({"proxy": {"server": {"port": 1}, "x": 1}});
+        merge(&mut a, serde_json::json!({"proxy": {"server": {"ip": "a"}}}));
+        assert_eq!(a, serde_json::json!({"proxy": {"server": {"port": 1, "ip": "a"}, "x": 1}}));
+    }
+}
