@@ -78,6 +78,11 @@ impl Agent {
                 .map_err(|e| Error::malformed("dfdaemon harness", format!("bad extra YAML for {name}: {e}")))?;
             merge(&mut cfg, extra);
         }
+        // The extra YAML may move the store.
+        let store_dir = cfg["storage"]["dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or(store_dir);
         let config_path = dir.join(format!("{name}.yaml"));
         let yaml = serde_yaml_ng::to_string(&cfg)
             .map_err(|e| Error::malformed("dfdaemon harness", format!("cannot render config: {e}")))?;
