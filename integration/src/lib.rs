@@ -1,1 +1,42 @@
-//! End-to-end test harness.
+//! Integration test harness: real docker-registry (distribution 2.8), real containerd 1.6, an
+//! in-process HTTP origin with fault knobs, an in-process registry token server, and an OCI image
+//! builder that needs no Docker.
+//!
+//! Everything listens on 127.0.0.1 only, every daemon runs in its own session with its log in the
+//! test's [`TestDir`], and everything is torn down on drop (see each type's `Drop`).
+//!
+//! Tests that use this crate must call [`require_root_and_tools`] first: a missing prerequisite is
+//! a test failure, never a skip.
+
+pub mod agent;
+pub mod containerd;
+pub mod cri;
+mod error;
+mod http_client;
+pub mod image;
+mod mounts;
+pub mod origin;
+mod ports;
+mod prereq;
+pub mod process;
+pub mod registry;
+mod testdir;
+mod wait;
+
+pub use containerd::{Containerd, ContainerdClient, ContainerdConfig, HostsToml, MirrorHost};
+pub use cri::{CriClient, CriImage};
+pub use error::{Error, Result};
+pub use http_client::{http_client, http_client_builder, install_crypto_provider};
+pub use image::{
+    build_oci_layout, random_bytes, sha256_digest, BuiltLayer, Compression, ImageConfig, ImageInfo,
+    LayerEntry, LayerSpec, OciImage, RandomReader,
+};
+pub use origin::{ObjectOptions, OriginRequest, TestOrigin};
+pub use ports::free_port;
+pub use prereq::require_root_and_tools;
+pub use process::{ChildProcess, Signal};
+pub use registry::{
+    AccessLogEntry, Registry, RegistryClient, TokenAuthOptions, TokenRequest, TokenServer,
+};
+pub use testdir::TestDir;
+pub use wait::wait_for;
