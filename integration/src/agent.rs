@@ -74,8 +74,12 @@ impl Agent {
             "download": {"server": {"socketPath": socket}},
         });
         if !extra_yaml.trim().is_empty() {
-            let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml)
-                .map_err(|e| Error::malformed("dfdaemon harness", format!("bad extra YAML for {name}: {e}")))?;
+            let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml).map_err(|e| {
+                Error::malformed(
+                    "dfdaemon harness",
+                    format!("bad extra YAML for {name}: {e}"),
+                )
+            })?;
             merge(&mut cfg, extra);
         }
         // The extra YAML may move the store.
@@ -84,8 +88,9 @@ impl Agent {
             .map(PathBuf::from)
             .unwrap_or(store_dir);
         let config_path = dir.join(format!("{name}.yaml"));
-        let yaml = serde_yaml_ng::to_string(&cfg)
-            .map_err(|e| Error::malformed("dfdaemon harness", format!("cannot render config: {e}")))?;
+        let yaml = serde_yaml_ng::to_string(&cfg).map_err(|e| {
+            Error::malformed("dfdaemon harness", format!("cannot render config: {e}"))
+        })?;
         std::fs::write(&config_path, yaml).map_err(|e| Error::io("write", &config_path, e))?;
         let mut agent = Agent {
             name: name.to_string(),
@@ -110,24 +115,27 @@ impl Agent {
         self.process = Some(p);
         let url = format!("http://127.0.0.1:{}/healthy", self.metrics_port);
         let socket = self.socket.clone();
-        let r = wait_for(Duration::from_secs(20), &format!("{} /healthy", self.name), || {
-            let url = url.clone();
-            let socket = socket.clone();
-            async move {
-                socket.exists()
-                    && reqwest::get(&url)
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-            }
-        })
+        let r = wait_for(
+            Duration::from_secs(20),
+            &format!("{} /healthy", self.name),
+            || {
+                let url = url.clone();
+                let socket = socket.clone();
+                async move {
+                    socket.exists()
+                        && reqwest::get(&url)
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false)
+                }
+            },
+        )
         .await;
         if let Err(e) = r {
-            return Err(Error::malformed("dfdaemon harness", format!(
-                "{e}\n--- {} log ---\n{}",
-                self.name,
-                self.log_tail(40)
-            )));
+            return Err(Error::malformed(
+                "dfdaemon harness",
+                format!("{e}\n--- {} log ---\n{}", self.name, self.log_tail(40)),
+            ));
         }
         Ok(())
     }
@@ -167,7 +175,10 @@ impl Agent {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.process.as_mut().map(|p| p.is_running()).unwrap_or(false)
+        self.process
+            .as_mut()
+            .map(|p| p.is_running())
+            .unwrap_or(false)
     }
 
     /// The raw Prometheus text.
@@ -191,7 +202,10 @@ impl Agent {
     /// Runs dfget against this daemon.
     pub fn dfget(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(bin("dfget"));
-        cmd.arg("--endpoint").arg(&self.socket).arg("--no-progress").args(args);
+        cmd.arg("--endpoint")
+            .arg(&self.socket)
+            .arg("--no-progress")
+            .args(args);
         cmd.output()
             .unwrap_or_else(|e| panic!("cannot run dfget: {e}"))
     }
@@ -227,7 +241,13 @@ mod tests {
     #[test]
     fn merge_is_deep() {
         let mut a = serde_json::json!({"proxy": {"server": {"port": 1}, "x": 1}});
-        merge(&mut a, serde_json::json!({"proxy": {"server": {"ip": "a"}}}));
-        assert_eq!(a, serde_json::json!({"proxy": {"server": {"port": 1, "ip": "a"}, "x": 1}}));
+        merge(
+            &mut a,
+            serde_json::json!({"proxy": {"server": {"ip": "a"}}}),
+        );
+        assert_eq!(
+            a,
+            serde_json::json!({"proxy": {"server": {"port": 1, "ip": "a"}, "x": 1}})
+        );
     }
 }

@@ -47,21 +47,28 @@ async fn kill_9_mid_download_then_restart_fetches_only_missing_pieces() {
         }
     });
     // Six pieces stored and their records committed to disk.
-    wait_for(Duration::from_secs(60), "6 pieces stored and committed", || async {
-        let pieces = agent
-            .metric("dragonfly_dfdaemon_pieces_total{type=\"back_to_source\"}")
-            .await
-            .unwrap_or(0.0);
-        let pending = agent
-            .metric("dragonfly_dfdaemon_metadata_pending_writes")
-            .await
-            .unwrap_or(1.0);
-        pieces >= 6.0 && pending == 0.0
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "6 pieces stored and committed",
+        || async {
+            let pieces = agent
+                .metric("dragonfly_dfdaemon_pieces_total{type=\"back_to_source\"}")
+                .await
+                .unwrap_or(0.0);
+            let pending = agent
+                .metric("dragonfly_dfdaemon_metadata_pending_writes")
+                .await
+                .unwrap_or(1.0);
+            pieces >= 6.0 && pending == 0.0
+        },
+    )
     .await
     .unwrap();
     agent.kill9().await;
-    assert!(first.await.unwrap() != Some(len as usize), "the first client cannot have the whole blob");
+    assert!(
+        first.await.unwrap() != Some(len as usize),
+        "the first client cannot have the whole blob"
+    );
 
     origin.release_all();
     origin.clear_requests();
@@ -75,7 +82,10 @@ async fn kill_9_mid_download_then_restart_fetches_only_missing_pieces() {
         .bytes()
         .await
         .unwrap();
-    assert!(body[..] == data[..], "resumed blob differs from the origin's");
+    assert!(
+        body[..] == data[..],
+        "resumed blob differs from the origin's"
+    );
     let fetched: Vec<String> = origin
         .ranges_for(&path)
         .into_iter()
@@ -87,5 +97,8 @@ async fn kill_9_mid_download_then_restart_fetches_only_missing_pieces() {
     assert_eq!(fetched.len(), 4, "after restart the origin saw {fetched:?}");
     assert_eq!(fetched.into_iter().collect::<BTreeSet<_>>(), want);
     let log = agent.log();
-    assert!(log.contains("partial=1"), "restart should report one partial task");
+    assert!(
+        log.contains("partial=1"),
+        "restart should report one partial task"
+    );
 }

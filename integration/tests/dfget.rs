@@ -69,7 +69,11 @@ async fn dfget_downloads_verifies_and_hard_links_from_the_store() {
 
     // Origin 404: the error reaches the user.
     origin.put("/exists", "x");
-    let o = agent.dfget(&[&origin.url("/missing"), "-O", out_dir.join("e").to_str().unwrap()]);
+    let o = agent.dfget(&[
+        &origin.url("/missing"),
+        "-O",
+        out_dir.join("e").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
 
@@ -81,8 +85,16 @@ async fn dfget_downloads_verifies_and_hard_links_from_the_store() {
         "--disable-back-to-source",
     ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("back-to-source is disabled"), "{}", stderr(&o));
-    assert!(leftovers(&out_dir).is_empty(), "temp files left: {:?}", leftovers(&out_dir));
+    assert!(
+        stderr(&o).contains("back-to-source is disabled"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        leftovers(&out_dir).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&out_dir)
+    );
 }
 
 #[test]
@@ -96,5 +108,9 @@ fn dfget_without_a_daemon_says_so() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("cannot reach dfdaemon"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot reach dfdaemon"),
+        "{}",
+        stderr(&o)
+    );
 }

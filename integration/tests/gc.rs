@@ -20,7 +20,11 @@ impl Tmpfs {
             .arg(path)
             .output()
             .unwrap();
-        assert!(o.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         Tmpfs(path.to_path_buf())
     }
 }
@@ -67,7 +71,10 @@ fn fetch_stalled(agent: &Agent, origin: &TestOrigin, path: &str) -> tokio::task:
 }
 
 async fn gc_runs(agent: &Agent) -> f64 {
-    agent.metric("dragonfly_dfdaemon_gc_runs_total").await.unwrap()
+    agent
+        .metric("dragonfly_dfdaemon_gc_runs_total")
+        .await
+        .unwrap()
 }
 
 async fn wait_gc_passes(agent: &Agent, n: f64) {
@@ -84,9 +91,13 @@ async fn gc_evicts_idle_tasks_after_ttl_but_not_tasks_in_use() {
     integration::require_root_and_tools(&[]);
     let dir = TestDir::new("gc-ttl").unwrap();
     let origin = TestOrigin::start().await.unwrap();
-    let agent = Agent::start(&dir, "dfdaemon", "gc:\n  interval: 1s\n  policy:\n    taskTTL: 2s\n")
-        .await
-        .unwrap();
+    let agent = Agent::start(
+        &dir,
+        "dfdaemon",
+        "gc:\n  interval: 1s\n  policy:\n    taskTTL: 2s\n",
+    )
+    .await
+    .unwrap();
     let (idle, idle_id) = blob(&origin, 41, MIB, ObjectOptions::default());
     let (busy, busy_id) = blob(
         &origin,
@@ -107,12 +118,17 @@ async fn gc_evicts_idle_tasks_after_ttl_but_not_tasks_in_use() {
     .unwrap();
     // The busy task has been idle longer than the TTL too, but is in use.
     wait_gc_passes(&agent, 3.0).await;
-    assert!(agent.task_path(&busy_id).exists(), "a task in use was evicted");
+    assert!(
+        agent.task_path(&busy_id).exists(),
+        "a task in use was evicted"
+    );
     origin.release_all();
     reader.await.unwrap();
-    wait_for(Duration::from_secs(30), "busy task evicted once idle", || async {
-        !agent.task_path(&busy_id).exists()
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "busy task evicted once idle",
+        || async { !agent.task_path(&busy_id).exists() },
+    )
     .await
     .unwrap();
     let evicted = agent
@@ -171,8 +187,14 @@ async fn gc_evicts_least_recently_used_tasks_when_the_disk_fills() {
     .await
     .unwrap();
     wait_gc_passes(&agent, 2.0).await;
-    assert!(agent.task_path(&ids[3]).exists(), "the most recently used task was evicted");
-    assert!(agent.task_path(&busy_id).exists(), "a task in use was evicted");
+    assert!(
+        agent.task_path(&ids[3]).exists(),
+        "the most recently used task was evicted"
+    );
+    assert!(
+        agent.task_path(&busy_id).exists(),
+        "a task in use was evicted"
+    );
     let evicted = agent
         .metric("dragonfly_dfdaemon_gc_evicted_tasks_total{reason=\"disk\"}")
         .await
