@@ -264,14 +264,16 @@ impl Engine {
             Probe::Empty => {
                 let task = self.create_task(req, 0, existing, None)?;
                 let _ = tx.send(Some(StartState::Ready(task.clone())));
-                return self.finish(req, &task).await;
+                let verifier = self.spawn_verifier(req, &task);
+                return self.conclude(req, &task, Ok(()), verifier).await;
             }
             Probe::Whole { total, resp } => {
                 let task = self.create_task(req, total, None, content_type(&resp))?;
                 let _ = tx.send(Some(StartState::Ready(task.clone())));
                 let _use = task.use_task();
+                let verifier = self.spawn_verifier(req, &task);
                 let r = self.fetch_sequential(&task, resp).await;
-                return self.conclude(req, &task, r).await;
+                return self.conclude(req, &task, r, verifier).await;
             }
             Probe::Ranged { total, range, resp } => {
                 let task = self.create_task(req, total, existing, content_type(&resp))?;
@@ -289,8 +291,38 @@ impl Engine {
         task.clear_failure();
         let _ = tx.send(Some(StartState::Ready(task.clone())));
         let _use = task.use_task();
+        let verifier = self.spawn_verifier(req, &task);
         let r = self.fetch_pieces(req, &task, first_body).await;
-        self.conclude(req, &task, r).await
+        self.conclude(req, &task, r, verifier).await
+    }
+
+    /// Hashes the content in order while pieces land, so verification ends
+    /// right after the last piece instead of re-reading the whole task.
+    fn spawn_verifier(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+    ) -> Option<tokio::task::JoinHandle<Result<String, DownloadError>>> {
+        let algorithm = req.digest.as_ref()?.algorithm.clone();
+        let task = task.clone();
+        Some(tokio::spawn(async move {
+            let mut hasher = ContentHasher::new(&algorithm);
+            for number in 0..task.piece_count() {
+                task.wait_stored(number).await?;
+                let t = task.clone();
+                hasher = tokio::task::spawn_blocking(move || {
+                    let (off, len) = piece_range(number, t.content_length(), t.piece_length());
+                    hasher.update_from(&t, off, len)?;
+                    Ok::<_, crate::storage::StoreError>(hasher)
+                })
+                .await
+                .map_err(|e| DownloadError::Failed {
+                    task_id: task.id.clone(),
+                    reason: e.to_string(),
+                })??;
+            }
+            Ok(hasher.finish())
+        }))
     }
 
     fn create_task(
@@ -618,18 +650,33 @@ impl Engine {
         req: &DownloadRequest,
         task: &Arc<Task>,
         fetched: Result<(), DownloadError>,
+        verifier: Option<tokio::task::JoinHandle<Result<String, DownloadError>>>,
     ) -> Result<(), DownloadError> {
         if let Err(e) = fetched {
+            if let Some(v) = verifier {
+                v.abort();
+            }
             self.store.mark_failed(task, &e.to_string());
             return Err(e);
         }
-        self.finish(req, task).await
+        let computed = match verifier {
+            None => None,
+            Some(v) => Some(v.await.map_err(|e| DownloadError::Failed {
+                task_id: task.id.clone(),
+                reason: format!("digest verifier: {e}"),
+            })??),
+        };
+        self.finish(req, task, computed).await
     }
 
-    /// Verifies the digest (if any) and marks the task complete, or purges it.
-    async fn finish(&self, req: &DownloadRequest, task: &Arc<Task>) -> Result<(), DownloadError> {
-        if let Some(want) = &req.digest {
-            let got = self.content_digest(task, &want.algorithm).await?;
+    /// Checks the digest (if any) and marks the task complete, or purges it.
+    async fn finish(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        computed: Option<String>,
+    ) -> Result<(), DownloadError> {
+        if let (Some(want), Some(got)) = (&req.digest, computed) {
             if got != want.encoded {
                 let reason = format!(
                     "content digest {}:{got} does not match {want}; nothing was cached",
@@ -648,42 +695,49 @@ impl Engine {
         tracing::info!(task_id = %task.id, bytes = task.content_length(), "task complete");
         Ok(())
     }
+}
 
-    async fn content_digest(
-        &self,
-        task: &Arc<Task>,
-        algorithm: &str,
-    ) -> Result<String, DownloadError> {
-        let t = task.clone();
-        let algorithm = algorithm.to_string();
-        tokio::task::spawn_blocking(move || {
-            let len = t.content_length();
-            let mut buf = vec![0u8; WRITE_CHUNK];
-            let mut h256 = sha2::Sha256::new();
-            let mut h512 = sha2::Sha512::new();
-            let mut pos = 0u64;
-            while pos < len {
-                let n = (len - pos).min(buf.len() as u64) as usize;
-                t.read_at(pos, &mut buf[..n])?;
-                if algorithm == "sha512" {
-                    h512.update(&buf[..n]);
-                } else {
-                    h256.update(&buf[..n]);
-                }
-                pos += n as u64;
+/// SHA-256 or SHA-512, fed from the content file.
+enum ContentHasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl ContentHasher {
+    fn new(algorithm: &str) -> Self {
+        if algorithm == "sha512" {
+            ContentHasher::Sha512(sha2::Sha512::new())
+        } else {
+            ContentHasher::Sha256(sha2::Sha256::new())
+        }
+    }
+
+    /// Hashes `len` bytes at `off` of the task's content (blocking).
+    fn update_from(
+        &mut self,
+        task: &Task,
+        off: u64,
+        len: u64,
+    ) -> Result<(), crate::storage::StoreError> {
+        let mut buf = vec![0u8; WRITE_CHUNK.min(len as usize)];
+        let mut pos = off;
+        while pos < off + len {
+            let n = (off + len - pos).min(buf.len() as u64) as usize;
+            task.read_at(pos, &mut buf[..n])?;
+            match self {
+                ContentHasher::Sha256(h) => h.update(&buf[..n]),
+                ContentHasher::Sha512(h) => h.update(&buf[..n]),
             }
-            Ok::<_, crate::storage::StoreError>(if algorithm == "sha512" {
-                hex::encode(h512.finalize())
-            } else {
-                hex::encode(h256.finalize())
-            })
-        })
-        .await
-        .map_err(|e| DownloadError::Failed {
-            task_id: task.id.clone(),
-            reason: e.to_string(),
-        })?
-        .map_err(DownloadError::from)
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> String {
+        match self {
+            ContentHasher::Sha256(h) => hex::encode(h.finalize()),
+            ContentHasher::Sha512(h) => hex::encode(h.finalize()),
+        }
     }
 }
 

@@ -156,6 +156,19 @@ impl Agent {
         }
     }
 
+    /// PID of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid())
+    }
+
+    /// Peak resident memory of the running daemon (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
     /// `http://127.0.0.1:<proxy port>`.
     pub fn proxy_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.proxy_port)
