@@ -118,8 +118,22 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// Raises the soft open-file limit to the hard limit: every connection and
+/// every task being served holds a descriptor.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_nofile_limit();
     let (hostname, ip) = host_identity(&cfg);
     let host_id = common::id::host_id(&ip.to_string(), &hostname, false);
     let (store, rec) = Store::open(&cfg.storage.dir, cfg.storage.keep)
@@ -130,6 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         partial = rec.partial,
         dropped_pieces = rec.dropped_pieces,
         dropped_tasks = rec.dropped_tasks,
+        orphan_files = rec.orphan_files,
         "store opened"
     );
     let store = Arc::new(store);

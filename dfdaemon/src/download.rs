@@ -361,10 +361,22 @@ impl Engine {
     ) -> Result<Probe, DownloadError> {
         let mut attempt = 0;
         loop {
-            let result = self
-                .backend
-                .get(&req.task_id, &req.url, &req.headers, Some(range), None)
-                .await;
+            let result = match tokio::time::timeout(
+                self.config.piece_timeout,
+                self.backend
+                    .get(&req.task_id, &req.url, &req.headers, Some(range), None),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(crate::backend::BackendError::Request {
+                    url: req.url.clone(),
+                    message: format!(
+                        "no response within download.pieceTimeout ({})",
+                        humantime::format_duration(self.config.piece_timeout)
+                    ),
+                }),
+            };
             let retryable = match &result {
                 Err(_) => true,
                 Ok(r) => r.status().is_server_error(),
@@ -540,7 +552,9 @@ impl Engine {
             reason: format!("piece {number}: {m}"),
         };
         loop {
-            let chunk = stream.next().await;
+            let chunk = tokio::time::timeout(self.config.piece_timeout, stream.next())
+                .await
+                .map_err(|_| fail(self.stalled()))?;
             let done = chunk.is_none();
             if let Some(c) = chunk {
                 let c = c.map_err(|e| fail(error_chain(&e)))?;
@@ -574,6 +588,11 @@ impl Engine {
                 crc32: crc.finalize(),
             },
         );
+        self.piece_fetched(len);
+        Ok(())
+    }
+
+    fn piece_fetched(&self, len: u64) {
         self.metrics.traffic("back_to_source", len);
         self.metrics
             .pieces
@@ -581,7 +600,13 @@ impl Engine {
                 r#type: "back_to_source",
             })
             .inc();
-        Ok(())
+    }
+
+    fn stalled(&self) -> String {
+        format!(
+            "origin sent nothing for download.pieceTimeout ({})",
+            humantime::format_duration(self.config.piece_timeout)
+        )
     }
 
     /// Origin without range support: the body is read once, in order, piece by piece.
@@ -600,7 +625,10 @@ impl Engine {
             reason: m,
         };
         let mut pending = BytesMut::new();
-        while let Some(c) = stream.next().await {
+        while let Some(c) = tokio::time::timeout(self.config.piece_timeout, stream.next())
+            .await
+            .map_err(|_| fail(self.stalled()))?
+        {
             let c = c.map_err(|e| fail(error_chain(&e)))?;
             if pos + pending.len() as u64 + c.len() as u64 > total {
                 return Err(fail("origin sent more bytes than Content-Length".into()));
@@ -632,7 +660,7 @@ impl Engine {
                             crc32: c.finalize(),
                         },
                     );
-                    self.metrics.traffic("back_to_source", len);
+                    self.piece_fetched(len);
                 }
                 if pos == total {
                     break;
@@ -748,8 +776,9 @@ fn content_type(resp: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// 100 ms, 200 ms, 400 ms, ... (attempt counts from 1), at most 6.4 s.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
+    Duration::from_millis(100u64 << attempt.saturating_sub(1).min(6))
 }
 
 fn identity_encoding(h: &HeaderMap) -> bool {

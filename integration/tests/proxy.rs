@@ -239,6 +239,43 @@ async fn origin_errors_are_passed_through_and_not_cached() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_origin_fails_after_the_piece_timeout_instead_of_hanging() {
+    let (_dir, origin, agent) = setup(
+        "proxy-stalled",
+        "download:\n  pieceTimeout: 1s\nbackend:\n  maxRetries: 0\n",
+    )
+    .await;
+    let data = random_bytes(10, 6 * MIB as usize);
+    let (path, _) = blob_path(&data);
+    // First request: nothing at all comes back.
+    origin.put_with(
+        &path,
+        data.clone(),
+        ObjectOptions {
+            stall_from_offset: Some(0),
+            ..Default::default()
+        },
+    );
+    let r = mirror_get(&agent, &origin, &path, None).await;
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("download.pieceTimeout"));
+    // Then: headers and the first piece, but the second piece stalls mid-way.
+    origin.update(&path, |o| o.stall_from_offset = Some(5 * MIB));
+    let r = mirror_get(&agent, &origin, &path, None).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "a stalled body must end in an error"
+    );
+    origin.release_all();
+    let r = mirror_get(&agent, &origin, &path, None).await;
+    assert!(
+        r.bytes().await.unwrap()[..] == data[..],
+        "the task resumes once the origin recovers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn encoded_responses_are_passed_through_and_not_cached() {
     let (_dir, origin, agent) = setup("proxy-encoding", "").await;
     let data = random_bytes(11, 5000);

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
+    name = "dfdaemon",
     version,
     about = "Dragonfly node agent: registry mirror, piece cache and download API"
 )]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
+    name = "dfget",
     version,
     about = "Download a URL through the local dfdaemon (cache, P2P, back-to-source)"
 )]
@@ -34,7 +35,7 @@ struct Args {
     /// Application name: part of the task ID.
     #[arg(long)]
     application: Option<String>,
-    /// Piece length in bytes (at least 4194304); part of the task ID.
+    /// Piece length in bytes (4194304 to 1073741824); part of the task ID.
     #[arg(long)]
     piece_length: Option<u64>,
     /// Query parameter dropped from the task ID (repeatable; default: signatures of presigned URLs).
@@ -56,7 +57,15 @@ struct Args {
     #[arg(short = 'e', long, default_value = "/var/run/dragonfly/dfdaemon.sock")]
     endpoint: PathBuf,
     /// Do not show a progress bar.
-    #[arg(long, env = "DFGET_NO_PROGRESS")]
+    #[arg(
+        long,
+        env = "DFGET_NO_PROGRESS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value = "false"
+    )]
     no_progress: bool,
 }
 

@@ -316,19 +316,17 @@ impl Proxy {
             .unwrap_or(self.blob_digest_ids);
         let piece_length = match header_str(headers, HEADER_PIECE_LENGTH) {
             None => None,
-            Some(v) => {
-                match v.parse::<u64>() {
-                    Ok(n) if common::piece::valid_user_piece_length(n) => Some(n),
-                    _ => {
-                        self.engine.metrics().proxy_outcome("bad_request");
-                        return text(
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if common::piece::valid_user_piece_length(n) => Some(n),
+                _ => {
+                    self.engine.metrics().proxy_outcome("bad_request");
+                    return text(
                         StatusCode::BAD_REQUEST,
                         "proxy",
-                        format!("{HEADER_PIECE_LENGTH}: {v:?} must be a byte count of at least 4194304"),
+                        format!("{HEADER_PIECE_LENGTH}: {v:?} must be a byte count from 4194304 (4 MiB) to 1073741824 (1 GiB)"),
                     );
-                    }
                 }
-            }
+            },
         };
         let filtered = match header_str(headers, HEADER_FILTERED_QUERY_PARAMS) {
             Some(v) => v.split(',').map(|s| s.trim().to_string()).collect(),

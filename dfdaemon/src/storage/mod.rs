@@ -56,7 +56,9 @@ struct TaskState {
 pub struct Task {
     pub id: String,
     path: PathBuf,
-    file: File,
+    /// Open while the task is in use; closed when the last user leaves, so an
+    /// idle store holds no file descriptors.
+    file: Mutex<Option<Arc<File>>>,
     state: Mutex<TaskState>,
     changed: watch::Sender<u64>,
     users: AtomicUsize,
@@ -68,7 +70,9 @@ pub struct TaskUse(Arc<Task>);
 
 impl Drop for TaskUse {
     fn drop(&mut self) {
-        self.0.users.fetch_sub(1, Ordering::AcqRel);
+        if self.0.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 }
 
@@ -144,18 +148,40 @@ impl Task {
         self.lock().failed = None;
     }
 
+    /// The content file, opened on first use.
+    fn handle(&self) -> Result<Arc<File>, StoreError> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = &*f {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?,
+        );
+        *f = Some(h.clone());
+        Ok(h)
+    }
+
     /// Writes bytes at `offset` of the content file (blocking; call from a blocking context).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        self.file
+        self.handle()?
             .write_all_at(data, offset)
             .map_err(io_err(&self.path))
     }
 
     /// Reads bytes at `offset` (blocking).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        self.file
+        self.handle()?
             .read_exact_at(buf, offset)
             .map_err(io_err(&self.path))
+    }
+
+    /// The open content file (for zero-copy sends); hold a [`TaskUse`] while using it.
+    pub fn open_file(&self) -> Result<Arc<File>, StoreError> {
+        self.handle()
     }
 
     /// Path of the content file.
@@ -327,6 +353,7 @@ pub struct Recovery {
     pub partial: usize,
     pub dropped_pieces: usize,
     pub dropped_tasks: usize,
+    pub orphan_files: usize,
 }
 
 impl Store {
@@ -362,26 +389,23 @@ impl Store {
             self.metadata.delete(&id);
             rec.dropped_tasks += 1;
         }
+        let mut known = std::collections::HashSet::new();
         for mut meta in metas {
             let path = self.content_path(&meta.id);
-            let file = match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(_) => {
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.metadata.delete(&meta.id);
                     rec.dropped_tasks += 1;
                     continue;
                 }
+                Err(e) => {
+                    // Not a reason to forget the task: it may be readable later.
+                    tracing::warn!(task_id = %meta.id, error = %e, "cannot stat content file; keeping the task");
+                    meta.content_length
+                }
             };
-            let len_ok = file
-                .metadata()
-                .map(|m| m.len() == meta.content_length)
-                .unwrap_or(false);
-            if !len_ok {
-                drop(file);
+            if size != meta.content_length {
                 let _ = std::fs::remove_file(&path);
                 self.metadata.delete(&meta.id);
                 rec.dropped_tasks += 1;
@@ -389,37 +413,68 @@ impl Store {
             }
             if meta.status == TaskStatus::Running {
                 let before = meta.pieces.len();
-                meta.pieces.retain(|n, p| {
-                    let (off, len) =
-                        common::piece::piece_range(*n, meta.content_length, meta.piece_length);
-                    if len != p.length {
-                        return false;
+                match std::fs::File::open(&path) {
+                    Ok(file) => meta.pieces.retain(|n, p| {
+                        let (off, len) =
+                            common::piece::piece_range(*n, meta.content_length, meta.piece_length);
+                        if len != p.length {
+                            return false;
+                        }
+                        let mut buf = vec![0u8; len as usize];
+                        file.read_exact_at(&mut buf, off).is_ok()
+                            && crc32fast::hash(&buf) == p.crc32
+                    }),
+                    Err(e) => {
+                        tracing::warn!(task_id = %meta.id, error = %e, "cannot verify partial task; dropping its pieces");
+                        meta.pieces.clear();
                     }
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, off).is_ok() && crc32fast::hash(&buf) == p.crc32
-                });
+                }
                 rec.dropped_pieces += before - meta.pieces.len();
                 rec.partial += 1;
                 self.metadata.put(meta.clone());
             } else {
                 rec.complete += 1;
             }
-            let task = self.new_task(meta, file, path);
+            known.insert(meta.id.clone());
+            let task = self.new_task(meta, path);
             self.lock().insert(task.id.clone(), task);
         }
+        rec.orphan_files = self.remove_orphans(&known);
         Ok(rec)
+    }
+
+    /// Deletes content files that no record describes (a crash between
+    /// creating a file and committing its record, or an undecodable record).
+    fn remove_orphans(&self, known: &std::collections::HashSet<String>) -> usize {
+        let mut removed = 0;
+        let tasks_dir = self.root.join("content").join("tasks");
+        let Ok(prefixes) = std::fs::read_dir(&tasks_dir) else {
+            return 0;
+        };
+        for prefix in prefixes.flatten() {
+            let Ok(files) = std::fs::read_dir(prefix.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) && std::fs::remove_file(f.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Task>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn new_task(&self, meta: TaskMeta, file: File, path: PathBuf) -> Arc<Task> {
+    fn new_task(&self, meta: TaskMeta, path: PathBuf) -> Arc<Task> {
         let (changed, _) = watch::channel(0);
         Arc::new(Task {
             id: meta.id.clone(),
             path,
-            file,
+            file: Mutex::new(None),
             state: Mutex::new(TaskState {
                 meta,
                 failed: None,
@@ -477,7 +532,8 @@ impl Store {
         meta.pieces.clear();
         meta.status = TaskStatus::Running;
         self.metadata.put(meta.clone());
-        let task = self.new_task(meta, file, path);
+        let task = self.new_task(meta, path);
+        *task.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(file));
         self.lock().insert(task.id.clone(), task.clone());
         Ok(task)
     }
@@ -497,7 +553,7 @@ impl Store {
     /// Marks a task complete, durably: content synced to disk, record committed.
     pub async fn mark_succeeded(&self, task: &Arc<Task>) -> Result<(), StoreError> {
         let t = task.clone();
-        tokio::task::spawn_blocking(move || t.file.sync_data().map_err(io_err(&t.path)))
+        tokio::task::spawn_blocking(move || t.handle()?.sync_data().map_err(io_err(&t.path)))
             .await
             .map_err(|e| StoreError::Io {
                 path: task.path.clone(),
@@ -698,6 +754,10 @@ mod tests {
             store.sync_metadata().await.unwrap();
             // Corrupt piece 2 behind the store's back.
             b.write_at(8192, &[9u8; 10]).unwrap();
+            // A content file with no record (crash before its record was committed).
+            let orphan = store.content_path("fff1");
+            std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+            std::fs::write(&orphan, b"orphan").unwrap();
         }
         let (store, rec) = loop {
             match Store::open(dir.path(), true) {
@@ -708,7 +768,13 @@ mod tests {
         assert_eq!(rec.complete, 1);
         assert_eq!(rec.partial, 1);
         assert_eq!(rec.dropped_pieces, 1);
+        assert_eq!(rec.orphan_files, 1);
+        assert!(!store.content_path("fff1").exists());
         let a = store.get("aaa1").unwrap();
+        assert!(
+            a.file.lock().unwrap().is_none(),
+            "an idle task holds no file descriptor"
+        );
         assert!(a.is_complete());
         assert_eq!(collect(&a, 0, 8192).await.unwrap()[4096], 8);
         let b = store.get("bbb1").unwrap();
