@@ -3,6 +3,7 @@
 //! absolute-URI requests (`curl -x`); `CONNECT` is tunnelled. GETs matching a
 //! rule go through the piece store; everything else is streamed through.
 
+mod fast;
 pub mod range;
 
 use crate::backend::{strip_hop_by_hop, Backend};
@@ -160,56 +161,71 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
+            tokio::spawn(fast::serve(self.clone(), stream, peer));
+        }
+    }
+
+    /// Serves a connection with hyper (everything but the fast path).
+    async fn serve_hyper(self: Arc<Self>, io: fast::Rewind, peer: SocketAddr) {
+        let max_head = self.max_head;
+        let svc = hyper::service::service_fn(move |req| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let max_head = this.max_head;
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
-                });
-                let r = hyper::server::conn::http1::Builder::new()
-                    .max_buf_size(max_head)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "proxy connection ended with error");
-                }
-            });
+            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
+        });
+        let r = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(max_head)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "proxy connection ended with error");
         }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let span = tracing::debug_span!("proxy", %peer, %method, %uri);
-        let _g = span.enter();
-        drop(_g);
-        if method == Method::CONNECT {
-            return self.tunnel(req).await;
-        }
-        let url = match self.target_url(&req) {
-            Ok(u) => u,
-            Err(msg) => {
-                self.engine.metrics().proxy_outcome("bad_request");
-                return text(StatusCode::BAD_REQUEST, "proxy", msg);
+        tracing::debug!(%peer, method = %req.method(), uri = %req.uri(), "proxy request");
+        match self.plan(req.method(), req.uri(), req.headers()) {
+            Plan::Tunnel => self.tunnel(req).await,
+            Plan::Forward(url) => self.forward(req, url).await,
+            Plan::Store(p) => self.via_store(req, p).await,
+            Plan::Reply {
+                status,
+                outcome,
+                message,
+            } => {
+                self.engine.metrics().proxy_outcome(outcome);
+                text(status, "proxy", message)
             }
+        }
+    }
+
+    /// Decides what to do with a request, from its head alone.
+    fn plan(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Plan {
+        let reply = |status, outcome, message: String| Plan::Reply {
+            status,
+            outcome,
+            message,
+        };
+        if method == Method::CONNECT {
+            return Plan::Tunnel;
+        }
+        let url = match self.target_url(uri, headers) {
+            Ok(u) => u,
+            Err(msg) => return reply(StatusCode::BAD_REQUEST, "bad_request", msg),
         };
         let Some(host) = url.host_str().map(str::to_string) else {
-            self.engine.metrics().proxy_outcome("bad_request");
-            return text(
+            return reply(
                 StatusCode::BAD_REQUEST,
-                "proxy",
+                "bad_request",
                 format!("no host in {url}"),
             );
         };
         let port = url.port_or_known_default().unwrap_or(80);
         if !host_allowed(&self.allowed, &host, port) {
-            self.engine.metrics().proxy_outcome("forbidden");
             tracing::info!(%host, port, "refused: not in proxy.allowedRegistries");
-            return text(
+            return reply(
                 StatusCode::FORBIDDEN,
-                "proxy",
+                "forbidden",
                 format!("{host}:{port} is not in proxy.allowedRegistries"),
             );
         }
@@ -220,7 +236,7 @@ impl Proxy {
             u.to_string()
         };
         let rule = self.rules.iter().find(|r| r.regex.is_match(&no_query));
-        let force_p2p = header_str(req.headers(), HEADER_USE_P2P)
+        let force_p2p = header_str(headers, HEADER_USE_P2P)
             .map(|v| v.eq_ignore_ascii_case("true"))
             .unwrap_or(false);
         let mut url = url;
@@ -230,34 +246,81 @@ impl Proxy {
             }
             if let Some(h) = &r.redirect {
                 if url.set_host(Some(h)).is_err() {
-                    return text(
+                    return reply(
                         StatusCode::BAD_GATEWAY,
-                        "proxy",
+                        "error",
                         format!("proxy rule redirect {h:?} is not a valid host"),
                     );
                 }
             }
         }
-        if method == Method::GET && (rule.is_some() || force_p2p) {
-            let filtered = rule
-                .map(|r| r.filtered.clone())
-                .unwrap_or_else(id::default_filtered_query_params);
-            return self.via_store(req, url, filtered).await;
+        if method != Method::GET || (rule.is_none() && !force_p2p) {
+            return Plan::Forward(url);
         }
-        self.forward(req, url).await
+        let filtered = match header_str(headers, HEADER_FILTERED_QUERY_PARAMS) {
+            Some(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
+            None => rule
+                .map(|r| r.filtered.clone())
+                .unwrap_or_else(id::default_filtered_query_params),
+        };
+        let url_s = url.to_string();
+        let digest = BlobDigest::from_blob_url(&url_s);
+        let blob_mode = header_str(headers, HEADER_BLOB_DIGEST_MODE)
+            .map(|v| v.eq_ignore_ascii_case("true"))
+            .unwrap_or(self.blob_digest_ids);
+        let piece_length = match header_str(headers, HEADER_PIECE_LENGTH) {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if common::piece::valid_user_piece_length(n) => Some(n),
+                _ => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("{HEADER_PIECE_LENGTH}: {v:?} must be a byte count from 4194304 (4 MiB) to 1073741824 (1 GiB)"),
+                    )
+                }
+            },
+        };
+        let task_id = match (&digest, blob_mode) {
+            (Some(d), true) => Ok(d.encoded.clone()),
+            _ => id::url_task_id(&id::UrlTaskId {
+                url: &url_s,
+                tag: header_str(headers, HEADER_TAG),
+                application: header_str(headers, HEADER_APPLICATION),
+                piece_length,
+                filtered_query_params: &filtered,
+            }),
+        };
+        let task_id = match task_id {
+            Ok(t) => t,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        };
+        let range = match header_str(headers, "range") {
+            None => None,
+            Some(v) => match range::parse(v) {
+                Ok(r) => Some((r, v.to_string())),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+            },
+        };
+        Plan::Store(StorePlan {
+            url,
+            task_id,
+            digest,
+            piece_length,
+            range,
+        })
     }
 
     /// The origin URL a request is for.
-    fn target_url(&self, req: &Request<Incoming>) -> Result<url::Url, String> {
+    fn target_url(&self, uri: &http::Uri, headers: &HeaderMap) -> Result<url::Url, String> {
         let bad = |m: String| m;
-        let uri = req.uri();
         if uri.scheme().is_some() {
             // Forward-proxy mode: absolute URI.
             return url::Url::parse(&uri.to_string())
                 .map_err(|e| bad(format!("invalid request URI {uri}: {e}")));
         }
         // Mirror mode: origin-form, upstream from header, ns= or config.
-        let upstream = header_str(req.headers(), HEADER_REGISTRY)
+        let upstream = header_str(headers, HEADER_REGISTRY)
             .map(|s| s.trim_end_matches('/').to_string())
             .or_else(|| {
                 uri.query().and_then(|q| {
@@ -302,63 +365,16 @@ impl Proxy {
         h
     }
 
-    async fn via_store(
-        &self,
-        req: Request<Incoming>,
-        url: url::Url,
-        filtered: Vec<String>,
-    ) -> Response<Body> {
-        let headers = req.headers();
+    async fn via_store(&self, req: Request<Incoming>, p: StorePlan) -> Response<Body> {
+        let StorePlan {
+            url,
+            task_id,
+            digest,
+            piece_length,
+            range,
+        } = p;
         let url_s = url.to_string();
-        let digest = BlobDigest::from_blob_url(&url_s);
-        let blob_mode = header_str(headers, HEADER_BLOB_DIGEST_MODE)
-            .map(|v| v.eq_ignore_ascii_case("true"))
-            .unwrap_or(self.blob_digest_ids);
-        let piece_length = match header_str(headers, HEADER_PIECE_LENGTH) {
-            None => None,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if common::piece::valid_user_piece_length(n) => Some(n),
-                _ => {
-                    self.engine.metrics().proxy_outcome("bad_request");
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "proxy",
-                        format!("{HEADER_PIECE_LENGTH}: {v:?} must be a byte count from 4194304 (4 MiB) to 1073741824 (1 GiB)"),
-                    );
-                }
-            },
-        };
-        let filtered = match header_str(headers, HEADER_FILTERED_QUERY_PARAMS) {
-            Some(v) => v.split(',').map(|s| s.trim().to_string()).collect(),
-            None => filtered,
-        };
-        let task_id = match (&digest, blob_mode) {
-            (Some(d), true) => Ok(d.encoded.clone()),
-            _ => id::url_task_id(&id::UrlTaskId {
-                url: &url_s,
-                tag: header_str(headers, HEADER_TAG),
-                application: header_str(headers, HEADER_APPLICATION),
-                piece_length,
-                filtered_query_params: &filtered,
-            }),
-        };
-        let task_id = match task_id {
-            Ok(t) => t,
-            Err(e) => {
-                self.engine.metrics().proxy_outcome("bad_request");
-                return text(StatusCode::BAD_REQUEST, "proxy", e.to_string());
-            }
-        };
-        let range = match header_str(headers, "range") {
-            None => None,
-            Some(v) => match range::parse(v) {
-                Ok(r) => Some((r, v.to_string())),
-                Err(e) => {
-                    self.engine.metrics().proxy_outcome("bad_request");
-                    return text(StatusCode::BAD_REQUEST, "proxy", e.to_string());
-                }
-            },
-        };
+        let headers = req.headers();
         let dreq = DownloadRequest {
             task_id: task_id.clone(),
             url: url_s.clone(),
@@ -429,35 +445,15 @@ impl Proxy {
         } else {
             StatusCode::OK
         };
-        let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(end - start));
-        h.insert(
-            http::header::ACCEPT_RANGES,
-            HeaderValue::from_static("bytes"),
-        );
-        let ct = meta
-            .content_type
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-        h.insert(http::header::CONTENT_TYPE, ct);
-        if partial {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, end - 1)) {
-                h.insert(http::header::CONTENT_RANGE, v);
-            }
-        }
-        if let Some(d) = &digest {
-            if let Ok(v) = HeaderValue::from_str(&d.to_string()) {
-                h.insert("docker-content-digest", v);
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(&task_id) {
-            h.insert(HEADER_TASK_ID, v);
-        }
-        h.insert(
-            HEADER_TASK_FINISHED,
-            HeaderValue::from_static(if cached { "true" } else { "false" }),
-        );
+        *resp.headers_mut() = content_headers(&Served {
+            meta: &meta,
+            start,
+            end,
+            partial,
+            digest: digest.as_ref(),
+            task_id: &task_id,
+            cached,
+        });
         resp
     }
 
@@ -528,6 +524,77 @@ impl Proxy {
         });
         Response::new(body_full(Bytes::new()))
     }
+}
+
+/// What a request routes to, decided from its head.
+enum Plan {
+    Tunnel,
+    Forward(url::Url),
+    Store(StorePlan),
+    Reply {
+        status: StatusCode,
+        outcome: &'static str,
+        message: String,
+    },
+}
+
+/// A GET served through the piece store.
+struct StorePlan {
+    url: url::Url,
+    task_id: String,
+    digest: Option<BlobDigest>,
+    piece_length: Option<u64>,
+    range: Option<(range::ByteRange, String)>,
+}
+
+/// A response body cut from a stored task.
+struct Served<'a> {
+    meta: &'a crate::storage::TaskMeta,
+    start: u64,
+    end: u64,
+    partial: bool,
+    digest: Option<&'a BlobDigest>,
+    task_id: &'a str,
+    cached: bool,
+}
+
+/// Headers of a response served from the store.
+fn content_headers(s: &Served<'_>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(s.end - s.start),
+    );
+    h.insert(
+        http::header::ACCEPT_RANGES,
+        HeaderValue::from_static("bytes"),
+    );
+    let ct = s
+        .meta
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    h.insert(http::header::CONTENT_TYPE, ct);
+    if s.partial {
+        let v = format!("bytes {}-{}/{}", s.start, s.end - 1, s.meta.content_length);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(http::header::CONTENT_RANGE, v);
+        }
+    }
+    if let Some(d) = s.digest {
+        if let Ok(v) = HeaderValue::from_str(&d.to_string()) {
+            h.insert("docker-content-digest", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(s.task_id) {
+        h.insert(HEADER_TASK_ID, v);
+    }
+    h.insert(
+        HEADER_TASK_FINISHED,
+        HeaderValue::from_static(if s.cached { "true" } else { "false" }),
+    );
+    h
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {

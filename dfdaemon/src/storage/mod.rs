@@ -50,6 +50,15 @@ struct TaskState {
     meta: TaskMeta,
     failed: Option<String>,
     removed: bool,
+    /// Every piece stored and the digest (if any) verified; the record may not
+    /// be durable yet (`meta.status` turns `Succeeded` once it is).
+    complete: bool,
+}
+
+impl TaskState {
+    fn is_complete(&self) -> bool {
+        self.complete || self.meta.status == TaskStatus::Succeeded
+    }
 }
 
 /// A task in the store. Cheap to clone through `Arc`.
@@ -124,7 +133,7 @@ impl Task {
     /// Whether every piece is present and verified.
     pub fn is_complete(&self) -> bool {
         let s = self.lock();
-        s.meta.status == TaskStatus::Succeeded && !s.removed
+        s.is_complete() && !s.removed
     }
 
     /// Pieces not yet stored, in order.
@@ -249,7 +258,7 @@ impl Task {
                     let held = respect_hold
                         && s.meta.digest.is_some()
                         && number + 1 == n
-                        && s.meta.status != TaskStatus::Succeeded;
+                        && !s.is_complete();
                     if !held {
                         return Ok(*p);
                     }
@@ -286,7 +295,7 @@ impl Task {
                         task_id: self.id.clone(),
                     });
                 }
-                if s.meta.status == TaskStatus::Succeeded {
+                if s.is_complete() {
                     return Ok(());
                 }
             }
@@ -479,6 +488,7 @@ impl Store {
                 meta,
                 failed: None,
                 removed: false,
+                complete: false,
             }),
             changed,
             users: AtomicUsize::new(0),
@@ -552,6 +562,10 @@ impl Store {
 
     /// Marks a task complete, durably: content synced to disk, record committed.
     pub async fn mark_succeeded(&self, task: &Arc<Task>) -> Result<(), StoreError> {
+        // Readers may have everything now; durability follows (a crash before the
+        // record is committed leaves a partial task whose pieces are re-verified).
+        task.lock().complete = true;
+        task.notify();
         let t = task.clone();
         tokio::task::spawn_blocking(move || t.handle()?.sync_data().map_err(io_err(&t.path)))
             .await

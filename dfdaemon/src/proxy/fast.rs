@@ -1,0 +1,265 @@
+//! Zero-copy fast path. A GET for a task that is already complete in the store
+//! is answered with `sendfile(2)` straight from the content file, the way the
+//! registry itself serves blobs; any other request (and everything after it on
+//! that connection) is handed to hyper with the bytes already read.
+
+use super::{content_headers, Plan, Proxy, Served};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How long an idle connection may wait for its next request head.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_HEADERS: usize = 100;
+/// Bytes per sendfile call.
+const SENDFILE_CHUNK: u64 = 256 * 1024;
+
+/// A cached response to send with sendfile.
+struct Fast {
+    head: Vec<u8>,
+    task: crate::storage::TaskUse,
+    start: u64,
+    end: u64,
+    keep_alive: bool,
+}
+
+/// Serves one connection: fast-path requests here, the rest through hyper.
+pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: std::net::SocketAddr) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let head_len = loop {
+            if let Some(n) = head_end(&buf) {
+                break Some(n);
+            }
+            if buf.len() >= proxy.max_head {
+                break None;
+            }
+            buf.reserve(8192);
+            match tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    if buf.is_empty() {
+                        return;
+                    }
+                    break None;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => return,
+            }
+        };
+        let fast = head_len.and_then(|n| proxy.fast_response(&buf[..n]).map(|f| (n, f)));
+        let Some((n, fast)) = fast else {
+            proxy
+                .serve_hyper(Rewind::new(buf.freeze(), stream), peer)
+                .await;
+            return;
+        };
+        buf.advance(n);
+        if let Err(e) = send(&proxy, &mut stream, &fast).await {
+            tracing::debug!(%peer, error = %e, "fast path send failed");
+            return;
+        }
+        if !fast.keep_alive {
+            return;
+        }
+    }
+}
+
+async fn send(proxy: &Proxy, stream: &mut TcpStream, f: &Fast) -> io::Result<()> {
+    stream.write_all(&f.head).await?;
+    let file = f
+        .task
+        .open_file()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let metrics = proxy.engine.metrics();
+    let mut off = f.start;
+    while off < f.end {
+        stream.writable().await?;
+        let count = (f.end - off).min(SENDFILE_CHUNK) as usize;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(&*stream, &*file, Some(&mut off), count).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(io::Error::other("content file ended early")),
+            Ok(n) => metrics.traffic("local_cache", n as u64),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Offset just past `\r\n\r\n`, if the head is complete.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+impl Proxy {
+    /// The fast response for a request head, if it is a GET of a complete
+    /// cached task with a satisfiable range; `None` sends it to hyper.
+    fn fast_response(&self, head: &[u8]) -> Option<Fast> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return None;
+        }
+        if req.method? != "GET" {
+            return None;
+        }
+        let version = req.version?;
+        let uri: http::Uri = req.path?.parse().ok()?;
+        let mut map = HeaderMap::new();
+        for h in req.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            map.append(name, HeaderValue::from_bytes(h.value).ok()?);
+        }
+        if map.contains_key(http::header::TRANSFER_ENCODING)
+            || map
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0")
+        {
+            return None;
+        }
+        let Plan::Store(p) = self.plan(&Method::GET, &uri, &map) else {
+            return None;
+        };
+        let task = self.engine.store().get(&p.task_id)?;
+        if !task.is_complete() {
+            return None;
+        }
+        let task = task.use_task();
+        let meta = task.meta();
+        let len = meta.content_length;
+        let (start, end, partial) = match &p.range {
+            None => (0, len, false),
+            Some((r, raw)) => {
+                let (a, b) = r.resolve(len, raw).ok()?;
+                (a, b, true)
+            }
+        };
+        let conn = map
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.to_ascii_lowercase())
+            .unwrap_or_default();
+        let keep_alive = if version >= 1 {
+            !conn.contains("close")
+        } else {
+            conn.contains("keep-alive")
+        };
+        let status = if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let mut h = content_headers(&Served {
+            meta: &meta,
+            start,
+            end,
+            partial,
+            digest: p.digest.as_ref(),
+            task_id: &p.task_id,
+            cached: true,
+        });
+        if !keep_alive {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let mut head = format!(
+            "HTTP/1.{} {} {}\r\n",
+            version.min(1),
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (k, v) in &h {
+            head.extend_from_slice(k.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        self.engine.store().touch(&task);
+        self.engine.metrics().proxy_outcome("cache_hit");
+        Some(Fast {
+            head,
+            task,
+            start,
+            end,
+            keep_alive,
+        })
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+pub(super) struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
+        Rewind { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_finds_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+}
