@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod cri;
 mod error;
 mod http_client;
+mod http_server;
 pub mod image;
 mod mounts;
 pub mod origin;

@@ -242,17 +242,7 @@ impl Task {
         loop {
             {
                 let s = self.lock();
-                if let Some(reason) = &s.failed {
-                    return Err(StoreError::TaskFailed {
-                        task_id: self.id.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                if s.removed {
-                    return Err(StoreError::TaskRemoved {
-                        task_id: self.id.clone(),
-                    });
-                }
+                self.check_usable(&s)?;
                 if let Some(p) = s.meta.pieces.get(&number) {
                     let n = common::piece::piece_count(s.meta.content_length, s.meta.piece_length);
                     let held = respect_hold
@@ -278,23 +268,29 @@ impl Task {
         }
     }
 
+    /// An error if the task failed or was removed.
+    fn check_usable(&self, s: &TaskState) -> Result<(), StoreError> {
+        if let Some(reason) = &s.failed {
+            return Err(StoreError::TaskFailed {
+                task_id: self.id.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if s.removed {
+            return Err(StoreError::TaskRemoved {
+                task_id: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Waits until the task is complete (every piece stored and verified).
     pub async fn wait_complete(&self) -> Result<(), StoreError> {
         let mut rx = self.subscribe();
         loop {
             {
                 let s = self.lock();
-                if let Some(reason) = &s.failed {
-                    return Err(StoreError::TaskFailed {
-                        task_id: self.id.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                if s.removed {
-                    return Err(StoreError::TaskRemoved {
-                        task_id: self.id.clone(),
-                    });
-                }
+                self.check_usable(&s)?;
                 if s.is_complete() {
                     return Ok(());
                 }
