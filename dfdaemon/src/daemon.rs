@@ -176,7 +176,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", sock.display())),
     }
-    let uds = tokio::net::UnixListener::bind(&sock).with_context(|| {
+    // Create the socket with mode 0660 from the start (no window where it is wider).
+    let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
+    let uds = tokio::net::UnixListener::bind(&sock);
+    rustix::process::umask(old_umask);
+    let uds = uds.with_context(|| {
         format!(
             "cannot listen on {} (download.server.socketPath)",
             sock.display()

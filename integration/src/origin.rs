@@ -22,7 +22,8 @@ use crate::{Error, Result};
 /// Per-object fault knobs. The default serves the bytes normally.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectOptions {
-    /// Answer every request for the object with this status and body (no Range handling).
+    /// Answer every request for the object with this status and body (no Range handling;
+    /// `extra_headers` are added, e.g. a `Location` for a redirect).
     pub status_override: Option<(u16, Bytes)>,
     /// Ignore `Range`: always `200` with the full body.
     pub no_range: bool,
@@ -391,7 +392,16 @@ async fn handle(
     if let Some((code, text)) = &opts.status_override {
         let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         log(status);
-        return Ok(simple(status, text.clone()));
+        let mut resp = simple(status, text.clone());
+        for (k, v) in &opts.extra_headers {
+            if let (Ok(k), Ok(v)) = (
+                header::HeaderName::from_bytes(k.as_bytes()),
+                header::HeaderValue::from_str(v),
+            ) {
+                resp.headers_mut().append(k, v);
+            }
+        }
+        return Ok(resp);
     }
     let is_head = parts.method == Method::HEAD;
     if parts.method != Method::GET && !is_head {

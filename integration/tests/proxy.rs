@@ -276,6 +276,60 @@ async fn a_stalled_origin_fails_after_the_piece_timeout_instead_of_hanging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirect_targets_are_cached_per_task_and_credentials_stay_with_the_registry() {
+    let (_dir, registry, agent) = setup("proxy-redirect", "").await;
+    // The "registry" redirects blob GETs to a storage backend on another host:port.
+    let storage = TestOrigin::start().await.unwrap();
+    let data = random_bytes(14, 17 * MIB as usize);
+    let (path, _) = blob_path(&data);
+    storage.put("/bucket/blob-data", data.clone());
+    registry.put_with(
+        &path,
+        Vec::new(),
+        ObjectOptions {
+            status_override: Some((307, "".into())),
+            extra_headers: vec![("Location".into(), storage.url("/bucket/blob-data"))],
+            ..Default::default()
+        },
+    );
+    let r = client()
+        .get(format!("{}{path}", agent.proxy_url()))
+        .header("X-Dragonfly-Registry", registry.base_url())
+        .header("Authorization", "Bearer registry-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap()[..] == data[..]);
+    // One request resolved the redirect; every piece went straight to the target.
+    assert_eq!(
+        registry.requests_for(&path),
+        1,
+        "pieces re-resolved the redirect"
+    );
+    let ranges: BTreeSet<String> = storage
+        .ranges_for("/bucket/blob-data")
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ranges, piece_ranges(data.len() as u64));
+    // The registry saw the token; the storage host never did.
+    let reg_auth: Vec<_> = registry
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert_eq!(reg_auth, vec![Some("Bearer registry-token".to_string())]);
+    assert!(
+        storage
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "credentials leaked to the redirect target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn encoded_responses_are_passed_through_and_not_cached() {
     let (_dir, origin, agent) = setup("proxy-encoding", "").await;
     let data = random_bytes(11, 5000);

@@ -128,9 +128,15 @@ impl Config {
         self.backend.validate(&mut p);
         self.metrics.validate(&mut p);
         for (i, a) in self.scheduler.addrs.iter().enumerate() {
-            if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+            if !is_host_port(a, true) {
                 p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));
             }
+        }
+        if !self.manager.addr.is_empty() && !is_host_port(&self.manager.addr, true) {
+            p.push(format!(
+                "manager.addr: {:?} is not host:port",
+                self.manager.addr
+            ));
         }
         p
     }
@@ -144,6 +150,21 @@ impl Config {
 /// The full default configuration with a comment on every key. A unit test
 /// checks that it parses to exactly `Config::default()`.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+/// `host[:port]` (port required when `need_port`); IPv6 hosts in brackets.
+pub(crate) fn is_host_port(s: &str, need_port: bool) -> bool {
+    match url::Url::parse(&format!("http://{s}")) {
+        Ok(u) => {
+            u.host_str().is_some_and(|h| !h.is_empty())
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.username().is_empty()
+                && (!need_port || u.port().is_some() || s.ends_with(":80"))
+                && !s.contains('/')
+        }
+        Err(_) => false,
+    }
+}
 
 pub(crate) fn check_port(p: &mut Vec<String>, key: &str, port: u16) {
     if port == 0 {
@@ -194,6 +215,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("proxy.server.port"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_checked() {
+        let err = Config::parse(
+            "scheduler:\n  addrs: ['sched:8002', 'nope', 'a b:1']\nmanager:\n  addr: 'x/y:1'\nproxy:\n  rules:\n    - regex: x\n      redirect: 'h/p'\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("scheduler.addrs[0]"), "{err}");
+        assert!(err.contains("scheduler.addrs[1]"), "{err}");
+        assert!(err.contains("scheduler.addrs[2]"), "{err}");
+        assert!(err.contains("manager.addr"), "{err}");
+        assert!(err.contains("proxy.rules[0].redirect"), "{err}");
+        assert!(is_host_port("[::1]:8002", true));
+        assert!(is_host_port("mirror.local", false));
     }
 
     #[test]

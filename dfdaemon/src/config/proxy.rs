@@ -105,6 +105,13 @@ impl Proxy {
             if let Err(e) = regex::Regex::new(&r.regex) {
                 p.push(format!("proxy.rules[{i}].regex: {e}"));
             }
+            if let Some(h) = &r.redirect {
+                if !super::is_host_port(h, false) {
+                    p.push(format!(
+                        "proxy.rules[{i}].redirect: {h:?} must be a host or host:port"
+                    ));
+                }
+            }
         }
         match url::Url::parse(&self.registry_mirror.addr) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
