@@ -12,3 +12,4 @@ pub mod grpc;
 pub mod metrics;
 pub mod proxy;
 pub mod storage;
+pub mod vortex;

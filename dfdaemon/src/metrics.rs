@@ -55,6 +55,8 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     /// GC passes run.
     pub gc_runs: Counter,
+    /// Bytes of pieces served to other peers.
+    pub upload_traffic: Counter,
     /// Metadata writes queued but not yet committed to disk.
     pub metadata_pending_writes: Gauge,
 }
@@ -78,6 +80,7 @@ impl Metrics {
             storage_bytes: Gauge::default(),
             digest_mismatches: Counter::default(),
             gc_runs: Counter::default(),
+            upload_traffic: Counter::default(),
             metadata_pending_writes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -114,6 +117,11 @@ impl Metrics {
             m.digest_mismatches.clone(),
         );
         registry.register("gc_runs", "GC passes run", m.gc_runs.clone());
+        registry.register(
+            "upload_traffic_bytes",
+            "Bytes of pieces served to other peers",
+            m.upload_traffic.clone(),
+        );
         registry.register(
             "metadata_pending_writes",
             "Metadata writes queued but not yet committed to disk",
