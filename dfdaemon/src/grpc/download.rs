@@ -28,7 +28,7 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The download service.
 pub struct DownloadService {
@@ -43,6 +43,163 @@ impl DownloadService {
 
     pub fn into_server(self) -> DfdaemonDownloadServer<Self> {
         DfdaemonDownloadServer::new(self)
+    }
+}
+
+/// Starts (or joins) a download and returns the `DownloadTask` response stream
+/// (shared by the download API and the upload service's seed-peer trigger).
+pub fn download_task_stream(
+    engine: Arc<Engine>,
+    host_id: String,
+    d: Download,
+) -> impl std::future::Future<Output = Result<ResponseStream<DownloadTaskResponse>, Status>> + Send
+{
+    async move {
+        let engine = &engine;
+        let host_id = host_id.as_str();
+        if d.url.is_empty() {
+            return Err(Status::invalid_argument("download.url is required"));
+        }
+        let task_id = task_id_of(&d)?;
+        let digest = match d.digest.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) if s.starts_with("crc32:") => None,
+            Some(s) => Some(BlobDigest::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "digest {s:?} is not sha256:<64 hex> or sha512:<128 hex>"
+                ))
+            })?),
+        }
+        .or_else(|| BlobDigest::from_blob_url(&d.url));
+        if let Some(pl) = d.piece_length {
+            if !common::piece::valid_user_piece_length(pl) {
+                return Err(Status::invalid_argument(
+                    "piece_length must be between 4 MiB and 1 GiB",
+                ));
+            }
+        }
+        let cached_before = engine
+            .store()
+            .get(&task_id)
+            .map(|t| t.is_complete())
+            .unwrap_or(false);
+        if !cached_before && d.disable_back_to_source {
+            return Err(Status::failed_precondition(format!(
+                    "task {task_id} is not in the local cache, no peer has it (no scheduler is configured) and back-to-source is disabled"
+                )));
+        }
+        let req = DownloadRequest {
+            task_id: task_id.clone(),
+            url: d.url.clone(),
+            headers: header_map(&d.request_header)?,
+            digest,
+            piece_length: d.piece_length,
+        };
+        let started = engine
+            .start(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (task, cached) = match started {
+                Started::Stored { task, cached } => (task, cached),
+                Started::Origin(r) => return Err(origin_status(r.status, &r.body)),
+                Started::NotCacheable(_) => {
+                    return Err(Status::failed_precondition(format!(
+                        "origin of {} sent no content length or an encoded body; it cannot be downloaded through the piece store",
+                        d.url
+                    )))
+                }
+            };
+        let host_id = host_id.to_string();
+        let peer_id = format!("{host_id}-{}", rand::random::<u64>());
+        let metrics = engine.metrics().clone();
+        let output = d.output_path.clone().map(PathBuf::from);
+        let (force_link, overwrite) = (d.force_hard_link, d.overwrite);
+        let range = d.range;
+        let stream = async_stream(move |tx| async move {
+            let _use = task.use_task();
+            let meta = task.meta();
+            let traffic = if cached {
+                TrafficType::LocalPeer
+            } else {
+                TrafficType::BackToSource
+            };
+            let have: Vec<Piece> = meta
+                .pieces
+                .keys()
+                .filter_map(|n| piece_of(&task, *n, TrafficType::LocalPeer))
+                .collect();
+            let started = DownloadTaskResponse {
+                host_id: host_id.clone(),
+                task_id: task.id.clone(),
+                peer_id: peer_id.clone(),
+                response: Some(
+                    download_task_response::Response::DownloadTaskStartedResponse(
+                        DownloadTaskStartedResponse {
+                            content_length: meta.content_length,
+                            range: range.map(|r| Range {
+                                start: r.start,
+                                length: r.length,
+                            }),
+                            response_header: meta
+                                .content_type
+                                .iter()
+                                .map(|c| ("Content-Type".to_string(), c.clone()))
+                                .collect(),
+                            pieces: have.clone(),
+                            is_finished: meta.status == TaskStatus::Succeeded,
+                        },
+                    ),
+                ),
+            };
+            if tx.send(Ok(started)).await.is_err() {
+                return;
+            }
+            let count = task.piece_count();
+            for number in 0..count {
+                if let Err(e) = task.wait_piece(number).await {
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+                if have.iter().any(|p| p.number == number) {
+                    continue;
+                }
+                let Some(piece) = piece_of(&task, number, traffic) else {
+                    continue;
+                };
+                let msg = DownloadTaskResponse {
+                    host_id: host_id.clone(),
+                    task_id: task.id.clone(),
+                    peer_id: peer_id.clone(),
+                    response: Some(
+                        download_task_response::Response::DownloadPieceFinishedResponse(
+                            DownloadPieceFinishedResponse { piece: Some(piece) },
+                        ),
+                    ),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+            if let Err(e) = task.wait_complete().await {
+                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                return;
+            }
+            if cached {
+                metrics.traffic("local_cache", meta.content_length);
+            }
+            if let Some(out) = output {
+                let content = task.path().to_path_buf();
+                let r = tokio::task::spawn_blocking(move || {
+                    link_or_copy(&content, &out, force_link, overwrite)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
+                if let Err(s) = r {
+                    let _ = tx.send(Err(s)).await;
+                }
+            }
+        });
+        Ok(stream)
     }
 }
 
@@ -165,150 +322,7 @@ impl DfdaemonDownload for DownloadService {
             .into_inner()
             .download
             .ok_or_else(|| Status::invalid_argument("download is required"))?;
-        if d.url.is_empty() {
-            return Err(Status::invalid_argument("download.url is required"));
-        }
-        let task_id = task_id_of(&d)?;
-        let digest = match d.digest.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) if s.starts_with("crc32:") => None,
-            Some(s) => Some(BlobDigest::parse(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "digest {s:?} is not sha256:<64 hex> or sha512:<128 hex>"
-                ))
-            })?),
-        }
-        .or_else(|| BlobDigest::from_blob_url(&d.url));
-        if let Some(pl) = d.piece_length {
-            if !common::piece::valid_user_piece_length(pl) {
-                return Err(Status::invalid_argument(
-                    "piece_length must be between 4 MiB and 1 GiB",
-                ));
-            }
-        }
-        let cached_before = self
-            .engine
-            .store()
-            .get(&task_id)
-            .map(|t| t.is_complete())
-            .unwrap_or(false);
-        if !cached_before && d.disable_back_to_source {
-            return Err(Status::failed_precondition(format!(
-                "task {task_id} is not in the local cache, no peer has it (no scheduler is configured) and back-to-source is disabled"
-            )));
-        }
-        let req = DownloadRequest {
-            task_id: task_id.clone(),
-            url: d.url.clone(),
-            headers: header_map(&d.request_header)?,
-            digest,
-            piece_length: d.piece_length,
-        };
-        let started = self
-            .engine
-            .start(req)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let (task, cached) = match started {
-            Started::Stored { task, cached } => (task, cached),
-            Started::Origin(r) => return Err(origin_status(r.status, &r.body)),
-            Started::NotCacheable(_) => {
-                return Err(Status::failed_precondition(format!(
-                    "origin of {} sent no content length or an encoded body; it cannot be downloaded through the piece store",
-                    d.url
-                )))
-            }
-        };
-        let host_id = self.host_id.clone();
-        let peer_id = format!("{host_id}-{}", rand::random::<u64>());
-        let metrics = self.engine.metrics().clone();
-        let output = d.output_path.clone().map(PathBuf::from);
-        let (force_link, overwrite) = (d.force_hard_link, d.overwrite);
-        let range = d.range;
-        let stream = async_stream(move |tx| async move {
-            let _use = task.use_task();
-            let meta = task.meta();
-            let traffic = if cached {
-                TrafficType::LocalPeer
-            } else {
-                TrafficType::BackToSource
-            };
-            let have: Vec<Piece> = meta
-                .pieces
-                .keys()
-                .filter_map(|n| piece_of(&task, *n, TrafficType::LocalPeer))
-                .collect();
-            let started = DownloadTaskResponse {
-                host_id: host_id.clone(),
-                task_id: task.id.clone(),
-                peer_id: peer_id.clone(),
-                response: Some(
-                    download_task_response::Response::DownloadTaskStartedResponse(
-                        DownloadTaskStartedResponse {
-                            content_length: meta.content_length,
-                            range: range.map(|r| Range {
-                                start: r.start,
-                                length: r.length,
-                            }),
-                            response_header: meta
-                                .content_type
-                                .iter()
-                                .map(|c| ("Content-Type".to_string(), c.clone()))
-                                .collect(),
-                            pieces: have.clone(),
-                            is_finished: meta.status == TaskStatus::Succeeded,
-                        },
-                    ),
-                ),
-            };
-            if tx.send(Ok(started)).await.is_err() {
-                return;
-            }
-            let count = task.piece_count();
-            for number in 0..count {
-                if let Err(e) = task.wait_piece(number).await {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-                if have.iter().any(|p| p.number == number) {
-                    continue;
-                }
-                let Some(piece) = piece_of(&task, number, traffic) else {
-                    continue;
-                };
-                let msg = DownloadTaskResponse {
-                    host_id: host_id.clone(),
-                    task_id: task.id.clone(),
-                    peer_id: peer_id.clone(),
-                    response: Some(
-                        download_task_response::Response::DownloadPieceFinishedResponse(
-                            DownloadPieceFinishedResponse { piece: Some(piece) },
-                        ),
-                    ),
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-            if let Err(e) = task.wait_complete().await {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                return;
-            }
-            if cached {
-                metrics.traffic("local_cache", meta.content_length);
-            }
-            if let Some(out) = output {
-                let content = task.path().to_path_buf();
-                let r = tokio::task::spawn_blocking(move || {
-                    link_or_copy(&content, &out, force_link, overwrite)
-                })
-                .await
-                .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
-                if let Err(s) = r {
-                    let _ = tx.send(Err(s)).await;
-                }
-            }
-        });
+        let stream = download_task_stream(self.engine.clone(), self.host_id.clone(), d).await?;
         Ok(Response::new(stream))
     }
 
@@ -475,11 +489,11 @@ impl DownloadService {
     }
 }
 
-fn unsupported(what: &str) -> Status {
+pub(crate) fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!("{what} are not supported by this dfdaemon"))
 }
 
-fn local_task(t: &Task) -> StatLocalTaskResponse {
+pub(crate) fn local_task(t: &Task) -> StatLocalTaskResponse {
     let m = t.meta();
     StatLocalTaskResponse {
         task_id: m.id.clone(),
@@ -495,7 +509,7 @@ fn local_task(t: &Task) -> StatLocalTaskResponse {
 }
 
 /// A response stream fed by a spawned task through a bounded channel.
-fn async_stream<T, F, Fut>(f: F) -> ResponseStream<T>
+pub(crate) fn async_stream<T, F, Fut>(f: F) -> ResponseStream<T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,

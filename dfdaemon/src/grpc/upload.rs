@@ -1,0 +1,393 @@
+//! `dfdaemon.v2.DfdaemonUpload` (TCP :4000): what other peers and schedulers
+//! ask of this peer: which pieces it has (`SyncPieces`), its live load
+//! (`SyncHost`), seed-peer downloads (`DownloadTask`), task stat and delete.
+
+use super::download::{
+    async_stream, download_task_stream, local_task, unsupported, ResponseStream,
+};
+use crate::download::Engine;
+use crate::storage::Task;
+use dragonfly_api::common::v2::{Host, Network, Piece, SizeScope, TrafficType};
+use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
+use dragonfly_api::dfdaemon::v2::*;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// How often `SyncHost` sends this host's load.
+pub const SYNC_HOST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What this host announces about itself.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    pub id: String,
+    pub hostname: String,
+    pub ip: String,
+    /// Upload gRPC port.
+    pub port: u16,
+    /// Vortex TCP port.
+    pub vortex_tcp_port: u16,
+    pub proxy_port: u16,
+    pub idc: String,
+    pub location: String,
+    pub disable_shared: bool,
+    /// Upload bandwidth limit in bits per second (0: unknown).
+    pub max_tx_bandwidth: u64,
+}
+
+/// The upload service.
+pub struct UploadService {
+    engine: Arc<Engine>,
+    host: HostInfo,
+}
+
+impl UploadService {
+    pub fn new(engine: Arc<Engine>, host: HostInfo) -> Self {
+        UploadService { engine, host }
+    }
+
+    pub fn into_server(self) -> DfdaemonUploadServer<Self> {
+        DfdaemonUploadServer::new(self)
+    }
+
+    fn task(&self, id: &str) -> Result<Arc<Task>, Status> {
+        self.engine
+            .store()
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("task {id} is not on this peer")))
+    }
+
+    /// This host as `common.v2.Host`, with the upload rate measured over `window`.
+    fn host_message(&self, tx_bps: u64) -> Host {
+        Host {
+            id: self.host.id.clone(),
+            r#type: 0,
+            hostname: self.host.hostname.clone(),
+            ip: self.host.ip.clone(),
+            port: i32::from(self.host.port),
+            download_port: i32::from(self.host.vortex_tcp_port),
+            proxy_port: i32::from(self.host.proxy_port),
+            os: std::env::consts::OS.to_string(),
+            disable_shared: self.host.disable_shared,
+            network: Some(Network {
+                idc: Some(self.host.idc.clone()).filter(|s| !s.is_empty()),
+                location: Some(self.host.location.clone()).filter(|s| !s.is_empty()),
+                max_tx_bandwidth: self.host.max_tx_bandwidth,
+                tx_bandwidth: Some(tx_bps),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Dragonfly's size scope of a task.
+pub fn size_scope(content_length: u64, piece_length: u64) -> SizeScope {
+    match content_length {
+        0 => SizeScope::Empty,
+        1..=128 => SizeScope::Tiny,
+        n if n <= piece_length => SizeScope::Small,
+        _ => SizeScope::Normal,
+    }
+}
+
+fn task_message(t: &Task) -> dragonfly_api::common::v2::Task {
+    let m = t.meta();
+    let pieces = m
+        .pieces
+        .iter()
+        .map(|(n, p)| {
+            let (offset, length) = common::piece::piece_range(*n, m.content_length, m.piece_length);
+            Piece {
+                number: *n,
+                offset,
+                length,
+                digest: p.digest(),
+                traffic_type: Some(TrafficType::LocalPeer as i32),
+                ..Default::default()
+            }
+        })
+        .collect();
+    dragonfly_api::common::v2::Task {
+        id: m.id.clone(),
+        r#type: 0,
+        url: m.url.clone(),
+        digest: m.digest.clone(),
+        content_length: m.content_length,
+        piece_count: common::piece::piece_count(m.content_length, m.piece_length),
+        size_scope: size_scope(m.content_length, m.piece_length) as i32,
+        pieces,
+        state: if t.is_complete() {
+            "Succeeded"
+        } else {
+            "Running"
+        }
+        .to_string(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl DfdaemonUpload for UploadService {
+    type DownloadTaskStream = ResponseStream<DownloadTaskResponse>;
+
+    /// A scheduler asks this (seed) peer to download a task.
+    async fn download_task(
+        &self,
+        request: Request<DownloadTaskRequest>,
+    ) -> Result<Response<Self::DownloadTaskStream>, Status> {
+        let mut d = request
+            .into_inner()
+            .download
+            .ok_or_else(|| Status::invalid_argument("download is required"))?;
+        // A remote caller never chooses where this peer writes files.
+        d.output_path = None;
+        let s = download_task_stream(self.engine.clone(), self.host.id.clone(), d).await?;
+        Ok(Response::new(s))
+    }
+
+    async fn stat_task(
+        &self,
+        r: Request<StatTaskRequest>,
+    ) -> Result<Response<dragonfly_api::common::v2::Task>, Status> {
+        let t = self.task(&r.into_inner().task_id)?;
+        Ok(Response::new(task_message(&t)))
+    }
+
+    async fn stat_local_task(
+        &self,
+        r: Request<StatLocalTaskRequest>,
+    ) -> Result<Response<StatLocalTaskResponse>, Status> {
+        let t = self.task(&r.into_inner().task_id)?;
+        Ok(Response::new(local_task(&t)))
+    }
+
+    async fn list_task_entries(
+        &self,
+        _r: Request<ListTaskEntriesRequest>,
+    ) -> Result<Response<ListTaskEntriesResponse>, Status> {
+        Err(Status::unimplemented(
+            "recursive downloads are not supported",
+        ))
+    }
+
+    async fn delete_task(&self, r: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
+        let id = r.into_inner().task_id;
+        let t = self.task(&id)?;
+        if t.in_use() {
+            return Err(Status::failed_precondition(format!(
+                "task {id} is being read or written"
+            )));
+        }
+        self.engine
+            .store()
+            .remove(&id)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(()))
+    }
+
+    type SyncPiecesStream = ResponseStream<SyncPiecesResponse>;
+
+    /// Streams each interested piece's metadata as soon as this peer has it.
+    async fn sync_pieces(
+        &self,
+        r: Request<SyncPiecesRequest>,
+    ) -> Result<Response<Self::SyncPiecesStream>, Status> {
+        let req = r.into_inner();
+        if self.host.disable_shared {
+            return Err(Status::permission_denied("this peer does not share pieces"));
+        }
+        let task = self.task(&req.task_id)?;
+        let count = task.piece_count();
+        let mut wanted: BTreeSet<u32> = req.interested_piece_numbers.iter().copied().collect();
+        if let Some(bad) = wanted.iter().find(|n| **n >= count) {
+            return Err(Status::invalid_argument(format!(
+                "piece {bad} is out of range: task {} has {count} pieces",
+                task.id
+            )));
+        }
+        if wanted.is_empty() {
+            wanted = (0..count).collect();
+        }
+        let (ip, port) = (self.host.ip.clone(), i32::from(self.host.vortex_tcp_port));
+        Ok(Response::new(async_stream(move |tx| async move {
+            let _use = task.use_task();
+            let mut changed = task.subscribe();
+            loop {
+                let meta = task.meta();
+                let ready: Vec<u32> = wanted
+                    .iter()
+                    .copied()
+                    .filter(|n| meta.pieces.contains_key(n))
+                    .collect();
+                for n in ready {
+                    wanted.remove(&n);
+                    let (offset, length) =
+                        common::piece::piece_range(n, meta.content_length, meta.piece_length);
+                    let msg = SyncPiecesResponse {
+                        number: n,
+                        offset,
+                        length,
+                        ip: ip.clone(),
+                        tcp_port: Some(port),
+                        quic_port: None,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if wanted.is_empty() {
+                    return;
+                }
+                if let Some(reason) = task.failure() {
+                    let _ = tx.send(Err(Status::aborted(reason))).await;
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    let _ = tx.send(Err(Status::aborted("task removed"))).await;
+                    return;
+                }
+            }
+        })))
+    }
+
+    type SyncHostStream = ResponseStream<Host>;
+
+    /// Streams this host's load every second (used by children to weigh parents).
+    async fn sync_host(
+        &self,
+        _r: Request<SyncHostRequest>,
+    ) -> Result<Response<Self::SyncHostStream>, Status> {
+        let this = UploadService {
+            engine: self.engine.clone(),
+            host: self.host.clone(),
+        };
+        Ok(Response::new(async_stream(move |tx| async move {
+            let metrics = this.engine.metrics().clone();
+            let mut last = metrics.upload_traffic.get();
+            let mut tick = tokio::time::interval(SYNC_HOST_INTERVAL);
+            loop {
+                tick.tick().await;
+                let now = metrics.upload_traffic.get();
+                let bps = (now - last) * 8 * 1000 / (SYNC_HOST_INTERVAL.as_millis() as u64).max(1);
+                last = now;
+                if tx.send(Ok(this.host_message(bps))).await.is_err() {
+                    return;
+                }
+            }
+        })))
+    }
+
+    type DownloadCacheTaskStream = ResponseStream<DownloadCacheTaskResponse>;
+    async fn download_cache_task(
+        &self,
+        _r: Request<DownloadCacheTaskRequest>,
+    ) -> Result<Response<Self::DownloadCacheTaskStream>, Status> {
+        Err(unsupported("cache tasks"))
+    }
+    async fn stat_cache_task(
+        &self,
+        _r: Request<StatCacheTaskRequest>,
+    ) -> Result<Response<dragonfly_api::common::v2::CacheTask>, Status> {
+        Err(unsupported("cache tasks"))
+    }
+    async fn delete_cache_task(
+        &self,
+        _r: Request<DeleteCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unsupported("cache tasks"))
+    }
+    type SyncCachePiecesStream = ResponseStream<SyncCachePiecesResponse>;
+    async fn sync_cache_pieces(
+        &self,
+        _r: Request<SyncCachePiecesRequest>,
+    ) -> Result<Response<Self::SyncCachePiecesStream>, Status> {
+        Err(unsupported("cache tasks"))
+    }
+    async fn download_cache_piece(
+        &self,
+        _r: Request<DownloadCachePieceRequest>,
+    ) -> Result<Response<DownloadCachePieceResponse>, Status> {
+        Err(unsupported("cache tasks"))
+    }
+    type DownloadPersistentTaskStream = ResponseStream<DownloadPersistentTaskResponse>;
+    async fn download_persistent_task(
+        &self,
+        _r: Request<DownloadPersistentTaskRequest>,
+    ) -> Result<Response<Self::DownloadPersistentTaskStream>, Status> {
+        Err(unsupported("persistent tasks"))
+    }
+    type SyncPersistentPiecesStream = ResponseStream<SyncPersistentPiecesResponse>;
+    async fn sync_persistent_pieces(
+        &self,
+        _r: Request<SyncPersistentPiecesRequest>,
+    ) -> Result<Response<Self::SyncPersistentPiecesStream>, Status> {
+        Err(unsupported("persistent tasks"))
+    }
+    async fn update_persistent_task(
+        &self,
+        _r: Request<UpdatePersistentTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unsupported("persistent tasks"))
+    }
+    async fn stat_persistent_task(
+        &self,
+        _r: Request<StatPersistentTaskRequest>,
+    ) -> Result<Response<dragonfly_api::common::v2::PersistentTask>, Status> {
+        Err(unsupported("persistent tasks"))
+    }
+    async fn delete_persistent_task(
+        &self,
+        _r: Request<DeletePersistentTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unsupported("persistent tasks"))
+    }
+    type DownloadPersistentCacheTaskStream = ResponseStream<DownloadPersistentCacheTaskResponse>;
+    async fn download_persistent_cache_task(
+        &self,
+        _r: Request<DownloadPersistentCacheTaskRequest>,
+    ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
+        Err(unsupported("persistent cache tasks"))
+    }
+    async fn update_persistent_cache_task(
+        &self,
+        _r: Request<UpdatePersistentCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unsupported("persistent cache tasks"))
+    }
+    async fn stat_persistent_cache_task(
+        &self,
+        _r: Request<StatPersistentCacheTaskRequest>,
+    ) -> Result<Response<dragonfly_api::common::v2::PersistentCacheTask>, Status> {
+        Err(unsupported("persistent cache tasks"))
+    }
+    async fn delete_persistent_cache_task(
+        &self,
+        _r: Request<DeletePersistentCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unsupported("persistent cache tasks"))
+    }
+    type SyncPersistentCachePiecesStream = ResponseStream<SyncPersistentCachePiecesResponse>;
+    async fn sync_persistent_cache_pieces(
+        &self,
+        _r: Request<SyncPersistentCachePiecesRequest>,
+    ) -> Result<Response<Self::SyncPersistentCachePiecesStream>, Status> {
+        Err(unsupported("persistent cache tasks"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_scopes() {
+        let p = 4 << 20;
+        assert_eq!(size_scope(0, p), SizeScope::Empty);
+        assert_eq!(size_scope(128, p), SizeScope::Tiny);
+        assert_eq!(size_scope(129, p), SizeScope::Small);
+        assert_eq!(size_scope(p, p), SizeScope::Small);
+        assert_eq!(size_scope(p + 1, p), SizeScope::Normal);
+    }
+}
