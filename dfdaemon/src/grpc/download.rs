@@ -48,13 +48,12 @@ impl DownloadService {
 
 /// Starts (or joins) a download and returns the `DownloadTask` response stream
 /// (shared by the download API and the upload service's seed-peer trigger).
-pub fn download_task_stream(
+pub async fn download_task_stream(
     engine: Arc<Engine>,
     host_id: String,
     d: Download,
-) -> impl std::future::Future<Output = Result<ResponseStream<DownloadTaskResponse>, Status>> + Send
-{
-    async move {
+) -> Result<ResponseStream<DownloadTaskResponse>, Status> {
+    {
         let engine = &engine;
         let host_id = host_id.as_str();
         if d.url.is_empty() {
