@@ -32,6 +32,10 @@ pub struct DownloadRequest {
     pub digest: Option<BlobDigest>,
     /// A user-chosen piece length (else Dragonfly's rule).
     pub piece_length: Option<u64>,
+    /// Peers that may have the task; tried before the origin.
+    pub parents: Vec<crate::p2p::Parent>,
+    /// Fail instead of going to the origin when the parents cannot provide everything.
+    pub disable_back_to_source: bool,
 }
 
 /// An origin reply that is passed back to the client and not cached.
@@ -88,10 +92,10 @@ pub struct EngineConfig {
 
 /// The back-to-source engine.
 pub struct Engine {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     backend: Arc<Backend>,
-    metrics: Arc<Metrics>,
-    config: EngineConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: EngineConfig,
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
 }
 
@@ -242,6 +246,17 @@ impl Engine {
         inflight: &Inflight,
     ) -> Result<(), DownloadError> {
         let existing = self.store.get(&req.task_id).filter(|t| !t.is_complete());
+        if !req.parents.is_empty() {
+            if let Some(r) = self.run_p2p(req, tx, existing.clone()).await {
+                return r;
+            }
+        }
+        if req.disable_back_to_source {
+            return Err(DownloadError::Failed {
+                task_id: req.task_id.clone(),
+                reason: "no parent could provide the task and back-to-source is disabled".into(),
+            });
+        }
         let probe_range = match &existing {
             Some(t) => {
                 let first = t.missing_pieces().first().copied().unwrap_or(0);
@@ -325,6 +340,45 @@ impl Engine {
         }))
     }
 
+    /// Downloads from parents (falling back to the origin for what they cannot
+    /// provide). `None` when no parent could describe the task: the caller goes
+    /// to the origin as if there were no parents.
+    async fn run_p2p(
+        self: &Arc<Self>,
+        req: &DownloadRequest,
+        tx: &watch::Sender<Option<StartState>>,
+        existing: Option<Arc<Task>>,
+    ) -> Option<Result<(), DownloadError>> {
+        let (total, piece_length) = crate::p2p::describe_task(&req.parents, &req.task_id).await?;
+        let task = match self.create_task_with(req, total, existing, None, Some(piece_length)) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        task.clear_failure();
+        let _ = tx.send(Some(StartState::Ready(task.clone())));
+        let _use = task.use_task();
+        let verifier = self.spawn_verifier(req, &task);
+        let from_parents = self.fetch_from_parents(&task, &req.parents).await;
+        let fetched = if task.missing_pieces().is_empty() {
+            Ok(())
+        } else if req.disable_back_to_source {
+            Err(DownloadError::Failed {
+                task_id: task.id.clone(),
+                reason: format!(
+                    "parents could not provide every piece ({}) and back-to-source is disabled",
+                    from_parents
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                ),
+            })
+        } else {
+            tracing::info!(task_id = %task.id, missing = task.missing_pieces().len(), "fetching the rest from the origin");
+            self.fetch_pieces(req, &task, None).await
+        };
+        Some(self.conclude(req, &task, fetched, verifier).await)
+    }
+
     fn create_task(
         &self,
         req: &DownloadRequest,
@@ -332,8 +386,20 @@ impl Engine {
         existing: Option<Arc<Task>>,
         content_type: Option<String>,
     ) -> Result<Arc<Task>, DownloadError> {
+        self.create_task_with(req, total, existing, content_type, None)
+    }
+
+    fn create_task_with(
+        &self,
+        req: &DownloadRequest,
+        total: u64,
+        existing: Option<Arc<Task>>,
+        content_type: Option<String>,
+        piece_length: Option<u64>,
+    ) -> Result<Arc<Task>, DownloadError> {
+        let piece_length = piece_length.or(req.piece_length);
         if let Some(t) = existing {
-            if t.content_length() == total {
+            if t.content_length() == total && piece_length.is_none_or(|p| p == t.piece_length()) {
                 return Ok(t);
             }
             tracing::info!(task_id = %req.task_id, "origin content length changed; restarting task");
@@ -343,7 +409,7 @@ impl Engine {
             id: req.task_id.clone(),
             url: req.url.clone(),
             content_length: total,
-            piece_length: req.piece_length.unwrap_or_else(|| piece_length_for(total)),
+            piece_length: piece_length.unwrap_or_else(|| piece_length_for(total)),
             status: TaskStatus::Running,
             digest: req.digest.as_ref().map(|d| d.to_string()),
             content_type,

@@ -10,6 +10,7 @@ pub mod download;
 pub mod gc;
 pub mod grpc;
 pub mod metrics;
+pub mod p2p;
 pub mod proxy;
 pub mod storage;
 pub mod vortex;

@@ -93,6 +93,8 @@ pub async fn download_task_stream(
             headers: header_map(&d.request_header)?,
             digest,
             piece_length: d.piece_length,
+            parents: Vec::new(),
+            disable_back_to_source: d.disable_back_to_source,
         };
         let started = engine
             .start(req)

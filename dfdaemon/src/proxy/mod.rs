@@ -381,6 +381,8 @@ impl Proxy {
             headers: Self::origin_headers(headers, true),
             digest: digest.clone(),
             piece_length,
+            parents: Vec::new(),
+            disable_back_to_source: false,
         };
         let metrics = self.engine.metrics().clone();
         let started = match self.engine.start(dreq).await {

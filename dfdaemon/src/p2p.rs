@@ -1,0 +1,266 @@
+//! Downloading pieces from parent peers: each parent announces the pieces it
+//! has over `SyncPieces`; workers fetch each piece from one parent over Vortex
+//! (CRC-checked), spreading pieces over parents; a parent that fails or sends
+//! a bad piece is dropped and its pieces go to the others.
+
+use crate::download::{DownloadError, Engine};
+use crate::metrics::TrafficLabels;
+use crate::storage::{PieceMeta, Task};
+use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
+use dragonfly_api::dfdaemon::v2::{StatLocalTaskRequest, SyncPiecesRequest};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A peer that may serve pieces of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    pub id: String,
+    pub ip: IpAddr,
+    /// Upload gRPC port (SyncPieces, StatLocalTask).
+    pub grpc_port: u16,
+    /// Vortex TCP port.
+    pub vortex_port: u16,
+}
+
+impl Parent {
+    fn grpc_url(&self) -> String {
+        format!("http://{}", SocketAddr::new(self.ip, self.grpc_port))
+    }
+}
+
+async fn connect(p: &Parent) -> Option<DfdaemonUploadClient<tonic::transport::Channel>> {
+    let ep = tonic::transport::Endpoint::from_shared(p.grpc_url())
+        .ok()?
+        .connect_timeout(CONNECT_TIMEOUT);
+    tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
+        .await
+        .ok()?
+        .ok()
+        .map(DfdaemonUploadClient::new)
+}
+
+/// Content length and piece length of a task, from the first parent that has it.
+pub async fn describe_task(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> {
+    for p in parents {
+        let Some(mut c) = connect(p).await else {
+            continue;
+        };
+        let r = c
+            .stat_local_task(StatLocalTaskRequest {
+                task_id: task_id.to_string(),
+                remote_ip: None,
+            })
+            .await;
+        if let Ok(r) = r {
+            let r = r.into_inner();
+            if let (Some(len), Some(pl)) = (r.content_length, r.piece_length) {
+                if pl > 0 {
+                    return Some((len, pl));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[derive(Default)]
+struct Board {
+    /// Piece number -> parents (indices) that announced it.
+    available: HashMap<u32, Vec<usize>>,
+    /// Parents dropped after a failure.
+    failed: BTreeSet<usize>,
+    /// Parents whose SyncPieces stream ended.
+    finished_streams: usize,
+    /// Pieces being fetched.
+    in_flight: BTreeSet<u32>,
+}
+
+impl Engine {
+    /// Fetches as many missing pieces of `task` as the parents can provide.
+    /// Returns Ok when the task has no missing piece left.
+    pub async fn fetch_from_parents(
+        self: &Arc<Self>,
+        task: &Arc<Task>,
+        parents: &[Parent],
+    ) -> Result<(), DownloadError> {
+        let missing: Vec<u32> = task.missing_pieces();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let board = Arc::new(Mutex::new(Board::default()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let mut syncs = tokio::task::JoinSet::new();
+        for (i, p) in parents.iter().enumerate() {
+            let (board, changed, p, missing) =
+                (board.clone(), changed.clone(), p.clone(), missing.clone());
+            let task_id = task.id.clone();
+            syncs.spawn(async move {
+                if let Some(mut c) = connect(&p).await {
+                    let req = SyncPiecesRequest {
+                        host_id: String::new(),
+                        task_id,
+                        interested_piece_numbers: missing,
+                    };
+                    if let Ok(resp) = c.sync_pieces(req).await {
+                        let mut s = resp.into_inner();
+                        while let Ok(Some(m)) = s.message().await {
+                            lock(&board).available.entry(m.number).or_default().push(i);
+                            changed.notify_waiters();
+                        }
+                    }
+                }
+                lock(&board).finished_streams += 1;
+                changed.notify_waiters();
+            });
+        }
+        let n = self.config.concurrent_piece_count.max(1);
+        let mut workers = tokio::task::JoinSet::new();
+        for w in 0..n {
+            let (engine, task, board, changed) =
+                (self.clone(), task.clone(), board.clone(), changed.clone());
+            let parents = parents.to_vec();
+            workers.spawn(async move {
+                loop {
+                    let notified = changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let pick = {
+                        let mut b = lock(&board);
+                        pick_piece(&task, &mut b, parents.len(), w)
+                    };
+                    match pick {
+                        Pick::Done => return,
+                        Pick::Wait => {
+                            let wait = engine.config.piece_timeout;
+                            if tokio::time::timeout(wait, notified).await.is_err() {
+                                // No parent announced anything for a piece timeout.
+                                return;
+                            }
+                        }
+                        Pick::Fetch(number, parent) => {
+                            let ok = engine
+                                .fetch_piece_from(&task, number, &parents[parent])
+                                .await;
+                            let mut b = lock(&board);
+                            b.in_flight.remove(&number);
+                            if !ok {
+                                b.failed.insert(parent);
+                            }
+                            drop(b);
+                            changed.notify_waiters();
+                        }
+                    }
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+        syncs.abort_all();
+        let left = task.missing_pieces().len();
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(DownloadError::Failed {
+                task_id: task.id.clone(),
+                reason: format!("parents could not provide {left} pieces"),
+            })
+        }
+    }
+
+    /// One piece from one parent; false if the parent failed or sent a bad piece.
+    async fn fetch_piece_from(&self, task: &Arc<Task>, number: u32, parent: &Parent) -> bool {
+        let (offset, length) =
+            common::piece::piece_range(number, task.content_length(), task.piece_length());
+        let addr = SocketAddr::new(parent.ip, parent.vortex_port);
+        let piece = match crate::vortex::client::download_piece(
+            addr,
+            &task.id,
+            number,
+            offset,
+            length,
+            self.config.piece_timeout,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, piece = number, parent = %parent.id, error = %e, "dropping parent");
+                return false;
+            }
+        };
+        let crc = crc32fast::hash(&piece.content);
+        let t = task.clone();
+        let content = piece.content;
+        let wrote = tokio::task::spawn_blocking(move || t.write_at(offset, &content)).await;
+        if !matches!(wrote, Ok(Ok(()))) {
+            return false;
+        }
+        self.store
+            .commit_piece(task, number, PieceMeta { length, crc32: crc });
+        self.metrics.traffic("remote_peer", length);
+        self.metrics
+            .pieces
+            .get_or_create(&TrafficLabels {
+                r#type: "remote_peer",
+            })
+            .inc();
+        true
+    }
+}
+
+enum Pick {
+    Fetch(u32, usize),
+    Wait,
+    Done,
+}
+
+/// Chooses the next piece and a parent for it: wanted pieces first, then the
+/// lowest missing piece some live parent has; parents spread by worker index.
+fn pick_piece(task: &Task, b: &mut Board, parents: usize, worker: u32) -> Pick {
+    let missing: BTreeSet<u32> = task
+        .missing_pieces()
+        .into_iter()
+        .filter(|n| !b.in_flight.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return if b.in_flight.is_empty() {
+            Pick::Done
+        } else {
+            Pick::Wait
+        };
+    }
+    if b.failed.len() >= parents {
+        return Pick::Done;
+    }
+    let has_source = |b: &Board, n: &u32| {
+        b.available
+            .get(n)
+            .is_some_and(|ps| ps.iter().any(|p| !b.failed.contains(p)))
+    };
+    let wanted = task.take_wanted(&missing).filter(|n| has_source(b, n));
+    let number = wanted.or_else(|| missing.iter().copied().find(|n| has_source(b, n)));
+    let Some(number) = number else {
+        // Nothing announced yet; if every stream ended, nothing more will be.
+        let live_streams = parents - b.finished_streams;
+        return if live_streams == 0 && b.in_flight.is_empty() {
+            Pick::Done
+        } else {
+            Pick::Wait
+        };
+    };
+    let candidates: Vec<usize> = b.available[&number]
+        .iter()
+        .copied()
+        .filter(|p| !b.failed.contains(p))
+        .collect();
+    let parent = candidates[(worker as usize + number as usize) % candidates.len()];
+    b.in_flight.insert(number);
+    Pick::Fetch(number, parent)
+}
+
+fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
