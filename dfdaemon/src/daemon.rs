@@ -213,6 +213,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(Gc::new(store.clone(), metrics.clone(), cfg.gc.clone()).run());
 
+    if !cfg.scheduler.addrs.is_empty() {
+        let upload_addr = SocketAddr::new(cfg.upload.server.ip, cfg.upload.server.port);
+        let upload_listener = bind(upload_addr, "upload.server").await?;
+        let vortex_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.tcp_port);
+        let host = crate::grpc::upload::HostInfo {
+            id: host_id.clone(),
+            hostname: hostname.clone(),
+            ip: ip.to_string(),
+            port: cfg.upload.server.port,
+            vortex_tcp_port: cfg.storage.server.tcp_port,
+            proxy_port: cfg.proxy.server.port,
+            idc: cfg.host.idc.clone(),
+            location: cfg.host.location.clone(),
+            disable_shared: cfg.upload.disable_shared,
+            max_tx_bandwidth: 0,
+        };
+        let upload = crate::grpc::upload::UploadService::new(engine.clone(), host).into_server();
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(upload)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    upload_listener,
+                ))
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "upload service stopped");
+            }
+        });
+        if !cfg.upload.disable_shared {
+            let vortex_listener = bind(vortex_addr, "storage.server.tcpPort").await?;
+            let server = crate::vortex::server::VortexServer::new(
+                store.clone(),
+                host_id.clone(),
+                metrics.clone(),
+            );
+            tokio::spawn(server.serve_tcp(vortex_listener));
+        }
+        tracing::info!(upload = %upload_addr, vortex = %vortex_addr, "P2P servers listening");
+    }
+
     tracing::info!(
         %host_id,
         proxy = %proxy_addr,

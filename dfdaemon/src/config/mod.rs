@@ -16,7 +16,7 @@ pub use gc::{Gc, GcPolicy};
 pub use host::Host;
 pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyRule, ProxyServer, RegistryMirror};
-pub use storage::Storage;
+pub use storage::{Storage, StorageServer};
 pub use upload::{Upload, UploadServer};
 
 use serde::{Deserialize, Serialize};

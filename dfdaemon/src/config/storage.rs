@@ -1,6 +1,25 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// Piece server for other peers (Vortex).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageServer {
+    /// Listen address of the Vortex piece server. Default: `0.0.0.0`.
+    pub ip: std::net::IpAddr,
+    /// Vortex over TCP port. Default: 4005.
+    pub tcp_port: u16,
+}
+
+impl Default for StorageServer {
+    fn default() -> Self {
+        StorageServer {
+            ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            tcp_port: 4005,
+        }
+    }
+}
+
 /// Piece store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -13,6 +32,9 @@ pub struct Storage {
     pub keep: bool,
     /// Buffer size for reading task content when serving. Default: 1MiB.
     pub read_buffer_size: bytesize::ByteSize,
+    /// Piece server for other peers; listens only when P2P is configured
+    /// (`scheduler.addrs`) and `upload.disableShared` is false.
+    pub server: StorageServer,
 }
 
 impl Default for Storage {
@@ -21,6 +43,7 @@ impl Default for Storage {
             dir: PathBuf::from("/var/lib/dragonfly"),
             keep: true,
             read_buffer_size: bytesize::ByteSize::mib(1),
+            server: StorageServer::default(),
         }
     }
 }
@@ -30,6 +53,7 @@ impl Storage {
         if self.dir.as_os_str().is_empty() {
             p.push("storage.dir: must not be empty".into());
         }
+        super::check_port(p, "storage.server.tcpPort", self.server.tcp_port);
         let rb = self.read_buffer_size.as_u64();
         if !(4096..=64 * 1024 * 1024).contains(&rb) {
             p.push("storage.readBufferSize: must be 4KiB-64MiB".into());
