@@ -158,6 +158,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             concurrent_piece_count: cfg.download.concurrent_piece_count,
             piece_timeout: cfg.download.piece_timeout,
             max_retries: cfg.backend.max_retries,
+            protocol: cfg.download.protocol,
         },
     );
 
@@ -223,6 +224,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ip: ip.to_string(),
             port: cfg.upload.server.port,
             vortex_tcp_port: cfg.storage.server.tcp_port,
+            vortex_quic_port: (!cfg.upload.disable_shared).then_some(cfg.storage.server.quic_port),
             proxy_port: cfg.proxy.server.port,
             idc: cfg.host.idc.clone(),
             location: cfg.host.location.clone(),
@@ -248,7 +250,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 host_id.clone(),
                 metrics.clone(),
             );
-            tokio::spawn(server.serve_tcp(vortex_listener));
+            tokio::spawn(server.clone().serve_tcp(vortex_listener));
+            let quic_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.quic_port);
+            let endpoint = crate::vortex::quic::server_endpoint(quic_addr).with_context(|| {
+                format!("cannot listen on {quic_addr}/udp (storage.server.quicPort)")
+            })?;
+            tokio::spawn(server.serve_quic(endpoint));
         }
         tracing::info!(upload = %upload_addr, vortex = %vortex_addr, "P2P servers listening");
     }

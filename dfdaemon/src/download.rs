@@ -88,6 +88,8 @@ pub struct EngineConfig {
     pub concurrent_piece_count: u32,
     pub piece_timeout: Duration,
     pub max_retries: u32,
+    /// Transport for pieces from parents.
+    pub protocol: crate::config::Protocol,
 }
 
 /// The back-to-source engine.
@@ -97,6 +99,8 @@ pub struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: EngineConfig,
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// QUIC client, created on first use.
+    pub(crate) quic: std::sync::OnceLock<Result<Arc<crate::vortex::quic::QuicClient>, String>>,
 }
 
 enum Probe {
@@ -129,6 +133,7 @@ impl Engine {
             metrics,
             config,
             inflight: Mutex::new(HashMap::new()),
+            quic: std::sync::OnceLock::new(),
         })
     }
 

@@ -20,6 +20,12 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Piece transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
 /// GC reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -55,8 +61,8 @@ pub struct Metrics {
     pub digest_mismatches: Counter,
     /// GC passes run.
     pub gc_runs: Counter,
-    /// Bytes of pieces served to other peers.
-    pub upload_traffic: Counter,
+    /// Bytes of pieces served to other peers, by transport (`tcp`, `quic`).
+    pub upload_traffic: Family<ProtocolLabels, Counter>,
     /// Metadata writes queued but not yet committed to disk.
     pub metadata_pending_writes: Gauge,
 }
@@ -80,7 +86,7 @@ impl Metrics {
             storage_bytes: Gauge::default(),
             digest_mismatches: Counter::default(),
             gc_runs: Counter::default(),
-            upload_traffic: Counter::default(),
+            upload_traffic: Family::default(),
             metadata_pending_writes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -140,6 +146,25 @@ impl Metrics {
         self.download_traffic
             .get_or_create(&TrafficLabels { r#type: source })
             .inc_by(bytes);
+    }
+
+    /// Counts bytes served to another peer.
+    pub fn uploaded(&self, protocol: &'static str, bytes: u64) {
+        self.upload_traffic
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc_by(bytes);
+    }
+
+    /// Bytes served to other peers over every transport.
+    pub fn uploaded_total(&self) -> u64 {
+        ["tcp", "quic"]
+            .iter()
+            .map(|p| {
+                self.upload_traffic
+                    .get_or_create(&ProtocolLabels { protocol: p })
+                    .get()
+            })
+            .sum()
     }
 
     pub fn proxy_outcome(&self, outcome: &'static str) {

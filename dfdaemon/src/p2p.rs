@@ -24,6 +24,8 @@ pub struct Parent {
     pub grpc_port: u16,
     /// Vortex TCP port.
     pub vortex_port: u16,
+    /// Vortex QUIC port, if the parent serves QUIC.
+    pub quic_port: Option<u16>,
 }
 
 impl Parent {
@@ -170,21 +172,39 @@ impl Engine {
         }
     }
 
+    fn quic_client(&self) -> Result<Arc<crate::vortex::quic::QuicClient>, String> {
+        self.quic
+            .get_or_init(|| {
+                crate::vortex::quic::QuicClient::new()
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+
     /// One piece from one parent; false if the parent failed or sent a bad piece.
     async fn fetch_piece_from(&self, task: &Arc<Task>, number: u32, parent: &Parent) -> bool {
         let (offset, length) =
             common::piece::piece_range(number, task.content_length(), task.piece_length());
-        let addr = SocketAddr::new(parent.ip, parent.vortex_port);
-        let piece = match crate::vortex::client::download_piece(
-            addr,
-            &task.id,
-            number,
-            offset,
-            length,
-            self.config.piece_timeout,
-        )
-        .await
-        {
+        let timeout = self.config.piece_timeout;
+        let result = match (self.config.protocol, parent.quic_port) {
+            (crate::config::Protocol::Quic, Some(port)) => match self.quic_client() {
+                Ok(c) => {
+                    let addr = SocketAddr::new(parent.ip, port);
+                    c.download_piece(addr, &task.id, number, offset, length, timeout)
+                        .await
+                }
+                Err(e) => Err(crate::vortex::VortexError::Io(std::io::Error::other(e))),
+            },
+            _ => {
+                let addr = SocketAddr::new(parent.ip, parent.vortex_port);
+                crate::vortex::client::download_piece(
+                    addr, &task.id, number, offset, length, timeout,
+                )
+                .await
+            }
+        };
+        let piece = match result {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(task_id = %task.id, piece = number, parent = %parent.id, error = %e, "dropping parent");

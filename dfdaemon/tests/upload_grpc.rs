@@ -51,6 +51,7 @@ async fn setup() -> (
             concurrent_piece_count: 4,
             piece_timeout: Duration::from_secs(10),
             max_retries: 0,
+            protocol: Default::default(),
         },
     );
     let task = store
@@ -73,6 +74,7 @@ async fn setup() -> (
         ip: "127.0.0.1".into(),
         port: 4000,
         vortex_tcp_port: 4005,
+        vortex_quic_port: Some(4006),
         proxy_port: 4001,
         idc: "idc-a".into(),
         location: "cn|hz".into(),

@@ -28,6 +28,15 @@ struct Peer {
 
 impl Peer {
     async fn start(dir: &TestDir, name: &str, piece_timeout: Duration) -> Peer {
+        Self::start_with(dir, name, piece_timeout, Default::default()).await
+    }
+
+    async fn start_with(
+        dir: &TestDir,
+        name: &str,
+        piece_timeout: Duration,
+        protocol: dfdaemon::config::Protocol,
+    ) -> Peer {
         let (store, _) = Store::open(&dir.join(name), true).unwrap();
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
@@ -39,6 +48,7 @@ impl Peer {
                 concurrent_piece_count: 4,
                 piece_timeout,
                 max_retries: 0,
+                protocol,
             },
         );
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -47,6 +57,8 @@ impl Peer {
             grpc.local_addr().unwrap().port(),
             vortex.local_addr().unwrap().port(),
         );
+        let quic = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let qport = quic.local_addr().unwrap().port();
         let id = format!("127.0.0.1-{name}");
         let host = HostInfo {
             id: id.clone(),
@@ -54,6 +66,7 @@ impl Peer {
             ip: "127.0.0.1".into(),
             port: gport,
             vortex_tcp_port: vport,
+            vortex_quic_port: Some(qport),
             proxy_port: 0,
             idc: String::new(),
             location: String::new(),
@@ -68,7 +81,12 @@ impl Peer {
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
                     .await;
             }),
-            tokio::spawn(VortexServer::new(store, id.clone(), metrics).serve_tcp(vortex)),
+            {
+                let v = VortexServer::new(store, id.clone(), metrics);
+                tokio::spawn(async move {
+                    tokio::join!(v.clone().serve_tcp(vortex), v.serve_quic(quic));
+                })
+            },
         ];
         Peer {
             engine,
@@ -77,6 +95,7 @@ impl Peer {
                 ip: "127.0.0.1".parse().unwrap(),
                 grpc_port: gport,
                 vortex_port: vport,
+                quic_port: Some(qport),
             },
             servers,
         }
@@ -131,7 +150,17 @@ fn piece_ranges(len: u64, pieces: std::ops::Range<u64>) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn child_gets_everything_from_a_complete_parent_and_nothing_from_the_origin() {
+async fn child_gets_everything_from_a_complete_parent_over_tcp() {
+    whole_task_from_parent(dfdaemon::config::Protocol::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn child_gets_everything_from_a_complete_parent_over_quic() {
+    whole_task_from_parent(dfdaemon::config::Protocol::Quic).await;
+}
+
+/// Everything from the parent, nothing from the origin.
+async fn whole_task_from_parent(protocol: dfdaemon::config::Protocol) {
     integration::require_root_and_tools(&[]);
     let dir = TestDir::new("p2p-complete").unwrap();
     let origin = TestOrigin::start().await.unwrap();
@@ -139,7 +168,7 @@ async fn child_gets_everything_from_a_complete_parent_and_nothing_from_the_origi
     let path = format!("/v2/p2p/blobs/{}", sha256_digest(&data));
     origin.put(&path, data.clone());
     let parent = Peer::start(&dir, "parent", Duration::from_secs(10)).await;
-    let child = Peer::start(&dir, "child", Duration::from_secs(10)).await;
+    let child = Peer::start_with(&dir, "child", Duration::from_secs(10), protocol).await;
     assert!(parent.download(&origin.url(&path), vec![]).await.unwrap() == data);
     let origin_gets = origin.requests_for(&path);
     let got = child
@@ -157,9 +186,16 @@ async fn child_gets_everything_from_a_complete_parent_and_nothing_from_the_origi
             as u64,
         data.len() as u64
     );
+    let transport = match protocol {
+        dfdaemon::config::Protocol::Tcp => "tcp",
+        dfdaemon::config::Protocol::Quic => "quic",
+    };
     assert_eq!(
-        parent.metric("dragonfly_dfdaemon_upload_traffic_bytes_total") as u64,
-        data.len() as u64
+        parent.metric(&format!(
+            "dragonfly_dfdaemon_upload_traffic_bytes_total{{protocol=\"{transport}\"}}"
+        )) as u64,
+        data.len() as u64,
+        "all bytes must go over {transport}"
     );
 }
 

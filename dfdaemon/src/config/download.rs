@@ -19,6 +19,17 @@ impl Default for DownloadServer {
     }
 }
 
+/// Transport for piece bytes from parents (the downloading side decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Vortex over TCP (`storage.server.tcpPort` of the parent).
+    #[default]
+    Tcp,
+    /// Vortex over QUIC (`storage.server.quicPort` of the parent).
+    Quic,
+}
+
 /// Download behaviour.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -30,6 +41,8 @@ pub struct Download {
     /// Timeout for one piece (connect + transfer). Default: 120s.
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
+    /// Transport used to fetch pieces from parents: `tcp` or `quic`. Default: tcp.
+    pub protocol: Protocol,
 }
 
 impl Default for Download {
@@ -38,6 +51,7 @@ impl Default for Download {
             server: DownloadServer::default(),
             concurrent_piece_count: 8,
             piece_timeout: Duration::from_secs(120),
+            protocol: Protocol::Tcp,
         }
     }
 }

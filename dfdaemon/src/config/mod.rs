@@ -11,7 +11,7 @@ mod storage;
 mod upload;
 
 pub use backend::Backend;
-pub use download::{Download, DownloadServer};
+pub use download::{Download, DownloadServer, Protocol};
 pub use gc::{Gc, GcPolicy};
 pub use host::Host;
 pub use metrics::Metrics;

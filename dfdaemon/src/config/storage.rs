@@ -9,6 +9,8 @@ pub struct StorageServer {
     pub ip: std::net::IpAddr,
     /// Vortex over TCP port. Default: 4005.
     pub tcp_port: u16,
+    /// Vortex over QUIC (UDP) port. Default: 4006.
+    pub quic_port: u16,
 }
 
 impl Default for StorageServer {
@@ -16,6 +18,7 @@ impl Default for StorageServer {
         StorageServer {
             ip: std::net::IpAddr::from([0, 0, 0, 0]),
             tcp_port: 4005,
+            quic_port: 4006,
         }
     }
 }
@@ -54,6 +57,7 @@ impl Storage {
             p.push("storage.dir: must not be empty".into());
         }
         super::check_port(p, "storage.server.tcpPort", self.server.tcp_port);
+        super::check_port(p, "storage.server.quicPort", self.server.quic_port);
         let rb = self.read_buffer_size.as_u64();
         if !(4096..=64 * 1024 * 1024).contains(&rb) {
             p.push("storage.readBufferSize: must be 4KiB-64MiB".into());

@@ -28,6 +28,8 @@ pub struct HostInfo {
     pub port: u16,
     /// Vortex TCP port.
     pub vortex_tcp_port: u16,
+    /// Vortex QUIC port (None: not served).
+    pub vortex_quic_port: Option<u16>,
     pub proxy_port: u16,
     pub idc: String,
     pub location: String,
@@ -211,6 +213,7 @@ impl DfdaemonUpload for UploadService {
             wanted = (0..count).collect();
         }
         let (ip, port) = (self.host.ip.clone(), i32::from(self.host.vortex_tcp_port));
+        let quic_port = self.host.vortex_quic_port.map(i32::from);
         Ok(Response::new(async_stream(move |tx| async move {
             let _use = task.use_task();
             let mut changed = task.subscribe();
@@ -231,7 +234,7 @@ impl DfdaemonUpload for UploadService {
                         length,
                         ip: ip.clone(),
                         tcp_port: Some(port),
-                        quic_port: None,
+                        quic_port,
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
@@ -265,11 +268,11 @@ impl DfdaemonUpload for UploadService {
         };
         Ok(Response::new(async_stream(move |tx| async move {
             let metrics = this.engine.metrics().clone();
-            let mut last = metrics.upload_traffic.get();
+            let mut last = metrics.uploaded_total();
             let mut tick = tokio::time::interval(SYNC_HOST_INTERVAL);
             loop {
                 tick.tick().await;
-                let now = metrics.upload_traffic.get();
+                let now = metrics.uploaded_total();
                 let bps = (now - last) * 8 * 1000 / (SYNC_HOST_INTERVAL.as_millis() as u64).max(1);
                 last = now;
                 if tx.send(Ok(this.host_message(bps))).await.is_err() {

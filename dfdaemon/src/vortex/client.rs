@@ -4,7 +4,7 @@ use super::{read_frame, read_full, VortexError, MAX_METADATA_VALUE, MAX_PIECE_LE
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vortex_protocol::tlv::download_piece::DownloadPiece;
 use vortex_protocol::{Message, Vortex};
@@ -47,23 +47,46 @@ async fn fetch(
     offset: u64,
     length: u64,
 ) -> Result<ReceivedPiece, VortexError> {
+    check_task_id(task_id)?;
+    let mut stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let (mut recv, mut send) = stream.split();
+    send.write_all(&request(task_id, number)).await?;
+    receive_piece(&mut recv, &addr.to_string(), number, offset, length).await
+}
+
+pub(crate) fn check_task_id(task_id: &str) -> Result<(), VortexError> {
     if task_id.len() != vortex_protocol::tlv::TASK_ID_SIZE {
         return Err(VortexError::Malformed(format!(
             "task ID {task_id:?} is not {} bytes",
             vortex_protocol::tlv::TASK_ID_SIZE
         )));
     }
-    let mut stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
+    Ok(())
+}
+
+/// The encoded `DownloadPiece` frame.
+pub(crate) fn request(task_id: &str, number: u32) -> Bytes {
     let mut req = BytesMut::new();
     DownloadPiece::new(task_id.to_string(), number).encode_packet(&mut req);
-    stream.write_all(&req).await?;
+    req.freeze()
+}
+
+/// Reads a parent's answer: the metadata frame (or an Error frame), then the
+/// piece bytes, checked against the expected position and the CRC-32.
+pub(crate) async fn receive_piece<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    parent: &str,
+    number: u32,
+    offset: u64,
+    length: u64,
+) -> Result<ReceivedPiece, VortexError> {
     let bad = |reason: String| VortexError::BadPiece {
         number,
-        parent: addr.to_string(),
+        parent: parent.to_string(),
         reason,
     };
-    let meta = match read_frame(&mut stream, MAX_METADATA_VALUE).await? {
+    let meta = match read_frame(recv, MAX_METADATA_VALUE).await? {
         Vortex::PieceContent(_, c) => c.metadata,
         Vortex::Error(_, e) => {
             return Err(VortexError::Remote {
@@ -90,7 +113,7 @@ async fn fetch(
     let want = parse_crc32_digest(&meta.digest)
         .ok_or_else(|| bad(format!("digest {:?} is not crc32:<n>", meta.digest)))?;
     let mut content = BytesMut::zeroed(length as usize);
-    read_full(&mut stream, &mut content).await?;
+    read_full(recv, &mut content).await?;
     let got = crc32fast::hash(&content);
     if got != want {
         return Err(bad(format!("CRC-32 is {got}, parent said {want}")));

@@ -4,6 +4,7 @@
 //! piece from a parent and checks its CRC-32 before anything is stored.
 
 pub mod client;
+pub mod quic;
 pub mod server;
 
 use bytes::{Bytes, BytesMut};

@@ -1,11 +1,13 @@
-//! Vortex server: answers `DownloadPiece` with the stored piece.
+//! Vortex server: answers `DownloadPiece` with the stored piece, over TCP (one
+//! request per connection, body sent with sendfile) or QUIC (one request per
+//! bidirectional stream).
 
 use super::{error_frame, read_frame, VortexError, MAX_REQUEST_VALUE};
-use crate::storage::Store;
-use bytes::BytesMut;
+use crate::storage::{Store, TaskUse};
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use vortex_protocol::tlv::error::Code;
 use vortex_protocol::tlv::piece_content::PieceContent;
@@ -14,12 +16,25 @@ use vortex_protocol::{Message, Vortex};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes per sendfile call / per QUIC write.
+const CHUNK: u64 = 256 * 1024;
 
 /// Serves pieces of the local store to other peers.
 pub struct VortexServer {
     store: Arc<Store>,
     host_id: String,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What to send back for a request.
+enum Answer {
+    Error(Bytes, VortexError),
+    Piece {
+        head: Bytes,
+        task: TaskUse,
+        offset: u64,
+        length: u64,
+    },
 }
 
 impl VortexServer {
@@ -35,7 +50,7 @@ impl VortexServer {
         })
     }
 
-    /// Accepts connections forever; one request per connection.
+    /// Accepts TCP connections forever; one request per connection.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -49,37 +64,54 @@ impl VortexServer {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.handle(stream).await {
+                if let Err(e) = this.handle_tcp(stream).await {
                     tracing::debug!(%peer, error = %e, "vortex request ended with an error");
                 }
             });
         }
     }
 
-    async fn handle(&self, mut stream: TcpStream) -> Result<(), VortexError> {
-        let frame =
-            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream, MAX_REQUEST_VALUE))
-                .await
-            {
-                Err(_) => return Err(VortexError::Timeout),
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => {
-                    let code = match e {
-                        VortexError::Io(_) | VortexError::Truncated { .. } => return Err(e),
-                        _ => Code::InvalidArgument,
-                    };
-                    stream.write_all(&error_frame(code, &e.to_string())).await?;
-                    return Err(e);
+    /// Accepts QUIC connections forever; one request per bidirectional stream.
+    pub async fn serve_quic(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = this.handle_quic(send, recv).await {
+                            tracing::debug!(error = %e, "vortex quic request ended with an error");
+                        }
+                    });
                 }
-            };
+            });
+        }
+    }
+
+    /// Reads one request and decides the answer.
+    async fn answer<R: AsyncRead + Unpin>(&self, recv: &mut R) -> Result<Answer, VortexError> {
+        let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(recv, MAX_REQUEST_VALUE))
+            .await
+        {
+            Err(_) => return Err(VortexError::Timeout),
+            Ok(Ok(f)) => f,
+            Ok(Err(e @ (VortexError::Io(_) | VortexError::Truncated { .. }))) => return Err(e),
+            Ok(Err(e)) => {
+                return Ok(Answer::Error(
+                    error_frame(Code::InvalidArgument, &e.to_string()),
+                    e,
+                ))
+            }
+        };
         let req = match frame {
             Vortex::DownloadPiece(_, req) => req,
             other => {
                 let msg = format!("unsupported request tag {:?}", other.header().tag());
-                stream
-                    .write_all(&error_frame(Code::InvalidArgument, &msg))
-                    .await?;
-                return Err(VortexError::Unexpected(msg));
+                return Ok(Answer::Error(
+                    error_frame(Code::InvalidArgument, &msg),
+                    VortexError::Unexpected(msg),
+                ));
             }
         };
         let found = self.store.get(&req.task_id).and_then(|t| {
@@ -92,8 +124,10 @@ impl VortexServer {
                 "piece {} of task {} is not here",
                 req.piece_number, req.task_id
             );
-            stream.write_all(&error_frame(Code::NotFound, &msg)).await?;
-            return Err(VortexError::Unexpected(msg));
+            return Ok(Answer::Error(
+                error_frame(Code::NotFound, &msg),
+                VortexError::Unexpected(msg),
+            ));
         };
         let task = task.use_task();
         let (offset, length) =
@@ -112,6 +146,27 @@ impl VortexServer {
         };
         let mut head = BytesMut::new();
         content.encode_packet(&mut head);
+        Ok(Answer::Piece {
+            head: head.freeze(),
+            task,
+            offset,
+            length,
+        })
+    }
+
+    async fn handle_tcp(&self, mut stream: TcpStream) -> Result<(), VortexError> {
+        let (head, task, offset, length) = match self.answer(&mut stream).await? {
+            Answer::Error(frame, e) => {
+                stream.write_all(&frame).await?;
+                return Err(e);
+            }
+            Answer::Piece {
+                head,
+                task,
+                offset,
+                length,
+            } => (head, task, offset, length),
+        };
         stream.write_all(&head).await?;
         let file = task
             .open_file()
@@ -120,7 +175,7 @@ impl VortexServer {
         let end = offset + length;
         while off < end {
             stream.writable().await?;
-            let count = (end - off).min(256 * 1024) as usize;
+            let count = (end - off).min(CHUNK) as usize;
             match stream.try_io(Interest::WRITABLE, || {
                 rustix::fs::sendfile(&stream, &*file, Some(&mut off), count)
                     .map_err(std::io::Error::from)
@@ -131,8 +186,59 @@ impl VortexServer {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.metrics.upload_traffic.inc_by(length);
+        self.metrics.uploaded("tcp", length);
         stream.shutdown().await?;
         Ok(())
     }
+
+    async fn handle_quic(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), VortexError> {
+        match self.answer(&mut recv).await? {
+            Answer::Error(frame, e) => {
+                send.write_all(&frame).await.map_err(std::io::Error::from)?;
+                let _ = send.finish();
+                Err(e)
+            }
+            Answer::Piece {
+                head,
+                task,
+                offset,
+                length,
+            } => {
+                send.write_all(&head).await.map_err(std::io::Error::from)?;
+                write_body(&mut send, &task, offset, length).await?;
+                self.metrics.uploaded("quic", length);
+                let _ = send.finish();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Copies a piece from the content file to a stream in bounded chunks.
+async fn write_body<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    task: &TaskUse,
+    offset: u64,
+    length: u64,
+) -> Result<(), VortexError> {
+    let mut pos = offset;
+    let end = offset + length;
+    while pos < end {
+        let n = (end - pos).min(CHUNK) as usize;
+        let t = (*task).clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            t.read_at(pos, &mut buf).map(|_| buf)
+        })
+        .await
+        .map_err(|e| VortexError::Malformed(e.to_string()))?
+        .map_err(|e| VortexError::Malformed(e.to_string()))?;
+        w.write_all(&chunk).await?;
+        pos += n as u64;
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Vortex over TCP between a server on a real store and the client: whole
+//! Vortex over TCP and QUIC between a server on a real store and the client: whole
 //! pieces arrive intact, corrupt pieces are rejected by CRC-32, and malformed
 //! frames get an error reply while the server keeps serving.
 
@@ -23,6 +23,19 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 async fn setup() -> (tempfile::TempDir, Arc<Store>, SocketAddr, String, Vec<u8>) {
+    let (d, store, tcp, _quic, id, bytes) = setup_both().await;
+    (d, store, tcp, id, bytes)
+}
+
+/// A store with pieces 0 and 2 of a 3-piece task, served over TCP and QUIC.
+async fn setup_both() -> (
+    tempfile::TempDir,
+    Arc<Store>,
+    SocketAddr,
+    SocketAddr,
+    String,
+    Vec<u8>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), true).unwrap();
     let store = Arc::new(store);
@@ -64,8 +77,46 @@ async fn setup() -> (tempfile::TempDir, Arc<Store>, SocketAddr, String, Vec<u8>)
         "127.0.0.1-test".into(),
         Arc::new(Metrics::new()),
     );
-    tokio::spawn(server.serve_tcp(listener));
-    (dir, store, addr, id, bytes)
+    tokio::spawn(server.clone().serve_tcp(listener));
+    let quic = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let quic_addr = quic.local_addr().unwrap();
+    tokio::spawn(server.serve_quic(quic));
+    (dir, store, addr, quic_addr, id, bytes)
+}
+
+#[tokio::test]
+async fn quic_carries_pieces_over_one_pooled_connection_and_checks_them() {
+    let (_d, store, _tcp, addr, id, bytes) = setup_both().await;
+    let client = Arc::new(dfdaemon::vortex::quic::QuicClient::new().unwrap());
+    let len = bytes.len() as u64;
+    let mut handles = Vec::new();
+    for n in [0u32, 2, 0, 2] {
+        let (c, id) = (client.clone(), id.clone());
+        let (off, l) = common::piece::piece_range(n, len, PIECE);
+        handles.push(tokio::spawn(async move {
+            (n, c.download_piece(addr, &id, n, off, l, T).await)
+        }));
+    }
+    for h in handles {
+        let (n, r) = h.await.unwrap();
+        let p = r.unwrap();
+        let (off, l) = common::piece::piece_range(n, len, PIECE);
+        assert_eq!(&p.content[..], &bytes[off as usize..(off + l) as usize]);
+    }
+    let (off, l) = common::piece::piece_range(1, len, PIECE);
+    match client.download_piece(addr, &id, 1, off, l, T).await {
+        Err(VortexError::Remote {
+            code: Code::NotFound,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    store.get(&id).unwrap().write_at(5, b"flipped").unwrap();
+    let err = client
+        .download_piece(addr, &id, 0, 0, PIECE, T)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CRC-32"), "{err}");
 }
 
 #[tokio::test]

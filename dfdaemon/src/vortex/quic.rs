@@ -1,0 +1,174 @@
+//! Vortex over QUIC (quinn): the server presents a self-signed certificate
+//! for `d7y` and clients do not verify it, as Dragonfly's peers do (pieces are
+//! CRC-checked and blobs digest-checked end to end); one bidirectional stream
+//! per piece over pooled connections.
+
+use super::client::{check_task_id, receive_piece, request, ReceivedPiece};
+use super::VortexError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SERVER_NAME: &str = "d7y";
+const WINDOW: u32 = 16 * 1024 * 1024;
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    t.max_idle_timeout(Duration::from_secs(60).try_into().ok());
+    t.send_window(u64::from(WINDOW));
+    t.receive_window(WINDOW.into());
+    t.stream_receive_window(WINDOW.into());
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Arc::new(t)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A QUIC endpoint serving Vortex on `addr`.
+pub fn server_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, VortexError> {
+    let other = |e: String| VortexError::Io(std::io::Error::other(e));
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+        .map_err(|e| other(e.to_string()))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(|e| other(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| other(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(quinn::Endpoint::server(cfg, addr)?)
+}
+
+/// Accepts any server certificate (see the module docs).
+#[derive(Debug)]
+struct NoVerifier(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A QUIC Vortex client with one pooled connection per parent.
+pub struct QuicClient {
+    endpoint: quinn::Endpoint,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl QuicClient {
+    pub fn new() -> Result<QuicClient, VortexError> {
+        let other = |e: String| VortexError::Io(std::io::Error::other(e));
+        let p = provider();
+        let tls = rustls::ClientConfig::builder_with_provider(p.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| other(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(p)))
+            .with_no_client_auth();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| other(e.to_string()))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(transport());
+        let mut endpoint =
+            quinn::Endpoint::client("0.0.0.0:0".parse().map_err(|e| other(format!("{e}")))?)?;
+        endpoint.set_default_client_config(cfg);
+        Ok(QuicClient {
+            endpoint,
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, VortexError> {
+        if let Some(c) = self.lock().get(&addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let c = self
+            .endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?
+            .await
+            .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?;
+        self.lock().insert(addr, c.clone());
+        Ok(c)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, quinn::Connection>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Downloads one piece over a new stream of the pooled connection.
+    pub async fn download_piece(
+        &self,
+        addr: SocketAddr,
+        task_id: &str,
+        number: u32,
+        offset: u64,
+        length: u64,
+        timeout: Duration,
+    ) -> Result<ReceivedPiece, VortexError> {
+        check_task_id(task_id)?;
+        tokio::time::timeout(timeout, async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?;
+            send.write_all(&request(task_id, number))
+                .await
+                .map_err(std::io::Error::from)?;
+            let _ = send.finish();
+            receive_piece(&mut recv, &addr.to_string(), number, offset, length).await
+        })
+        .await
+        .map_err(|_| VortexError::Timeout)?
+    }
+}
