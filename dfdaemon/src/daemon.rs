@@ -231,7 +231,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             disable_shared: cfg.upload.disable_shared,
             max_tx_bandwidth: 0,
         };
-        let upload = crate::grpc::upload::UploadService::new(engine.clone(), host).into_server();
+        let upload =
+            crate::grpc::upload::UploadService::new(engine.clone(), host.clone()).into_server();
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .add_service(upload)
@@ -257,6 +258,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })?;
             tokio::spawn(server.serve_quic(endpoint));
         }
+        let announce = host.to_host(0);
+        let sched = Arc::new(
+            crate::scheduler_client::SchedulerClient::new(&cfg.scheduler.addrs, announce)
+                .await
+                .context("scheduler.addrs")?,
+        );
+        engine.set_scheduler(sched.clone());
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(5);
+            loop {
+                sched.announce_host(every).await;
+                tokio::time::sleep(every).await;
+            }
+        });
         tracing::info!(upload = %upload_addr, vortex = %vortex_addr, "P2P servers listening");
     }
 

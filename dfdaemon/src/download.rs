@@ -36,6 +36,8 @@ pub struct DownloadRequest {
     pub parents: Vec<crate::p2p::Parent>,
     /// Fail instead of going to the origin when the parents cannot provide everything.
     pub disable_back_to_source: bool,
+    /// Go to the origin even if a scheduler could offer parents (seed peers).
+    pub need_back_to_source: bool,
 }
 
 /// An origin reply that is passed back to the client and not cached.
@@ -99,6 +101,8 @@ pub struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: EngineConfig,
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// Scheduler client when P2P is configured.
+    pub(crate) scheduler: std::sync::OnceLock<Arc<crate::scheduler_client::SchedulerClient>>,
     /// QUIC client, created on first use.
     pub(crate) quic: std::sync::OnceLock<Result<Arc<crate::vortex::quic::QuicClient>, String>>,
 }
@@ -134,6 +138,7 @@ impl Engine {
             config,
             inflight: Mutex::new(HashMap::new()),
             quic: std::sync::OnceLock::new(),
+            scheduler: std::sync::OnceLock::new(),
         })
     }
 
@@ -143,6 +148,16 @@ impl Engine {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Whether downloads go through a scheduler (P2P).
+    pub fn has_scheduler(&self) -> bool {
+        self.scheduler.get().is_some()
+    }
+
+    /// Routes downloads through schedulers (P2P) from now on.
+    pub fn set_scheduler(&self, s: Arc<crate::scheduler_client::SchedulerClient>) {
+        let _ = self.scheduler.set(s);
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
@@ -245,6 +260,132 @@ impl Engine {
     }
 
     async fn run(
+        self: &Arc<Self>,
+        req: &DownloadRequest,
+        tx: &watch::Sender<Option<StartState>>,
+        inflight: &Inflight,
+    ) -> Result<(), DownloadError> {
+        if req.parents.is_empty() {
+            if let Some(sched) = self.scheduler.get().cloned() {
+                return self.run_scheduled(&sched, req, tx, inflight).await;
+            }
+        }
+        self.run_direct(req, tx, inflight).await
+    }
+
+    /// Registers with the scheduler, downloads from the parents it gives (or
+    /// the origin when told to), and reports progress on the AnnouncePeer
+    /// stream. A scheduler that cannot be reached means the origin.
+    async fn run_scheduled(
+        self: &Arc<Self>,
+        sched: &crate::scheduler_client::SchedulerClient,
+        req: &DownloadRequest,
+        tx: &watch::Sender<Option<StartState>>,
+        inflight: &Inflight,
+    ) -> Result<(), DownloadError> {
+        use crate::scheduler_client::Decision;
+        use dragonfly_api::scheduler::v2::announce_peer_request::Request as R;
+        use dragonfly_api::scheduler::v2::*;
+        let peer_id = format!("{}-{:032x}", sched.host_id(), rand::random::<u128>());
+        let download = dragonfly_api::common::v2::Download {
+            url: req.url.clone(),
+            digest: req.digest.as_ref().map(|d| d.to_string()),
+            piece_length: req.piece_length,
+            request_header: req
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            need_back_to_source: req.need_back_to_source,
+            disable_back_to_source: req.disable_back_to_source,
+            enable_task_id_based_blob_digest: req
+                .digest
+                .as_ref()
+                .is_some_and(|d| d.encoded == req.task_id),
+            ..Default::default()
+        };
+        let mut session = match sched.register_peer(&req.task_id, &peer_id, download).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(task_id = %req.task_id, error = %e, "scheduler unavailable; going to the origin");
+                return self.run_direct(req, tx, inflight).await;
+            }
+        };
+        let decision = match tokio::time::timeout(
+            self.config.piece_timeout,
+            session.next_decision(),
+        )
+        .await
+        {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::warn!(task_id = %req.task_id, error = %e, "scheduling failed; going to the origin");
+                Decision::BackToSource(e.to_string())
+            }
+            Err(_) => Decision::BackToSource("no scheduling decision in time".into()),
+        };
+        let reporter = session.sender();
+        let sent = Arc::new(tokio::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let (p2p, result) = match decision {
+            Decision::Parents(parents) if !parents.is_empty() && !req.need_back_to_source => {
+                tracing::info!(task_id = %req.task_id, parents = parents.len(), "downloading from parents");
+                session
+                    .send(R::DownloadPeerStartedRequest(DownloadPeerStartedRequest {}))
+                    .await;
+                let mut r = req.clone();
+                r.parents = parents;
+                let watcher =
+                    spawn_piece_reporter(tx.subscribe(), reporter.clone(), false, sent.clone());
+                let result = self.run_direct(&r, tx, inflight).await;
+                watcher.abort();
+                (true, result)
+            }
+            _ if req.disable_back_to_source => (
+                false,
+                Err(DownloadError::Failed {
+                    task_id: req.task_id.clone(),
+                    reason:
+                        "the scheduler has no parent for this task and back-to-source is disabled"
+                            .into(),
+                }),
+            ),
+            _ => {
+                session
+                    .send(R::DownloadPeerBackToSourceStartedRequest(
+                        DownloadPeerBackToSourceStartedRequest { description: None },
+                    ))
+                    .await;
+                let watcher =
+                    spawn_piece_reporter(tx.subscribe(), reporter.clone(), true, sent.clone());
+                let result = self.run_direct(req, tx, inflight).await;
+                watcher.abort();
+                (false, result)
+            }
+        };
+        // Report the pieces the watcher may not have sent yet, then the outcome.
+        let ready = tx.borrow().clone();
+        if let Some(StartState::Ready(task)) = ready {
+            report_pieces(&task, &reporter, !p2p, &mut *sent.lock().await).await;
+        }
+        let end = match (&result, p2p) {
+            (Ok(()), true) => R::DownloadPeerFinishedRequest(DownloadPeerFinishedRequest {}),
+            (Ok(()), false) => R::DownloadPeerBackToSourceFinishedRequest(
+                DownloadPeerBackToSourceFinishedRequest {},
+            ),
+            (Err(e), true) => R::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
+                description: Some(e.to_string()),
+            }),
+            (Err(e), false) => {
+                R::DownloadPeerBackToSourceFailedRequest(DownloadPeerBackToSourceFailedRequest {
+                    description: Some(e.to_string()),
+                })
+            }
+        };
+        session.send(end).await;
+        result
+    }
+
+    async fn run_direct(
         self: &Arc<Self>,
         req: &DownloadRequest,
         tx: &watch::Sender<Option<StartState>>,
@@ -837,6 +978,70 @@ impl ContentHasher {
             ContentHasher::Sha256(h) => hex::encode(h.finalize()),
             ContentHasher::Sha512(h) => hex::encode(h.finalize()),
         }
+    }
+}
+
+/// Reports pieces of the task (once it exists) to the scheduler as they land.
+fn spawn_piece_reporter(
+    mut state: watch::Receiver<Option<StartState>>,
+    reporter: crate::scheduler_client::PeerReporter,
+    back_to_source: bool,
+    sent: Arc<tokio::sync::Mutex<std::collections::BTreeSet<u32>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let task = loop {
+            if let Some(StartState::Ready(t)) = state.borrow_and_update().clone() {
+                break t;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        };
+        let mut changed = task.subscribe();
+        loop {
+            report_pieces(&task, &reporter, back_to_source, &mut *sent.lock().await).await;
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Sends `DownloadPiece[BackToSource]FinishedRequest` for stored pieces not yet in `sent`.
+async fn report_pieces(
+    task: &Task,
+    reporter: &crate::scheduler_client::PeerReporter,
+    back_to_source: bool,
+    sent: &mut std::collections::BTreeSet<u32>,
+) {
+    use dragonfly_api::scheduler::v2::announce_peer_request::Request as R;
+    use dragonfly_api::scheduler::v2::*;
+    let meta = task.meta();
+    for (n, p) in &meta.pieces {
+        if !sent.insert(*n) {
+            continue;
+        }
+        let (offset, length) = piece_range(*n, meta.content_length, meta.piece_length);
+        let piece = dragonfly_api::common::v2::Piece {
+            number: *n,
+            offset,
+            length,
+            digest: p.digest(),
+            traffic_type: Some(if back_to_source {
+                dragonfly_api::common::v2::TrafficType::BackToSource as i32
+            } else {
+                dragonfly_api::common::v2::TrafficType::RemotePeer as i32
+            }),
+            ..Default::default()
+        };
+        let req = if back_to_source {
+            R::DownloadPieceBackToSourceFinishedRequest(DownloadPieceBackToSourceFinishedRequest {
+                piece: Some(piece),
+            })
+        } else {
+            R::DownloadPieceFinishedRequest(DownloadPieceFinishedRequest { piece: Some(piece) })
+        };
+        reporter.send(req).await;
     }
 }
 

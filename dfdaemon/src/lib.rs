@@ -12,5 +12,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod p2p;
 pub mod proxy;
+pub mod scheduler_client;
 pub mod storage;
 pub mod vortex;

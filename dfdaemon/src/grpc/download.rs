@@ -82,7 +82,7 @@ pub async fn download_task_stream(
             .get(&task_id)
             .map(|t| t.is_complete())
             .unwrap_or(false);
-        if !cached_before && d.disable_back_to_source {
+        if !cached_before && d.disable_back_to_source && !engine.has_scheduler() {
             return Err(Status::failed_precondition(format!(
                     "task {task_id} is not in the local cache, no peer has it (no scheduler is configured) and back-to-source is disabled"
                 )));
@@ -95,6 +95,7 @@ pub async fn download_task_stream(
             piece_length: d.piece_length,
             parents: Vec::new(),
             disable_back_to_source: d.disable_back_to_source,
+            need_back_to_source: d.need_back_to_source,
         };
         let started = engine
             .start(req)

@@ -38,6 +38,31 @@ pub struct HostInfo {
     pub max_tx_bandwidth: u64,
 }
 
+impl HostInfo {
+    /// As `common.v2.Host` (what AnnounceHost and SyncHost send).
+    pub fn to_host(&self, tx_bps: u64) -> Host {
+        Host {
+            id: self.id.clone(),
+            r#type: 0,
+            hostname: self.hostname.clone(),
+            ip: self.ip.clone(),
+            port: i32::from(self.port),
+            download_port: i32::from(self.vortex_tcp_port),
+            proxy_port: i32::from(self.proxy_port),
+            os: std::env::consts::OS.to_string(),
+            disable_shared: self.disable_shared,
+            network: Some(Network {
+                idc: Some(self.idc.clone()).filter(|s| !s.is_empty()),
+                location: Some(self.location.clone()).filter(|s| !s.is_empty()),
+                max_tx_bandwidth: self.max_tx_bandwidth,
+                tx_bandwidth: Some(tx_bps),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// The upload service.
 pub struct UploadService {
     engine: Arc<Engine>,
@@ -60,27 +85,9 @@ impl UploadService {
             .ok_or_else(|| Status::not_found(format!("task {id} is not on this peer")))
     }
 
-    /// This host as `common.v2.Host`, with the upload rate measured over `window`.
+    /// This host as `common.v2.Host`, with the measured upload rate.
     fn host_message(&self, tx_bps: u64) -> Host {
-        Host {
-            id: self.host.id.clone(),
-            r#type: 0,
-            hostname: self.host.hostname.clone(),
-            ip: self.host.ip.clone(),
-            port: i32::from(self.host.port),
-            download_port: i32::from(self.host.vortex_tcp_port),
-            proxy_port: i32::from(self.host.proxy_port),
-            os: std::env::consts::OS.to_string(),
-            disable_shared: self.host.disable_shared,
-            network: Some(Network {
-                idc: Some(self.host.idc.clone()).filter(|s| !s.is_empty()),
-                location: Some(self.host.location.clone()).filter(|s| !s.is_empty()),
-                max_tx_bandwidth: self.host.max_tx_bandwidth,
-                tx_bandwidth: Some(tx_bps),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        self.host.to_host(tx_bps)
     }
 }
 

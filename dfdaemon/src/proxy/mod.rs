@@ -383,6 +383,7 @@ impl Proxy {
             piece_length,
             parents: Vec::new(),
             disable_back_to_source: false,
+            need_back_to_source: false,
         };
         let metrics = self.engine.metrics().clone();
         let started = match self.engine.start(dreq).await {
