@@ -111,6 +111,7 @@ impl Peer {
             piece_length: None,
             parents,
             disable_back_to_source: false,
+            need_back_to_source: false,
         };
         let task = match self.engine.start(req).await.map_err(|e| e.to_string())? {
             Started::Stored { task, .. } => task,
