@@ -135,7 +135,7 @@ fn raise_nofile_limit() {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
     let (hostname, ip) = host_identity(&cfg);
-    let host_id = common::id::host_id(&ip.to_string(), &hostname, false);
+    let host_id = common::id::host_id(&ip.to_string(), &hostname, cfg.seed_peer.enable);
     let (store, rec) = Store::open(&cfg.storage.dir, cfg.storage.keep)
         .with_context(|| format!("cannot open the store in {}", cfg.storage.dir.display()))?;
     tracing::info!(
@@ -230,6 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             location: cfg.host.location.clone(),
             disable_shared: cfg.upload.disable_shared,
             max_tx_bandwidth: 0,
+            seed: cfg.seed_peer.enable,
         };
         let upload =
             crate::grpc::upload::UploadService::new(engine.clone(), host.clone()).into_server();

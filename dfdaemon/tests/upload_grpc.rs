@@ -80,6 +80,7 @@ async fn setup() -> (
         location: "cn|hz".into(),
         disable_shared: false,
         max_tx_bandwidth: 8_000_000_000,
+        seed: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

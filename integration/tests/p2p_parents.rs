@@ -72,6 +72,7 @@ impl Peer {
             location: String::new(),
             disable_shared: false,
             max_tx_bandwidth: 0,
+            seed: false,
         };
         let svc = UploadService::new(engine.clone(), host).into_server();
         let servers = vec![

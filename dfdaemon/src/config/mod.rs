@@ -52,6 +52,16 @@ pub struct Scheduler {
     pub addrs: Vec<String>,
 }
 
+/// Seed peer mode.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SeedPeer {
+    /// Announce this host as a seed peer (host type super seed, host ID ending in
+    /// `-seed`): schedulers trigger it to fetch tasks from the origin for others.
+    /// Default: false.
+    pub enable: bool,
+}
+
 /// The manager section (used by the manager issue).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -82,6 +92,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// Schedulers (P2P).
     pub scheduler: Scheduler,
+    /// Seed peer mode (P2P).
+    pub seed_peer: SeedPeer,
     /// Manager (control plane).
     pub manager: Manager,
 }

@@ -36,6 +36,8 @@ pub struct HostInfo {
     pub disable_shared: bool,
     /// Upload bandwidth limit in bits per second (0: unknown).
     pub max_tx_bandwidth: u64,
+    /// Announced as a seed peer (host type 1, super seed).
+    pub seed: bool,
 }
 
 impl HostInfo {
@@ -43,7 +45,7 @@ impl HostInfo {
     pub fn to_host(&self, tx_bps: u64) -> Host {
         Host {
             id: self.id.clone(),
-            r#type: 0,
+            r#type: u32::from(self.seed),
             hostname: self.hostname.clone(),
             ip: self.ip.clone(),
             port: i32::from(self.port),
