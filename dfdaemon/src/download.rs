@@ -495,7 +495,9 @@ impl Engine {
         tx: &watch::Sender<Option<StartState>>,
         existing: Option<Arc<Task>>,
     ) -> Option<Result<(), DownloadError>> {
-        let (total, piece_length) = crate::p2p::describe_task(&req.parents, &req.task_id).await?;
+        let (total, piece_length) =
+            crate::p2p::describe_task(&req.parents, &req.task_id, self.config.piece_timeout)
+                .await?;
         let task = match self.create_task_with(req, total, existing, None, Some(piece_length)) {
             Ok(t) => t,
             Err(e) => return Some(Err(e)),

@@ -45,8 +45,26 @@ async fn connect(p: &Parent) -> Option<DfdaemonUploadClient<tonic::transport::Ch
         .map(DfdaemonUploadClient::new)
 }
 
-/// Content length and piece length of a task, from the first parent that has it.
-pub async fn describe_task(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> {
+/// Content length and piece length of a task, from the first parent that
+/// knows it; retried for up to `wait` (a seed peer may just be starting).
+pub async fn describe_task(
+    parents: &[Parent],
+    task_id: &str,
+    wait: std::time::Duration,
+) -> Option<(u64, u64)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(d) = describe_once(parents, task_id).await {
+            return Some(d);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn describe_once(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> {
     for p in parents {
         let Some(mut c) = connect(p).await else {
             continue;

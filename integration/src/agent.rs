@@ -67,7 +67,7 @@ impl Agent {
         let proxy_port = free_port();
         let metrics_port = free_port();
         let mut cfg = serde_json::json!({
-            "storage": {"dir": store_dir, "server": {"ip": "127.0.0.1", "tcpPort": free_port()}},
+            "storage": {"dir": store_dir, "server": {"ip": "127.0.0.1", "tcpPort": free_port(), "quicPort": free_port()}},
             "proxy": {"server": {"ip": "127.0.0.1", "port": proxy_port}},
             "metrics": {"server": {"ip": "127.0.0.1", "port": metrics_port}},
             "upload": {"server": {"ip": "127.0.0.1", "port": free_port()}},

@@ -29,6 +29,7 @@ pub mod hashring;
 pub mod register_delay;
 pub mod resource;
 pub mod scheduling;
+pub mod service;
 mod state;
 #[cfg(test)]
 mod test_support;

@@ -1,0 +1,146 @@
+//! A scheduler, a seed peer and two peers (separate dfdaemon processes on
+//! loopback): dfget on the peers gets identical bytes, every byte range leaves
+//! the origin once (fetched by the seed peer the scheduler triggered), and the
+//! peers' bytes come from other peers, not from the origin.
+
+use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
+use dragonfly_api::scheduler::v2::ListHostsRequest;
+use integration::agent::{bin, Agent};
+use integration::image::sha256_digest;
+use integration::{free_port, random_bytes, wait_for, ChildProcess, TestDir, TestOrigin};
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+const PIECE: u64 = 4 * 1024 * 1024;
+
+fn start_scheduler(dir: &TestDir) -> (ChildProcess, u16) {
+    let port = free_port();
+    let cfg = dir.join("scheduler.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server:\n  ip: 127.0.0.1\n  port: {port}\nscheduler:\n  retryInterval: 100ms\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("scheduler"));
+    cmd.arg("--config").arg(&cfg);
+    (ChildProcess::spawn(dir, "scheduler", cmd).unwrap(), port)
+}
+
+fn peer_yaml(name: &str, sched: u16, seed: bool) -> String {
+    format!(
+        "host:\n  hostname: {name}\n  ip: 127.0.0.1\nscheduler:\n  addrs: ['127.0.0.1:{sched}']\nseedPeer:\n  enable: {seed}\ndownload:\n  pieceTimeout: 20s\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-cluster").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let len = 10 * PIECE + 4321;
+    let data = random_bytes(101, len as usize);
+    let digest = sha256_digest(&data);
+    let path = format!("/v2/cluster/blobs/{digest}");
+    origin.put(&path, data.clone());
+
+    let (_sched, sport) = start_scheduler(&dir);
+    let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
+        .await
+        .unwrap();
+    let peer1 = Agent::start(&dir, "peer1", &peer_yaml("peer1", sport, false))
+        .await
+        .unwrap();
+    let peer2 = Agent::start(&dir, "peer2", &peer_yaml("peer2", sport, false))
+        .await
+        .unwrap();
+
+    // All three hosts announced themselves.
+    wait_for(Duration::from_secs(30), "scheduler up", || async {
+        SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap();
+    let mut client = SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "3 hosts announced", || {
+        let mut c = client.clone();
+        async move {
+            c.list_hosts(ListHostsRequest::default())
+                .await
+                .map(|r| r.into_inner().hosts.len() == 3)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .unwrap();
+    let hosts = client
+        .list_hosts(ListHostsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    let seeds: Vec<_> = hosts
+        .iter()
+        .filter(|h| h.r#type == 1)
+        .map(|h| h.id.clone())
+        .collect();
+    assert_eq!(seeds, vec!["127.0.0.1-seed-seed".to_string()]);
+
+    let url = origin.url(&path);
+    for (i, peer) in [&peer1, &peer2].iter().enumerate() {
+        let out = dir.join(format!("out{i}"));
+        let o = peer.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
+        assert!(
+            o.status.success(),
+            "dfget on peer{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "bytes differ on peer{}",
+            i + 1
+        );
+    }
+
+    // Each range left the origin exactly once, and only for the seed peer.
+    let ranges: Vec<String> = origin
+        .ranges_for(&path)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let distinct: BTreeSet<String> = ranges.iter().cloned().collect();
+    assert_eq!(
+        ranges.len(),
+        distinct.len(),
+        "a range was fetched twice: {ranges:?}"
+    );
+    assert_eq!(distinct.len() as u64, len.div_ceil(PIECE));
+    let seed_b2s = seed
+        .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"back_to_source\"}")
+        .await
+        .unwrap() as u64;
+    assert_eq!(
+        seed_b2s, len,
+        "the seed peer fetched the task from the origin"
+    );
+    for (name, p) in [("peer1", &peer1), ("peer2", &peer2)] {
+        let remote = p
+            .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
+            .await
+            .unwrap() as u64;
+        let b2s = p
+            .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"back_to_source\"}")
+            .await
+            .unwrap() as u64;
+        assert_eq!(
+            (remote, b2s),
+            (len, 0),
+            "{name}: bytes from peers / from the origin"
+        );
+    }
+}
