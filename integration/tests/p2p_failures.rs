@@ -1,0 +1,239 @@
+//! P2P when things go wrong: no scheduler, a scheduler restarted mid-run, and
+//! malformed AnnouncePeer / AnnounceHost requests.
+
+use dragonfly_api::common::v2::Host;
+use dragonfly_api::scheduler::v2::announce_peer_request::Request as Req;
+use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
+use dragonfly_api::scheduler::v2::{
+    AnnounceHostRequest, AnnouncePeerRequest, DownloadPeerStartedRequest, ListHostsRequest,
+};
+use integration::agent::{bin, Agent};
+use integration::image::sha256_digest;
+use integration::{free_port, random_bytes, wait_for, ChildProcess, TestDir, TestOrigin};
+use std::process::Command;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+
+fn scheduler(dir: &TestDir, name: &str, port: u16) -> ChildProcess {
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!("server:\n  ip: 127.0.0.1\n  port: {port}\nscheduler:\n  retryInterval: 100ms\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("scheduler"));
+    cmd.arg("--config").arg(&cfg);
+    ChildProcess::spawn(dir, name, cmd).unwrap()
+}
+
+fn peer_yaml(name: &str, sched: u16, seed: bool) -> String {
+    format!(
+        "host:\n  hostname: {name}\n  ip: 127.0.0.1\nscheduler:\n  addrs: ['127.0.0.1:{sched}']\nseedPeer:\n  enable: {seed}\ndownload:\n  pieceTimeout: 20s\n"
+    )
+}
+
+async fn client(port: u16) -> SchedulerClient<tonic::transport::Channel> {
+    wait_for(Duration::from_secs(30), "scheduler up", || async {
+        SchedulerClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap();
+    SchedulerClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+async fn wait_hosts(c: &SchedulerClient<tonic::transport::Channel>, n: usize) {
+    wait_for(Duration::from_secs(30), "hosts announced", || {
+        let mut c = c.clone();
+        async move {
+            c.list_hosts(ListHostsRequest::default())
+                .await
+                .map(|r| r.into_inner().hosts.len() == n)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn blob(origin: &TestOrigin, seed: u64, len: usize) -> (String, String, Vec<u8>) {
+    let data = random_bytes(seed, len);
+    let digest = sha256_digest(&data);
+    let path = format!("/v2/failures/blobs/{digest}");
+    origin.put(&path, data.clone());
+    (origin.url(&path), digest, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_scheduler_dfget_falls_back_to_the_origin_unless_told_not_to() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-no-scheduler").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let nobody = free_port();
+    let peer = Agent::start(&dir, "peer", &peer_yaml("peer", nobody, false))
+        .await
+        .unwrap();
+    let (url, digest, data) = blob(&origin, 111, 9 * MIB);
+    let out = dir.join("out");
+    let o = peer.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == data);
+    let b2s = peer
+        .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"back_to_source\"}")
+        .await
+        .unwrap();
+    assert_eq!(b2s as usize, data.len());
+
+    let (url2, _, _) = blob(&origin, 112, MIB);
+    let o = peer.dfget(&[
+        &url2,
+        "-O",
+        dir.join("out2").to_str().unwrap(),
+        "--disable-back-to-source",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("back-to-source is disabled"), "{err}");
+    assert_eq!(
+        origin.requests_for(&url2.replace(&origin.base_url(), "")),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-sched-restart").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let sport = free_port();
+    let mut sched = scheduler(&dir, "scheduler", sport);
+    let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
+        .await
+        .unwrap();
+    let peer1 = Agent::start(&dir, "peer1", &peer_yaml("peer1", sport, false))
+        .await
+        .unwrap();
+    let peer2 = Agent::start(&dir, "peer2", &peer_yaml("peer2", sport, false))
+        .await
+        .unwrap();
+    wait_hosts(&client(sport).await, 3).await;
+    let (url, digest, data) = blob(&origin, 113, 13 * MIB);
+    let o = peer1.dfget(&[
+        &url,
+        "-O",
+        dir.join("a").to_str().unwrap(),
+        "--digest",
+        &digest,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The scheduler dies with all its state and comes back on the same port.
+    sched.kill9().unwrap();
+    sched.wait_exit(Duration::from_secs(10)).await;
+    let _sched2 = scheduler(&dir, "scheduler-restarted", sport);
+    // Peers announce themselves again (every 5 s).
+    wait_hosts(&client(sport).await, 3).await;
+    let before = origin.requests_for(&url.replace(&origin.base_url(), ""));
+    let out = dir.join("b");
+    let o = peer2.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert_eq!(
+        origin.requests_for(&url.replace(&origin.base_url(), "")),
+        before,
+        "after the restart the task came from peers, not the origin"
+    );
+    let remote = peer2
+        .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
+        .await
+        .unwrap();
+    assert_eq!(remote as usize, data.len());
+    drop(seed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_scheduler_requests_get_errors_and_the_scheduler_keeps_serving() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-sched-bad-input").unwrap();
+    let sport = free_port();
+    let _sched = scheduler(&dir, "scheduler", sport);
+    let mut c = client(sport).await;
+
+    // A host without an IP.
+    let e = c
+        .announce_host(AnnounceHostRequest {
+            host: Some(Host {
+                id: "x".into(),
+                ip: "not-an-ip".into(),
+                ..Default::default()
+            }),
+            interval: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // An AnnouncePeer stream that starts with anything but RegisterPeerRequest.
+    let req = AnnouncePeerRequest {
+        host_id: "h".into(),
+        task_id: "a".repeat(64),
+        peer_id: "p".into(),
+        request: Some(Req::DownloadPeerStartedRequest(
+            DownloadPeerStartedRequest {},
+        )),
+    };
+    let mut stream = c
+        .announce_peer(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.message().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("RegisterPeerRequest"),
+        "{}",
+        e.message()
+    );
+
+    // A register for a host that never announced itself.
+    let req = AnnouncePeerRequest {
+        host_id: "ghost".into(),
+        task_id: "b".repeat(64),
+        peer_id: "p2".into(),
+        request: Some(Req::RegisterPeerRequest(
+            dragonfly_api::scheduler::v2::RegisterPeerRequest {
+                download: Some(Default::default()),
+            },
+        )),
+    };
+    let mut stream = c
+        .announce_peer(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = stream.message().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+
+    // Still serving.
+    c.announce_host(AnnounceHostRequest {
+        host: Some(Host {
+            id: "127.0.0.1-ok".into(),
+            ip: "127.0.0.1".into(),
+            ..Default::default()
+        }),
+        interval: None,
+    })
+    .await
+    .unwrap();
+    let hosts = c
+        .list_hosts(ListHostsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 1);
+}
