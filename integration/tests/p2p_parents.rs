@@ -124,6 +124,12 @@ impl Peer {
         Ok(buf)
     }
 
+    /// Stops serving piece bytes (Vortex) while still announcing pieces: a
+    /// parent that dies between announcing a piece and sending it.
+    fn kill_piece_server(&self) {
+        self.servers[1].abort();
+    }
+
     fn metric(&self, series: &str) -> f64 {
         sum_metric(&self.engine.metrics().encode(), series)
     }
@@ -255,5 +261,42 @@ async fn missing_pieces_come_from_the_origin_and_a_corrupting_parent_is_dropped(
     assert!(
         from_peer >= PIECE,
         "at least one good piece came from the parent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parent_that_dies_is_dropped_and_the_others_finish_the_task() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-dead-parent").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let data = random_bytes(93, (9 * PIECE + 17) as usize);
+    let path = format!("/v2/p2p/blobs/{}", sha256_digest(&data));
+    origin.put(&path, data.clone());
+    let alive = Peer::start(&dir, "alive", Duration::from_secs(10)).await;
+    let dying = Peer::start(&dir, "dying", Duration::from_secs(10)).await;
+    assert!(alive.download(&origin.url(&path), vec![]).await.unwrap() == data);
+    assert!(dying.download(&origin.url(&path), vec![]).await.unwrap() == data);
+    let origin_gets = origin.requests_for(&path);
+    dying.kill_piece_server();
+    // Give the abort a moment to close the listener.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let child = Peer::start(&dir, "child", Duration::from_secs(10)).await;
+    let got = child
+        .download(
+            &origin.url(&path),
+            vec![dying.parent.clone(), alive.parent.clone()],
+        )
+        .await
+        .unwrap();
+    assert!(got == data, "child bytes differ");
+    assert_eq!(
+        origin.requests_for(&path),
+        origin_gets,
+        "the origin was not needed"
+    );
+    assert_eq!(
+        child.metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
+            as u64,
+        data.len() as u64
     );
 }
