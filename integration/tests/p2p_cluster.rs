@@ -144,3 +144,93 @@ async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_peers_at_once_share_one_origin_download() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-cluster-4").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let len = 64 * 1024 * 1024 + 99;
+    let data = random_bytes(102, len as usize);
+    let digest = sha256_digest(&data);
+    let path = format!("/v2/cluster4/blobs/{digest}");
+    origin.put(&path, data.clone());
+    let (_sched, sport) = start_scheduler(&dir);
+    let _seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for i in 1..=4 {
+        let name = format!("peer{i}");
+        peers.push(
+            Agent::start(&dir, &name, &peer_yaml(&name, sport, false))
+                .await
+                .unwrap(),
+        );
+    }
+    let client = SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "5 hosts announced", || {
+        let mut c = client.clone();
+        async move {
+            c.list_hosts(ListHostsRequest::default())
+                .await
+                .map(|r| r.into_inner().hosts.len() == 5)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .unwrap();
+    let url = origin.url(&path);
+    let mut runs = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        let out = dir.join(format!("out{i}"));
+        let args: Vec<String> = vec![
+            url.clone(),
+            "-O".into(),
+            out.display().to_string(),
+            "--digest".into(),
+            digest.clone(),
+        ];
+        let socket = p.socket.clone();
+        runs.push(tokio::task::spawn_blocking(move || {
+            let o = Command::new(bin("dfget"))
+                .arg("--endpoint")
+                .arg(&socket)
+                .arg("--no-progress")
+                .args(&args)
+                .output()
+                .unwrap();
+            (o, out)
+        }));
+    }
+    for r in runs {
+        let (o, out) = r.await.unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::read(&out).unwrap() == data);
+    }
+    let ranges: Vec<String> = origin
+        .ranges_for(&path)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let distinct: BTreeSet<String> = ranges.iter().cloned().collect();
+    assert_eq!(
+        ranges.len(),
+        distinct.len(),
+        "a range was fetched twice: {ranges:?}"
+    );
+    let mut remote = 0u64;
+    for p in &peers {
+        remote += p
+            .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
+            .await
+            .unwrap() as u64;
+    }
+    assert!(
+        remote >= 3 * len,
+        "most bytes should come from peers: {remote} of {}",
+        4 * len
+    );
+}
