@@ -155,11 +155,13 @@ impl SchedulerClient {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let session = PeerSession {
             addr,
-            tx,
+            reporter: PeerReporter {
+                tx,
+                host_id: self.host.id.clone(),
+                task_id: task_id.to_string(),
+                peer_id: peer_id.to_string(),
+            },
             rx: None,
-            host_id: self.host.id.clone(),
-            task_id: task_id.to_string(),
-            peer_id: peer_id.to_string(),
         };
         session
             .send(announce_peer_request::Request::RegisterPeerRequest(
@@ -189,35 +191,19 @@ impl SchedulerClient {
 /// One peer's AnnouncePeer stream.
 pub struct PeerSession {
     addr: SocketAddr,
-    tx: tokio::sync::mpsc::Sender<AnnouncePeerRequest>,
+    reporter: PeerReporter,
     rx: Option<tonic::Streaming<AnnouncePeerResponse>>,
-    pub host_id: String,
-    pub task_id: String,
-    pub peer_id: String,
 }
 
 impl PeerSession {
     /// Sends one request on the stream (dropped if the stream is gone).
     pub async fn send(&self, request: announce_peer_request::Request) {
-        let _ = self
-            .tx
-            .send(AnnouncePeerRequest {
-                host_id: self.host_id.clone(),
-                task_id: self.task_id.clone(),
-                peer_id: self.peer_id.clone(),
-                request: Some(request),
-            })
-            .await;
+        self.reporter.send(request).await;
     }
 
     /// A sender usable from other tasks.
     pub fn sender(&self) -> PeerReporter {
-        PeerReporter {
-            tx: self.tx.clone(),
-            host_id: self.host_id.clone(),
-            task_id: self.task_id.clone(),
-            peer_id: self.peer_id.clone(),
-        }
+        self.reporter.clone()
     }
 
     /// Waits for the scheduler's next decision.

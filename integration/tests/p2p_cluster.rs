@@ -3,35 +3,15 @@
 //! the origin once (fetched by the seed peer the scheduler triggered), and the
 //! peers' bytes come from other peers, not from the origin.
 
-use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::ListHostsRequest;
 use integration::agent::{bin, Agent};
+use integration::cluster::{peer_yaml, Scheduler};
 use integration::image::sha256_digest;
-use integration::{free_port, random_bytes, wait_for, ChildProcess, TestDir, TestOrigin};
+use integration::{random_bytes, TestDir, TestOrigin};
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
 
 const PIECE: u64 = 4 * 1024 * 1024;
-
-fn start_scheduler(dir: &TestDir) -> (ChildProcess, u16) {
-    let port = free_port();
-    let cfg = dir.join("scheduler.yaml");
-    std::fs::write(
-        &cfg,
-        format!("server:\n  ip: 127.0.0.1\n  port: {port}\nscheduler:\n  retryInterval: 100ms\n"),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin("scheduler"));
-    cmd.arg("--config").arg(&cfg);
-    (ChildProcess::spawn(dir, "scheduler", cmd).unwrap(), port)
-}
-
-fn peer_yaml(name: &str, sched: u16, seed: bool) -> String {
-    format!(
-        "host:\n  hostname: {name}\n  ip: 127.0.0.1\nscheduler:\n  addrs: ['127.0.0.1:{sched}']\nseedPeer:\n  enable: {seed}\ndownload:\n  pieceTimeout: 20s\n"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
@@ -44,7 +24,8 @@ async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
     let path = format!("/v2/cluster/blobs/{digest}");
     origin.put(&path, data.clone());
 
-    let (_sched, sport) = start_scheduler(&dir);
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let sport = sched.port;
     let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
         .await
         .unwrap();
@@ -56,27 +37,8 @@ async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
         .unwrap();
 
     // All three hosts announced themselves.
-    wait_for(Duration::from_secs(30), "scheduler up", || async {
-        SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
-            .await
-            .is_ok()
-    })
-    .await
-    .unwrap();
-    let mut client = SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
-        .await
-        .unwrap();
-    wait_for(Duration::from_secs(30), "3 hosts announced", || {
-        let mut c = client.clone();
-        async move {
-            c.list_hosts(ListHostsRequest::default())
-                .await
-                .map(|r| r.into_inner().hosts.len() == 3)
-                .unwrap_or(false)
-        }
-    })
-    .await
-    .unwrap();
+    sched.wait_hosts(3).await.unwrap();
+    let mut client = sched.client().await.unwrap();
     let hosts = client
         .list_hosts(ListHostsRequest::default())
         .await
@@ -155,7 +117,8 @@ async fn four_peers_at_once_share_one_origin_download() {
     let digest = sha256_digest(&data);
     let path = format!("/v2/cluster4/blobs/{digest}");
     origin.put(&path, data.clone());
-    let (_sched, sport) = start_scheduler(&dir);
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let sport = sched.port;
     let _seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
         .await
         .unwrap();
@@ -168,20 +131,7 @@ async fn four_peers_at_once_share_one_origin_download() {
                 .unwrap(),
         );
     }
-    let client = SchedulerClient::connect(format!("http://127.0.0.1:{sport}"))
-        .await
-        .unwrap();
-    wait_for(Duration::from_secs(30), "5 hosts announced", || {
-        let mut c = client.clone();
-        async move {
-            c.list_hosts(ListHostsRequest::default())
-                .await
-                .map(|r| r.into_inner().hosts.len() == 5)
-                .unwrap_or(false)
-        }
-    })
-    .await
-    .unwrap();
+    sched.wait_hosts(5).await.unwrap();
     let url = origin.url(&path);
     let mut runs = Vec::new();
     for (i, p) in peers.iter().enumerate() {

@@ -3,62 +3,16 @@
 
 use dragonfly_api::common::v2::Host;
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as Req;
-use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::{
     AnnounceHostRequest, AnnouncePeerRequest, DownloadPeerStartedRequest, ListHostsRequest,
 };
-use integration::agent::{bin, Agent};
+use integration::agent::Agent;
+use integration::cluster::{peer_yaml, Scheduler};
 use integration::image::sha256_digest;
-use integration::{free_port, random_bytes, wait_for, ChildProcess, TestDir, TestOrigin};
-use std::process::Command;
+use integration::{free_port, random_bytes, TestDir, TestOrigin};
 use std::time::Duration;
 
 const MIB: usize = 1024 * 1024;
-
-fn scheduler(dir: &TestDir, name: &str, port: u16) -> ChildProcess {
-    let cfg = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &cfg,
-        format!("server:\n  ip: 127.0.0.1\n  port: {port}\nscheduler:\n  retryInterval: 100ms\n"),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin("scheduler"));
-    cmd.arg("--config").arg(&cfg);
-    ChildProcess::spawn(dir, name, cmd).unwrap()
-}
-
-fn peer_yaml(name: &str, sched: u16, seed: bool) -> String {
-    format!(
-        "host:\n  hostname: {name}\n  ip: 127.0.0.1\nscheduler:\n  addrs: ['127.0.0.1:{sched}']\nseedPeer:\n  enable: {seed}\ndownload:\n  pieceTimeout: 20s\n"
-    )
-}
-
-async fn client(port: u16) -> SchedulerClient<tonic::transport::Channel> {
-    wait_for(Duration::from_secs(30), "scheduler up", || async {
-        SchedulerClient::connect(format!("http://127.0.0.1:{port}"))
-            .await
-            .is_ok()
-    })
-    .await
-    .unwrap();
-    SchedulerClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap()
-}
-
-async fn wait_hosts(c: &SchedulerClient<tonic::transport::Channel>, n: usize) {
-    wait_for(Duration::from_secs(30), "hosts announced", || {
-        let mut c = c.clone();
-        async move {
-            c.list_hosts(ListHostsRequest::default())
-                .await
-                .map(|r| r.into_inner().hosts.len() == n)
-                .unwrap_or(false)
-        }
-    })
-    .await
-    .unwrap();
-}
 
 fn blob(origin: &TestOrigin, seed: u64, len: usize) -> (String, String, Vec<u8>) {
     let data = random_bytes(seed, len);
@@ -109,8 +63,8 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
     integration::require_root_and_tools(&[]);
     let dir = TestDir::new("p2p-sched-restart").unwrap();
     let origin = TestOrigin::start().await.unwrap();
-    let sport = free_port();
-    let mut sched = scheduler(&dir, "scheduler", sport);
+    let mut sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let sport = sched.port;
     let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
         .await
         .unwrap();
@@ -120,7 +74,7 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
     let peer2 = Agent::start(&dir, "peer2", &peer_yaml("peer2", sport, false))
         .await
         .unwrap();
-    wait_hosts(&client(sport).await, 3).await;
+    sched.wait_hosts(3).await.unwrap();
     let (url, digest, data) = blob(&origin, 113, 13 * MIB);
     let o = peer1.dfget(&[
         &url,
@@ -132,11 +86,11 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The scheduler dies with all its state and comes back on the same port.
-    sched.kill9().unwrap();
-    sched.wait_exit(Duration::from_secs(10)).await;
-    let _sched2 = scheduler(&dir, "scheduler-restarted", sport);
+    sched.process.kill9().unwrap();
+    sched.process.wait_exit(Duration::from_secs(10)).await;
+    let sched2 = Scheduler::start_on(&dir, "scheduler-restarted", sport).unwrap();
     // Peers announce themselves again (every 5 s).
-    wait_hosts(&client(sport).await, 3).await;
+    sched2.wait_hosts(3).await.unwrap();
     let before = origin.requests_for(&url.replace(&origin.base_url(), ""));
     let out = dir.join("b");
     let o = peer2.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
@@ -159,9 +113,8 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
 async fn malformed_scheduler_requests_get_errors_and_the_scheduler_keeps_serving() {
     integration::require_root_and_tools(&[]);
     let dir = TestDir::new("p2p-sched-bad-input").unwrap();
-    let sport = free_port();
-    let _sched = scheduler(&dir, "scheduler", sport);
-    let mut c = client(sport).await;
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let mut c = sched.client().await.unwrap();
 
     // A host without an IP.
     let e = c
