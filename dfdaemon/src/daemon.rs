@@ -159,6 +159,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             piece_timeout: cfg.download.piece_timeout,
             max_retries: cfg.backend.max_retries,
             protocol: cfg.download.protocol,
+            rate_limit: cfg.download.rate_limit.as_u64(),
         },
     );
 
@@ -247,10 +248,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
         if !cfg.upload.disable_shared {
             let vortex_listener = bind(vortex_addr, "storage.server.tcpPort").await?;
-            let server = crate::vortex::server::VortexServer::new(
+            let server = crate::vortex::server::VortexServer::with_rate_limit(
                 store.clone(),
                 host_id.clone(),
                 metrics.clone(),
+                cfg.upload.rate_limit.as_u64(),
             );
             tokio::spawn(server.clone().serve_tcp(vortex_listener));
             let quic_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.quic_port);

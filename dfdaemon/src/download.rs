@@ -92,6 +92,8 @@ pub struct EngineConfig {
     pub max_retries: u32,
     /// Transport for pieces from parents.
     pub protocol: crate::config::Protocol,
+    /// Bytes per second downloaded, all tasks together (0: unlimited).
+    pub rate_limit: u64,
 }
 
 /// The back-to-source engine.
@@ -101,6 +103,8 @@ pub struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: EngineConfig,
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// Shared download rate limit.
+    pub(crate) limiter: crate::rate_limit::RateLimiter,
     /// Scheduler client when P2P is configured.
     pub(crate) scheduler: std::sync::OnceLock<Arc<crate::scheduler_client::SchedulerClient>>,
     /// QUIC client, created on first use.
@@ -131,6 +135,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         config: EngineConfig,
     ) -> Arc<Engine> {
+        let limiter = crate::rate_limit::RateLimiter::new(config.rate_limit);
         Arc::new(Engine {
             store,
             backend,
@@ -139,6 +144,7 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
+            limiter,
         })
     }
 
@@ -772,6 +778,7 @@ impl Engine {
             let done = chunk.is_none();
             if let Some(c) = chunk {
                 let c = c.map_err(|e| fail(error_chain(&e)))?;
+                self.limiter.acquire(c.len() as u64).await;
                 if written + buf.len() as u64 + c.len() as u64 > len {
                     return Err(fail("origin sent more bytes than the range".into()));
                 }
@@ -844,6 +851,7 @@ impl Engine {
             .map_err(|_| fail(self.stalled()))?
         {
             let c = c.map_err(|e| fail(error_chain(&e)))?;
+            self.limiter.acquire(c.len() as u64).await;
             if pos + pending.len() as u64 + c.len() as u64 > total {
                 return Err(fail("origin sent more bytes than Content-Length".into()));
             }

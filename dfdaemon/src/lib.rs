@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod p2p;
 pub mod proxy;
+pub mod rate_limit;
 pub mod scheduler_client;
 pub mod storage;
 pub mod vortex;

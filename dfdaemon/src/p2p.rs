@@ -204,6 +204,7 @@ impl Engine {
     async fn fetch_piece_from(&self, task: &Arc<Task>, number: u32, parent: &Parent) -> bool {
         let (offset, length) =
             common::piece::piece_range(number, task.content_length(), task.piece_length());
+        self.limiter.acquire(length).await;
         let timeout = self.config.piece_timeout;
         let result = match (self.config.protocol, parent.quic_port) {
             (crate::config::Protocol::Quic, Some(port)) => match self.quic_client() {

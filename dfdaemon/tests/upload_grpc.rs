@@ -52,6 +52,7 @@ async fn setup() -> (
             piece_timeout: Duration::from_secs(10),
             max_retries: 0,
             protocol: Default::default(),
+            rate_limit: 0,
         },
     );
     let task = store

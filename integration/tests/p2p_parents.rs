@@ -49,6 +49,7 @@ impl Peer {
                 piece_timeout,
                 max_retries: 0,
                 protocol,
+                rate_limit: 0,
             },
         );
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -43,6 +43,9 @@ pub struct Download {
     pub piece_timeout: Duration,
     /// Transport used to fetch pieces from parents: `tcp` or `quic`. Default: tcp.
     pub protocol: Protocol,
+    /// Most bytes per second downloaded (origin and parents together), e.g.
+    /// `200MiB`. Default: 0 (unlimited).
+    pub rate_limit: bytesize::ByteSize,
 }
 
 impl Default for Download {
@@ -52,6 +55,7 @@ impl Default for Download {
             concurrent_piece_count: 8,
             piece_timeout: Duration::from_secs(120),
             protocol: Protocol::Tcp,
+            rate_limit: bytesize::ByteSize(0),
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Upload {
     pub server: UploadServer,
     /// Never serve pieces to other peers (leech mode). Default: false.
     pub disable_shared: bool,
+    /// Most bytes per second served to other peers, over all connections
+    /// (e.g. `100MiB`). Default: 0 (unlimited).
+    pub rate_limit: bytesize::ByteSize,
 }
 
 impl Upload {

@@ -24,6 +24,7 @@ pub struct VortexServer {
     store: Arc<Store>,
     host_id: String,
     metrics: Arc<crate::metrics::Metrics>,
+    limiter: crate::rate_limit::RateLimiter,
 }
 
 /// What to send back for a request.
@@ -43,10 +44,21 @@ impl VortexServer {
         host_id: String,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
+        Self::with_rate_limit(store, host_id, metrics, 0)
+    }
+
+    /// A server sending at most `bytes_per_sec` over all connections (0: unlimited).
+    pub fn with_rate_limit(
+        store: Arc<Store>,
+        host_id: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        bytes_per_sec: u64,
+    ) -> Arc<Self> {
         Arc::new(VortexServer {
             store,
             host_id,
             metrics,
+            limiter: crate::rate_limit::RateLimiter::new(bytes_per_sec),
         })
     }
 
@@ -174,8 +186,9 @@ impl VortexServer {
         let mut off = offset;
         let end = offset + length;
         while off < end {
-            stream.writable().await?;
             let count = (end - off).min(CHUNK) as usize;
+            self.limiter.acquire(count as u64).await;
+            stream.writable().await?;
             match stream.try_io(Interest::WRITABLE, || {
                 rustix::fs::sendfile(&stream, &*file, Some(&mut off), count)
                     .map_err(std::io::Error::from)
@@ -209,7 +222,7 @@ impl VortexServer {
                 length,
             } => {
                 send.write_all(&head).await.map_err(std::io::Error::from)?;
-                write_body(&mut send, &task, offset, length).await?;
+                write_body(&mut send, &task, offset, length, &self.limiter).await?;
                 self.metrics.uploaded("quic", length);
                 let _ = send.finish();
                 Ok(())
@@ -224,11 +237,13 @@ async fn write_body<W: AsyncWrite + Unpin>(
     task: &TaskUse,
     offset: u64,
     length: u64,
+    limiter: &crate::rate_limit::RateLimiter,
 ) -> Result<(), VortexError> {
     let mut pos = offset;
     let end = offset + length;
     while pos < end {
         let n = (end - pos).min(CHUNK) as usize;
+        limiter.acquire(n as u64).await;
         let t = (*task).clone();
         let chunk = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; n];
