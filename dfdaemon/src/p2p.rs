@@ -87,6 +87,39 @@ async fn describe_once(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> 
     None
 }
 
+/// Weight of a parent for the next piece: its idle upload bandwidth
+/// (`max_tx - tx`, at least a tenth of `max_tx`), as Dragonfly's parent
+/// selector does; 10 Gbit/s is assumed when the parent reports no maximum.
+pub fn parent_weight(max_tx_bps: u64, tx_bps: u64) -> u64 {
+    let max = if max_tx_bps == 0 {
+        10_000_000_000
+    } else {
+        max_tx_bps
+    };
+    max.saturating_sub(tx_bps).max(max / 10).max(1)
+}
+
+/// Picks one of `candidates` with probability proportional to its weight;
+/// `r` is uniform in [0, 1).
+pub fn choose_weighted(candidates: &[usize], weights: &[u64], r: f64) -> Option<usize> {
+    let total: u128 = candidates
+        .iter()
+        .map(|c| u128::from(weights.get(*c).copied().unwrap_or(1)))
+        .sum();
+    if total == 0 {
+        return candidates.first().copied();
+    }
+    let mut point = (r.clamp(0.0, 1.0) * total as f64) as u128;
+    for c in candidates {
+        let w = u128::from(weights.get(*c).copied().unwrap_or(1));
+        if point < w {
+            return Some(*c);
+        }
+        point -= w;
+    }
+    candidates.last().copied()
+}
+
 #[derive(Default)]
 struct Board {
     /// Piece number -> parents (indices) that announced it.
@@ -97,6 +130,8 @@ struct Board {
     finished_streams: usize,
     /// Pieces being fetched.
     in_flight: BTreeSet<u32>,
+    /// Per parent: weight from its latest SyncHost report.
+    weights: Vec<u64>,
 }
 
 impl Engine {
@@ -111,10 +146,31 @@ impl Engine {
         if missing.is_empty() {
             return Ok(());
         }
-        let board = Arc::new(Mutex::new(Board::default()));
+        let board = Arc::new(Mutex::new(Board {
+            weights: vec![parent_weight(0, 0); parents.len()],
+            ..Default::default()
+        }));
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut syncs = tokio::task::JoinSet::new();
         for (i, p) in parents.iter().enumerate() {
+            // Load feed: each parent's idle upload bandwidth weighs the choice.
+            let (load_board, p2) = (board.clone(), p.clone());
+            syncs.spawn(async move {
+                let Some(mut c) = connect(&p2).await else {
+                    return;
+                };
+                let req = dragonfly_api::dfdaemon::v2::SyncHostRequest::default();
+                if let Ok(resp) = c.sync_host(req).await {
+                    let mut s = resp.into_inner();
+                    while let Ok(Some(h)) = s.message().await {
+                        let net = h.network.unwrap_or_default();
+                        let w = parent_weight(net.max_tx_bandwidth, net.tx_bandwidth.unwrap_or(0));
+                        if let Some(slot) = lock(&load_board).weights.get_mut(i) {
+                            *slot = w;
+                        }
+                    }
+                }
+            });
             let (board, changed, p, missing) =
                 (board.clone(), changed.clone(), p.clone(), missing.clone());
             let task_id = task.id.clone();
@@ -295,11 +351,32 @@ fn pick_piece(task: &Task, b: &mut Board, parents: usize, worker: u32) -> Pick {
         .copied()
         .filter(|p| !b.failed.contains(p))
         .collect();
-    let parent = candidates[(worker as usize + number as usize) % candidates.len()];
+    let parent = choose_weighted(&candidates, &b.weights, rand::random::<f64>())
+        .unwrap_or(candidates[worker as usize % candidates.len()]);
     b.in_flight.insert(number);
     Pick::Fetch(number, parent)
 }
 
 fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
     b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_bandwidth_weighs_parents() {
+        assert_eq!(parent_weight(1000, 200), 800);
+        // A saturated parent keeps a tenth, so it is not starved entirely.
+        assert_eq!(parent_weight(1000, 1000), 100);
+        assert_eq!(parent_weight(0, 0), 10_000_000_000);
+        let w = vec![900, 100];
+        let picks: Vec<_> = (0..10)
+            .map(|i| choose_weighted(&[0, 1], &w, i as f64 / 10.0).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == 0).count(), 9);
+        assert_eq!(choose_weighted(&[1], &w, 0.99), Some(1));
+        assert_eq!(choose_weighted(&[], &w, 0.5), None);
+    }
 }
