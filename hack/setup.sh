@@ -11,10 +11,10 @@ export DEBIAN_FRONTEND=noninteractive
 # skopeo, umoci: registry and images without Docker; protobuf-compiler: tonic/prost builds;
 # fuse3, libfuse3-dev, erofs-utils: lazy loading (FUSE, EROFS); iproute2: network namespaces;
 # openssl: the registry token-auth certificate; apache2-utils: htpasswd; busybox-static:
-# a runnable test image; jq, curl, procps, ca-certificates: scripts.
+# a runnable test image; jq, curl, procps, bc, ca-certificates: scripts.
 PACKAGES=(
   containerd runc docker-registry skopeo umoci protobuf-compiler fuse3 libfuse3-dev
-  erofs-utils iproute2 jq curl busybox-static ca-certificates openssl apache2-utils procps
+  erofs-utils iproute2 jq curl busybox-static ca-certificates openssl apache2-utils procps bc
 )
 MIN_RUST=1.88
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# hack/bench/p2p.sh — swarm benchmark (not a test: prints ratios, never fails on timing).
+# 1 seed + PEERS peers in network namespaces (hack/cluster.sh), each host's link shaped to RATE
+# with tbf; all peers fetch one SIZE_MIB blob at once with dfget. Reports the slowest peer's
+# time against the link's physical limit (SIZE / RATE) and the origin's bytes against SIZE.
+# PEERS (6), SIZE_MIB (1024), RATE (1gbit).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PEERS=${PEERS:-6}
+SIZE_MIB=${SIZE_MIB:-1024}
+RATE=${RATE:-1gbit}
+export CLUSTER_DIR=${CLUSTER_DIR:-/tmp/dfrs-bench-p2p}
+bash hack/setup.sh
+cargo build --release --workspace --bins
+export DFRS_BIN_DIR=$PWD/target/release
+work=$(mktemp -d /tmp/dfrs-bench.XXXXXX)
+trap 'bash hack/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+bash hack/cluster.sh down >/dev/null 2>&1 || true
+bash hack/cluster.sh up $((PEERS + 1)) "$RATE"
+
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$work/blob"
+digest=sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)
+origin=http://10.231.0.3:5000
+loc=$(ip netns exec dfrs-origin curl -si -X POST "$origin/v2/bench/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+ip netns exec dfrs-origin curl -sf -X PUT -T "$work/blob" "${loc}&digest=$digest" -o /dev/null
+rm -f "$work/blob"
+sleep 6   # every host announces itself within 5 s
+
+start=$(date +%s.%N)
+pids=()
+for ((i = 1; i <= PEERS; i++)); do
+  ( "$DFRS_BIN_DIR/dfget" --no-progress -e "$CLUSTER_DIR/peer$i/dfdaemon.sock" \
+      "$origin/v2/bench/blobs/$digest" --digest "$digest" -O "$work/out$i" 2>/dev/null
+    date +%s.%N > "$work/done$i" ) &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+slowest=0
+for ((i = 1; i <= PEERS; i++)); do
+  t=$(echo "$(cat "$work/done$i") - $start" | bc -l)
+  slowest=$(echo "if ($t > $slowest) $t else $slowest" | bc -l)
+done
+origin_bytes=$(grep '"GET /v2/bench/blobs/' "$CLUSTER_DIR/origin.log" | awk '{for (i=1;i<=NF;i++) if ($i ~ /^HTTP\/1\.1"$/) {s=$(i+1); b=$(i+2)}; if (s>=200 && s<300) sum+=b} END {print sum+0}')
+rate_bps=$(echo "$RATE" | sed -e 's/gbit$/*1000000000/' -e 's/mbit$/*1000000/' | bc)
+limit=$(echo "$SIZE_MIB * 1048576 * 8 / $rate_bps" | bc -l)
+printf '# P2P swarm: 1 seed + %d peers, %d MiB, each host at %s\n' "$PEERS" "$SIZE_MIB" "$RATE"
+printf '| measure | value | target |\n|---|---|---|\n'
+printf '| slowest peer | %.2f s (link limit %.2f s) | |\n' "$slowest" "$limit"
+printf '| slowest / (size / rate) | %.2f | <= 1.25 |\n' "$(echo "$slowest / $limit" | bc -l)"
+printf '| origin bytes / size | %.3f | <= 1.02 |\n' "$(echo "$origin_bytes / ($SIZE_MIB * 1048576)" | bc -l)"
