@@ -64,7 +64,7 @@ fn main() {
     for (i, host) in hosts.iter().enumerate() {
         let task = &tasks[i % TASKS];
         let mut reg = RegisterPeer::new(format!("{host}-peer"), task.clone(), host.clone());
-        reg.task = info.clone();
+        reg.task = info;
         let t0 = Instant::now();
         let r = s.register_peer(reg, now, &mut rng);
         decisions.push(t0.elapsed());
