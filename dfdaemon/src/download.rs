@@ -8,7 +8,7 @@ use crate::metrics::{Metrics, TrafficLabels};
 use crate::storage::{now_millis, PieceMeta, Store, Task, TaskMeta, TaskStatus};
 use bytes::{Bytes, BytesMut};
 use common::id::BlobDigest;
-use common::piece::{piece_count, piece_length_for, piece_range, MIN_PIECE_LENGTH};
+use common::piece::{piece_length_for, piece_range, MIN_PIECE_LENGTH};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use sha2::Digest;
@@ -1129,10 +1129,4 @@ async fn classify(resp: reqwest::Response) -> Probe {
         headers,
         body: body.freeze(),
     })
-}
-
-/// Dragonfly's piece count for a content length and piece length (re-export
-/// for the API layer).
-pub fn pieces_of(content_length: u64, piece_length: u64) -> u32 {
-    piece_count(content_length, piece_length)
 }

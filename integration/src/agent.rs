@@ -29,6 +29,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Runs `dfinit` to point containerd's config at `proxy` for `registry`
+/// (plus `extra` flags); panics if it cannot be started.
+pub fn dfinit(config: &Path, registry: &str, proxy: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(bin("dfinit"))
+        .arg("--containerd-config")
+        .arg(config)
+        .args(["--registry", registry, "--proxy-addr", proxy])
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dfinit: {e}"))
+}
+
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).
 fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     match (base, extra) {

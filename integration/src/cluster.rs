@@ -1,7 +1,7 @@
 //! P2P test clusters on loopback: the project's scheduler binary and dfdaemon
 //! configs for seed peers and peers.
 
-use crate::agent::bin;
+use crate::agent::{bin, Agent};
 use crate::{free_port, wait_for, ChildProcess, Result, TestDir};
 use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::ListHostsRequest;
@@ -76,4 +76,21 @@ pub fn peer_yaml(name: &str, scheduler_port: u16, seed: bool) -> String {
     format!(
         "host:\n  hostname: {name}\n  ip: 127.0.0.1\nscheduler:\n  addrs: ['127.0.0.1:{scheduler_port}']\nseedPeer:\n  enable: {seed}\ndownload:\n  pieceTimeout: 20s\n"
     )
+}
+
+/// Starts a seed peer named `seed` and `peers` peers named `peer1..` against
+/// the scheduler, and waits until the scheduler knows all of them.
+pub async fn start_peers(
+    dir: &TestDir,
+    scheduler: &Scheduler,
+    peers: usize,
+) -> Result<(Agent, Vec<Agent>)> {
+    let seed = Agent::start(dir, "seed", &peer_yaml("seed", scheduler.port, true)).await?;
+    let mut all = Vec::new();
+    for i in 1..=peers {
+        let name = format!("peer{i}");
+        all.push(Agent::start(dir, &name, &peer_yaml(&name, scheduler.port, false)).await?);
+    }
+    scheduler.wait_hosts(peers + 1).await?;
+    Ok((seed, all))
 }

@@ -2,7 +2,7 @@
 //! every blob byte fetched from the registry once, re-pulls served from cache,
 //! and token-authenticated registries working through the mirror.
 
-use integration::agent::{bin, Agent};
+use integration::agent::{dfinit, Agent};
 use integration::image::sha256_digest;
 use integration::{
     random_bytes, require_root_and_tools, wait_for, Compression, Containerd, ImageInfo, LayerSpec,
@@ -36,17 +36,12 @@ fn wire_with_dfinit(dir: &TestDir, registry: &Registry, agent: &Agent) -> std::p
         "the harness config should have had config_path"
     );
     std::fs::write(&cfg, &stripped).unwrap();
-    let out = std::process::Command::new(bin("dfinit"))
-        .arg("--containerd-config")
-        .arg(&cfg)
-        .arg("--config-path")
-        .arg(&hosts)
-        .arg("--registry")
-        .arg(registry.url())
-        .arg("--proxy-addr")
-        .arg(agent.proxy_url())
-        .output()
-        .unwrap();
+    let out = dfinit(
+        &cfg,
+        &registry.url(),
+        &agent.proxy_url(),
+        &["--config-path", hosts.to_str().unwrap()],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -4,8 +4,8 @@
 //! peers' bytes come from other peers, not from the origin.
 
 use dragonfly_api::scheduler::v2::ListHostsRequest;
-use integration::agent::{bin, Agent};
-use integration::cluster::{peer_yaml, Scheduler};
+use integration::agent::bin;
+use integration::cluster::{start_peers, Scheduler};
 use integration::image::sha256_digest;
 use integration::{random_bytes, TestDir, TestOrigin};
 use std::collections::BTreeSet;
@@ -25,19 +25,8 @@ async fn seed_and_peers_share_a_task_and_the_origin_serves_each_range_once() {
     origin.put(&path, data.clone());
 
     let sched = Scheduler::start(&dir, "scheduler").unwrap();
-    let sport = sched.port;
-    let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
-        .await
-        .unwrap();
-    let peer1 = Agent::start(&dir, "peer1", &peer_yaml("peer1", sport, false))
-        .await
-        .unwrap();
-    let peer2 = Agent::start(&dir, "peer2", &peer_yaml("peer2", sport, false))
-        .await
-        .unwrap();
-
-    // All three hosts announced themselves.
-    sched.wait_hosts(3).await.unwrap();
+    let (seed, peers) = start_peers(&dir, &sched, 2).await.unwrap();
+    let (peer1, peer2) = (&peers[0], &peers[1]);
     let mut client = sched.client().await.unwrap();
     let hosts = client
         .list_hosts(ListHostsRequest::default())
@@ -118,20 +107,7 @@ async fn four_peers_at_once_share_one_origin_download() {
     let path = format!("/v2/cluster4/blobs/{digest}");
     origin.put(&path, data.clone());
     let sched = Scheduler::start(&dir, "scheduler").unwrap();
-    let sport = sched.port;
-    let _seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
-        .await
-        .unwrap();
-    let mut peers = Vec::new();
-    for i in 1..=4 {
-        let name = format!("peer{i}");
-        peers.push(
-            Agent::start(&dir, &name, &peer_yaml(&name, sport, false))
-                .await
-                .unwrap(),
-        );
-    }
-    sched.wait_hosts(5).await.unwrap();
+    let (_seed, peers) = start_peers(&dir, &sched, 4).await.unwrap();
     let url = origin.url(&path);
     let mut runs = Vec::new();
     for (i, p) in peers.iter().enumerate() {

@@ -7,7 +7,7 @@ use dragonfly_api::scheduler::v2::{
     AnnounceHostRequest, AnnouncePeerRequest, DownloadPeerStartedRequest, ListHostsRequest,
 };
 use integration::agent::Agent;
-use integration::cluster::{peer_yaml, Scheduler};
+use integration::cluster::{peer_yaml, start_peers, Scheduler};
 use integration::image::sha256_digest;
 use integration::{free_port, random_bytes, TestDir, TestOrigin};
 use std::time::Duration;
@@ -65,16 +65,8 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
     let origin = TestOrigin::start().await.unwrap();
     let mut sched = Scheduler::start(&dir, "scheduler").unwrap();
     let sport = sched.port;
-    let seed = Agent::start(&dir, "seed", &peer_yaml("seed", sport, true))
-        .await
-        .unwrap();
-    let peer1 = Agent::start(&dir, "peer1", &peer_yaml("peer1", sport, false))
-        .await
-        .unwrap();
-    let peer2 = Agent::start(&dir, "peer2", &peer_yaml("peer2", sport, false))
-        .await
-        .unwrap();
-    sched.wait_hosts(3).await.unwrap();
+    let (seed, peers) = start_peers(&dir, &sched, 2).await.unwrap();
+    let (peer1, peer2) = (&peers[0], &peers[1]);
     let (url, digest, data) = blob(&origin, 113, 13 * MIB);
     let o = peer1.dfget(&[
         &url,

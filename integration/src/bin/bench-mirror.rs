@@ -7,7 +7,7 @@
 //!     mirror cached;
 //! (c) dfdaemon's peak RSS.
 
-use integration::agent::{bin, Agent};
+use integration::agent::{dfinit, Agent};
 use integration::{
     random_bytes, require_root_and_tools, Compression, Containerd, HostsToml, LayerSpec, Registry,
     TestDir,
@@ -119,14 +119,7 @@ async fn main() -> anyhow::Result<()> {
         pd.push(pull(&containerd, &image.reference).await?);
         containerd.remove_image_sync(&image.reference).await?;
         let agent = Agent::start(&dir, &format!("dfdaemon-b{i}"), "").await?;
-        let out = Command::new(bin("dfinit"))
-            .arg("--containerd-config")
-            .arg(&cfg)
-            .arg("--registry")
-            .arg(registry.url())
-            .arg("--proxy-addr")
-            .arg(agent.proxy_url())
-            .output()?;
+        let out = dfinit(&cfg, &registry.url(), &agent.proxy_url(), &[]);
         anyhow::ensure!(
             out.status.success(),
             "dfinit: {}",

@@ -2,7 +2,7 @@
 //! a multi-layer image is pulled through the mirror twice via CRI, and the
 //! time of each pull and the bytes from origin vs cache are printed.
 
-use integration::agent::{bin, Agent};
+use integration::agent::{dfinit, Agent};
 use integration::{
     require_root_and_tools, Compression, Containerd, HostsToml, ImageInfo, LayerSpec, Registry,
     TestDir,
@@ -83,14 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let t_direct = timed_pull(&direct, &image.reference).await?;
     direct.remove_image_sync(&image.reference).await?;
     drop(direct);
-    let out = std::process::Command::new(bin("dfinit"))
-        .arg("--containerd-config")
-        .arg(&cfg)
-        .arg("--registry")
-        .arg(registry.url())
-        .arg("--proxy-addr")
-        .arg(agent.proxy_url())
-        .output()?;
+    let out = dfinit(&cfg, &registry.url(), &agent.proxy_url(), &[]);
     anyhow::ensure!(
         out.status.success(),
         "dfinit failed: {}",
