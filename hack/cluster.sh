@@ -8,10 +8,11 @@
 # Every host is a network namespace (dfrs-<name>) with one veth into a bridge that lives in
 # its own namespace (dfrs-hub); addresses are 10.231.0.0/24 and exist only inside these
 # namespaces, which have no route anywhere else. RATE (e.g. 1gbit) shapes every host's link
-# with tbf. Daemons run from target/debug (DFRS_BIN_DIR overrides), their state, configs, logs
-# and PID files live in $CLUSTER_DIR (default /tmp/dfrs-cluster); `down` stops them by PID
-# and removes the namespaces by name. dfdaemon's unix sockets are files, so dfget runs from
-# the root namespace: dfget -e $CLUSTER_DIR/peer1/dfdaemon.sock http://10.231.0.3:5000/v2/...
+# with tbf, and each dfdaemon gets it as its upload limit (upload.rateLimit, which it announces
+# to children as its maximum upload bandwidth). Daemons run from target/debug (DFRS_BIN_DIR
+# overrides), their state, configs, logs and PID files live in $CLUSTER_DIR (default
+# /tmp/dfrs-cluster); `down` stops them by PID and removes the namespaces by name. dfdaemon's
+# unix sockets are files, so dfget runs from the root namespace: dfget -e $CLUSTER_DIR/peer1/dfdaemon.sock http://10.231.0.3:5000/v2/...
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,15 +54,22 @@ wait_http() { # wait_http NS URL
   say "timeout waiting for $2 in $1"; return 1
 }
 
-dfdaemon_config() { # dfdaemon_config NAME IP SEED
-  local d=$DIR/$1
+rate_bytes() { # rate_bytes RATE: tc rate (e.g. 1gbit, 500mbit) in bytes per second, 0 if none
+  local r=${1:-}
+  [[ -z $r ]] && { echo 0; return; }
+  echo "$r" | sed -e 's/gbit$/*125000000/' -e 's/mbit$/*125000/' -e 's/kbit$/*125/' | bc
+}
+
+dfdaemon_config() { # dfdaemon_config NAME IP SEED [RATE]
+  local d=$DIR/$1 upload_rate
+  upload_rate=$(rate_bytes "${4:-}")
   mkdir -p "$d"
   cat > "$d/dfdaemon.yaml" <<YAML
 host: {hostname: $1, ip: $2}
 storage: {dir: $d/store, server: {ip: $2, tcpPort: 4005, quicPort: 4006}}
 proxy: {server: {ip: 127.0.0.1, port: 4001}}
 metrics: {server: {ip: $2, port: 4002}}
-upload: {server: {ip: $2, port: 4000}}
+upload: {server: {ip: $2, port: 4000}, rateLimit: $upload_rate}
 download: {server: {socketPath: $d/dfdaemon.sock}}
 scheduler: {addrs: ['$NET.2:8002']}
 seedPeer: {enable: $3}
@@ -96,10 +104,10 @@ YAML
 server: {ip: $NET.2, port: 8002}
 YAML
   spawn scheduler dfrs-scheduler "$BIN/scheduler" --config "$DIR/scheduler.yaml"
-  dfdaemon_config seed "$NET.10" true
+  dfdaemon_config seed "$NET.10" true "$rate"
   spawn seed dfrs-seed "$BIN/dfdaemon" --config "$DIR/seed/dfdaemon.yaml"
   for ((i = 1; i < n; i++)); do
-    dfdaemon_config "peer$i" "$NET.$((10 + i))" false
+    dfdaemon_config "peer$i" "$NET.$((10 + i))" false "$rate"
     spawn "peer$i" "dfrs-peer$i" "$BIN/dfdaemon" --config "$DIR/peer$i/dfdaemon.yaml"
   done
   wait_http dfrs-origin "http://$NET.3:5000/v2/"

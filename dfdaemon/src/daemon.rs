@@ -230,7 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             idc: cfg.host.idc.clone(),
             location: cfg.host.location.clone(),
             disable_shared: cfg.upload.disable_shared,
-            max_tx_bandwidth: 0,
+            max_tx_bandwidth: cfg.upload.rate_limit.as_u64().saturating_mul(8),
             seed: cfg.seed_peer.enable,
         };
         let upload =

@@ -38,6 +38,9 @@ pub struct DownloadRequest {
     pub disable_back_to_source: bool,
     /// Go to the origin even if a scheduler could offer parents (seed peers).
     pub need_back_to_source: bool,
+    /// Where failed pieces from parents are reported (the scheduler's
+    /// AnnouncePeer stream), so the scheduler stops handing out that parent.
+    pub reporter: Option<crate::scheduler_client::PeerReporter>,
 }
 
 /// An origin reply that is passed back to the client and not cached.
@@ -340,6 +343,7 @@ impl Engine {
                     .await;
                 let mut r = req.clone();
                 r.parents = parents;
+                r.reporter = Some(reporter.clone());
                 let watcher =
                     spawn_piece_reporter(tx.subscribe(), reporter.clone(), false, sent.clone());
                 let result = self.run_direct(&r, tx, inflight).await;
@@ -512,7 +516,9 @@ impl Engine {
         let _ = tx.send(Some(StartState::Ready(task.clone())));
         let _use = task.use_task();
         let verifier = self.spawn_verifier(req, &task);
-        let from_parents = self.fetch_from_parents(&task, &req.parents).await;
+        let from_parents = self
+            .fetch_from_parents(&task, &req.parents, req.reporter.as_ref())
+            .await;
         let fetched = if task.missing_pieces().is_empty() {
             Ok(())
         } else if req.disable_back_to_source {

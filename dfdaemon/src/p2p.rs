@@ -5,13 +5,16 @@
 
 use crate::download::{DownloadError, Engine};
 use crate::metrics::TrafficLabels;
+use crate::scheduler_client::PeerReporter;
 use crate::storage::{PieceMeta, Task};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
 use dragonfly_api::dfdaemon::v2::{StatLocalTaskRequest, SyncPiecesRequest};
+use dragonfly_api::scheduler::v2::announce_peer_request::Request;
+use dragonfly_api::scheduler::v2::DownloadPieceFailedRequest;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -120,18 +123,86 @@ pub fn choose_weighted(candidates: &[usize], weights: &[u64], r: f64) -> Option<
     candidates.last().copied()
 }
 
-#[derive(Default)]
+/// How long a child keeps its workers on idle parents that are behind
+/// before it also takes pieces from busy ones (see [`pick_piece`]).
+const PATIENCE: Duration = Duration::from_millis(300);
+
+/// A parent whose measured upload rate is at least this share of its
+/// announced maximum is busy: its pieces are taken only when no idle parent
+/// is making progress.
+const BUSY_SHARE: f64 = 0.8;
+
+/// Latest load report of a parent (from `SyncHost`), in bits per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Upload bandwidth limit (0: unknown).
+    pub max_tx: u64,
+    /// Measured upload rate.
+    pub tx: u64,
+}
+
+impl Load {
+    fn weight(self) -> u64 {
+        parent_weight(self.max_tx, self.tx)
+    }
+
+    /// Busy: the parent announced a limit and uses most of it. A parent
+    /// without a known limit is never busy (as its weight assumes 10 Gbit/s).
+    fn busy(self) -> bool {
+        self.max_tx > 0 && self.tx as f64 >= self.max_tx as f64 * BUSY_SHARE
+    }
+}
+
 struct Board {
     /// Piece number -> parents (indices) that announced it.
     available: HashMap<u32, Vec<usize>>,
     /// Parents dropped after a failure.
     failed: BTreeSet<usize>,
-    /// Parents whose SyncPieces stream ended.
-    finished_streams: usize,
+    /// Per parent: its SyncPieces stream ended (it announces nothing more).
+    ended: Vec<bool>,
     /// Pieces being fetched.
     in_flight: BTreeSet<u32>,
-    /// Per parent: weight from its latest SyncHost report.
-    weights: Vec<u64>,
+    /// Per parent: its latest SyncHost report.
+    loads: Vec<Load>,
+    /// When an idle parent last announced a piece.
+    idle_progress: Instant,
+}
+
+impl Board {
+    fn new(parents: usize, now: Instant) -> Board {
+        Board {
+            available: HashMap::new(),
+            failed: BTreeSet::new(),
+            ended: vec![false; parents],
+            in_flight: BTreeSet::new(),
+            loads: vec![Load::default(); parents],
+            idle_progress: now,
+        }
+    }
+
+    fn live(&self, p: usize) -> bool {
+        !self.failed.contains(&p)
+    }
+
+    fn idle(&self, p: usize) -> bool {
+        self.live(p) && !self.loads.get(p).copied().unwrap_or_default().busy()
+    }
+
+    /// Records that parent `p` has piece `number`.
+    fn announce(&mut self, p: usize, number: u32, now: Instant) {
+        self.available.entry(number).or_default().push(p);
+        if self.idle(p) {
+            self.idle_progress = now;
+        }
+    }
+
+    /// The live parents holding `number` that pass `keep`.
+    fn holders(&self, number: u32, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+        self.available
+            .get(&number)
+            .map(|ps| ps.iter().copied().filter(|p| keep(*p)).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Engine {
@@ -141,15 +212,13 @@ impl Engine {
         self: &Arc<Self>,
         task: &Arc<Task>,
         parents: &[Parent],
+        reporter: Option<&PeerReporter>,
     ) -> Result<(), DownloadError> {
         let missing: Vec<u32> = task.missing_pieces();
         if missing.is_empty() {
             return Ok(());
         }
-        let board = Arc::new(Mutex::new(Board {
-            weights: vec![parent_weight(0, 0); parents.len()],
-            ..Default::default()
-        }));
+        let board = Arc::new(Mutex::new(Board::new(parents.len(), Instant::now())));
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut syncs = tokio::task::JoinSet::new();
         for (i, p) in parents.iter().enumerate() {
@@ -164,9 +233,12 @@ impl Engine {
                     let mut s = resp.into_inner();
                     while let Ok(Some(h)) = s.message().await {
                         let net = h.network.unwrap_or_default();
-                        let w = parent_weight(net.max_tx_bandwidth, net.tx_bandwidth.unwrap_or(0));
-                        if let Some(slot) = lock(&load_board).weights.get_mut(i) {
-                            *slot = w;
+                        let load = Load {
+                            max_tx: net.max_tx_bandwidth,
+                            tx: net.tx_bandwidth.unwrap_or(0),
+                        };
+                        if let Some(slot) = lock(&load_board).loads.get_mut(i) {
+                            *slot = load;
                         }
                     }
                 }
@@ -184,21 +256,24 @@ impl Engine {
                     if let Ok(resp) = c.sync_pieces(req).await {
                         let mut s = resp.into_inner();
                         while let Ok(Some(m)) = s.message().await {
-                            lock(&board).available.entry(m.number).or_default().push(i);
+                            lock(&board).announce(i, m.number, Instant::now());
                             changed.notify_waiters();
                         }
                     }
                 }
-                lock(&board).finished_streams += 1;
+                if let Some(e) = lock(&board).ended.get_mut(i) {
+                    *e = true;
+                }
                 changed.notify_waiters();
             });
         }
         let n = self.config.concurrent_piece_count.max(1);
         let mut workers = tokio::task::JoinSet::new();
-        for w in 0..n {
+        for _ in 0..n {
             let (engine, task, board, changed) =
                 (self.clone(), task.clone(), board.clone(), changed.clone());
             let parents = parents.to_vec();
+            let reporter = reporter.cloned();
             workers.spawn(async move {
                 loop {
                     let notified = changed.notified();
@@ -206,11 +281,20 @@ impl Engine {
                     notified.as_mut().enable();
                     let pick = {
                         let mut b = lock(&board);
-                        pick_piece(&task, &mut b, parents.len(), w)
+                        pick_piece(
+                            task.missing_pieces(),
+                            |m| task.take_wanted(m),
+                            &mut b,
+                            Instant::now(),
+                            rand::random::<f64>(),
+                        )
                     };
                     match pick {
                         Pick::Done => return,
-                        Pick::Wait => {
+                        Pick::Wait(Some(patience)) => {
+                            let _ = tokio::time::timeout(patience, notified).await;
+                        }
+                        Pick::Wait(None) => {
                             let wait = engine.config.piece_timeout;
                             if tokio::time::timeout(wait, notified).await.is_err() {
                                 // No parent announced anything for a piece timeout.
@@ -221,12 +305,23 @@ impl Engine {
                             let ok = engine
                                 .fetch_piece_from(&task, number, &parents[parent])
                                 .await;
-                            let mut b = lock(&board);
-                            b.in_flight.remove(&number);
-                            if !ok {
-                                b.failed.insert(parent);
+                            let newly_failed = {
+                                let mut b = lock(&board);
+                                b.in_flight.remove(&number);
+                                !ok && b.failed.insert(parent)
+                            };
+                            if let (true, Some(r)) = (newly_failed, &reporter) {
+                                // The scheduler blocks this parent for us and counts the
+                                // failure against its host.
+                                r.send(Request::DownloadPieceFailedRequest(
+                                    DownloadPieceFailedRequest {
+                                        piece_number: Some(number),
+                                        parent_id: parents[parent].id.clone(),
+                                        temporary: false,
+                                    },
+                                ))
+                                .await;
                             }
-                            drop(b);
                             changed.notify_waiters();
                         }
                     }
@@ -306,17 +401,36 @@ impl Engine {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Pick {
     Fetch(u32, usize),
-    Wait,
+    /// Nothing to take now: pick again when a parent announces a piece or a
+    /// fetch ends, or after the given patience.
+    Wait(Option<Duration>),
     Done,
 }
 
-/// Chooses the next piece and a parent for it: wanted pieces first, then the
-/// lowest missing piece some live parent has; parents spread by worker index.
-fn pick_piece(task: &Task, b: &mut Board, parents: usize, worker: u32) -> Pick {
-    let missing: BTreeSet<u32> = task
-        .missing_pieces()
+/// Chooses the next piece and a parent for it (`r` uniform in [0, 1) for the
+/// weighted draw):
+///
+/// 1. a piece a reader is waiting for, from any parent holding it;
+/// 2. the lowest missing piece an idle parent holds, from an idle holder;
+/// 3. while an idle parent is behind but announced a piece within
+///    [`PATIENCE`], wait for it rather than load a busy parent: this is what
+///    lets a swarm pipeline (each peer forwards what it gets to the next)
+///    instead of every peer pulling through the seed's one uplink;
+/// 4. the lowest missing piece any live parent holds.
+///
+/// Among holders, a parent is drawn with probability proportional to its idle
+/// upload bandwidth.
+fn pick_piece(
+    missing: Vec<u32>,
+    take_wanted: impl FnOnce(&BTreeSet<u32>) -> Option<u32>,
+    b: &mut Board,
+    now: Instant,
+    r: f64,
+) -> Pick {
+    let missing: BTreeSet<u32> = missing
         .into_iter()
         .filter(|n| !b.in_flight.contains(n))
         .collect();
@@ -324,37 +438,53 @@ fn pick_piece(task: &Task, b: &mut Board, parents: usize, worker: u32) -> Pick {
         return if b.in_flight.is_empty() {
             Pick::Done
         } else {
-            Pick::Wait
+            Pick::Wait(None)
         };
     }
+    let parents = b.loads.len();
     if b.failed.len() >= parents {
         return Pick::Done;
     }
-    let has_source = |b: &Board, n: &u32| {
-        b.available
-            .get(n)
-            .is_some_and(|ps| ps.iter().any(|p| !b.failed.contains(p)))
+    let weights: Vec<u64> = b.loads.iter().map(|l| l.weight()).collect();
+    let take = |b: &mut Board, number: u32, holders: &[usize]| {
+        let parent = choose_weighted(holders, &weights, r).unwrap_or(holders[0]);
+        b.in_flight.insert(number);
+        Pick::Fetch(number, parent)
     };
-    let wanted = task.take_wanted(&missing).filter(|n| has_source(b, n));
-    let number = wanted.or_else(|| missing.iter().copied().find(|n| has_source(b, n)));
-    let Some(number) = number else {
-        // Nothing announced yet; if every stream ended, nothing more will be.
-        let live_streams = parents - b.finished_streams;
-        return if live_streams == 0 && b.in_flight.is_empty() {
-            Pick::Done
+    let wanted = take_wanted(&missing).filter(|n| !b.holders(*n, |p| b.live(p)).is_empty());
+    if let Some(n) = wanted {
+        let idle = b.holders(n, |p| b.idle(p));
+        let holders = if idle.is_empty() {
+            b.holders(n, |p| b.live(p))
         } else {
-            Pick::Wait
+            idle
         };
-    };
-    let candidates: Vec<usize> = b.available[&number]
-        .iter()
-        .copied()
-        .filter(|p| !b.failed.contains(p))
-        .collect();
-    let parent = choose_weighted(&candidates, &b.weights, rand::random::<f64>())
-        .unwrap_or(candidates[worker as usize % candidates.len()]);
-    b.in_flight.insert(number);
-    Pick::Fetch(number, parent)
+        return take(b, n, &holders);
+    }
+    for &n in &missing {
+        let idle = b.holders(n, |p| b.idle(p));
+        if !idle.is_empty() {
+            return take(b, n, &idle);
+        }
+    }
+    let idle_behind = (0..parents).any(|p| b.idle(p) && !b.ended[p]);
+    let patience = PATIENCE.saturating_sub(now.saturating_duration_since(b.idle_progress));
+    if idle_behind && !patience.is_zero() {
+        return Pick::Wait(Some(patience));
+    }
+    for &n in &missing {
+        let live = b.holders(n, |p| b.live(p));
+        if !live.is_empty() {
+            return take(b, n, &live);
+        }
+    }
+    // Nothing announced; if every stream ended, nothing more will be.
+    let live_streams = (0..parents).any(|p| b.live(p) && !b.ended[p]);
+    if !live_streams && b.in_flight.is_empty() {
+        Pick::Done
+    } else {
+        Pick::Wait(None)
+    }
 }
 
 fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
@@ -378,5 +508,122 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| **p == 0).count(), 9);
         assert_eq!(choose_weighted(&[1], &w, 0.99), Some(1));
         assert_eq!(choose_weighted(&[], &w, 0.5), None);
+    }
+
+    fn board(loads: &[Load], t0: Instant) -> Board {
+        let mut b = Board::new(loads.len(), t0);
+        b.loads = loads.to_vec();
+        b
+    }
+
+    const IDLE: Load = Load {
+        max_tx: 1_000,
+        tx: 100,
+    };
+    const BUSY: Load = Load {
+        max_tx: 1_000,
+        tx: 950,
+    };
+
+    #[test]
+    fn idle_parents_are_preferred_and_waited_for() {
+        let t0 = Instant::now();
+        // Parent 0 (busy seed) has pieces 0..4, parent 1 (idle sibling) has 0..2.
+        let mut b = board(&[BUSY, IDLE], t0);
+        for n in 0..4 {
+            b.announce(0, n, t0);
+        }
+        for n in 0..2 {
+            b.announce(1, n, t0);
+        }
+        let missing = || (0..4).collect::<Vec<u32>>();
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
+            Pick::Fetch(0, 1)
+        );
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, t0, 0.99),
+            Pick::Fetch(1, 1)
+        );
+        // Pieces 2 and 3 only at the busy seed: wait for the sibling a while...
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, later, 0.0),
+            Pick::Wait(Some(Duration::from_millis(200)))
+        );
+        // ...and take them from the seed once the sibling stops making progress.
+        let stalled = t0 + PATIENCE;
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
+            Pick::Fetch(2, 0)
+        );
+        // A new announcement from the sibling renews the patience.
+        b.announce(1, 3, stalled);
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
+            Pick::Fetch(3, 1)
+        );
+        b.in_flight.clear();
+        assert_eq!(
+            pick_piece(vec![2], |_| None, &mut b, stalled, 0.0),
+            Pick::Wait(Some(PATIENCE))
+        );
+    }
+
+    #[test]
+    fn a_sibling_whose_stream_ended_is_not_waited_for() {
+        let t0 = Instant::now();
+        let mut b = board(&[BUSY, IDLE], t0);
+        b.announce(0, 0, t0);
+        b.ended[1] = true;
+        assert_eq!(
+            pick_piece(vec![0], |_| None, &mut b, t0, 0.5),
+            Pick::Fetch(0, 0)
+        );
+    }
+
+    #[test]
+    fn wanted_pieces_go_first_from_any_holder() {
+        let t0 = Instant::now();
+        let mut b = board(&[BUSY, IDLE], t0);
+        b.announce(0, 5, t0);
+        b.announce(1, 0, t0);
+        let pick = pick_piece(vec![0, 5], |m| m.contains(&5).then_some(5), &mut b, t0, 0.0);
+        assert_eq!(pick, Pick::Fetch(5, 0));
+    }
+
+    #[test]
+    fn unknown_limits_never_make_a_parent_busy() {
+        let t0 = Instant::now();
+        let unknown = Load {
+            max_tx: 0,
+            tx: 5_000_000_000,
+        };
+        let mut b = board(&[unknown, IDLE], t0);
+        b.announce(0, 0, t0);
+        assert_eq!(
+            pick_piece(vec![0], |_| None, &mut b, t0, 0.0),
+            Pick::Fetch(0, 0)
+        );
+    }
+
+    #[test]
+    fn failed_parents_are_skipped_and_all_failed_is_done() {
+        let t0 = Instant::now();
+        let mut b = board(&[IDLE, IDLE], t0);
+        b.announce(0, 0, t0);
+        b.announce(1, 0, t0);
+        b.failed.insert(0);
+        assert_eq!(
+            pick_piece(vec![0], |_| None, &mut b, t0, 0.0),
+            Pick::Fetch(0, 1)
+        );
+        b.in_flight.clear();
+        b.failed.insert(1);
+        assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
+        // Every stream ended and nothing in flight: done, even with pieces missing.
+        let mut b = board(&[IDLE], t0);
+        b.ended[0] = true;
+        assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
     }
 }

@@ -241,7 +241,7 @@ impl PeerSession {
 }
 
 /// Sends progress reports on a peer's AnnouncePeer stream.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PeerReporter {
     tx: tokio::sync::mpsc::Sender<AnnouncePeerRequest>,
     host_id: String,

@@ -14,7 +14,13 @@ bash hack/setup.sh
 cargo build --release --workspace --bins
 export DFRS_BIN_DIR=$PWD/target/release
 work=$(mktemp -d /tmp/dfrs-bench.XXXXXX)
-trap 'bash hack/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+# Logs of the last run stay in $LOGS (RUST_LOG=scheduler=debug shows every parent decision).
+LOGS=${LOGS:-/tmp/dfrs-bench-p2p-logs}
+keep_logs() {
+  rm -rf "$LOGS"; mkdir -p "$LOGS"
+  (cd "$CLUSTER_DIR" && find . -name '*.log' -exec cp --parents {} "$LOGS" \;) 2>/dev/null || true
+}
+trap 'keep_logs; bash hack/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 bash hack/cluster.sh down >/dev/null 2>&1 || true
 bash hack/cluster.sh up $((PEERS + 1)) "$RATE"
 
@@ -48,3 +54,17 @@ printf '| measure | value | target |\n|---|---|---|\n'
 printf '| slowest peer | %.2f s (link limit %.2f s) | |\n' "$slowest" "$limit"
 printf '| slowest / (size / rate) | %.2f | <= 1.25 |\n' "$(echo "$slowest / $limit" | bc -l)"
 printf '| origin bytes / size | %.3f | <= 1.02 |\n' "$(echo "$origin_bytes / ($SIZE_MIB * 1048576)" | bc -l)"
+# Where the bytes went: each host's upload total and each peer's time.
+metric() { # metric NS IP NAME
+  ip netns exec "$1" curl -sf "http://$2:4002/metrics" | awk -v m="$3" '$1 == m {print $2}'
+}
+printf '\n| host | done after | uploaded MiB | from peers MiB |\n|---|---|---|---|\n'
+up=$(metric dfrs-seed 10.231.0.10 'dragonfly_dfdaemon_upload_traffic_bytes_total{protocol="tcp"}')
+printf '| seed | | %.0f | |\n' "$(echo "${up:-0} / 1048576" | bc -l)"
+for ((i = 1; i <= PEERS; i++)); do
+  ip=10.231.0.$((10 + i))
+  up=$(metric "dfrs-peer$i" "$ip" 'dragonfly_dfdaemon_upload_traffic_bytes_total{protocol="tcp"}')
+  rp=$(metric "dfrs-peer$i" "$ip" 'dragonfly_dfdaemon_download_traffic_bytes_total{type="remote_peer"}')
+  t=$(echo "$(cat "$work/done$i") - $start" | bc -l)
+  printf '| peer%d | %.2f s | %.0f | %.0f |\n' "$i" "$t" "$(echo "${up:-0} / 1048576" | bc -l)" "$(echo "${rp:-0} / 1048576" | bc -l)"
+done

@@ -114,6 +114,7 @@ impl Peer {
             parents,
             disable_back_to_source: false,
             need_back_to_source: false,
+            reporter: None,
         };
         let task = match self.engine.start(req).await.map_err(|e| e.to_string())? {
             Started::Stored { task, .. } => task,

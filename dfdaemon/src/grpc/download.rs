@@ -96,6 +96,7 @@ pub async fn download_task_stream(
             parents: Vec::new(),
             disable_back_to_source: d.disable_back_to_source,
             need_back_to_source: d.need_back_to_source,
+            reporter: None,
         };
         let started = engine
             .start(req)

@@ -384,6 +384,7 @@ impl Proxy {
             parents: Vec::new(),
             disable_back_to_source: false,
             need_back_to_source: false,
+            reporter: None,
         };
         let metrics = self.engine.metrics().clone();
         let started = match self.engine.start(dreq).await {

@@ -45,6 +45,7 @@ async fn download(e: &Arc<Engine>, url: &str, parents: Vec<Parent>) -> Duration 
         disable_back_to_source: !parents.is_empty(),
         parents,
         need_back_to_source: false,
+        reporter: None,
     };
     let t0 = Instant::now();
     let Ok(Started::Stored { task, .. }) = e.start(req).await else {
