@@ -41,6 +41,9 @@ pub struct DownloadRequest {
     /// Where failed pieces from parents are reported (the scheduler's
     /// AnnouncePeer stream), so the scheduler stops handing out that parent.
     pub reporter: Option<crate::scheduler_client::PeerReporter>,
+    /// Every parent the scheduler has given so far, updated while the
+    /// download runs (more parents join as they start downloading).
+    pub parent_updates: Option<watch::Receiver<Vec<crate::p2p::Parent>>>,
 }
 
 /// An origin reply that is passed back to the client and not cached.
@@ -341,9 +344,29 @@ impl Engine {
                 session
                     .send(R::DownloadPeerStartedRequest(DownloadPeerStartedRequest {}))
                     .await;
+                // The scheduler may add parents while this runs (peers that start
+                // downloading after us): they join the running download.
+                let (more_tx, more_rx) = watch::channel(parents.clone());
+                // Reads until the scheduler ends the stream, which it does once our
+                // last report is sent and every reporter is dropped.
+                let mut decisions = session.into_decisions();
+                tokio::spawn(async move {
+                    while let Ok(d) = decisions.next_decision().await {
+                        if let Decision::Parents(new) = d {
+                            more_tx.send_modify(|all| {
+                                for p in new {
+                                    if !all.iter().any(|q| q.id == p.id) {
+                                        all.push(p);
+                                    }
+                                }
+                            });
+                        }
+                    }
+                });
                 let mut r = req.clone();
                 r.parents = parents;
                 r.reporter = Some(reporter.clone());
+                r.parent_updates = Some(more_rx);
                 let watcher =
                     spawn_piece_reporter(tx.subscribe(), reporter.clone(), false, sent.clone());
                 let result = self.run_direct(&r, tx, inflight).await;
@@ -391,7 +414,7 @@ impl Engine {
                 })
             }
         };
-        session.send(end).await;
+        reporter.send(end).await;
         result
     }
 
@@ -517,7 +540,12 @@ impl Engine {
         let _use = task.use_task();
         let verifier = self.spawn_verifier(req, &task);
         let from_parents = self
-            .fetch_from_parents(&task, &req.parents, req.reporter.as_ref())
+            .fetch_from_parents(
+                &task,
+                &req.parents,
+                req.reporter.as_ref(),
+                req.parent_updates.clone(),
+            )
             .await;
         let fetched = if task.missing_pieces().is_empty() {
             Ok(())

@@ -29,6 +29,8 @@ pub struct Parent {
     pub vortex_port: u16,
     /// Vortex QUIC port, if the parent serves QUIC.
     pub quic_port: Option<u16>,
+    /// A seed peer (host type super seed): used when normal parents cannot keep up.
+    pub seed: bool,
 }
 
 impl Parent {
@@ -123,14 +125,20 @@ pub fn choose_weighted(candidates: &[usize], weights: &[u64], r: f64) -> Option<
     candidates.last().copied()
 }
 
-/// How long a child keeps its workers on idle parents that are behind
-/// before it also takes pieces from busy ones (see [`pick_piece`]).
+/// How long a parent may take to create a task it was handed out for.
+const TASK_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a child keeps its workers on normal parents with bandwidth to
+/// spare, when they are behind, before it also loads busy ones (see
+/// [`pick_piece`]).
 const PATIENCE: Duration = Duration::from_millis(300);
 
-/// A parent whose measured upload rate is at least this share of its
-/// announced maximum is busy: its pieces are taken only when no idle parent
-/// is making progress.
-const BUSY_SHARE: f64 = 0.8;
+/// How long a child keeps its workers on its normal parents, when they are
+/// behind, before it also takes pieces from seed peers.
+const SEED_PATIENCE: Duration = Duration::from_secs(2);
+
+const TIER_BUSY: usize = 1;
+const TIER_SEED: usize = 2;
 
 /// Latest load report of a parent (from `SyncHost`), in bits per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,14 +154,16 @@ impl Load {
         parent_weight(self.max_tx, self.tx)
     }
 
-    /// Busy: the parent announced a limit and uses most of it. A parent
-    /// without a known limit is never busy (as its weight assumes 10 Gbit/s).
+    /// Busy: the parent announced an upload limit and uses most of it. A
+    /// parent without a known limit is never busy (its weight assumes 10 Gbit/s).
     fn busy(self) -> bool {
-        self.max_tx > 0 && self.tx as f64 >= self.max_tx as f64 * BUSY_SHARE
+        self.max_tx > 0 && self.tx.saturating_mul(10) >= self.max_tx.saturating_mul(8)
     }
 }
 
 struct Board {
+    /// The parents, in the order they joined.
+    parents: Vec<Parent>,
     /// Piece number -> parents (indices) that announced it.
     available: HashMap<u32, Vec<usize>>,
     /// Parents dropped after a failure.
@@ -164,35 +174,64 @@ struct Board {
     in_flight: BTreeSet<u32>,
     /// Per parent: its latest SyncHost report.
     loads: Vec<Load>,
-    /// When an idle parent last announced a piece.
-    idle_progress: Instant,
+    /// Per parent: pieces fetched from it.
+    fetched: Vec<u32>,
+    /// When a normal parent with bandwidth to spare, and any normal parent,
+    /// last announced a piece.
+    progress: [Instant; 2],
 }
 
 impl Board {
-    fn new(parents: usize, now: Instant) -> Board {
+    fn new(now: Instant) -> Board {
         Board {
+            parents: Vec::new(),
             available: HashMap::new(),
             failed: BTreeSet::new(),
-            ended: vec![false; parents],
+            ended: Vec::new(),
             in_flight: BTreeSet::new(),
-            loads: vec![Load::default(); parents],
-            idle_progress: now,
+            loads: Vec::new(),
+            fetched: Vec::new(),
+            progress: [now; 2],
         }
+    }
+
+    /// Adds a parent not seen before; its index, or None if it is known.
+    fn add(&mut self, p: &Parent) -> Option<usize> {
+        if self.parents.iter().any(|q| q.id == p.id) {
+            return None;
+        }
+        self.parents.push(p.clone());
+        self.ended.push(false);
+        self.loads.push(Load::default());
+        self.fetched.push(0);
+        Some(self.parents.len() - 1)
     }
 
     fn live(&self, p: usize) -> bool {
         !self.failed.contains(&p)
     }
 
-    fn idle(&self, p: usize) -> bool {
-        self.live(p) && !self.loads.get(p).copied().unwrap_or_default().busy()
+    /// How much a child should avoid loading parent `p`: 0 for a normal peer
+    /// with upload bandwidth to spare, 1 for a normal peer using most of its
+    /// announced upload limit, 2 for a seed peer (it feeds the peers that have
+    /// no one else).
+    fn tier(&self, p: usize) -> usize {
+        if self.parents.get(p).is_none_or(|q| q.seed) {
+            TIER_SEED
+        } else if self.loads.get(p).copied().unwrap_or_default().busy() {
+            TIER_BUSY
+        } else {
+            0
+        }
     }
 
     /// Records that parent `p` has piece `number`.
     fn announce(&mut self, p: usize, number: u32, now: Instant) {
         self.available.entry(number).or_default().push(p);
-        if self.idle(p) {
-            self.idle_progress = now;
+        match self.tier(p) {
+            0 => self.progress = [now, now],
+            TIER_BUSY => self.progress[1] = now,
+            _ => {}
         }
     }
 
@@ -205,74 +244,118 @@ impl Board {
     }
 }
 
+/// Starts the two feeds of parent `i`: its load (`SyncHost`, weighs the
+/// choice of parent) and the pieces it has (`SyncPieces`).
+fn spawn_feeds(
+    syncs: &mut tokio::task::JoinSet<()>,
+    board: &Arc<Mutex<Board>>,
+    changed: &Arc<tokio::sync::Notify>,
+    i: usize,
+    parent: &Parent,
+    task_id: &str,
+    missing: &[u32],
+) {
+    let (load_board, p) = (board.clone(), parent.clone());
+    syncs.spawn(async move {
+        let Some(mut c) = connect(&p).await else {
+            return;
+        };
+        let req = dragonfly_api::dfdaemon::v2::SyncHostRequest::default();
+        if let Ok(resp) = c.sync_host(req).await {
+            let mut s = resp.into_inner();
+            while let Ok(Some(h)) = s.message().await {
+                let net = h.network.unwrap_or_default();
+                let load = Load {
+                    max_tx: net.max_tx_bandwidth,
+                    tx: net.tx_bandwidth.unwrap_or(0),
+                };
+                if let Some(slot) = lock(&load_board).loads.get_mut(i) {
+                    *slot = load;
+                }
+            }
+        }
+    });
+    let (board, changed, p) = (board.clone(), changed.clone(), parent.clone());
+    let req = SyncPiecesRequest {
+        host_id: String::new(),
+        task_id: task_id.to_string(),
+        interested_piece_numbers: missing.to_vec(),
+    };
+    syncs.spawn(async move {
+        // A parent handed out as it starts may not have created the task yet:
+        // ask again for a while before giving up on it.
+        let deadline = Instant::now() + TASK_APPEAR_TIMEOUT;
+        let stream = loop {
+            let Some(mut c) = connect(&p).await else {
+                break None;
+            };
+            match c.sync_pieces(req.clone()).await {
+                Ok(resp) => break Some(resp.into_inner()),
+                Err(e) if e.code() == tonic::Code::NotFound && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(parent = %p.id, error = %e, "SyncPieces refused");
+                    break None;
+                }
+            }
+        };
+        if let Some(mut s) = stream {
+            while let Ok(Some(m)) = s.message().await {
+                let mut b = lock(&board);
+                // The parent's Vortex ports come with its pieces.
+                if let Some(q) = b.parents.get_mut(i) {
+                    if let Some(port) = m.tcp_port.and_then(|p| u16::try_from(p).ok()) {
+                        q.vortex_port = port;
+                    }
+                    if let Some(port) = m.quic_port.and_then(|p| u16::try_from(p).ok()) {
+                        q.quic_port = Some(port);
+                    }
+                }
+                b.announce(i, m.number, Instant::now());
+                drop(b);
+                changed.notify_waiters();
+            }
+        }
+        if let Some(e) = lock(&board).ended.get_mut(i) {
+            *e = true;
+        }
+        changed.notify_waiters();
+    });
+}
+
 impl Engine {
     /// Fetches as many missing pieces of `task` as the parents can provide.
+    /// Parents the scheduler adds while this runs (`more`) join at once.
     /// Returns Ok when the task has no missing piece left.
     pub async fn fetch_from_parents(
         self: &Arc<Self>,
         task: &Arc<Task>,
         parents: &[Parent],
         reporter: Option<&PeerReporter>,
+        mut more: Option<tokio::sync::watch::Receiver<Vec<Parent>>>,
     ) -> Result<(), DownloadError> {
         let missing: Vec<u32> = task.missing_pieces();
         if missing.is_empty() {
             return Ok(());
         }
-        let board = Arc::new(Mutex::new(Board::new(parents.len(), Instant::now())));
+        let board = Arc::new(Mutex::new(Board::new(Instant::now())));
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut syncs = tokio::task::JoinSet::new();
-        for (i, p) in parents.iter().enumerate() {
-            // Load feed: each parent's idle upload bandwidth weighs the choice.
-            let (load_board, p2) = (board.clone(), p.clone());
-            syncs.spawn(async move {
-                let Some(mut c) = connect(&p2).await else {
-                    return;
-                };
-                let req = dragonfly_api::dfdaemon::v2::SyncHostRequest::default();
-                if let Ok(resp) = c.sync_host(req).await {
-                    let mut s = resp.into_inner();
-                    while let Ok(Some(h)) = s.message().await {
-                        let net = h.network.unwrap_or_default();
-                        let load = Load {
-                            max_tx: net.max_tx_bandwidth,
-                            tx: net.tx_bandwidth.unwrap_or(0),
-                        };
-                        if let Some(slot) = lock(&load_board).loads.get_mut(i) {
-                            *slot = load;
-                        }
-                    }
+        let join = |syncs: &mut tokio::task::JoinSet<()>, new: &[Parent]| {
+            let mut b = lock(&board);
+            for p in new {
+                if let Some(i) = b.add(p) {
+                    spawn_feeds(syncs, &board, &changed, i, p, &task.id, &missing);
                 }
-            });
-            let (board, changed, p, missing) =
-                (board.clone(), changed.clone(), p.clone(), missing.clone());
-            let task_id = task.id.clone();
-            syncs.spawn(async move {
-                if let Some(mut c) = connect(&p).await {
-                    let req = SyncPiecesRequest {
-                        host_id: String::new(),
-                        task_id,
-                        interested_piece_numbers: missing,
-                    };
-                    if let Ok(resp) = c.sync_pieces(req).await {
-                        let mut s = resp.into_inner();
-                        while let Ok(Some(m)) = s.message().await {
-                            lock(&board).announce(i, m.number, Instant::now());
-                            changed.notify_waiters();
-                        }
-                    }
-                }
-                if let Some(e) = lock(&board).ended.get_mut(i) {
-                    *e = true;
-                }
-                changed.notify_waiters();
-            });
-        }
+            }
+        };
+        join(&mut syncs, parents);
         let n = self.config.concurrent_piece_count.max(1);
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..n {
             let (engine, task, board, changed) =
                 (self.clone(), task.clone(), board.clone(), changed.clone());
-            let parents = parents.to_vec();
             let reporter = reporter.cloned();
             workers.spawn(async move {
                 loop {
@@ -288,6 +371,7 @@ impl Engine {
                             Instant::now(),
                             rand::random::<f64>(),
                         )
+                        .map(|(n, p)| (n, b.parents[p].clone(), p))
                     };
                     match pick {
                         Pick::Done => return,
@@ -301,14 +385,17 @@ impl Engine {
                                 return;
                             }
                         }
-                        Pick::Fetch(number, parent) => {
-                            let ok = engine
-                                .fetch_piece_from(&task, number, &parents[parent])
-                                .await;
+                        Pick::Fetch((number, parent, index)) => {
+                            let ok = engine.fetch_piece_from(&task, number, &parent).await;
                             let newly_failed = {
                                 let mut b = lock(&board);
                                 b.in_flight.remove(&number);
-                                !ok && b.failed.insert(parent)
+                                if ok {
+                                    if let Some(c) = b.fetched.get_mut(index) {
+                                        *c += 1;
+                                    }
+                                }
+                                !ok && b.failed.insert(index)
                             };
                             if let (true, Some(r)) = (newly_failed, &reporter) {
                                 // The scheduler blocks this parent for us and counts the
@@ -316,7 +403,7 @@ impl Engine {
                                 r.send(Request::DownloadPieceFailedRequest(
                                     DownloadPieceFailedRequest {
                                         piece_number: Some(number),
-                                        parent_id: parents[parent].id.clone(),
+                                        parent_id: parent.id.clone(),
                                         temporary: false,
                                     },
                                 ))
@@ -328,8 +415,36 @@ impl Engine {
                 }
             });
         }
-        while workers.join_next().await.is_some() {}
+        loop {
+            let update = async {
+                match more.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = workers.join_next() => if done.is_none() { break },
+                ok = update => match (ok, more.as_mut()) {
+                    (true, Some(rx)) => {
+                        let new = rx.borrow_and_update().clone();
+                        join(&mut syncs, &new);
+                        changed.notify_waiters();
+                    }
+                    _ => more = None,
+                },
+            }
+        }
         syncs.abort_all();
+        {
+            let b = lock(&board);
+            let by_parent: Vec<(&str, u32)> = b
+                .parents
+                .iter()
+                .zip(&b.fetched)
+                .map(|(p, n)| (p.id.as_str(), *n))
+                .collect();
+            tracing::info!(task_id = %task.id, pieces_by_parent = ?by_parent, "pieces from parents");
+        }
         let left = task.missing_pieces().len();
         if left == 0 {
             Ok(())
@@ -402,24 +517,37 @@ impl Engine {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Pick {
-    Fetch(u32, usize),
+enum Pick<T = (u32, usize)> {
+    /// A piece and the parent to fetch it from.
+    Fetch(T),
     /// Nothing to take now: pick again when a parent announces a piece or a
     /// fetch ends, or after the given patience.
     Wait(Option<Duration>),
     Done,
 }
 
+impl<T> Pick<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Pick<U> {
+        match self {
+            Pick::Fetch(t) => Pick::Fetch(f(t)),
+            Pick::Wait(w) => Pick::Wait(w),
+            Pick::Done => Pick::Done,
+        }
+    }
+}
+
 /// Chooses the next piece and a parent for it (`r` uniform in [0, 1) for the
-/// weighted draw):
+/// weighted draw).
 ///
-/// 1. a piece a reader is waiting for, from any parent holding it;
-/// 2. the lowest missing piece an idle parent holds, from an idle holder;
-/// 3. while an idle parent is behind but announced a piece within
-///    [`PATIENCE`], wait for it rather than load a busy parent: this is what
-///    lets a swarm pipeline (each peer forwards what it gets to the next)
-///    instead of every peer pulling through the seed's one uplink;
-/// 4. the lowest missing piece any live parent holds.
+/// A piece a reader is waiting for comes first, from any parent holding it
+/// (the least avoided first). Otherwise parents are taken tier by tier
+/// ([`Board::tier`]: normal peers with bandwidth to spare, then busy normal
+/// peers, then seed peers): the lowest missing piece a parent of the tier
+/// holds; and if none, while a parent of that tier is behind but announced a
+/// piece within [`PATIENCE`], the child waits for it rather than load the
+/// next tier. So a seed's uplink feeds the peers that have no one else and
+/// each other peer pulls from peers a little ahead with bandwidth to spare:
+/// the swarm pipelines instead of every peer pulling through one uplink.
 ///
 /// Among holders, a parent is drawn with probability proportional to its idle
 /// upload bandwidth.
@@ -441,7 +569,7 @@ fn pick_piece(
             Pick::Wait(None)
         };
     }
-    let parents = b.loads.len();
+    let parents = b.parents.len();
     if b.failed.len() >= parents {
         return Pick::Done;
     }
@@ -449,33 +577,33 @@ fn pick_piece(
     let take = |b: &mut Board, number: u32, holders: &[usize]| {
         let parent = choose_weighted(holders, &weights, r).unwrap_or(holders[0]);
         b.in_flight.insert(number);
-        Pick::Fetch(number, parent)
+        Pick::Fetch((number, parent))
     };
     let wanted = take_wanted(&missing).filter(|n| !b.holders(*n, |p| b.live(p)).is_empty());
     if let Some(n) = wanted {
-        let idle = b.holders(n, |p| b.idle(p));
-        let holders = if idle.is_empty() {
-            b.holders(n, |p| b.live(p))
-        } else {
-            idle
-        };
+        let live = b.holders(n, |p| b.live(p));
+        let best = live.iter().map(|p| b.tier(*p)).min().unwrap_or(0);
+        let holders: Vec<usize> = live.into_iter().filter(|p| b.tier(*p) == best).collect();
         return take(b, n, &holders);
     }
-    for &n in &missing {
-        let idle = b.holders(n, |p| b.idle(p));
-        if !idle.is_empty() {
-            return take(b, n, &idle);
+    for tier in 0..=2 {
+        for &n in &missing {
+            let holders = b.holders(n, |p| b.live(p) && b.tier(p) == tier);
+            if !holders.is_empty() {
+                return take(b, n, &holders);
+            }
         }
-    }
-    let idle_behind = (0..parents).any(|p| b.idle(p) && !b.ended[p]);
-    let patience = PATIENCE.saturating_sub(now.saturating_duration_since(b.idle_progress));
-    if idle_behind && !patience.is_zero() {
-        return Pick::Wait(Some(patience));
-    }
-    for &n in &missing {
-        let live = b.holders(n, |p| b.live(p));
-        if !live.is_empty() {
-            return take(b, n, &live);
+        // Before the next tier: wait while parents of this one (or, before
+        // the seeds, any normal parent) are behind but making progress.
+        let (patience, waited_for): (Duration, &dyn Fn(usize) -> bool) = match tier {
+            0 => (PATIENCE, &|p| b.tier(p) == 0),
+            TIER_BUSY => (SEED_PATIENCE, &|p| b.tier(p) < TIER_SEED),
+            _ => continue,
+        };
+        let behind = (0..parents).any(|p| b.live(p) && !b.ended[p] && waited_for(p));
+        let left = patience.saturating_sub(now.saturating_duration_since(b.progress[tier]));
+        if behind && !left.is_zero() {
+            return Pick::Wait(Some(left));
         }
     }
     // Nothing announced; if every stream ended, nothing more will be.
@@ -510,26 +638,36 @@ mod tests {
         assert_eq!(choose_weighted(&[], &w, 0.5), None);
     }
 
-    fn board(loads: &[Load], t0: Instant) -> Board {
-        let mut b = Board::new(loads.len(), t0);
-        b.loads = loads.to_vec();
+    fn parent(i: usize, seed: bool) -> Parent {
+        Parent {
+            id: format!("p{i}"),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            grpc_port: 4000,
+            vortex_port: 4005,
+            quic_port: None,
+            seed,
+        }
+    }
+
+    /// A board whose parents are seeds where `seeds[i]`.
+    fn board(seeds: &[bool], t0: Instant) -> Board {
+        let mut b = Board::new(t0);
+        for (i, seed) in seeds.iter().enumerate() {
+            assert_eq!(b.add(&parent(i, *seed)), Some(i));
+        }
+        assert_eq!(
+            b.add(&parent(0, false)),
+            None,
+            "known parents are not added twice"
+        );
         b
     }
 
-    const IDLE: Load = Load {
-        max_tx: 1_000,
-        tx: 100,
-    };
-    const BUSY: Load = Load {
-        max_tx: 1_000,
-        tx: 950,
-    };
-
     #[test]
-    fn idle_parents_are_preferred_and_waited_for() {
+    fn normal_parents_are_preferred_and_waited_for() {
         let t0 = Instant::now();
-        // Parent 0 (busy seed) has pieces 0..4, parent 1 (idle sibling) has 0..2.
-        let mut b = board(&[BUSY, IDLE], t0);
+        // Parent 0 (seed) has pieces 0..4, parent 1 (a normal peer) has 0..2.
+        let mut b = board(&[true, false], t0);
         for n in 0..4 {
             b.announce(0, n, t0);
         }
@@ -539,29 +677,29 @@ mod tests {
         let missing = || (0..4).collect::<Vec<u32>>();
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, t0, 0.0),
-            Pick::Fetch(0, 1)
+            Pick::Fetch((0, 1))
         );
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, t0, 0.99),
-            Pick::Fetch(1, 1)
+            Pick::Fetch((1, 1))
         );
-        // Pieces 2 and 3 only at the busy seed: wait for the sibling a while...
+        // Pieces 2 and 3 only at the seed: wait for the normal parent a while...
         let later = t0 + Duration::from_millis(100);
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, later, 0.0),
             Pick::Wait(Some(Duration::from_millis(200)))
         );
-        // ...and take them from the seed once the sibling stops making progress.
+        // ...and take them from the seed once it stops making progress.
         let stalled = t0 + PATIENCE;
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
-            Pick::Fetch(2, 0)
+            Pick::Fetch((2, 0))
         );
-        // A new announcement from the sibling renews the patience.
+        // A new announcement from the normal parent renews the patience.
         b.announce(1, 3, stalled);
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
-            Pick::Fetch(3, 1)
+            Pick::Fetch((3, 1))
         );
         b.in_flight.clear();
         assert_eq!(
@@ -571,59 +709,122 @@ mod tests {
     }
 
     #[test]
-    fn a_sibling_whose_stream_ended_is_not_waited_for() {
+    fn a_normal_parent_whose_stream_ended_is_not_waited_for() {
         let t0 = Instant::now();
-        let mut b = board(&[BUSY, IDLE], t0);
+        let mut b = board(&[true, false], t0);
         b.announce(0, 0, t0);
         b.ended[1] = true;
         assert_eq!(
             pick_piece(vec![0], |_| None, &mut b, t0, 0.5),
-            Pick::Fetch(0, 0)
+            Pick::Fetch((0, 0))
+        );
+    }
+
+    #[test]
+    fn with_only_seed_parents_the_seed_is_used_at_once() {
+        let t0 = Instant::now();
+        let mut b = board(&[true], t0);
+        b.announce(0, 3, t0);
+        assert_eq!(
+            pick_piece(vec![3], |_| None, &mut b, t0, 0.5),
+            Pick::Fetch((3, 0))
         );
     }
 
     #[test]
     fn wanted_pieces_go_first_from_any_holder() {
         let t0 = Instant::now();
-        let mut b = board(&[BUSY, IDLE], t0);
+        let mut b = board(&[true, false], t0);
         b.announce(0, 5, t0);
         b.announce(1, 0, t0);
         let pick = pick_piece(vec![0, 5], |m| m.contains(&5).then_some(5), &mut b, t0, 0.0);
-        assert_eq!(pick, Pick::Fetch(5, 0));
+        assert_eq!(pick, Pick::Fetch((5, 0)));
     }
 
     #[test]
-    fn unknown_limits_never_make_a_parent_busy() {
+    fn holders_are_drawn_by_idle_upload_bandwidth() {
         let t0 = Instant::now();
-        let unknown = Load {
-            max_tx: 0,
-            tx: 5_000_000_000,
+        let busy = Load {
+            max_tx: 1_000,
+            tx: 900,
         };
-        let mut b = board(&[unknown, IDLE], t0);
-        b.announce(0, 0, t0);
-        assert_eq!(
-            pick_piece(vec![0], |_| None, &mut b, t0, 0.0),
-            Pick::Fetch(0, 0)
-        );
+        let idle = Load {
+            max_tx: 1_000,
+            tx: 100,
+        };
+        let picks: Vec<usize> = (0..10)
+            .map(|i| {
+                let mut b = board(&[false, false], t0);
+                b.loads = vec![half, idle];
+                b.announce(0, 0, t0);
+                b.announce(1, 0, t0);
+                match pick_piece(vec![0], |_| None, &mut b, t0, i as f64 / 10.0) {
+                    Pick::Fetch((_, p)) => p,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        // Weights 300 : 900.
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 7);
     }
 
     #[test]
     fn failed_parents_are_skipped_and_all_failed_is_done() {
         let t0 = Instant::now();
-        let mut b = board(&[IDLE, IDLE], t0);
+        let mut b = board(&[false, false], t0);
         b.announce(0, 0, t0);
         b.announce(1, 0, t0);
         b.failed.insert(0);
         assert_eq!(
             pick_piece(vec![0], |_| None, &mut b, t0, 0.0),
-            Pick::Fetch(0, 1)
+            Pick::Fetch((0, 1))
         );
         b.in_flight.clear();
         b.failed.insert(1);
         assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
         // Every stream ended and nothing in flight: done, even with pieces missing.
-        let mut b = board(&[IDLE], t0);
+        let mut b = board(&[false], t0);
         b.ended[0] = true;
         assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
+    }
+
+    #[test]
+    fn busy_normal_parents_come_after_idle_ones_and_before_seeds() {
+        let t0 = Instant::now();
+        // 0: seed, 1: busy normal peer, 2: idle normal peer.
+        let mut b = board(&[true, false, false], t0);
+        b.loads[1] = Load {
+            max_tx: 1_000,
+            tx: 900,
+        };
+        b.loads[2] = Load {
+            max_tx: 1_000,
+            tx: 100,
+        };
+        for n in 0..3 {
+            b.announce(0, n, t0);
+        }
+        b.announce(1, 1, t0);
+        b.announce(2, 0, t0);
+        let missing = || (0..3).collect::<Vec<u32>>();
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
+            Pick::Fetch((0, 2))
+        );
+        // The idle peer announced within the patience: wait for it.
+        assert!(matches!(
+            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
+            Pick::Wait(Some(_))
+        ));
+        // It stalls: the busy normal peer's piece next, then (it stalls too) the seed's.
+        let later = t0 + PATIENCE;
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, later, 0.0),
+            Pick::Fetch((1, 1))
+        );
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, later, 0.0),
+            Pick::Fetch((2, 0))
+        );
     }
 }

@@ -208,34 +208,62 @@ impl PeerSession {
 
     /// Waits for the scheduler's next decision.
     pub async fn next_decision(&mut self) -> Result<Decision, SchedulerError> {
-        let addr = self.addr;
-        let rx = self.rx.as_mut().ok_or(SchedulerError::Closed { addr })?;
-        loop {
-            let msg = rx
-                .message()
-                .await
-                .map_err(|s| SchedulerError::Status {
-                    addr,
-                    status: Box::new(s),
-                })?
-                .ok_or(SchedulerError::Closed { addr })?;
-            match msg.response {
-                Some(announce_peer_response::Response::NormalTaskResponse(r)) => {
-                    let parents = r
-                        .candidate_parents
-                        .iter()
-                        .filter_map(parent_of)
-                        .collect::<Vec<_>>();
-                    return Ok(Decision::Parents(parents));
-                }
-                Some(announce_peer_response::Response::NeedBackToSourceResponse(r)) => {
-                    return Ok(Decision::BackToSource(r.description.unwrap_or_default()))
-                }
-                Some(announce_peer_response::Response::EmptyTaskResponse(_)) => {
-                    return Ok(Decision::Empty)
-                }
-                Some(announce_peer_response::Response::MetadataOnlyResponse(_)) | None => {}
+        next_decision(self.addr, self.rx.as_mut()).await
+    }
+
+    /// The receiving half alone: the stream's requests end when every
+    /// reporter is dropped, while decisions can still be read.
+    pub fn into_decisions(self) -> PeerDecisions {
+        PeerDecisions {
+            addr: self.addr,
+            rx: self.rx,
+        }
+    }
+}
+
+/// The scheduler's side of a peer's AnnouncePeer stream.
+pub struct PeerDecisions {
+    addr: SocketAddr,
+    rx: Option<tonic::Streaming<AnnouncePeerResponse>>,
+}
+
+impl PeerDecisions {
+    /// Waits for the scheduler's next decision.
+    pub async fn next_decision(&mut self) -> Result<Decision, SchedulerError> {
+        next_decision(self.addr, self.rx.as_mut()).await
+    }
+}
+
+async fn next_decision(
+    addr: SocketAddr,
+    rx: Option<&mut tonic::Streaming<AnnouncePeerResponse>>,
+) -> Result<Decision, SchedulerError> {
+    let rx = rx.ok_or(SchedulerError::Closed { addr })?;
+    loop {
+        let msg = rx
+            .message()
+            .await
+            .map_err(|s| SchedulerError::Status {
+                addr,
+                status: Box::new(s),
+            })?
+            .ok_or(SchedulerError::Closed { addr })?;
+        match msg.response {
+            Some(announce_peer_response::Response::NormalTaskResponse(r)) => {
+                let parents = r
+                    .candidate_parents
+                    .iter()
+                    .filter_map(parent_of)
+                    .collect::<Vec<_>>();
+                return Ok(Decision::Parents(parents));
             }
+            Some(announce_peer_response::Response::NeedBackToSourceResponse(r)) => {
+                return Ok(Decision::BackToSource(r.description.unwrap_or_default()))
+            }
+            Some(announce_peer_response::Response::EmptyTaskResponse(_)) => {
+                return Ok(Decision::Empty)
+            }
+            Some(announce_peer_response::Response::MetadataOnlyResponse(_)) | None => {}
         }
     }
 }
@@ -271,7 +299,9 @@ fn parent_of(p: &dragonfly_api::common::v2::Peer) -> Option<Parent> {
         ip: h.ip.parse().ok()?,
         grpc_port: u16::try_from(h.port).ok()?,
         vortex_port: u16::try_from(h.download_port).ok()?,
+        // Learned from the parent's SyncPieces answers.
         quic_port: None,
+        seed: h.r#type != 0,
     })
 }
 

@@ -32,6 +32,8 @@ ip netns exec dfrs-origin curl -sf -X PUT -T "$work/blob" "${loc}&digest=$digest
 rm -f "$work/blob"
 sleep 6   # every host announces itself within 5 s
 
+cpu_sample() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat; }
+read -r cpu_total0 cpu_idle0 < <(cpu_sample)
 start=$(date +%s.%N)
 pids=()
 for ((i = 1; i <= PEERS; i++)); do
@@ -41,6 +43,7 @@ for ((i = 1; i <= PEERS; i++)); do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
+read -r cpu_total1 cpu_idle1 < <(cpu_sample)
 slowest=0
 for ((i = 1; i <= PEERS; i++)); do
   t=$(echo "$(cat "$work/done$i") - $start" | bc -l)
@@ -54,6 +57,9 @@ printf '| measure | value | target |\n|---|---|---|\n'
 printf '| slowest peer | %.2f s (link limit %.2f s) | |\n' "$slowest" "$limit"
 printf '| slowest / (size / rate) | %.2f | <= 1.25 |\n' "$(echo "$slowest / $limit" | bc -l)"
 printf '| origin bytes / size | %.3f | <= 1.02 |\n' "$(echo "$origin_bytes / ($SIZE_MIB * 1048576)" | bc -l)"
+# All hosts share this machine's CPUs: when they are saturated, the CPU, not the links, sets the pace.
+printf '| machine CPU busy during the run | %.0f %% of %d cores | |\n' \
+  "$(echo "100 * (1 - ($cpu_idle1 - $cpu_idle0) / ($cpu_total1 - $cpu_total0))" | bc -l)" "$(nproc)"
 # Where the bytes went: each host's upload total and each peer's time.
 metric() { # metric NS IP NAME
   ip netns exec "$1" curl -sf "http://$2:4002/metrics" | awk -v m="$3" '$1 == m {print $2}'

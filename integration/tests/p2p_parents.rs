@@ -98,6 +98,7 @@ impl Peer {
                 grpc_port: gport,
                 vortex_port: vport,
                 quic_port: Some(qport),
+                seed: false,
             },
             servers,
         }
@@ -115,6 +116,7 @@ impl Peer {
             disable_back_to_source: false,
             need_back_to_source: false,
             reporter: None,
+            parent_updates: None,
         };
         let task = match self.engine.start(req).await.map_err(|e| e.to_string())? {
             Started::Stored { task, .. } => task,

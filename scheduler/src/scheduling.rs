@@ -199,6 +199,10 @@ pub struct ScoredParent {
     pub score: f64,
 }
 
+/// Most peers given more parents by one [`Scheduler::top_up_parents`] call (it runs each time
+/// a peer of the task starts downloading, so the work per event stays bounded).
+pub const TOP_UP_BATCH: usize = 16;
+
 /// Outcome of trying to trigger a seed peer.
 enum SeedChoice {
     /// Trigger a seed peer on this host.
@@ -437,6 +441,76 @@ impl Scheduler {
         p.schedule_attempts = 0;
         tracing::debug!(task_id = %task_id, peer_id = %id, parents = ?added, "scheduled parents");
         Ok(ScheduleDecision::Parents(added))
+    }
+
+    /// More parents for peers already downloading from parents, when a peer of `task` has just
+    /// become a possible parent (it started downloading). Peers that registered together
+    /// all got the same first parents (often only the seed peer, the one peer with pieces
+    /// then); this lets each of them also pull from the others so the swarm pipelines.
+    ///
+    /// Only `Running` peers with at least one and fewer than `candidateParentLimit` parents
+    /// are topped up, fewest parents first, at most [`TOP_UP_BATCH`] per call. Current
+    /// parents are kept; the usual filters apply (no cycles, upload limits, bad parents).
+    /// Unlike [`Scheduler::schedule_candidate_parents`] this never fails a peer, never sends
+    /// one to the origin and never counts an attempt: finding nothing changes nothing.
+    /// Returns each topped-up peer with the parents added.
+    pub fn top_up_parents<R: Rng + ?Sized>(
+        &mut self,
+        task_id: &TaskId,
+        rng: &mut R,
+    ) -> Result<Vec<(PeerId, Vec<PeerId>)>, SchedulerError> {
+        let Some(task) = self.tasks.get(task_id) else {
+            return Err(SchedulerError::TaskNotFound(task_id.clone()));
+        };
+        let limit = self.config.candidate_parent_limit as usize;
+        let mut wanting: Vec<(usize, PeerId)> = task
+            .dag
+            .vertices()
+            .filter_map(|id| {
+                let p = self.peers.get(id)?;
+                if p.state != PeerState::Running || p.need_back_to_source {
+                    return None;
+                }
+                let parents = task.dag.in_degree(id).ok()?;
+                (parents >= 1 && parents < limit).then(|| (parents, id.clone()))
+            })
+            .collect();
+        wanting.sort();
+        wanting.truncate(TOP_UP_BATCH);
+        let mut out = Vec::new();
+        for (have, child) in wanting {
+            let found = self.find_candidate_parents(&child, rng)?;
+            let mut taken: BTreeMap<&HostId, u32> = BTreeMap::new();
+            let mut chosen = Vec::new();
+            for c in found {
+                if chosen.len() + have >= limit {
+                    break;
+                }
+                let Some(host) = self
+                    .peers
+                    .get(&c.peer)
+                    .and_then(|p| self.hosts.get(&p.host_id))
+                else {
+                    continue;
+                };
+                let extra = taken.entry(&host.id).or_default();
+                if host.concurrent_upload_count.saturating_add(*extra)
+                    < host.concurrent_upload_limit
+                {
+                    *extra += 1;
+                    chosen.push(c.peer);
+                }
+            }
+            if chosen.is_empty() {
+                continue;
+            }
+            let added = self.add_edges(task_id, chosen, &child)?;
+            if !added.is_empty() {
+                tracing::debug!(task_id = %task_id, peer_id = %child, parents = ?added, "added parents");
+                out.push((child, added));
+            }
+        }
+        Ok(out)
     }
 
     /// The candidate parents for `peer`: [`Scheduler::filter_candidate_parents`], ranked by the
@@ -1512,5 +1586,87 @@ mod tests {
         let uuid = &s["10.0.1.1-s1-".len()..s.len() - "-seed".len()];
         assert_eq!(uuid.len(), 36);
         assert_eq!(&uuid[14..15], "4", "version 4");
+    }
+
+    #[test]
+    fn peers_registered_together_get_each_other_as_parents_once_they_start() {
+        let mut s = exhaustive();
+        seed_host(&mut s, "s1");
+        let hosts: Vec<HostId> = (1..=4)
+            .map(|i| normal_host(&mut s, &format!("h{i}")))
+            .collect();
+        let names = ["p1", "p2", "p3", "p4"];
+        let mut seed = None;
+        // All register before any starts: each gets the seed alone (the others are only
+        // registered, which makes them bad parents).
+        for (name, host) in names.iter().zip(&hosts) {
+            let r = register(&mut s, name, host);
+            if let Some(t) = &r.seed_trigger {
+                seed = Some(t.seed_peer_id.clone());
+            }
+            assert_eq!(parents(decision(&r)), vec![seed.clone().unwrap()]);
+        }
+        // Nothing to add while nobody runs.
+        assert!(s
+            .top_up_parents(&TaskId::from(TASK), &mut rng())
+            .unwrap()
+            .is_empty());
+        let mut added_total = 0;
+        for (i, name) in names.iter().enumerate() {
+            s.download_peer_started(&pid(name), at(2 + i as u64))
+                .unwrap();
+            for (child, added) in s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap() {
+                assert!(!added.is_empty());
+                assert!(!added.contains(&child));
+                added_total += added.len();
+            }
+            s.verify_invariants().unwrap();
+        }
+        // Every peer but the first to start ends with more than the seed; the parents form a
+        // DAG (verify_invariants) and every peer is still running.
+        let with_more = names
+            .iter()
+            .filter(|n| s.parents_of(&pid(n)).unwrap().len() > 1)
+            .count();
+        assert_eq!(with_more, 3, "added {added_total} parents");
+        for n in names {
+            assert_eq!(s.peer(&pid(n)).unwrap().state(), PeerState::Running);
+            assert!(s
+                .parents_of(&pid(n))
+                .unwrap()
+                .contains(seed.as_ref().unwrap()));
+        }
+        // Topping up again with nothing new changes nothing and fails nobody.
+        for _ in 0..10 {
+            s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap();
+        }
+        for n in names {
+            assert_eq!(s.peer(&pid(n)).unwrap().state(), PeerState::Running);
+        }
+    }
+
+    #[test]
+    fn top_up_respects_the_candidate_parent_limit() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            filter_parent_limit: 1000,
+            candidate_parent_limit: 2,
+            ..SchedulerConfig::default()
+        });
+        seed_host(&mut s, "s1");
+        let hosts: Vec<HostId> = (1..=5)
+            .map(|i| normal_host(&mut s, &format!("h{i}")))
+            .collect();
+        for (i, host) in hosts.iter().enumerate() {
+            register(&mut s, &format!("p{i}"), host);
+        }
+        for i in 0..5 {
+            s.download_peer_started(&pid(&format!("p{i}")), at(2))
+                .unwrap();
+            s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap();
+        }
+        for i in 0..5 {
+            assert!(s.parents_of(&pid(&format!("p{i}"))).unwrap().len() <= 2);
+        }
+        s.verify_invariants().unwrap();
     }
 }

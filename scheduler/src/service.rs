@@ -25,8 +25,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+type AnnounceSender = tokio::sync::mpsc::Sender<Result<v2::AnnouncePeerResponse, Status>>;
+
 struct Inner {
     core: Scheduler,
+    /// Each registered peer's AnnouncePeer response stream (to push added parents).
+    streams: HashMap<PeerId, AnnounceSender>,
     /// Announced hosts as sent (addresses, ports, load), by host ID.
     hosts: HashMap<String, Host>,
     rng: StdRng,
@@ -57,6 +61,7 @@ impl SchedulerService {
         SchedulerService {
             inner: Arc::new(Mutex::new(Inner {
                 core,
+                streams: HashMap::new(),
                 hosts: HashMap::new(),
                 rng: StdRng::from_os_rng(),
             })),
@@ -139,6 +144,38 @@ impl SchedulerService {
         }
     }
 
+    /// `peer` started downloading, so it may now serve its task's other peers: give them
+    /// more parents (they keep theirs) and push each a `NormalTaskResponse` with the ones
+    /// added. Peers that read only their first response ignore it.
+    fn top_up(inner: &mut Inner, peer: &PeerId) {
+        let Some(task) = inner.core.peer(peer).map(|p| p.task_id().clone()) else {
+            return;
+        };
+        let added = match inner.core.top_up_parents(&task, &mut inner.rng) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(task_id = %task, error = %e, "adding parents failed");
+                return;
+            }
+        };
+        for (child, parents) in added {
+            let Some(tx) = inner.streams.get(&child) else {
+                continue;
+            };
+            let candidate_parents: Vec<Peer> = parents
+                .iter()
+                .filter_map(|id| Self::peer_message(inner, id))
+                .collect();
+            let r = v2::AnnouncePeerResponse {
+                response: Some(Resp::NormalTaskResponse(v2::NormalTaskResponse {
+                    candidate_parents,
+                })),
+            };
+            // A full or closed stream only means the child does not learn of these.
+            let _ = tx.try_send(Ok(r));
+        }
+    }
+
     /// Calls `DfdaemonUpload.DownloadTask` on a seed peer (in the background).
     fn trigger_seed(&self, seed_host: HostId, seed_peer: PeerId, download: Download) {
         let addr = self
@@ -176,13 +213,22 @@ impl SchedulerService {
     }
 
     /// Handles one AnnouncePeer stream.
-    async fn announce_loop(
-        self,
+    async fn announce_loop(self, requests: Streaming<v2::AnnouncePeerRequest>, tx: AnnounceSender) {
+        let mut peer = None;
+        self.announce_requests(requests, tx, &mut peer).await;
+        if let Some(id) = peer {
+            self.lock().streams.remove(&id);
+        }
+    }
+
+    /// The requests of one AnnouncePeer stream; `peer` is set once it registers.
+    async fn announce_requests(
+        &self,
         mut requests: Streaming<v2::AnnouncePeerRequest>,
-        tx: tokio::sync::mpsc::Sender<Result<v2::AnnouncePeerResponse, Status>>,
+        tx: AnnounceSender,
+        peer: &mut Option<PeerId>,
     ) {
         let send = |r: Resp| v2::AnnouncePeerResponse { response: Some(r) };
-        let mut peer: Option<PeerId> = None;
         while let Ok(Some(msg)) = requests.message().await {
             let Some(request) = msg.request else {
                 let _ = tx
@@ -191,14 +237,15 @@ impl SchedulerService {
                 return;
             };
             let now = SystemTime::now();
-            let answer = match (request, &peer) {
+            let answer = match (request, &*peer) {
                 (Req::RegisterPeerRequest(r), None) => {
                     match self
                         .register(&msg.host_id, &msg.task_id, &msg.peer_id, r)
                         .await
                     {
                         Ok((id, a)) => {
-                            peer = Some(id);
+                            self.lock().streams.insert(id.clone(), tx.clone());
+                            *peer = Some(id);
                             Ok(a)
                         }
                         Err(s) => Err(s),
@@ -287,11 +334,13 @@ impl SchedulerService {
             let inner = &mut *guard;
             let core = &mut inner.core;
             match r {
-                Req::DownloadPeerStartedRequest(_) => {
-                    core.download_peer_started(id, now).map(|_| None)
-                }
+                Req::DownloadPeerStartedRequest(_) => core
+                    .download_peer_started(id, now)
+                    .map(|_| Self::top_up(inner, id))
+                    .map(|_| None),
                 Req::DownloadPeerBackToSourceStartedRequest(_) => core
                     .download_peer_back_to_source_started(id, now)
+                    .map(|_| Self::top_up(inner, id))
                     .map(|_| None),
                 Req::DownloadPeerFinishedRequest(_) => {
                     core.download_peer_finished(id, now).map(|_| None)

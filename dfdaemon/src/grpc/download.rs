@@ -97,6 +97,7 @@ pub async fn download_task_stream(
             disable_back_to_source: d.disable_back_to_source,
             need_back_to_source: d.need_back_to_source,
             reporter: None,
+            parent_updates: None,
         };
         let started = engine
             .start(req)

@@ -385,6 +385,7 @@ impl Proxy {
             disable_back_to_source: false,
             need_back_to_source: false,
             reporter: None,
+            parent_updates: None,
         };
         let metrics = self.engine.metrics().clone();
         let started = match self.engine.start(dreq).await {

@@ -46,6 +46,7 @@ async fn download(e: &Arc<Engine>, url: &str, parents: Vec<Parent>) -> Duration 
         parents,
         need_back_to_source: false,
         reporter: None,
+        parent_updates: None,
     };
     let t0 = Instant::now();
     let Ok(Started::Stored { task, .. }) = e.start(req).await else {
@@ -113,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         grpc_port: gport,
         vortex_port: vport,
         quic_port: Some(qport),
+        seed: false,
     };
     let tcp = download(
         &engine(&dir, "child-tcp", Protocol::Tcp),
