@@ -8,12 +8,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash hack/setup.sh
-cargo build --workspace --bins
+cargo build --workspace --bins --features dfdaemon/fault-injection
 
 log=$(mktemp -t dfrs-test.XXXXXX)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+cargo test --workspace --features dfdaemon/fault-injection --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 

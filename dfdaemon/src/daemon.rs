@@ -254,6 +254,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.clone(),
                 cfg.upload.rate_limit.as_u64(),
             );
+            #[cfg(feature = "fault-injection")]
+            if cfg.fault_injection.corrupt_uploaded_pieces {
+                tracing::warn!("fault injection: every uploaded piece is corrupted");
+                server.corrupt_uploads();
+            }
             tokio::spawn(server.clone().serve_tcp(vortex_listener));
             let quic_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.quic_port);
             let endpoint = crate::vortex::quic::server_endpoint(quic_addr).with_context(|| {

@@ -689,8 +689,13 @@ mod tests {
             pick_piece(missing(), |_| None, &mut b, later, 0.0),
             Pick::Wait(Some(Duration::from_millis(200)))
         );
+        // ...longer before a seed than before a busy normal parent...
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, t0 + PATIENCE, 0.0),
+            Pick::Wait(Some(SEED_PATIENCE - PATIENCE))
+        );
         // ...and take them from the seed once it stops making progress.
-        let stalled = t0 + PATIENCE;
+        let stalled = t0 + SEED_PATIENCE;
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
             Pick::Fetch((2, 0))
@@ -744,9 +749,9 @@ mod tests {
     #[test]
     fn holders_are_drawn_by_idle_upload_bandwidth() {
         let t0 = Instant::now();
-        let busy = Load {
+        let half = Load {
             max_tx: 1_000,
-            tx: 900,
+            tx: 700,
         };
         let idle = Load {
             max_tx: 1_000,
@@ -816,7 +821,8 @@ mod tests {
             pick_piece(missing(), |_| None, &mut b, t0, 0.0),
             Pick::Wait(Some(_))
         ));
-        // It stalls: the busy normal peer's piece next, then (it stalls too) the seed's.
+        // It stalls: the busy normal peer's piece next, then (the normal peers stall
+        // too) the seed's.
         let later = t0 + PATIENCE;
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, later, 0.0),
@@ -824,6 +830,10 @@ mod tests {
         );
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, later, 0.0),
+            Pick::Wait(Some(SEED_PATIENCE - PATIENCE))
+        );
+        assert_eq!(
+            pick_piece(missing(), |_| None, &mut b, t0 + SEED_PATIENCE, 0.0),
             Pick::Fetch((2, 0))
         );
     }

@@ -235,6 +235,19 @@ impl Agent {
             .unwrap_or_else(|e| panic!("cannot run dfget: {e}"))
     }
 
+    /// Starts dfget against this daemon in the background.
+    pub fn dfget_spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(bin("dfget"))
+            .arg("--endpoint")
+            .arg(&self.socket)
+            .arg("--no-progress")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run dfget: {e}"))
+    }
+
     /// The content file of a task in this daemon's store.
     pub fn task_path(&self, task_id: &str) -> PathBuf {
         self.store_dir

@@ -3,6 +3,7 @@
 //! and token-authenticated registries working through the mirror.
 
 use integration::agent::{dfinit, Agent};
+use integration::cluster::{start_peers, Scheduler};
 use integration::image::sha256_digest;
 use integration::{
     random_bytes, require_root_and_tools, wait_for, Compression, Containerd, ImageInfo, LayerSpec,
@@ -267,4 +268,73 @@ async fn token_authenticated_registry_pulls_through_the_mirror() {
             "re-pull fetched {d} again"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cri_pull_on_a_peer_after_another_peer_pulled_sends_no_blob_get_to_the_registry() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("containerd-p2p").unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let image = registry
+        .push_image(
+            "app/p2p",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::random(71, 11 * MIB, Compression::None),
+            ],
+        )
+        .await
+        .unwrap();
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let (_seed, peers) = start_peers(&dir, &sched, 2).await.unwrap();
+    let (first, second) = (&peers[0], &peers[1]);
+
+    // Node one pulls through its own dfdaemon.
+    let cfg = wire_with_dfinit(&dir, &registry, first);
+    let containerd = Containerd::start_with_config(&dir, &cfg).await.unwrap();
+    containerd.cri_pull(&image.reference).await.unwrap();
+    wait_registry_bytes(&registry, &image).await;
+    containerd
+        .remove_image_sync(&image.reference)
+        .await
+        .unwrap();
+    let gets_before: usize = blob_sizes(&image)
+        .iter()
+        .map(|(d, _)| registry.blob_requests(d).len())
+        .sum();
+
+    // Node two: the same containerd now mirrors through the second peer.
+    let hosts = dir.join("certs.d");
+    let out = dfinit(
+        &cfg,
+        &registry.url(),
+        &second.proxy_url(),
+        &["--config-path", hosts.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hosts_toml =
+        std::fs::read_to_string(hosts.join(registry.addr()).join("hosts.toml")).unwrap();
+    assert!(hosts_toml.contains(&second.proxy_url()), "{hosts_toml}");
+    containerd.cri_pull(&image.reference).await.unwrap();
+    // Let the access log catch up with anything that might have been sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gets_after: usize = blob_sizes(&image)
+        .iter()
+        .map(|(d, _)| registry.blob_requests(d).len())
+        .sum();
+    assert_eq!(
+        gets_after, gets_before,
+        "the pull on the second peer sent blob requests to the registry"
+    );
+    let from_peers = second
+        .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
+        .await
+        .unwrap();
+    assert_eq!(from_peers as u64, total_blob_bytes(&image));
+    run_and_check(&containerd, &image, 71, 11 * MIB).await;
 }

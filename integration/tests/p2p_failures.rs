@@ -59,15 +59,31 @@ async fn without_a_scheduler_dfget_falls_back_to_the_origin_unless_told_not_to()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
+async fn a_scheduler_killed_mid_run_and_restarted_gets_peers_back_and_p2p_resumes() {
     integration::require_root_and_tools(&[]);
     let dir = TestDir::new("p2p-sched-restart").unwrap();
     let origin = TestOrigin::start().await.unwrap();
     let mut sched = Scheduler::start(&dir, "scheduler").unwrap();
     let sport = sched.port;
-    let (seed, peers) = start_peers(&dir, &sched, 2).await.unwrap();
-    let (peer1, peer2) = (&peers[0], &peers[1]);
-    let (url, digest, data) = blob(&origin, 113, 13 * MIB);
+    let (seed, _) = start_peers(&dir, &sched, 0).await.unwrap();
+    // peer1 uploads at 4 MiB/s, so peer2's download from it takes seconds.
+    let yaml = |name: &str, extra: &str| format!("{}{extra}", peer_yaml(name, sport, false));
+    let peer1 = Agent::start(
+        &dir,
+        "peer1",
+        &yaml("peer1", "upload:\n  rateLimit: 4MiB\n"),
+    )
+    .await
+    .unwrap();
+    let peer2 = Agent::start(&dir, "peer2", &yaml("peer2", "  concurrentPieceCount: 2\n"))
+        .await
+        .unwrap();
+    let peer3 = Agent::start(&dir, "peer3", &yaml("peer3", ""))
+        .await
+        .unwrap();
+    sched.wait_hosts(4).await.unwrap();
+    let (url, digest, data) = blob(&origin, 113, 40 * MIB);
+    let path = url.replace(&origin.base_url(), "");
     let o = peer1.dfget(&[
         &url,
         "-O",
@@ -76,24 +92,48 @@ async fn a_restarted_scheduler_gets_peers_back_and_p2p_resumes() {
         &digest,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let origin_requests = origin.requests_for(&path);
 
-    // The scheduler dies with all its state and comes back on the same port.
+    // peer2 downloads from peer1; the scheduler dies mid-run with all its state.
+    let out2 = dir.join("b");
+    let run = peer2.dfget_spawn(&[&url, "-O", out2.to_str().unwrap(), "--digest", &digest]);
+    integration::wait_for(Duration::from_secs(60), "peer1 serves peer2", || async {
+        peer1
+            .metric("dragonfly_dfdaemon_upload_traffic_bytes_total{protocol=\"tcp\"}")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await
+    .unwrap();
     sched.process.kill9().unwrap();
     sched.process.wait_exit(Duration::from_secs(10)).await;
     let sched2 = Scheduler::start_on(&dir, "scheduler-restarted", sport).unwrap();
-    // Peers announce themselves again (every 5 s).
-    sched2.wait_hosts(3).await.unwrap();
-    let before = origin.requests_for(&url.replace(&origin.base_url(), ""));
-    let out = dir.join("b");
-    let o = peer2.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
+    // The running download completes from its parents.
+    let o = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(
+        std::fs::read(&out2).unwrap() == data,
+        "peer2's bytes differ"
+    );
+    assert_eq!(origin.requests_for(&path), origin_requests);
+
+    // Peers announce themselves to the new scheduler (every 5 s); a new download
+    // registers there and is served by peers, not the origin.
+    sched2.wait_hosts(4).await.unwrap();
+    let out3 = dir.join("c");
+    let o = peer3.dfget(&[&url, "-O", out3.to_str().unwrap(), "--digest", &digest]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out3).unwrap() == data);
     assert_eq!(
-        origin.requests_for(&url.replace(&origin.base_url(), "")),
-        before,
+        origin.requests_for(&path),
+        origin_requests,
         "after the restart the task came from peers, not the origin"
     );
-    let remote = peer2
+    let remote = peer3
         .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}")
         .await
         .unwrap();

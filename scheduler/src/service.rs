@@ -361,6 +361,8 @@ impl SchedulerService {
                     .download_piece_finished(id, piece(p.piece)?, now)
                     .map(|_| None),
                 Req::DownloadPieceFailedRequest(p) => {
+                    tracing::info!(peer_id = %id, parent_id = %p.parent_id, piece = ?p.piece_number,
+                        temporary = p.temporary, "peer reported a failing parent; not given to it again");
                     let parent = PeerId::from(p.parent_id.clone());
                     core.download_piece_failed(id, Some(&parent), now)
                         .map(|_| None)

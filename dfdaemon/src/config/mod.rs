@@ -96,6 +96,20 @@ pub struct Config {
     pub seed_peer: SeedPeer,
     /// Manager (control plane).
     pub manager: Manager,
+    /// Faults to inject, for tests. Only in builds with the `fault-injection`
+    /// feature (hack/test.sh); other builds reject the key.
+    #[cfg(feature = "fault-injection")]
+    pub fault_injection: FaultInjection,
+}
+
+/// Faults a test can make this peer commit (`fault-injection` feature only).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultInjection {
+    /// Flip a byte in every piece body this peer uploads over Vortex (the
+    /// header keeps the right CRC32), so children must reject its pieces.
+    pub corrupt_uploaded_pieces: bool,
 }
 
 impl Config {

@@ -25,6 +25,8 @@ pub struct VortexServer {
     host_id: String,
     metrics: Arc<crate::metrics::Metrics>,
     limiter: crate::rate_limit::RateLimiter,
+    /// Fault injection: flip a byte of every piece body sent.
+    corrupt: std::sync::atomic::AtomicBool,
 }
 
 /// What to send back for a request.
@@ -59,7 +61,20 @@ impl VortexServer {
             host_id,
             metrics,
             limiter: crate::rate_limit::RateLimiter::new(bytes_per_sec),
+            corrupt: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Fault injection (test builds): from now on every piece body sent has
+    /// one byte flipped while its header keeps the stored CRC32.
+    #[cfg(feature = "fault-injection")]
+    pub fn corrupt_uploads(&self) {
+        self.corrupt
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn corrupting(&self) -> bool {
+        self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Accepts TCP connections forever; one request per connection.
@@ -180,6 +195,12 @@ impl VortexServer {
             } => (head, task, offset, length),
         };
         stream.write_all(&head).await?;
+        if self.corrupting() {
+            write_body(&mut stream, &task, offset, length, &self.limiter, true).await?;
+            self.metrics.uploaded("tcp", length);
+            stream.shutdown().await?;
+            return Ok(());
+        }
         let file = task
             .open_file()
             .map_err(|e| VortexError::Malformed(e.to_string()))?;
@@ -222,7 +243,8 @@ impl VortexServer {
                 length,
             } => {
                 send.write_all(&head).await.map_err(std::io::Error::from)?;
-                write_body(&mut send, &task, offset, length, &self.limiter).await?;
+                let corrupt = self.corrupting();
+                write_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
                 self.metrics.uploaded("quic", length);
                 let _ = send.finish();
                 Ok(())
@@ -231,13 +253,15 @@ impl VortexServer {
     }
 }
 
-/// Copies a piece from the content file to a stream in bounded chunks.
+/// Copies a piece from the content file to a stream in bounded chunks
+/// (`corrupt`: fault injection, the first byte is flipped).
 async fn write_body<W: AsyncWrite + Unpin>(
     w: &mut W,
     task: &TaskUse,
     offset: u64,
     length: u64,
     limiter: &crate::rate_limit::RateLimiter,
+    corrupt: bool,
 ) -> Result<(), VortexError> {
     let mut pos = offset;
     let end = offset + length;
@@ -252,6 +276,12 @@ async fn write_body<W: AsyncWrite + Unpin>(
         .await
         .map_err(|e| VortexError::Malformed(e.to_string()))?
         .map_err(|e| VortexError::Malformed(e.to_string()))?;
+        let mut chunk = chunk;
+        if corrupt && pos == offset {
+            if let Some(b) = chunk.first_mut() {
+                *b ^= 0xff;
+            }
+        }
         w.write_all(&chunk).await?;
         pos += n as u64;
     }
