@@ -131,7 +131,7 @@ const TASK_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a child keeps its workers on normal parents with bandwidth to
 /// spare, when they are behind, before it also loads busy ones (see
 /// [`pick_piece`]).
-const PATIENCE: Duration = Duration::from_millis(300);
+const PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a child keeps its workers on its normal parents, when they are
 /// behind, before it also takes pieces from seed peers.
@@ -472,6 +472,7 @@ impl Engine {
             common::piece::piece_range(number, task.content_length(), task.piece_length());
         self.limiter.acquire(length).await;
         let timeout = self.config.piece_timeout;
+        let started = Instant::now();
         let result = match (self.config.protocol, parent.quic_port) {
             (crate::config::Protocol::Quic, Some(port)) => match self.quic_client() {
                 Ok(c) => {
@@ -496,6 +497,8 @@ impl Engine {
                 return false;
             }
         };
+        tracing::debug!(task_id = %task.id, piece = number, parent = %parent.id,
+            elapsed = ?started.elapsed(), "piece from parent");
         let crc = crc32fast::hash(&piece.content);
         let t = task.clone();
         let content = piece.content;
@@ -687,7 +690,7 @@ mod tests {
         let later = t0 + Duration::from_millis(100);
         assert_eq!(
             pick_piece(missing(), |_| None, &mut b, later, 0.0),
-            Pick::Wait(Some(Duration::from_millis(200)))
+            Pick::Wait(Some(PATIENCE - Duration::from_millis(100)))
         );
         // ...longer before a seed than before a busy normal parent...
         assert_eq!(
