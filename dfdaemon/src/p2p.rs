@@ -244,6 +244,26 @@ impl Board {
     }
 }
 
+/// Writes a piece's bytes into the task's content file as they arrive; the
+/// piece counts only once committed after its CRC-32 matched.
+struct TaskSink {
+    task: Arc<Task>,
+}
+
+impl crate::vortex::client::PieceSink for TaskSink {
+    async fn put(
+        &mut self,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::vortex::VortexError> {
+        let task = self.task.clone();
+        tokio::task::spawn_blocking(move || task.write_at(offset, &data).map(|()| data))
+            .await
+            .map_err(|e| crate::vortex::VortexError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| crate::vortex::VortexError::Io(std::io::Error::other(e.to_string())))
+    }
+}
+
 /// Starts the two feeds of parent `i`: its load (`SyncHost`, weighs the
 /// choice of parent) and the pieces it has (`SyncPieces`).
 fn spawn_feeds(
@@ -473,25 +493,28 @@ impl Engine {
         self.limiter.acquire(length).await;
         let timeout = self.config.piece_timeout;
         let started = Instant::now();
+        let mut sink = TaskSink { task: task.clone() };
         let result = match (self.config.protocol, parent.quic_port) {
             (crate::config::Protocol::Quic, Some(port)) => match self.quic_client() {
                 Ok(c) => {
                     let addr = SocketAddr::new(parent.ip, port);
-                    c.download_piece(addr, &task.id, number, offset, length, timeout)
-                        .await
+                    c.download_piece_into(
+                        addr, &task.id, number, offset, length, timeout, &mut sink,
+                    )
+                    .await
                 }
                 Err(e) => Err(crate::vortex::VortexError::Io(std::io::Error::other(e))),
             },
             _ => {
                 let addr = SocketAddr::new(parent.ip, parent.vortex_port);
-                crate::vortex::client::download_piece(
-                    addr, &task.id, number, offset, length, timeout,
+                crate::vortex::client::download_piece_into(
+                    addr, &task.id, number, offset, length, timeout, &mut sink,
                 )
                 .await
             }
         };
-        let piece = match result {
-            Ok(p) => p,
+        let crc = match result {
+            Ok(info) => info.crc32,
             Err(e) => {
                 tracing::warn!(task_id = %task.id, piece = number, parent = %parent.id, error = %e, "dropping parent");
                 return false;
@@ -499,13 +522,6 @@ impl Engine {
         };
         tracing::debug!(task_id = %task.id, piece = number, parent = %parent.id,
             elapsed = ?started.elapsed(), "piece from parent");
-        let crc = crc32fast::hash(&piece.content);
-        let t = task.clone();
-        let content = piece.content;
-        let wrote = tokio::task::spawn_blocking(move || t.write_at(offset, &content)).await;
-        if !matches!(wrote, Ok(Ok(()))) {
-            return false;
-        }
         self.store
             .commit_piece(task, number, PieceMeta { length, crc32: crc });
         self.metrics.traffic("remote_peer", length);

@@ -19,6 +19,45 @@ pub struct ReceivedPiece {
     pub content: Bytes,
 }
 
+/// Bytes per read while receiving a piece body.
+const RECV_CHUNK: usize = 1024 * 1024;
+
+/// Where a piece's bytes go while they arrive, chunk by chunk, before the
+/// CRC-32 over the whole piece is known: the bytes count only once
+/// [`receive_piece_into`] returns Ok.
+pub trait PieceSink {
+    /// Stores `data` at task offset `offset`; gives the buffer back for reuse.
+    fn put(
+        &mut self,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, VortexError>> + Send;
+}
+
+/// A sink keeping the piece in memory.
+pub(crate) struct MemorySink {
+    base: u64,
+    content: BytesMut,
+}
+
+impl PieceSink for MemorySink {
+    async fn put(&mut self, offset: u64, data: Vec<u8>) -> Result<Vec<u8>, VortexError> {
+        let at = usize::try_from(offset - self.base)
+            .map_err(|_| VortexError::Malformed("offset out of range".into()))?;
+        self.content[at..at + data.len()].copy_from_slice(&data);
+        Ok(data)
+    }
+}
+
+/// What [`receive_piece_into`] learned about a piece whose bytes it stored.
+#[derive(Debug, Clone)]
+pub struct PieceInfo {
+    pub parent_id: String,
+    /// `crc32:<n>`, as the parent sent it (and as the bytes matched).
+    pub digest: String,
+    pub crc32: u32,
+}
+
 /// Parses `crc32:<decimal>`.
 pub fn parse_crc32_digest(d: &str) -> Option<u32> {
     d.strip_prefix("crc32:")?.parse().ok()
@@ -35,24 +74,59 @@ pub async fn download_piece(
     length: u64,
     timeout: Duration,
 ) -> Result<ReceivedPiece, VortexError> {
-    tokio::time::timeout(timeout, fetch(addr, task_id, number, offset, length))
-        .await
-        .map_err(|_| VortexError::Timeout)?
+    let mut sink = MemorySink::new(offset, length)?;
+    let info =
+        download_piece_into(addr, task_id, number, offset, length, timeout, &mut sink).await?;
+    Ok(sink.into_piece(number, offset, info))
 }
 
-async fn fetch(
+/// Like [`download_piece`], streaming the bytes into `sink` as they arrive
+/// (no buffer of a whole piece).
+#[allow(clippy::too_many_arguments)]
+pub async fn download_piece_into<S: PieceSink>(
     addr: SocketAddr,
     task_id: &str,
     number: u32,
     offset: u64,
     length: u64,
-) -> Result<ReceivedPiece, VortexError> {
+    timeout: Duration,
+    sink: &mut S,
+) -> Result<PieceInfo, VortexError> {
     check_task_id(task_id)?;
-    let mut stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let (mut recv, mut send) = stream.split();
-    send.write_all(&request(task_id, number)).await?;
-    receive_piece(&mut recv, &addr.to_string(), number, offset, length).await
+    let fetch = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let (mut recv, mut send) = stream.split();
+        send.write_all(&request(task_id, number)).await?;
+        receive_piece_into(&mut recv, &addr.to_string(), number, offset, length, sink).await
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| VortexError::Timeout)?
+}
+
+impl MemorySink {
+    pub(crate) fn new(offset: u64, length: u64) -> Result<MemorySink, VortexError> {
+        if length > MAX_PIECE_LENGTH {
+            return Err(VortexError::Malformed(format!(
+                "piece of {length} bytes is too large"
+            )));
+        }
+        Ok(MemorySink {
+            base: offset,
+            content: BytesMut::zeroed(length as usize),
+        })
+    }
+
+    pub(crate) fn into_piece(self, number: u32, offset: u64, info: PieceInfo) -> ReceivedPiece {
+        ReceivedPiece {
+            number,
+            offset,
+            parent_id: info.parent_id,
+            digest: info.digest,
+            content: self.content.freeze(),
+        }
+    }
 }
 
 pub(crate) fn check_task_id(task_id: &str) -> Result<(), VortexError> {
@@ -73,14 +147,16 @@ pub(crate) fn request(task_id: &str, number: u32) -> Bytes {
 }
 
 /// Reads a parent's answer: the metadata frame (or an Error frame), then the
-/// piece bytes, checked against the expected position and the CRC-32.
-pub(crate) async fn receive_piece<R: AsyncRead + Unpin>(
+/// piece bytes, streamed into `sink` in bounded chunks, checked against the
+/// expected position and, at the end, the CRC-32.
+pub(crate) async fn receive_piece_into<R: AsyncRead + Unpin, S: PieceSink>(
     recv: &mut R,
     parent: &str,
     number: u32,
     offset: u64,
     length: u64,
-) -> Result<ReceivedPiece, VortexError> {
+    sink: &mut S,
+) -> Result<PieceInfo, VortexError> {
     let bad = |reason: String| VortexError::BadPiece {
         number,
         parent: parent.to_string(),
@@ -112,17 +188,24 @@ pub(crate) async fn receive_piece<R: AsyncRead + Unpin>(
     }
     let want = parse_crc32_digest(&meta.digest)
         .ok_or_else(|| bad(format!("digest {:?} is not crc32:<n>", meta.digest)))?;
-    let mut content = BytesMut::zeroed(length as usize);
-    read_full(recv, &mut content).await?;
-    let got = crc32fast::hash(&content);
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; RECV_CHUNK.min(length as usize)];
+    let mut pos = 0u64;
+    while pos < length {
+        let n = (length - pos).min(buf.capacity() as u64) as usize;
+        buf.resize(n, 0);
+        read_full(recv, &mut buf).await?;
+        hasher.update(&buf);
+        buf = sink.put(offset + pos, buf).await?;
+        pos += n as u64;
+    }
+    let got = hasher.finalize();
     if got != want {
         return Err(bad(format!("CRC-32 is {got}, parent said {want}")));
     }
-    Ok(ReceivedPiece {
-        number,
-        offset,
+    Ok(PieceInfo {
         parent_id: meta.parent_id,
         digest: meta.digest,
-        content: content.freeze(),
+        crc32: got,
     })
 }

@@ -3,7 +3,9 @@
 //! CRC-checked and blobs digest-checked end to end); one bidirectional stream
 //! per piece over pooled connections.
 
-use super::client::{check_task_id, receive_piece, request, ReceivedPiece};
+use super::client::{
+    check_task_id, receive_piece_into, request, PieceInfo, PieceSink, ReceivedPiece,
+};
 use super::VortexError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -155,6 +157,25 @@ impl QuicClient {
         length: u64,
         timeout: Duration,
     ) -> Result<ReceivedPiece, VortexError> {
+        let mut sink = super::client::MemorySink::new(offset, length)?;
+        let info = self
+            .download_piece_into(addr, task_id, number, offset, length, timeout, &mut sink)
+            .await?;
+        Ok(sink.into_piece(number, offset, info))
+    }
+
+    /// Like [`QuicClient::download_piece`], streaming the bytes into `sink`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn download_piece_into<S: PieceSink>(
+        &self,
+        addr: SocketAddr,
+        task_id: &str,
+        number: u32,
+        offset: u64,
+        length: u64,
+        timeout: Duration,
+        sink: &mut S,
+    ) -> Result<PieceInfo, VortexError> {
         check_task_id(task_id)?;
         tokio::time::timeout(timeout, async {
             let conn = self.connection(addr).await?;
@@ -166,7 +187,7 @@ impl QuicClient {
                 .await
                 .map_err(std::io::Error::from)?;
             let _ = send.finish();
-            receive_piece(&mut recv, &addr.to_string(), number, offset, length).await
+            receive_piece_into(&mut recv, &addr.to_string(), number, offset, length, sink).await
         })
         .await
         .map_err(|_| VortexError::Timeout)?
