@@ -408,23 +408,7 @@ impl Scheduler {
 
         self.delete_in_edges(&task_id, &id)?;
         let found = self.find_candidate_parents(&id, rng)?;
-        // Two candidates may share a host with one free slot left: count as we go.
-        let mut taken: BTreeMap<&HostId, u32> = BTreeMap::new();
-        let mut chosen = Vec::with_capacity(found.len());
-        for c in found {
-            let Some(host) = self
-                .peers
-                .get(&c.peer)
-                .and_then(|p| self.hosts.get(&p.host_id))
-            else {
-                continue;
-            };
-            let extra = taken.entry(&host.id).or_default();
-            if host.concurrent_upload_count.saturating_add(*extra) < host.concurrent_upload_limit {
-                *extra += 1;
-                chosen.push(c.peer);
-            }
-        }
+        let chosen = self.within_upload_limits(found, usize::MAX);
         let added = self.add_edges(&task_id, chosen, &id)?;
         let p = self
             .peers
@@ -480,27 +464,7 @@ impl Scheduler {
         let mut out = Vec::new();
         for (have, child) in wanting {
             let found = self.find_candidate_parents(&child, rng)?;
-            let mut taken: BTreeMap<&HostId, u32> = BTreeMap::new();
-            let mut chosen = Vec::new();
-            for c in found {
-                if chosen.len() + have >= limit {
-                    break;
-                }
-                let Some(host) = self
-                    .peers
-                    .get(&c.peer)
-                    .and_then(|p| self.hosts.get(&p.host_id))
-                else {
-                    continue;
-                };
-                let extra = taken.entry(&host.id).or_default();
-                if host.concurrent_upload_count.saturating_add(*extra)
-                    < host.concurrent_upload_limit
-                {
-                    *extra += 1;
-                    chosen.push(c.peer);
-                }
-            }
+            let chosen = self.within_upload_limits(found, limit.saturating_sub(have));
             if chosen.is_empty() {
                 continue;
             }
@@ -511,6 +475,31 @@ impl Scheduler {
             }
         }
         Ok(out)
+    }
+
+    /// Up to `most` of the ranked candidates whose hosts can take one more upload. Two
+    /// candidates may share a host with one free slot left, so slots are counted as they go.
+    fn within_upload_limits(&self, found: Vec<ScoredParent>, most: usize) -> Vec<PeerId> {
+        let mut taken: BTreeMap<&HostId, u32> = BTreeMap::new();
+        let mut chosen = Vec::new();
+        for c in found {
+            if chosen.len() >= most {
+                break;
+            }
+            let Some(host) = self
+                .peers
+                .get(&c.peer)
+                .and_then(|p| self.hosts.get(&p.host_id))
+            else {
+                continue;
+            };
+            let extra = taken.entry(&host.id).or_default();
+            if host.concurrent_upload_count.saturating_add(*extra) < host.concurrent_upload_limit {
+                *extra += 1;
+                chosen.push(c.peer);
+            }
+        }
+        chosen
     }
 
     /// The candidate parents for `peer`: [`Scheduler::filter_candidate_parents`], ranked by the
