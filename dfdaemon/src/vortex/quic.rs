@@ -26,6 +26,38 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Socket buffer asked for each QUIC endpoint's UDP socket. With the
+/// kernel's default (about 200 KiB) a receiver falls behind a fast sender,
+/// the kernel drops datagrams (`UdpRcvbufErrors`) and congestion control
+/// backs off. As root the size is forced; otherwise the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max` (docs/operations.md).
+const UDP_BUFFER: usize = 16 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with large send and receive buffers.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(&socket, UDP_BUFFER).is_err() {
+        sockopt::set_socket_recv_buffer_size(&socket, UDP_BUFFER)?;
+    }
+    if sockopt::set_socket_send_buffer_size_force(&socket, UDP_BUFFER).is_err() {
+        sockopt::set_socket_send_buffer_size(&socket, UDP_BUFFER)?;
+    }
+    Ok(socket)
+}
+
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, VortexError> {
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        udp_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -46,7 +78,7 @@ pub fn server_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, VortexError>
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| other(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport());
-    Ok(quinn::Endpoint::server(cfg, addr)?)
+    endpoint(addr, Some(cfg))
 }
 
 /// Accepts any server certificate (see the module docs).
@@ -118,8 +150,7 @@ impl QuicClient {
             .map_err(|e| other(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(transport());
-        let mut endpoint =
-            quinn::Endpoint::client("0.0.0.0:0".parse().map_err(|e| other(format!("{e}")))?)?;
+        let mut endpoint = endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
         endpoint.set_default_client_config(cfg);
         Ok(QuicClient {
             endpoint,

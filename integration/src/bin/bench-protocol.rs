@@ -150,6 +150,12 @@ async fn main() -> anyhow::Result<()> {
             (Protocol::Tcp, &mut tcp, &mut tcp_rss),
             (Protocol::Quic, &mut quic_t, &mut quic_rss),
         ] {
+            // BENCH_ONLY=tcp|quic: profile one transport.
+            if std::env::var("BENCH_ONLY")
+                .is_ok_and(|o| !o.eq_ignore_ascii_case(&format!("{protocol:?}")))
+            {
+                continue;
+            }
             let name = format!("child-{protocol:?}-{round}");
             rustix::fs::sync();
             reset_peak_rss(pid);
