@@ -46,6 +46,8 @@ impl TokenBucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: Option<Mutex<TokenBucket>>,
+    /// Bytes asked for so far (limited or not).
+    acquired: std::sync::atomic::AtomicU64,
 }
 
 impl RateLimiter {
@@ -59,11 +61,20 @@ impl RateLimiter {
                     Instant::now(),
                 ))
             }),
+            acquired: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Bytes asked for so far: what callers are charged, which must be what
+    /// they send or receive.
+    pub fn acquired(&self) -> u64 {
+        self.acquired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until `n` bytes may be sent or received.
     pub async fn acquire(&self, n: u64) {
+        self.acquired
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         let Some(b) = &self.bucket else { return };
         let wait = b
             .lock()

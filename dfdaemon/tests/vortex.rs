@@ -217,3 +217,47 @@ async fn malformed_frames_get_errors_and_the_server_keeps_serving() {
     let p = download_piece(addr, &id, 0, 0, PIECE, T).await.unwrap();
     assert_eq!(&p.content[..], &bytes[..PIECE as usize]);
 }
+
+/// A reader too slow for the socket makes the server's sendfile hit a full
+/// socket (WouldBlock) many times; the upload limiter must still be charged
+/// exactly the piece's bytes once (charging every retry again once stalled
+/// rate-limited parents for minutes).
+#[tokio::test]
+async fn a_slow_reader_is_charged_each_byte_once_by_the_upload_limiter() {
+    let (_d, store, _tcp, _quic, id, bytes) = setup_both().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A limit far above what this test sends: it never waits, only counts.
+    let server = VortexServer::with_rate_limit(
+        store.clone(),
+        "127.0.0.1-limited".into(),
+        Arc::new(Metrics::new()),
+        1 << 40,
+    );
+    tokio::spawn(server.clone().serve_tcp(listener));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let mut req = bytes::BytesMut::new();
+    vortex_protocol::Message::encode_packet(
+        &vortex_protocol::tlv::download_piece::DownloadPiece::new(id.clone(), 0),
+        &mut req,
+    );
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Let the server fill the socket and find it full before reading on.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.ends_with(&bytes[..PIECE as usize]),
+        "the piece arrived intact"
+    );
+    assert_eq!(server.rate_limited_bytes(), PIECE);
+}

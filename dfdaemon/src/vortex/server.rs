@@ -73,6 +73,11 @@ impl VortexServer {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes the upload rate limiter has been asked for so far.
+    pub fn rate_limited_bytes(&self) -> u64 {
+        self.limiter.acquired()
+    }
+
     fn corrupting(&self) -> bool {
         self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -207,17 +212,22 @@ impl VortexServer {
         let mut off = offset;
         let end = offset + length;
         while off < end {
-            let count = (end - off).min(CHUNK) as usize;
-            self.limiter.acquire(count as u64).await;
-            stream.writable().await?;
-            match stream.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(&stream, &*file, Some(&mut off), count)
-                    .map_err(std::io::Error::from)
-            }) {
-                Ok(0) => return Err(VortexError::Malformed("content file ended early".into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            // Tokens once per chunk, for the bytes of the chunk: a socket that is
+            // not writable yet (WouldBlock) or a short send must not be charged again.
+            let chunk_end = off + (end - off).min(CHUNK);
+            self.limiter.acquire(chunk_end - off).await;
+            while off < chunk_end {
+                stream.writable().await?;
+                let count = (chunk_end - off) as usize;
+                match stream.try_io(Interest::WRITABLE, || {
+                    rustix::fs::sendfile(&stream, &*file, Some(&mut off), count)
+                        .map_err(std::io::Error::from)
+                }) {
+                    Ok(0) => return Err(VortexError::Malformed("content file ended early".into())),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         self.metrics.uploaded("tcp", length);
