@@ -1,3 +1,25 @@
-//! RAFS v6 format, blob format, FUSE runtime and OCI<->Nydus conversion.
+//! RAFS (Nydus image metadata) on-disk formats.
 //!
-//! Filled by the Nydus issues; nothing is implemented yet.
+//! This crate starts with the byte-exact structures of the RAFS v6 bootstrap, which is an EROFS
+//! image plus RAFS-only tables:
+//!
+//! - [`flags`]: flag words and algorithm codes shared by every format ([`RafsSuperFlags`],
+//!   [`BlobFeatures`], [`BlobChunkFlags`], [`Compressor`], [`Digester`]);
+//! - [`chunk`]: chunk limits and the 80-byte [`ChunkInfo`] entry shared by v5 and v6;
+//! - [`v6`]: the EROFS superblock, the RAFS extended superblock, device slots, blob table
+//!   entries, inodes, dirents, inline xattrs and chunk addresses.
+//!
+//! Every structure decodes from a byte slice (checking its length first, never panicking and never
+//! allocating from sizes it read) and encodes to a fixed-size array. Decoding only checks that
+//! enough bytes are present; the `validate` methods check the values the way Nydus does when it
+//! loads a bootstrap. All integers are little-endian.
+
+pub mod chunk;
+mod error;
+pub mod flags;
+mod le;
+pub mod v6;
+
+pub use chunk::ChunkInfo;
+pub use error::FormatError;
+pub use flags::{BlobChunkFlags, BlobFeatures, Compressor, Digester, RafsSuperFlags};
