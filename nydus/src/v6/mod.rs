@@ -8,10 +8,12 @@
 //! ```
 //!
 //! [`layout`] holds the superblocks and tables at fixed places; [`inode`] holds what lives in the
-//! inode area (inodes, inline xattrs, chunk addresses, dirents).
+//! inode area (inodes, inline xattrs, chunk addresses, dirents); [`reader`] reads a whole
+//! bootstrap held in memory.
 
 pub mod inode;
 pub mod layout;
+pub mod reader;
 
 pub use crate::chunk::ChunkInfo;
 pub use inode::{
@@ -22,3 +24,4 @@ pub use inode::{
 pub use layout::{
     nid_to_offset, offset_to_nid, prefetch_nids, BlobEntry, DeviceSlot, SuperBlock, SuperBlockExt,
 };
+pub use reader::{Bootstrap, DirEntry, InodeRef, WalkEntry, Xattr};
