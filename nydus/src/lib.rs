@@ -6,6 +6,8 @@
 //! - [`flags`]: flag words and algorithm codes shared by every format ([`RafsSuperFlags`],
 //!   [`BlobFeatures`], [`BlobChunkFlags`], [`Compressor`], [`Digester`]);
 //! - [`chunk`]: chunk limits and the 80-byte [`ChunkInfo`] entry shared by v5 and v6;
+//! - [`codec`]: per-chunk data compression, digests, CRC32C and chunking, shared by the blob
+//!   writer and the runtime;
 //! - [`v6`]: the EROFS superblock, the RAFS extended superblock, device slots, blob table
 //!   entries, inodes, dirents, inline xattrs and chunk addresses.
 //!
@@ -15,11 +17,13 @@
 //! loads a bootstrap. All integers are little-endian.
 
 pub mod chunk;
+pub mod codec;
 mod error;
 pub mod flags;
 mod le;
 pub mod v6;
 
 pub use chunk::ChunkInfo;
+pub use codec::CodecError;
 pub use error::FormatError;
 pub use flags::{BlobChunkFlags, BlobFeatures, Compressor, Digester, RafsSuperFlags};
