@@ -161,21 +161,26 @@ impl Load {
     }
 }
 
+/// What a child knows of one of its parents.
+struct Slot {
+    parent: Parent,
+    /// Its SyncPieces stream ended (it announces nothing more).
+    ended: bool,
+    /// Its latest SyncHost report.
+    load: Load,
+    /// Pieces fetched from it.
+    fetched: u32,
+}
+
 struct Board {
-    /// The parents, in the order they joined.
-    parents: Vec<Parent>,
+    /// The parents, in the order they joined (a parent's index is its position).
+    slots: Vec<Slot>,
     /// Piece number -> parents (indices) that announced it.
     available: HashMap<u32, Vec<usize>>,
     /// Parents dropped after a failure.
     failed: BTreeSet<usize>,
-    /// Per parent: its SyncPieces stream ended (it announces nothing more).
-    ended: Vec<bool>,
     /// Pieces being fetched.
     in_flight: BTreeSet<u32>,
-    /// Per parent: its latest SyncHost report.
-    loads: Vec<Load>,
-    /// Per parent: pieces fetched from it.
-    fetched: Vec<u32>,
     /// When a normal parent with bandwidth to spare, and any normal parent,
     /// last announced a piece.
     progress: [Instant; 2],
@@ -184,27 +189,26 @@ struct Board {
 impl Board {
     fn new(now: Instant) -> Board {
         Board {
-            parents: Vec::new(),
+            slots: Vec::new(),
             available: HashMap::new(),
             failed: BTreeSet::new(),
-            ended: Vec::new(),
             in_flight: BTreeSet::new(),
-            loads: Vec::new(),
-            fetched: Vec::new(),
             progress: [now; 2],
         }
     }
 
     /// Adds a parent not seen before; its index, or None if it is known.
     fn add(&mut self, p: &Parent) -> Option<usize> {
-        if self.parents.iter().any(|q| q.id == p.id) {
+        if self.slots.iter().any(|q| q.parent.id == p.id) {
             return None;
         }
-        self.parents.push(p.clone());
-        self.ended.push(false);
-        self.loads.push(Load::default());
-        self.fetched.push(0);
-        Some(self.parents.len() - 1)
+        self.slots.push(Slot {
+            parent: p.clone(),
+            ended: false,
+            load: Load::default(),
+            fetched: 0,
+        });
+        Some(self.slots.len() - 1)
     }
 
     fn live(&self, p: usize) -> bool {
@@ -216,9 +220,12 @@ impl Board {
     /// announced upload limit, 2 for a seed peer (it feeds the peers that have
     /// no one else).
     fn tier(&self, p: usize) -> usize {
-        if self.parents.get(p).is_none_or(|q| q.seed) {
+        let Some(slot) = self.slots.get(p) else {
+            return TIER_SEED;
+        };
+        if slot.parent.seed {
             TIER_SEED
-        } else if self.loads.get(p).copied().unwrap_or_default().busy() {
+        } else if slot.load.busy() {
             TIER_BUSY
         } else {
             0
@@ -235,7 +242,7 @@ impl Board {
         }
     }
 
-    /// The live parents holding `number` that pass `keep`.
+    /// The parents holding `number` that pass `keep`.
     fn holders(&self, number: u32, keep: impl Fn(usize) -> bool) -> Vec<usize> {
         self.available
             .get(&number)
@@ -289,8 +296,8 @@ fn spawn_feeds(
                     max_tx: net.max_tx_bandwidth,
                     tx: net.tx_bandwidth.unwrap_or(0),
                 };
-                if let Some(slot) = lock(&load_board).loads.get_mut(i) {
-                    *slot = load;
+                if let Some(slot) = lock(&load_board).slots.get_mut(i) {
+                    slot.load = load;
                 }
             }
         }
@@ -324,7 +331,7 @@ fn spawn_feeds(
             while let Ok(Some(m)) = s.message().await {
                 let mut b = lock(&board);
                 // The parent's Vortex ports come with its pieces.
-                if let Some(q) = b.parents.get_mut(i) {
+                if let Some(q) = b.slots.get_mut(i).map(|s| &mut s.parent) {
                     if let Some(port) = m.tcp_port.and_then(|p| u16::try_from(p).ok()) {
                         q.vortex_port = port;
                     }
@@ -337,8 +344,8 @@ fn spawn_feeds(
                 changed.notify_waiters();
             }
         }
-        if let Some(e) = lock(&board).ended.get_mut(i) {
-            *e = true;
+        if let Some(slot) = lock(&board).slots.get_mut(i) {
+            slot.ended = true;
         }
         changed.notify_waiters();
     });
@@ -391,7 +398,7 @@ impl Engine {
                             Instant::now(),
                             rand::random::<f64>(),
                         )
-                        .map(|(n, p)| (n, b.parents[p].clone(), p))
+                        .map(|(n, p)| (n, b.slots[p].parent.clone(), p))
                     };
                     match pick {
                         Pick::Done => return,
@@ -411,8 +418,8 @@ impl Engine {
                                 let mut b = lock(&board);
                                 b.in_flight.remove(&number);
                                 if ok {
-                                    if let Some(c) = b.fetched.get_mut(index) {
-                                        *c += 1;
+                                    if let Some(slot) = b.slots.get_mut(index) {
+                                        slot.fetched += 1;
                                     }
                                 }
                                 !ok && b.failed.insert(index)
@@ -458,10 +465,9 @@ impl Engine {
         {
             let b = lock(&board);
             let by_parent: Vec<(&str, u32)> = b
-                .parents
+                .slots
                 .iter()
-                .zip(&b.fetched)
-                .map(|(p, n)| (p.id.as_str(), *n))
+                .map(|s| (s.parent.id.as_str(), s.fetched))
                 .collect();
             tracing::info!(task_id = %task.id, pieces_by_parent = ?by_parent, "pieces from parents");
         }
@@ -588,11 +594,11 @@ fn pick_piece(
             Pick::Wait(None)
         };
     }
-    let parents = b.parents.len();
+    let parents = b.slots.len();
     if b.failed.len() >= parents {
         return Pick::Done;
     }
-    let weights: Vec<u64> = b.loads.iter().map(|l| l.weight()).collect();
+    let weights: Vec<u64> = b.slots.iter().map(|s| s.load.weight()).collect();
     let take = |b: &mut Board, number: u32, holders: &[usize]| {
         let parent = choose_weighted(holders, &weights, r).unwrap_or(holders[0]);
         b.in_flight.insert(number);
@@ -606,11 +612,16 @@ fn pick_piece(
         return take(b, n, &holders);
     }
     for tier in 0..=2 {
-        for &n in &missing {
-            let holders = b.holders(n, |p| b.live(p) && b.tier(p) == tier);
-            if !holders.is_empty() {
-                return take(b, n, &holders);
-            }
+        let of_tier = |p: usize| b.live(p) && b.tier(p) == tier;
+        // Checked without allocating: this runs for every missing piece on every pick.
+        let held = missing.iter().copied().find(|n| {
+            b.available
+                .get(n)
+                .is_some_and(|ps| ps.iter().any(|p| of_tier(*p)))
+        });
+        if let Some(n) = held {
+            let holders = b.holders(n, of_tier);
+            return take(b, n, &holders);
         }
         // Before the next tier: wait while parents of this one (or, before
         // the seeds, any normal parent) are behind but making progress.
@@ -619,14 +630,14 @@ fn pick_piece(
             TIER_BUSY => (SEED_PATIENCE, &|p| b.tier(p) < TIER_SEED),
             _ => continue,
         };
-        let behind = (0..parents).any(|p| b.live(p) && !b.ended[p] && waited_for(p));
+        let behind = (0..parents).any(|p| b.live(p) && !b.slots[p].ended && waited_for(p));
         let left = patience.saturating_sub(now.saturating_duration_since(b.progress[tier]));
         if behind && !left.is_zero() {
             return Pick::Wait(Some(left));
         }
     }
     // Nothing announced; if every stream ended, nothing more will be.
-    let live_streams = (0..parents).any(|p| b.live(p) && !b.ended[p]);
+    let live_streams = (0..parents).any(|p| b.live(p) && !b.slots[p].ended);
     if !live_streams && b.in_flight.is_empty() {
         Pick::Done
     } else {
@@ -737,7 +748,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = board(&[true, false], t0);
         b.announce(0, 0, t0);
-        b.ended[1] = true;
+        b.slots[1].ended = true;
         assert_eq!(
             pick_piece(vec![0], |_| None, &mut b, t0, 0.5),
             Pick::Fetch((0, 0))
@@ -779,7 +790,8 @@ mod tests {
         let picks: Vec<usize> = (0..10)
             .map(|i| {
                 let mut b = board(&[false, false], t0);
-                b.loads = vec![half, idle];
+                b.slots[0].load = half;
+                b.slots[1].load = idle;
                 b.announce(0, 0, t0);
                 b.announce(1, 0, t0);
                 match pick_piece(vec![0], |_| None, &mut b, t0, i as f64 / 10.0) {
@@ -808,7 +820,7 @@ mod tests {
         assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
         // Every stream ended and nothing in flight: done, even with pieces missing.
         let mut b = board(&[false], t0);
-        b.ended[0] = true;
+        b.slots[0].ended = true;
         assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
     }
 
@@ -817,11 +829,11 @@ mod tests {
         let t0 = Instant::now();
         // 0: seed, 1: busy normal peer, 2: idle normal peer.
         let mut b = board(&[true, false, false], t0);
-        b.loads[1] = Load {
+        b.slots[1].load = Load {
             max_tx: 1_000,
             tx: 900,
         };
-        b.loads[2] = Load {
+        b.slots[2].load = Load {
             max_tx: 1_000,
             tx: 100,
         };
