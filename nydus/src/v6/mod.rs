@@ -14,6 +14,7 @@
 pub mod inode;
 pub mod layout;
 pub mod reader;
+pub mod writer;
 
 pub use crate::chunk::ChunkInfo;
 pub use inode::{
@@ -25,3 +26,4 @@ pub use layout::{
     nid_to_offset, offset_to_nid, prefetch_nids, BlobEntry, DeviceSlot, SuperBlock, SuperBlockExt,
 };
 pub use reader::{Bootstrap, DirEntry, InodeRef, WalkEntry, Xattr};
+pub use writer::{write_bootstrap, WriteOptions};

@@ -7,11 +7,12 @@
 //! against directory cycles and unbounded depth. Malformed input yields a [`FormatError`] naming
 //! the structure and the problem; nothing panics.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::chunk::ChunkInfo;
 use crate::le::u32_at;
+use crate::tree::{Kind, Meta, Node, Tree};
 use crate::v6::inode::{
     xattr_prefix, ChunkAddr, DataLayout, Dirent, FileType, Inode, InodeFormat, XattrEntryHeader,
     XattrIbodyHeader,
@@ -469,7 +470,7 @@ impl<'a> Bootstrap<'a> {
     }
 
     /// The chunk addresses of chunk-based regular file `ino`: `ceil(i_size / chunk size)` of
-    /// them (chunk size from the inode's chunk index header), each naming a blob in the table.
+    /// them (the extended superblock's chunk size), each naming a blob in the table.
     pub fn chunks(&self, ino: &InodeRef) -> Result<Vec<ChunkAddr>, FormatError> {
         ino.expect_type(FileType::Regular, "regular file")?;
         if ino.format.data_layout != DataLayout::ChunkBased {
@@ -481,10 +482,13 @@ impl<'a> Bootstrap<'a> {
                 format!("nid {}: regular file is not CHUNK_BASED", ino.nid),
             ));
         }
-        let chunk_size = ino
-            .inode
+        // The header must be well formed, but like nydusd the count comes from the RAFS chunk
+        // size: Nydus writes a larger header chunk size for files whose chunks are contiguous
+        // (so the kernel maps them in one go) and still stores one address per RAFS chunk.
+        ino.inode
             .chunk_index_header()
             .chunk_size(self.sb.blkszbits)?;
+        let chunk_size = u64::from(self.ext.chunk_size);
         let count = ino.size().div_ceil(chunk_size);
         let too_many = || {
             FormatError::field(
@@ -756,6 +760,85 @@ fn parse_dirent_block(
         });
     }
     Ok(())
+}
+
+impl Bootstrap<'_> {
+    /// The whole filesystem as a [`Tree`]: metadata, xattrs, hardlinks (one node per nid),
+    /// and for each regular file its chunks resolved through the chunk info table (file offsets
+    /// filled in). Compact inodes get the superblock's build time as their mtime, as the kernel
+    /// shows them.
+    pub fn to_tree(&self) -> Result<Tree, FormatError> {
+        let mut chunk_map: HashMap<(u32, u32), ChunkInfo> = HashMap::new();
+        for raw in self.chunk_table.chunks_exact(ChunkInfo::SIZE) {
+            let c = ChunkInfo::decode(raw)?;
+            chunk_map.insert((c.blob_index, c.index), c);
+        }
+        let chunk_size = u64::from(self.ext.chunk_size);
+        let mut tree = Tree::default();
+        let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
+        self.walk(|e: &WalkEntry<'_>| -> Result<(), FormatError> {
+            let ino = e.inode;
+            if let Some(first) = first_path.get(&ino.nid) {
+                tree.link(e.path, first)
+                    .map_err(|err| FormatError::Invalid {
+                        what: "directory tree",
+                        reason: err.to_string(),
+                    })?;
+                return Ok(());
+            }
+            let (mtime, mtime_nsec) = ino
+                .inode
+                .mtime()
+                .unwrap_or((self.sb.build_time, self.sb.build_time_nsec));
+            let meta = Meta {
+                perm: u32::from(ino.inode.mode()) & 0o7777,
+                uid: ino.inode.uid(),
+                gid: ino.inode.gid(),
+                mtime,
+                mtime_nsec,
+                xattrs: self.xattrs(ino)?.into_iter().collect(),
+            };
+            let kind = match ino.file_type {
+                FileType::Directory => Kind::Dir(Default::default()),
+                FileType::Symlink => Kind::Symlink(self.read_link(ino)?),
+                FileType::CharDevice => Kind::CharDev(ino.inode.u()),
+                FileType::BlockDevice => Kind::BlockDev(ino.inode.u()),
+                FileType::Fifo => Kind::Fifo,
+                FileType::Socket => Kind::Socket,
+                FileType::Regular => {
+                    let mut chunks = Vec::new();
+                    for (k, addr) in self.chunks(ino)?.into_iter().enumerate() {
+                        let blob = addr.blob_index().unwrap_or(u32::MAX);
+                        let mut c =
+                            *chunk_map.get(&(blob, addr.chunk_index())).ok_or_else(|| {
+                                FormatError::Invalid {
+                                    what: "chunk info table",
+                                    reason: format!(
+                                        "{} chunk {k}: no entry for blob {blob} chunk {}",
+                                        String::from_utf8_lossy(e.path),
+                                        addr.chunk_index()
+                                    ),
+                                }
+                            })?;
+                        c.file_offset = k as u64 * chunk_size;
+                        chunks.push(c);
+                    }
+                    Kind::File {
+                        size: ino.size(),
+                        chunks,
+                    }
+                }
+            };
+            tree.insert(e.path, Node { meta, kind })
+                .map_err(|err| FormatError::Invalid {
+                    what: "directory tree",
+                    reason: err.to_string(),
+                })?;
+            first_path.insert(ino.nid, e.path.to_vec());
+            Ok(())
+        })?;
+        Ok(tree)
+    }
 }
 
 #[cfg(test)]

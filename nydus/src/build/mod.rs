@@ -1,0 +1,306 @@
+//! Building RAFS v6 images: one layer (a directory or a layer tar) into a data blob and a
+//! bootstrap, optionally on top of a parent image; and merging layer bootstraps into an image.
+
+pub mod blob;
+mod finish;
+pub mod source;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use crate::tree::{Kind, Tree, TreeError};
+use crate::v6::{write_bootstrap, BlobEntry, Bootstrap, WriteOptions};
+use crate::{BlobFeatures, ChunkInfo, Compressor, Digester, FormatError, RafsSuperFlags};
+
+pub use blob::{BlobData, BlobStats, BlobWriter, ChunkOptions};
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading the source or writing an output failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A path or hardlink in the source is invalid.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// On-disk metadata is invalid or cannot be written.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Anything else wrong with the input or the options.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The features of a blob this builder writes.
+pub fn blob_features(inline_meta: bool, toc: bool) -> BlobFeatures {
+    let mut f = BlobFeatures::ALIGNED | BlobFeatures::CHUNK_INFO_V2 | BlobFeatures::CAP_TAR_TOC;
+    if inline_meta {
+        f |= BlobFeatures::INLINED_FS_META | BlobFeatures::HAS_TAR_HEADER;
+    }
+    if toc {
+        f |= BlobFeatures::HAS_TOC
+            | BlobFeatures::HAS_TAR_HEADER
+            | BlobFeatures::INLINED_CHUNK_DIGEST;
+    }
+    f
+}
+
+/// A parent image a layer is built on (`--parent-bootstrap`).
+#[derive(Debug, Clone)]
+pub struct Parent {
+    /// The parent's filesystem.
+    pub tree: Tree,
+    /// The parent's blob table.
+    pub blobs: Vec<BlobEntry>,
+}
+
+impl Parent {
+    /// Reads a parent bootstrap.
+    pub fn from_bootstrap(bytes: &[u8]) -> Result<Self, FormatError> {
+        let b = Bootstrap::parse(bytes)?;
+        Ok(Parent {
+            tree: b.to_tree()?,
+            blobs: b.blobs().to_vec(),
+        })
+    }
+
+    /// Every chunk of the parent by digest: the chunk dictionary new layers deduplicate against.
+    pub fn chunk_dict(&self) -> HashMap<[u8; 32], ChunkInfo> {
+        let mut dict = HashMap::new();
+        for (_, id) in self.tree.bfs() {
+            if let Kind::File { chunks, .. } = &self.tree.node(id).kind {
+                for c in chunks {
+                    dict.entry(c.block_id).or_insert(*c);
+                }
+            }
+        }
+        dict
+    }
+}
+
+/// Super flags for an image of this compressor and digester.
+pub fn super_flags(compressor: Compressor, digester: Digester) -> RafsSuperFlags {
+    (RafsSuperFlags::EXPLICIT_UID_GID)
+        .with_compressor(compressor)
+        .with_digester(digester)
+}
+
+/// Writes a bootstrap for `tree` and `blobs` with these chunk options.
+pub fn bootstrap_for(
+    tree: &Tree,
+    blobs: &[BlobEntry],
+    chunk: &ChunkOptions,
+    prefetch: &[Vec<u8>],
+) -> Result<Vec<u8>, FormatError> {
+    write_bootstrap(
+        tree,
+        blobs,
+        &WriteOptions {
+            chunk_size: chunk.chunk_size,
+            flags: super_flags(chunk.compressor, chunk.digester),
+            prefetch: prefetch.to_vec(),
+        },
+    )
+}
+
+/// Merges layer bootstraps (bottom first) into one image bootstrap: the layers' trees stacked
+/// with OCI whiteout rules, the blob tables concatenated (a blob listed by several layers is kept
+/// once). `blob_ids`, when given (one per layer), replaces the id of each layer's own blob (the
+/// last in its table), as `nydus-image merge --blob-digests` does for inline-meta layers.
+pub fn merge(
+    layers: &[&[u8]],
+    blob_ids: &[String],
+    prefetch: &[Vec<u8>],
+) -> Result<Vec<u8>, BuildError> {
+    if !blob_ids.is_empty() && blob_ids.len() != layers.len() {
+        return Err(BuildError::Invalid(format!(
+            "{} blob digests for {} layers",
+            blob_ids.len(),
+            layers.len()
+        )));
+    }
+    let mut tree = Tree::default();
+    let mut blobs: Vec<BlobEntry> = Vec::new();
+    let mut chunk: Option<ChunkOptions> = None;
+    for (n, bytes) in layers.iter().enumerate() {
+        let b =
+            Bootstrap::parse(bytes).map_err(|e| BuildError::Invalid(format!("layer {n}: {e}")))?;
+        let ext = b.ext_superblock();
+        let this = ChunkOptions {
+            chunk_size: ext.chunk_size,
+            compressor: ext.flags.compressor().unwrap_or(Compressor::Zstd),
+            digester: ext.flags.digester().unwrap_or(Digester::Blake3),
+            threads: 1,
+        };
+        if let Some(c) = &chunk {
+            if c.chunk_size != this.chunk_size || c.digester != this.digester {
+                return Err(BuildError::Invalid(format!(
+                    "layer {n}: chunk size {:#x} / digester {:?} differ from the layers below ({:#x} / {:?})",
+                    this.chunk_size, this.digester, c.chunk_size, c.digester
+                )));
+            }
+        } else {
+            chunk = Some(this);
+        }
+        let mut layer = b
+            .to_tree()
+            .map_err(|e| BuildError::Invalid(format!("layer {n}: {e}")))?;
+        // Map this layer's blob indexes into the merged table.
+        let mut map = Vec::with_capacity(b.blobs().len());
+        let count = b.blobs().len();
+        for (k, entry) in b.blobs().iter().enumerate() {
+            let mut entry = *entry;
+            if let Some(id) = blob_ids.get(n).filter(|_| k + 1 == count) {
+                let id = id.strip_prefix("sha256:").unwrap_or(id);
+                entry.set_blob_id(id)?;
+            }
+            let pos = match blobs.iter().position(|e| e.blob_id == entry.blob_id) {
+                Some(p) => p,
+                None => {
+                    blobs.push(entry);
+                    blobs.len() - 1
+                }
+            };
+            map.push(pos as u32);
+        }
+        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(i));
+        tree.apply_layer(&layer);
+    }
+    let chunk = chunk.ok_or_else(|| BuildError::Invalid("no layers to merge".into()))?;
+    // Like Nydus, every layer's blob stays in the table even if upper layers hide all its files.
+    for (i, e) in blobs.iter_mut().enumerate() {
+        e.blob_index = i as u32;
+    }
+    Ok(bootstrap_for(&tree, &blobs, &chunk, prefetch)?)
+}
+
+/// The blob table entry for a blob this builder wrote.
+pub fn blob_entry(
+    blob_id: &str,
+    data: &BlobData,
+    chunk: &ChunkOptions,
+    features: BlobFeatures,
+) -> Result<BlobEntry, FormatError> {
+    let mut e = BlobEntry {
+        chunk_size: chunk.chunk_size,
+        chunk_count: data.chunks.len() as u32,
+        compression_algo: chunk.compressor.into(),
+        digest_algo: chunk.digester.into(),
+        features,
+        compressed_size: data.compressed_size,
+        uncompressed_size: data.uncompressed_size,
+        ..BlobEntry::default()
+    };
+    e.set_blob_id(blob_id)?;
+    Ok(e)
+}
+
+/// Where a layer comes from.
+pub enum Source<'a> {
+    /// A directory on disk.
+    Dir(&'a std::path::Path),
+    /// An OCI layer tar stream (plain, gzip or zstd).
+    Tar(Box<dyn io::Read + 'a>),
+}
+
+/// How `create` builds.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Chunking, compression, digests, threads.
+    pub chunk: ChunkOptions,
+    /// Append the bootstrap to the blob (`--blob-inline-meta`).
+    pub inline_meta: bool,
+    /// End the blob with a TOC and a chunk digest table (`--features blob-toc`).
+    pub toc: bool,
+    /// Paths to list in the prefetch table.
+    pub prefetch: Vec<Vec<u8>>,
+}
+
+/// What `create` produced.
+pub struct Created<W> {
+    /// The bootstrap (also inside the blob with inline meta).
+    pub bootstrap: Vec<u8>,
+    /// The new blob's id, or `None` if the layer stored no chunk (then nothing useful was
+    /// written to the blob output).
+    pub blob_id: Option<String>,
+    /// Chunk counters.
+    pub stats: BlobStats,
+    /// The blob output, flushed.
+    pub blob: W,
+}
+
+/// Builds one layer from `source` into a blob written to `out` and a bootstrap, on top of
+/// `parent` if given (the bootstrap then describes the whole image and the new blob is appended
+/// to the parent's blob table; chunks the parent already has are not stored again).
+pub fn create<W: Write>(
+    source: Source<'_>,
+    opts: &CreateOptions,
+    parent: Option<Parent>,
+    out: W,
+) -> Result<Created<W>, BuildError> {
+    if !crate::chunk::is_valid_chunk_size(opts.chunk.chunk_size) {
+        return Err(BuildError::Invalid(format!(
+            "chunk size {:#x} is not a power of two between 0x1000 and 0x1000000",
+            opts.chunk.chunk_size
+        )));
+    }
+    let (dict, blob_index, parent_blobs) = match &parent {
+        Some(p) => {
+            let c = p.blobs.first();
+            if let Some(c) = c {
+                if c.chunk_size != opts.chunk.chunk_size
+                    || c.digest_algo != u32::from(opts.chunk.digester)
+                {
+                    return Err(BuildError::Invalid(
+                        "the parent bootstrap uses another chunk size or digester".into(),
+                    ));
+                }
+            }
+            (p.chunk_dict(), p.blobs.len() as u32, p.blobs.clone())
+        }
+        None => (HashMap::new(), 0, Vec::new()),
+    };
+    let mut layer = Tree::default();
+    let mut writer = BlobWriter::new(out, blob_index, opts.chunk, dict);
+    match source {
+        Source::Dir(path) => source::from_dir(path, &mut layer, &mut writer)?,
+        Source::Tar(r) => source::from_tar(r, &mut layer, &mut writer)?,
+    }
+    let data = writer
+        .finish_data(&mut layer)
+        .map_err(|source| BuildError::Io {
+            what: "writing the blob".into(),
+            source,
+        })?;
+    let (tree, mut blobs) = match parent {
+        Some(mut p) => {
+            p.tree.apply_layer(&layer);
+            (p.tree, parent_blobs)
+        }
+        None => (layer, Vec::new()),
+    };
+    if data.chunks.is_empty() {
+        let bootstrap = bootstrap_for(&tree, &blobs, &opts.chunk, &opts.prefetch)?;
+        let (_, blob) = writer.finish().map_err(|source| BuildError::Io {
+            what: "writing the blob".into(),
+            source,
+        })?;
+        return Ok(Created {
+            bootstrap,
+            blob_id: None,
+            stats: data.stats,
+            blob,
+        });
+    }
+    let (bootstrap, blob_id, blob) = finish::finish_blob(writer, &data, opts, tree, &mut blobs)?;
+    Ok(Created {
+        bootstrap,
+        blob_id: Some(blob_id),
+        stats: data.stats,
+        blob,
+    })
+}

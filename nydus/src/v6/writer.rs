@@ -1,0 +1,514 @@
+//! Turns a [`Tree`] into a RAFS v6 bootstrap (an EROFS image whose files point into blobs).
+//!
+//! Layout, all in one buffer:
+//!
+//! ```text
+//! 0     1024  1152    1408            4K                 4K: meta_blkaddr
+//! | 0 | sb  | ext sb | device slots | blob table | prefetch | (one free block)
+//!   | inodes in breadth-first order, root at nid 128, with inline xattrs, chunk addresses and
+//!     inline tails of directories and symlinks |  4K: full directory/symlink blocks |
+//!   4K: chunk info table (80 B per unique chunk, sorted by digest and device) | 4K
+//! ```
+//!
+//! Directory and symlink data whose last partial block fits in the inode's block together with the
+//! inode is stored inline after the inode (FLAT_INLINE, as Nydus and mkfs.erofs do); full blocks go
+//! to a block-aligned area after all inodes, so no space is lost between inodes.
+//!
+//! Inodes are compact (32 bytes) only when nothing would be lost: mtime 0, ids and link count
+//! below 2^16, size below 4 GiB and not a device (nydusd reads the device number and the mtime
+//! only from extended inodes).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::inode::{
+    split_xattr_name, xattr_icount, ChunkAddr, ChunkIndexHeader, DataLayout, Dirent, FileType,
+    InodeCompact, InodeExtended, InodeFormat, InodeLayout, XattrEntryHeader, XattrIbodyHeader,
+};
+use super::layout::{
+    BlobEntry, DeviceSlot, SuperBlock, SuperBlockExt, EROFS_BLOCK_BITS_12, EROFS_BLOCK_SIZE_4096,
+    EROFS_DEVTABLE_OFFSET, EROFS_DEVT_SLOT_SIZE, EROFS_SUPER_OFFSET, RAFS_V6_BLOB_ENTRY_SIZE,
+    RAFS_V6_EXT_SUPER_OFFSET, V6_BLOCK_SEG_ALIGNMENT,
+};
+use crate::tree::{display, Kind, Node, NodeId, Tree};
+use crate::{ChunkInfo, FormatError, RafsSuperFlags};
+
+const BS: u64 = EROFS_BLOCK_SIZE_4096;
+/// The root inode sits one block into the inode area, so its nid is 128 as in Nydus's images.
+const ROOT_NID: u64 = BS / 32;
+
+/// What the bootstrap records besides the tree and the blobs.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Chunk size of every blob.
+    pub chunk_size: u32,
+    /// Compressor and digester bits plus any other super flags (EXPLICIT_UID_GID, ...);
+    /// HAS_XATTR is added when some node has xattrs.
+    pub flags: RafsSuperFlags,
+    /// Paths to prefetch (files or directories), written as the prefetch table.
+    pub prefetch: Vec<Vec<u8>>,
+}
+
+fn invalid(reason: String) -> FormatError {
+    FormatError::Invalid {
+        what: "bootstrap writer",
+        reason,
+    }
+}
+
+/// Per-inode layout decided before anything is written.
+struct Placed {
+    id: NodeId,
+    path: Vec<u8>,
+    offset: u64,
+    layout: InodeLayout,
+    data_layout: DataLayout,
+    xattrs: Vec<u8>,
+    /// Directory or symlink bytes (dirents are encoded once nids are known).
+    data_len: u64,
+    /// First block of the full data blocks (0 if none).
+    blkaddr: u32,
+}
+
+fn align(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Encodes inline xattrs (header + entries) or nothing when there are none.
+fn encode_xattrs(path: &[u8], xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Vec<u8>, FormatError> {
+    if xattrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = XattrIbodyHeader::default().to_bytes().to_vec();
+    for (name, value) in xattrs {
+        let (index, suffix) = split_xattr_name(name).ok_or_else(|| {
+            invalid(format!(
+                "{}: xattr {:?} has no prefix RAFS can store (user., trusted., security., system.posix_acl_*)",
+                display(path),
+                display(name)
+            ))
+        })?;
+        let name_len = u8::try_from(suffix.len())
+            .map_err(|_| invalid(format!("{}: xattr name too long", display(path))))?;
+        let value_size = u16::try_from(value.len()).map_err(|_| {
+            invalid(format!(
+                "{}: xattr {:?} value is {} bytes, more than 65535",
+                display(path),
+                display(name),
+                value.len()
+            ))
+        })?;
+        let h = XattrEntryHeader {
+            name_len,
+            name_index: index,
+            value_size,
+        };
+        out.extend_from_slice(&h.to_bytes());
+        out.extend_from_slice(suffix);
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    xattr_icount(out.len())?;
+    Ok(out)
+}
+
+/// The directory's entries (`.` and `..` included) sorted by name, packed into blocks: each
+/// block is a list of `(name, target node)`. `parent` is the node `..` points to.
+fn dir_blocks(tree: &Tree, dir: NodeId, parent: NodeId) -> Vec<Vec<(Vec<u8>, NodeId)>> {
+    let mut entries: Vec<(Vec<u8>, NodeId)> = vec![(b".".to_vec(), dir), (b"..".to_vec(), parent)];
+    entries.extend(tree.children(dir).map(|(n, id)| (n.to_vec(), id)));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut blocks: Vec<Vec<(Vec<u8>, NodeId)>> = vec![Vec::new()];
+    let mut used = 0u64;
+    for e in entries {
+        let len = Dirent::SIZE as u64 + e.0.len() as u64;
+        if used + len > BS {
+            blocks.push(Vec::new());
+            used = 0;
+        }
+        used += len;
+        blocks.last_mut().expect("never empty").push(e);
+    }
+    blocks
+}
+
+fn block_bytes(block: &[(Vec<u8>, NodeId)]) -> u64 {
+    block
+        .iter()
+        .map(|(n, _)| Dirent::SIZE as u64 + n.len() as u64)
+        .sum()
+}
+
+fn compact_ok(node: &Node, nlink: u32) -> bool {
+    let size = match &node.kind {
+        Kind::File { size, .. } => *size,
+        Kind::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    node.meta.mtime == 0
+        && node.meta.mtime_nsec == 0
+        && node.meta.uid <= u16::MAX as u32
+        && node.meta.gid <= u16::MAX as u32
+        && nlink <= u16::MAX as u32
+        && size <= u32::MAX as u64
+        && !matches!(node.kind, Kind::CharDev(_) | Kind::BlockDev(_))
+}
+
+fn file_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Dir(_) => FileType::Directory,
+        Kind::File { .. } => FileType::Regular,
+        Kind::Symlink(_) => FileType::Symlink,
+        Kind::CharDev(_) => FileType::CharDevice,
+        Kind::BlockDev(_) => FileType::BlockDevice,
+        Kind::Fifo => FileType::Fifo,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+/// Writes the bootstrap for `tree` whose chunks live in `blobs` (index = position).
+pub fn write_bootstrap(
+    tree: &Tree,
+    blobs: &[BlobEntry],
+    opts: &WriteOptions,
+) -> Result<Vec<u8>, FormatError> {
+    if blobs.len() as u64 >= super::layout::RAFS_V6_MAX_BLOBS {
+        return Err(invalid(format!(
+            "{} blobs; RAFS v6 holds at most 254",
+            blobs.len()
+        )));
+    }
+    let order = tree.bfs();
+    let nlinks = tree.nlinks();
+    let mut parent_of: HashMap<NodeId, NodeId> = HashMap::new();
+    parent_of.insert(Tree::ROOT, Tree::ROOT);
+    for (_, id) in &order {
+        for (_, child) in tree.children(*id) {
+            if tree.node(child).kind.is_dir() {
+                parent_of.insert(child, *id);
+            }
+        }
+    }
+
+    // Fixed tables.
+    let devtable_end = EROFS_DEVTABLE_OFFSET + blobs.len() as u64 * EROFS_DEVT_SLOT_SIZE;
+    let blob_table_offset = align(devtable_end, BS);
+    let blob_table_size = blobs.len() as u64 * RAFS_V6_BLOB_ENTRY_SIZE;
+    let prefetch_offset = blob_table_offset + blob_table_size;
+    let prefetch_ids: Vec<NodeId> = opts
+        .prefetch
+        .iter()
+        .filter_map(|p| tree.lookup(p))
+        .collect();
+    let prefetch_size = prefetch_ids.len() as u64 * 4;
+    let meta_addr = align(prefetch_offset + prefetch_size, BS);
+
+    // Pass 1: place inodes (and inline tails) in BFS order.
+    let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
+    let mut index_of: HashMap<NodeId, usize> = HashMap::with_capacity(order.len());
+    let mut cursor = meta_addr + BS;
+    let mut dir_blocks_of: HashMap<NodeId, Vec<Vec<(Vec<u8>, NodeId)>>> = HashMap::new();
+    for (path, id) in &order {
+        let node = tree.node(*id);
+        let nlink = nlinks.get(id).copied().unwrap_or(1);
+        let layout = if compact_ok(node, nlink) {
+            InodeLayout::Compact
+        } else {
+            InodeLayout::Extended
+        };
+        let xattrs = encode_xattrs(path, &node.meta.xattrs)?;
+        let isize = (layout.size() + xattrs.len()) as u64;
+        cursor = align(cursor, 32);
+        let (offset, data_layout, data_len) = match &node.kind {
+            Kind::File { chunks, .. } => {
+                let off = cursor;
+                cursor += align(isize, 8) + chunks.len() as u64 * ChunkAddr::SIZE as u64;
+                (off, DataLayout::ChunkBased, 0)
+            }
+            Kind::Dir(_) | Kind::Symlink(_) => {
+                let d = match &node.kind {
+                    Kind::Dir(_) => {
+                        let blocks = dir_blocks(tree, *id, parent_of[id]);
+                        let d = (blocks.len() as u64 - 1) * BS
+                            + block_bytes(blocks.last().expect("never empty"));
+                        dir_blocks_of.insert(*id, blocks);
+                        d
+                    }
+                    Kind::Symlink(t) => t.len() as u64,
+                    _ => unreachable!(),
+                };
+                let tail = d % BS;
+                if tail != 0 && isize + tail <= BS {
+                    if cursor % BS + isize + tail > BS {
+                        cursor = align(cursor, BS);
+                    }
+                    let off = cursor;
+                    cursor += isize + tail;
+                    (off, DataLayout::FlatInline, d)
+                } else {
+                    let off = cursor;
+                    cursor += isize;
+                    (off, DataLayout::FlatPlain, d)
+                }
+            }
+            _ => {
+                let off = cursor;
+                cursor += isize;
+                (off, DataLayout::FlatPlain, 0)
+            }
+        };
+        index_of.insert(*id, placed.len());
+        placed.push(Placed {
+            id: *id,
+            path: path.clone(),
+            offset,
+            layout,
+            data_layout,
+            xattrs,
+            data_len,
+            blkaddr: 0,
+        });
+    }
+
+    // Pass 2: full blocks of directories and symlinks after the inodes.
+    let mut block_cursor = align(cursor, BS);
+    for p in &mut placed {
+        let full = match p.data_layout {
+            DataLayout::FlatInline => p.data_len / BS,
+            DataLayout::FlatPlain => p.data_len.div_ceil(BS),
+            DataLayout::ChunkBased => 0,
+        };
+        if full > 0 {
+            p.blkaddr = u32::try_from(block_cursor / BS)
+                .map_err(|_| invalid("bootstrap larger than 2^32 blocks".into()))?;
+            block_cursor += full * BS;
+        }
+    }
+    let inode_area_end = block_cursor;
+
+    // Chunk info table: one entry per (digest, device), sorted like Nydus's.
+    let mut chunk_table: BTreeMap<([u8; 32], u32), ChunkInfo> = BTreeMap::new();
+    for p in &placed {
+        if let Kind::File { chunks, .. } = &tree.node(p.id).kind {
+            for c in chunks {
+                if c.blob_index as usize >= blobs.len() {
+                    return Err(invalid(format!(
+                        "{}: chunk points to blob {} of {}",
+                        display(&p.path),
+                        c.blob_index,
+                        blobs.len()
+                    )));
+                }
+                chunk_table.insert((c.block_id, c.blob_index + 1), *c);
+            }
+        }
+    }
+    let chunk_table_offset = inode_area_end;
+    let chunk_table_size = chunk_table.len() as u64 * ChunkInfo::SIZE as u64;
+    let total = align(chunk_table_offset + chunk_table_size, BS);
+    let total_usize = usize::try_from(total).map_err(|_| invalid("bootstrap too large".into()))?;
+    let mut out = vec![0u8; total_usize];
+
+    let nid_of = |id: NodeId| -> u64 { (placed[index_of[&id]].offset - meta_addr) / 32 };
+    debug_assert_eq!(nid_of(Tree::ROOT), ROOT_NID);
+
+    // Pass 3: write inodes, xattrs, chunk addresses, dirents, symlink targets.
+    let mut has_xattr = false;
+    for (ino, p) in placed.iter().enumerate() {
+        let node = tree.node(p.id);
+        let nlink = nlinks.get(&p.id).copied().unwrap_or(1);
+        has_xattr |= !p.xattrs.is_empty();
+        let (size, u) = match &node.kind {
+            Kind::File { size, chunks } => {
+                let header =
+                    ChunkIndexHeader::new(u64::from(opts.chunk_size), EROFS_BLOCK_BITS_12)?;
+                let expected = size.div_ceil(u64::from(opts.chunk_size));
+                if chunks.len() as u64 != expected {
+                    return Err(invalid(format!(
+                        "{}: {} chunks for {} bytes at chunk size {}",
+                        display(&p.path),
+                        chunks.len(),
+                        size,
+                        opts.chunk_size
+                    )));
+                }
+                (*size, header.to_i_u())
+            }
+            Kind::Dir(_) | Kind::Symlink(_) => (p.data_len, p.blkaddr),
+            Kind::CharDev(rdev) | Kind::BlockDev(rdev) => (0, *rdev),
+            Kind::Fifo | Kind::Socket => (0, 0),
+        };
+        let format = InodeFormat::new(p.layout, p.data_layout).to_raw();
+        let xattr_icount = xattr_icount(p.xattrs.len())?;
+        let mode = u16::try_from(node.mode()).map_err(|_| invalid("mode".into()))?;
+        let ino32 = u32::try_from(ino + 1).map_err(|_| invalid("more than 2^32 inodes".into()))?;
+        let bytes: Vec<u8> = match p.layout {
+            InodeLayout::Compact => InodeCompact {
+                format,
+                xattr_icount,
+                mode,
+                nlink: nlink as u16,
+                size: size as u32,
+                u,
+                ino: ino32,
+                uid: node.meta.uid as u16,
+                gid: node.meta.gid as u16,
+            }
+            .to_bytes()
+            .to_vec(),
+            InodeLayout::Extended => InodeExtended {
+                format,
+                xattr_icount,
+                mode,
+                size,
+                u,
+                ino: ino32,
+                uid: node.meta.uid,
+                gid: node.meta.gid,
+                mtime: node.meta.mtime,
+                mtime_nsec: node.meta.mtime_nsec,
+                nlink,
+            }
+            .to_bytes()
+            .to_vec(),
+        };
+        let off = p.offset as usize;
+        out[off..off + bytes.len()].copy_from_slice(&bytes);
+        let xoff = off + bytes.len();
+        out[xoff..xoff + p.xattrs.len()].copy_from_slice(&p.xattrs);
+        let body_end = (xoff + p.xattrs.len()) as u64;
+
+        match &node.kind {
+            Kind::File { chunks, .. } => {
+                let mut at = align(body_end, 8) as usize;
+                for c in chunks {
+                    if c.uncompressed_offset % BS != 0 {
+                        return Err(invalid(format!(
+                            "{}: chunk uncompressed offset {:#x} is not 4 KiB aligned",
+                            display(&p.path),
+                            c.uncompressed_offset
+                        )));
+                    }
+                    let blk = u32::try_from(c.uncompressed_offset / BS)
+                        .map_err(|_| invalid("blob larger than 2^32 blocks".into()))?;
+                    let addr = ChunkAddr::new(c.blob_index, c.index, blk)?;
+                    out[at..at + ChunkAddr::SIZE].copy_from_slice(&addr.to_bytes());
+                    at += ChunkAddr::SIZE;
+                }
+            }
+            Kind::Dir(_) => {
+                let blocks = &dir_blocks_of[&p.id];
+                for (i, block) in blocks.iter().enumerate() {
+                    let mut data = Vec::with_capacity(BS as usize);
+                    let mut nameoff = block.len() * Dirent::SIZE;
+                    for (name, target) in block {
+                        let d = Dirent {
+                            nid: nid_of(*target),
+                            nameoff: nameoff as u16,
+                            file_type: file_type(&tree.node(*target).kind) as u8,
+                        };
+                        data.extend_from_slice(&d.to_bytes());
+                        nameoff += name.len();
+                    }
+                    for (name, _) in block {
+                        data.extend_from_slice(name);
+                    }
+                    let last = i + 1 == blocks.len();
+                    let at = if last && p.data_layout == DataLayout::FlatInline {
+                        body_end as usize
+                    } else {
+                        (u64::from(p.blkaddr) * BS) as usize + i * BS as usize
+                    };
+                    out[at..at + data.len()].copy_from_slice(&data);
+                }
+            }
+            Kind::Symlink(target) => {
+                let full = (p.data_len / BS) as usize * BS as usize;
+                if p.data_layout == DataLayout::FlatInline {
+                    let blk = (u64::from(p.blkaddr) * BS) as usize;
+                    out[blk..blk + full].copy_from_slice(&target[..full]);
+                    let tail = &target[full..];
+                    out[body_end as usize..body_end as usize + tail.len()].copy_from_slice(tail);
+                } else {
+                    let blk = (u64::from(p.blkaddr) * BS) as usize;
+                    out[blk..blk + target.len()].copy_from_slice(target);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Chunk table.
+    let mut at = chunk_table_offset as usize;
+    for c in chunk_table.values() {
+        out[at..at + ChunkInfo::SIZE].copy_from_slice(&c.to_bytes());
+        at += ChunkInfo::SIZE;
+    }
+
+    // Prefetch table (nids).
+    let mut at = prefetch_offset as usize;
+    for id in &prefetch_ids {
+        let nid = u32::try_from(nid_of(*id)).map_err(|_| invalid("prefetch nid".into()))?;
+        out[at..at + 4].copy_from_slice(&nid.to_le_bytes());
+        at += 4;
+    }
+
+    // Device slots and blob table.
+    let mut pos = total;
+    let mut blocks_total = 0u32;
+    for (i, b) in blobs.iter().enumerate() {
+        let cnt = u32::try_from(b.uncompressed_size / BS)
+            .map_err(|_| invalid(format!("blob {i} larger than 2^32 blocks")))?;
+        let mapped = align(pos, V6_BLOCK_SEG_ALIGNMENT) / BS;
+        let mapped = u32::try_from(mapped).map_err(|_| invalid("mapped block address".into()))?;
+        pos = (u64::from(mapped) + u64::from(cnt)) * BS;
+        blocks_total = blocks_total
+            .checked_add(cnt)
+            .ok_or_else(|| invalid("more than 2^32 data blocks".into()))?;
+        let slot = DeviceSlot {
+            blob_id: b.blob_id,
+            blocks: cnt,
+            mapped_blkaddr: mapped,
+        };
+        let at = (EROFS_DEVTABLE_OFFSET + i as u64 * EROFS_DEVT_SLOT_SIZE) as usize;
+        out[at..at + DeviceSlot::SIZE].copy_from_slice(&slot.to_bytes());
+        let mut entry = *b;
+        entry.blob_index = i as u32;
+        let at = (blob_table_offset + i as u64 * RAFS_V6_BLOB_ENTRY_SIZE) as usize;
+        out[at..at + BlobEntry::SIZE].copy_from_slice(&entry.to_bytes());
+    }
+
+    let mut sb = SuperBlock::new(EROFS_BLOCK_BITS_12);
+    sb.root_nid = ROOT_NID as u16;
+    sb.inos = placed.len() as u64;
+    sb.blocks = blocks_total;
+    sb.meta_blkaddr = u32::try_from(meta_addr / BS).map_err(|_| invalid("meta_blkaddr".into()))?;
+    sb.extra_devices = blobs.len() as u16;
+    let at = EROFS_SUPER_OFFSET as usize;
+    out[at..at + SuperBlock::SIZE].copy_from_slice(&sb.to_bytes());
+
+    let mut flags = opts.flags;
+    if has_xattr {
+        flags |= RafsSuperFlags::HAS_XATTR;
+    }
+    let ext = SuperBlockExt {
+        flags,
+        blob_table_offset,
+        blob_table_size: blob_table_size as u32,
+        chunk_size: opts.chunk_size,
+        chunk_table_offset: if chunk_table_size > 0 {
+            chunk_table_offset
+        } else {
+            0
+        },
+        chunk_table_size,
+        prefetch_table_offset: if prefetch_size > 0 {
+            prefetch_offset
+        } else {
+            0
+        },
+        prefetch_table_size: prefetch_size as u32,
+    };
+    let at = RAFS_V6_EXT_SUPER_OFFSET as usize;
+    out[at..at + SuperBlockExt::SIZE].copy_from_slice(&ext.to_bytes());
+    Ok(out)
+}
