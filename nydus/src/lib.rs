@@ -16,11 +16,14 @@
 //! enough bytes are present; the `validate` methods check the values the way Nydus does when it
 //! loads a bootstrap. All integers are little-endian.
 
+pub mod build;
 pub mod chunk;
 pub mod codec;
 mod error;
 pub mod flags;
+pub mod image;
 mod le;
+pub mod tree;
 pub mod v6;
 
 pub use chunk::ChunkInfo;
