@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod cri;
 mod error;
+pub mod fstree;
 mod http_client;
 mod http_server;
 pub mod image;

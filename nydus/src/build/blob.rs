@@ -226,10 +226,7 @@ impl<W: Write> BlobWriter<W> {
             .ok_or_else(|| io::Error::other("more than 2^24 chunks in one blob"))?;
         if self.opts.compressor == Compressor::None {
             // Stored data at its uncompressed offset: the blob doubles as an EROFS device.
-            while self.pos < self.uncompressed_end {
-                let n = (self.uncompressed_end - self.pos).min(ALIGN) as usize;
-                self.write(&ZEROS[..n])?;
-            }
+            self.pad_to_uncompressed_end()?;
         }
         let mut flags = BlobChunkFlags::empty();
         if is_compressed {
@@ -260,10 +257,22 @@ impl<W: Write> BlobWriter<W> {
         Ok(info)
     }
 
+    fn pad_to_uncompressed_end(&mut self) -> io::Result<()> {
+        while self.pos < self.uncompressed_end {
+            let n = (self.uncompressed_end - self.pos).min(ALIGN) as usize;
+            self.write(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+
     /// Flushes queued chunks and returns what the data part holds; the writer can then append
     /// blob.meta and the rest with [`Self::append`].
     pub fn finish_data(&mut self, tree: &mut Tree) -> io::Result<BlobData> {
         self.flush(tree)?;
+        if self.opts.compressor == Compressor::None {
+            // Whole blocks, so the blob is readable as a device up to its last block.
+            self.pad_to_uncompressed_end()?;
+        }
         Ok(BlobData {
             chunks: self.chunks.clone(),
             compressed_size: self.pos,

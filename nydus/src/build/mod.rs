@@ -4,6 +4,7 @@
 pub mod blob;
 mod finish;
 pub mod source;
+pub mod tarstream;
 
 use std::collections::HashMap;
 use std::io::{self, Write};

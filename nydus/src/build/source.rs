@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use super::blob::BlobWriter;
+use super::tarstream::TarStream;
 use super::BuildError;
 use crate::tree::{display, Kind, Meta, Node, Tree};
 
@@ -170,21 +171,6 @@ fn decompressed<'r>(reader: impl Read + 'r) -> Result<Box<dyn Read + 'r>, BuildE
     })
 }
 
-/// Parses a PAX `mtime` value ("seconds[.fraction]") into seconds and nanoseconds.
-fn pax_time(v: &[u8]) -> Option<(u64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut nsec = 0u32;
-    for (i, c) in frac.bytes().take(9).enumerate() {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        nsec += u32::from(c - b'0') * 10u32.pow(8 - i as u32);
-    }
-    Some((sec.max(0) as u64, nsec))
-}
-
 /// Adds the entries of an OCI layer tar stream (plain, gzip or zstd) to `tree`, file data to
 /// `blob`. Whiteout files (`.wh.name`, `.wh..wh..opq`) are kept as entries, as Nydus keeps them
 /// in a layer's bootstrap; [`Tree::apply_layer`] interprets them. Entries are applied in stream
@@ -195,87 +181,63 @@ pub fn from_tar<W: Write>(
     tree: &mut Tree,
     blob: &mut BlobWriter<W>,
 ) -> Result<(), BuildError> {
-    let mut archive = tar::Archive::new(decompressed(reader)?);
-    let entries = archive.entries().map_err(io_err("reading the layer tar"))?;
-    for entry in entries {
-        let mut entry = entry.map_err(io_err("reading the layer tar"))?;
-        let path = entry.path_bytes().into_owned();
+    let mut stream = TarStream::new(decompressed(reader)?);
+    let read_err = |source| BuildError::Io {
+        what: "reading the layer tar".into(),
+        source,
+    };
+    while let Some(h) = stream.next_header().map_err(read_err)? {
+        let path = h.path.clone();
         let bad =
             |what: &str| BuildError::Invalid(format!("tar entry {:?}: {what}", display(&path)));
-        let header = entry.header();
-        let et = header.entry_type();
-        let mut meta = Meta {
-            perm: header.mode().map_err(|_| bad("invalid mode"))? & 0o7777,
-            uid: u32::try_from(header.uid().map_err(|_| bad("invalid uid"))?)
-                .map_err(|_| bad("uid above 2^32"))?,
-            gid: u32::try_from(header.gid().map_err(|_| bad("invalid gid"))?)
-                .map_err(|_| bad("gid above 2^32"))?,
-            mtime: header.mtime().map_err(|_| bad("invalid mtime"))?,
-            mtime_nsec: 0,
-            xattrs: BTreeMap::new(),
+        let meta = Meta {
+            perm: h.mode & 0o7777,
+            uid: u32::try_from(h.uid).map_err(|_| bad("uid above 2^32"))?,
+            gid: u32::try_from(h.gid).map_err(|_| bad("gid above 2^32"))?,
+            mtime: h.mtime.0,
+            mtime_nsec: h.mtime.1,
+            xattrs: h.xattrs.clone(),
         };
         let dev = || -> Result<u32, BuildError> {
-            let major = header.device_major().ok().flatten().unwrap_or(0);
-            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            let (major, minor) = h.dev;
             if major > 0xfff || minor > 0xfffff {
                 return Err(bad("device number out of range"));
             }
             Ok(encode_dev(major, minor))
         };
-        let kind = match et {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                Kind::File {
-                    size: entry.size(),
-                    chunks: Vec::new(),
+        let kind = match h.typeflag {
+            b'0' | 0 | b'7' => Kind::File {
+                size: h.size,
+                chunks: Vec::new(),
+            },
+            b'5' => Kind::Dir(BTreeMap::new()),
+            b'2' => {
+                if h.link.is_empty() {
+                    return Err(bad("symlink without a target"));
                 }
+                Kind::Symlink(h.link.clone())
             }
-            tar::EntryType::Directory => Kind::Dir(BTreeMap::new()),
-            tar::EntryType::Symlink => Kind::Symlink(
-                entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad("symlink without a target"))?
-                    .into_owned(),
-            ),
-            tar::EntryType::Char => Kind::CharDev(dev()?),
-            tar::EntryType::Block => Kind::BlockDev(dev()?),
-            tar::EntryType::Fifo => Kind::Fifo,
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad("hardlink without a target"))?
-                    .into_owned();
-                tree.link(&path, &target)?;
+            b'3' => Kind::CharDev(dev()?),
+            b'4' => Kind::BlockDev(dev()?),
+            b'6' => Kind::Fifo,
+            b'1' => {
+                tree.link(&path, &h.link)?;
                 continue;
             }
-            // PAX and GNU long-name records are folded into entries by the tar crate.
-            tar::EntryType::XGlobalHeader => continue,
-            other => return Err(bad(&format!("unsupported entry type {other:?}"))),
-        };
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(io_err("reading PAX headers"))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(io_err("reading PAX headers"))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs
-                        .insert(name.to_vec(), ext.value_bytes().to_vec());
-                } else if key == b"mtime" {
-                    if let Some((s, ns)) = pax_time(ext.value_bytes()) {
-                        meta.mtime = s;
-                        meta.mtime_nsec = ns;
-                    }
-                }
+            other => {
+                return Err(bad(&format!(
+                    "unsupported entry type {:?}",
+                    char::from(other)
+                )))
             }
-        }
+        };
         let size = match kind {
             Kind::File { size, .. } => Some(size),
             _ => None,
         };
         let id = tree.insert(&path, Node { meta, kind })?;
         if let Some(size) = size.filter(|s| *s > 0) {
-            blob.add_file(tree, id, size, &mut entry)
+            blob.add_file(tree, id, size, &mut stream.data())
                 .map_err(io_err(format!("reading {} from the tar", display(&path))))?;
         }
     }
@@ -293,16 +255,5 @@ mod tests {
         for (ma, mi) in [(0, 0), (1, 3), (8, 1), (259, 0x12345), (0xfff, 0xfffff)] {
             assert_eq!(decode_dev(encode_dev(ma, mi)), (ma, mi));
         }
-    }
-
-    #[test]
-    fn pax_times_parse_with_fractions() {
-        assert_eq!(
-            pax_time(b"1700000000.5"),
-            Some((1_700_000_000, 500_000_000))
-        );
-        assert_eq!(pax_time(b"12"), Some((12, 0)));
-        assert_eq!(pax_time(b"-5.1"), Some((0, 100_000_000)));
-        assert_eq!(pax_time(b"x"), None);
     }
 }
