@@ -244,3 +244,483 @@ fn the_kernel_mounts_an_uncompressed_image_and_shows_the_source_tree() {
     let _m = ErofsMount::new(&boot, &[blob_in(&blobs)], &mnt);
     assert_same_tree(&src, &mnt, Compare::ALL);
 }
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// Three OCI layers (directories holding `.wh.` whiteouts and opaque markers) with deletions,
+/// opaque directories, a file replacing a directory and back, re-added files, hardlinks and
+/// symlinks.
+fn make_layers(root: &Path) -> Vec<PathBuf> {
+    let l1 = root.join("l1");
+    for (p, d) in [
+        ("a/1", "a1"),
+        ("a/2", "a2"),
+        ("a/3", "a3"),
+        ("b/x", "bx"),
+        ("b/y", "by"),
+        ("c/file", "c v1"),
+        ("d/sub/deep", "deep"),
+        ("keep", "keep"),
+        ("replace-me", "file"),
+        ("dir2file/inner", "inner"),
+        ("opaque-parent/o/old", "old"),
+    ] {
+        write(&l1.join(p), d.as_bytes());
+    }
+    write(
+        &l1.join("big"),
+        &integration::fstree::pseudo_random(1, 3 << 20),
+    );
+    let l2 = root.join("l2");
+    for (p, d) in [
+        ("a/.wh.1", ""),
+        ("a/4", "a4"),
+        ("b/.wh..wh..opq", ""),
+        ("b/z", "bz"),
+        ("c/file", "c v2"),
+        (".wh.d", ""),
+        ("replace-me/now-a-dir", "inside"),
+        ("opaque-parent/o/.wh..wh..opq", ""),
+        ("opaque-parent/o/new", "new"),
+    ] {
+        write(&l2.join(p), d.as_bytes());
+    }
+    write(&l2.join("dir2file"), b"now a file");
+    // The same big file again in an upper layer: stored once per layer blob (dedup is per layer).
+    write(
+        &l2.join("big-copy"),
+        &integration::fstree::pseudo_random(1, 3 << 20),
+    );
+    let l3 = root.join("l3");
+    for (p, d) in [
+        ("a/1", "a1 again"),
+        ("b/.wh.z", ""),
+        ("new/deep/file", "n"),
+        ("hl", "linked"),
+    ] {
+        write(&l3.join(p), d.as_bytes());
+    }
+    std::fs::hard_link(l3.join("hl"), l3.join("new/hl2")).unwrap();
+    std::os::unix::fs::symlink("../a/4", l3.join("new/link")).unwrap();
+    std::fs::create_dir_all(l3.join("keep-dir")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(l3.join("keep-dir"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    vec![l1, l2, l3]
+}
+
+/// The overlayfs form of an OCI layer directory: `.wh.name` becomes a 0/0 character device,
+/// `.wh..wh..opq` the `trusted.overlay.opaque` xattr on its directory.
+fn to_overlay_dir(oci: &Path, out: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(oci)
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            let name = name.to_str().unwrap();
+            let path = e.path();
+            if name == ".wh..wh..opq" {
+                std::fs::remove_file(&path).unwrap();
+                rustix::fs::setxattr(
+                    &dir,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap();
+            } else if let Some(hidden) = name.strip_prefix(".wh.") {
+                std::fs::remove_file(&path).unwrap();
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &dir.join(hidden),
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::from_raw_mode(0),
+                    0,
+                )
+                .unwrap();
+            } else if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+        // Converting changed the directory's mtime; give it back the layer's.
+        let rel = dir.strip_prefix(out).unwrap();
+        let md = std::fs::metadata(oci.join(rel)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let ts = rustix::fs::Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec() as _,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &dir,
+            &rustix::fs::Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+    }
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+#[test]
+fn merged_layers_show_what_overlayfs_shows_for_the_same_layers() {
+    require_root_and_tools(&["tar", "cp"]);
+    let dir = TestDir::new("rafs-layers").unwrap();
+    let layers = make_layers(dir.path());
+
+    // What overlayfs shows for the three layers stacked (l3 on top).
+    let mut lowers = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let ovl = dir.path().join(format!("ovl{i}"));
+        to_overlay_dir(l, &ovl);
+        lowers.push(ovl);
+    }
+    let expected = dir.path().join("overlay");
+    std::fs::create_dir_all(&expected).unwrap();
+    let lowerdir = lowers
+        .iter()
+        .rev()
+        .map(|p| s(p))
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = std::ffi::CString::new(format!("lowerdir={lowerdir}")).unwrap();
+    rustix::mount::mount(
+        "overlay",
+        &expected,
+        "overlay",
+        rustix::mount::MountFlags::RDONLY,
+        opts.as_c_str(),
+    )
+    .unwrap_or_else(|e| panic!("mount overlay ({lowerdir}): {e}"));
+    let _ovl = Unmount(expected.clone());
+
+    for compressor in ["none", "zstd"] {
+        let case = dir.path().join(compressor);
+        let blobs = case.join("blobs");
+        let mut boots = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let tar = case.join(format!("layer{i}.tar"));
+            std::fs::create_dir_all(&case).unwrap();
+            let out = Command::new("tar")
+                .args(["--numeric-owner", "--format=posix", "-cf"])
+                .arg(&tar)
+                .arg("-C")
+                .arg(l)
+                .arg(".")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let boot = case.join(format!("layer{i}.boot"));
+            ok(&[
+                "create",
+                "-t",
+                "tar-rafs",
+                "--compressor",
+                compressor,
+                "-D",
+                s(&blobs),
+                "-B",
+                s(&boot),
+                s(&tar),
+            ]);
+            boots.push(boot);
+        }
+        let merged = case.join("merged.boot");
+        let mut args = vec!["merge", "-B", s(&merged)];
+        args.extend(boots.iter().map(|b| s(b)));
+        ok(&args);
+        ok(&["check", "-B", s(&merged), "-D", s(&blobs)]);
+
+        let cmp = Compare {
+            root_meta: false,
+            ..Compare::ALL
+        };
+        let tar = case.join("merged.tar");
+        ok(&[
+            "unpack",
+            "-B",
+            s(&merged),
+            "-D",
+            s(&blobs),
+            "--output",
+            s(&tar),
+        ]);
+        let back = case.join("back");
+        extract(&tar, &back);
+        assert_same_tree(&expected, &back, cmp);
+
+        if compressor == "none" {
+            // The kernel reads the merged bootstrap with the layers' blobs as its devices.
+            let inspect = ok(&["inspect", "-B", s(&merged), "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+            let devices: Vec<PathBuf> = v["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| blobs.join(b["blob_id"].as_str().unwrap()))
+                .collect();
+            assert_eq!(devices.len(), 3, "every layer has file data: {devices:?}");
+            let mnt = case.join("mnt");
+            let _m = ErofsMount::new(&merged, &devices, &mnt);
+            assert_same_tree(&expected, &mnt, cmp);
+        }
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../nydus/tests/fixtures/nydus-2.4.4")
+}
+
+/// Images made by Nydus 2.4.4's own nydus-image: our check, inspect and unpack read them and the
+/// unpacked tree equals the source they were made from.
+#[test]
+fn images_made_by_nydus_are_checked_inspected_and_unpacked() {
+    require_root_and_tools(&["tar"]);
+    let dir = TestDir::new("rafs-compat").unwrap();
+    let src = dir.path().join("src");
+    extract(&fixtures().join("source.tar.gz"), &src);
+    let cases: Vec<String> = ["zstd", "lz4_block"]
+        .iter()
+        .flat_map(|c| ["blake3", "sha256"].map(|d| format!("v6-{c}-{d}")))
+        .collect();
+    for case in &cases {
+        let fx = fixtures().join(case);
+        let boot = fx.join("bootstrap");
+        let blobs = fx.join("blobs");
+        let out = ok(&["check", "-B", s(&boot), "-D", s(&blobs), "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["ok"], true, "{case}: {report}");
+        assert!(
+            report["chunks_checked"].as_u64().unwrap() > 5,
+            "{case}: {report}"
+        );
+        let inspect = ok(&["inspect", "-B", s(&boot), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        let (c, d) = case.trim_start_matches("v6-").split_once('-').unwrap();
+        let want_c = if c == "zstd" {
+            "Some(Zstd)"
+        } else {
+            "Some(Lz4Block)"
+        };
+        let want_d = if d == "blake3" {
+            "Some(Blake3)"
+        } else {
+            "Some(Sha256)"
+        };
+        assert_eq!(v["superblock"]["compressor"], want_c, "{case}");
+        assert_eq!(v["superblock"]["digester"], want_d, "{case}");
+        let tar = dir.path().join(format!("{case}.tar"));
+        ok(&[
+            "unpack",
+            "-B",
+            s(&boot),
+            "-D",
+            s(&blobs),
+            "--output",
+            s(&tar),
+        ]);
+        let back = dir.path().join(case);
+        extract(&tar, &back);
+        assert_same_tree(
+            &src,
+            &back,
+            Compare {
+                root_meta: false,
+                ..Compare::ALL
+            },
+        );
+    }
+}
+
+fn flip(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn check_json(boot: &Path, blobs: &Path) -> (i32, serde_json::Value) {
+    let out = nydus_image(&["check", "-B", s(boot), "-D", s(blobs), "--json"]);
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("check was killed: {}", out.status));
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, v)
+}
+
+/// A small image whose `big.bin` has several chunks; returns (dir, bootstrap, blobs dir, blob file).
+fn corruptible_image(dir: &TestDir, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let src = dir.path().join(format!("{name}-src"));
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(
+        src.join("big.bin"),
+        integration::fstree::pseudo_random(9, 200_000),
+    )
+    .unwrap();
+    std::fs::write(src.join("sub/small.txt"), b"small file\n").unwrap();
+    let blobs = dir.path().join(format!("{name}-blobs"));
+    let boot = dir.path().join(format!("{name}.boot"));
+    ok(&[
+        "create",
+        "--chunk-size",
+        "0x10000",
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&boot),
+        s(&src),
+    ]);
+    let blob = blob_in(&blobs);
+    (boot, blobs, blob)
+}
+
+fn chunks_of(boot: &Path, path: &str) -> Vec<serde_json::Value> {
+    let out = ok(&["inspect", "-B", s(boot), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the image"))["chunks"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_corrupt_chunk_is_reported_by_file_and_chunk_and_never_read() {
+    require_root_and_tools(&["tar"]);
+    let dir = TestDir::new("rafs-corrupt").unwrap();
+    let (boot, blobs, blob) = corruptible_image(&dir, "c");
+    let chunks = chunks_of(&boot, "/big.bin");
+    assert_eq!(chunks.len(), 4, "200,000 bytes in 64 KiB chunks");
+    let c = &chunks[2];
+    flip(
+        &blob,
+        c["compressed_offset"].as_u64().unwrap() + c["compressed_size"].as_u64().unwrap() / 2,
+    );
+
+    let (code, report) = check_json(&boot, &blobs);
+    assert_eq!(code, 1, "check must fail: {report}");
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "exactly the damaged chunk: {report}");
+    assert_eq!(errors[0]["file"], "/big.bin");
+    assert_eq!(errors[0]["chunk"], 2);
+    assert_eq!(errors[0]["file_offset"], 2 * 0x10000);
+
+    // Reading the file fails naming it; nothing is written as output.
+    let tar = dir.path().join("out.tar");
+    let out = nydus_image(&[
+        "unpack",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output",
+        s(&tar),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/big.bin: chunk 2"), "{err}");
+    assert!(!tar.exists(), "no partial tar is left behind");
+}
+
+#[test]
+fn a_corrupt_bootstrap_is_reported_and_nothing_panics() {
+    require_root_and_tools(&[]);
+    let dir = TestDir::new("rafs-corrupt-boot").unwrap();
+    let (boot, blobs, _blob) = corruptible_image(&dir, "b");
+    let pristine = std::fs::read(&boot).unwrap();
+
+    // The CRC recorded for a chunk of big.bin (chunk table entry, byte 76 of 80) no longer
+    // matches its data: check names the file and chunk.
+    let chunks = chunks_of(&boot, "/big.bin");
+    let inspect = ok(&["inspect", "-B", s(&boot), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert!(v["superblock"]["chunk_table_entries"].as_u64().unwrap() >= 4);
+    let b = nydus::v6::Bootstrap::parse(&pristine).unwrap();
+    let table_off = b.ext_superblock().chunk_table_offset;
+    let want_index = chunks[1]["index"].as_u64().unwrap() as u32;
+    let entry = (0..b.chunk_info_count())
+        .find(|i| b.chunk_info(*i).unwrap().index == want_index)
+        .unwrap();
+    flip(&boot, table_off + entry * 80 + 76);
+    let (code, report) = check_json(&boot, &blobs);
+    assert_eq!(code, 1, "{report}");
+    let errors = report["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["file"] == "/big.bin"
+            && e["chunk"] == 1
+            && e["error"].as_str().unwrap().contains("CRC32C")),
+        "{report}"
+    );
+
+    // A bad superblock field is named.
+    std::fs::write(&boot, &pristine).unwrap();
+    flip(&boot, 1024 + 12); // s_blkszbits
+    let (code, report) = check_json(&boot, &blobs);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("s_blkszbits"),
+        "{report}"
+    );
+
+    // Any single flipped byte: every command ends with 0, 1 or 2, never a crash.
+    for step in 0..200u64 {
+        let off = (step * 7919) % pristine.len() as u64;
+        std::fs::write(&boot, &pristine).unwrap();
+        flip(&boot, off);
+        for args in [
+            vec!["check", "-B", s(&boot), "-D", s(&blobs), "--json"],
+            vec!["inspect", "-B", s(&boot), "--json"],
+            vec!["stat", "-B", s(&boot)],
+        ] {
+            let out = nydus_image(&args);
+            let code = out.status.code();
+            assert!(
+                matches!(code, Some(0..=2)),
+                "byte {off} flipped: {args:?} ended with {:?}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

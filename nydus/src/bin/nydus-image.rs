@@ -68,14 +68,14 @@ enum Cmd {
         #[arg(short = 't', long = "type", value_enum, default_value = "dir-rafs")]
         source_type: SourceType,
         /// RAFS version; only 6 is built.
-        #[arg(long, default_value = "6")]
+        #[arg(short = 'v', long, default_value = "6")]
         fs_version: String,
-        #[arg(short = 'c', long, value_enum, default_value = "zstd")]
+        #[arg(long, value_enum, default_value = "zstd")]
         compressor: CompressorArg,
-        #[arg(short = 'd', long, value_enum, default_value = "blake3")]
+        #[arg(long, value_enum, default_value = "blake3")]
         digester: DigesterArg,
         /// Chunk size, a power of two from 0x1000 to 0x1000000 (hex with 0x, or decimal).
-        #[arg(short = 'S', long, default_value = "0x100000")]
+        #[arg(long, default_value = "0x100000")]
         chunk_size: String,
         /// Write the blob to this file.
         #[arg(short = 'b', long, conflicts_with = "blob_dir")]
@@ -93,10 +93,13 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
         /// Build on top of this image bootstrap (dedup against it; output describes the whole image).
-        #[arg(short = 'p', long)]
+        #[arg(long)]
         parent_bootstrap: Option<PathBuf>,
-        #[arg(short = 'P', long, value_enum, default_value = "none")]
+        #[arg(long, value_enum, default_value = "none")]
         prefetch_policy: PrefetchPolicy,
+        /// Whiteout convention of the source; only `oci` (`.wh.` files) is supported.
+        #[arg(long, default_value = "oci")]
+        whiteout_spec: String,
         /// Worker threads for digests and compression (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -115,7 +118,7 @@ enum Cmd {
         /// Blob ids to use for the layers' blobs (comma-separated, one per layer with a blob).
         #[arg(long, value_delimiter = ',')]
         blob_digests: Vec<String>,
-        #[arg(short = 'P', long, value_enum, default_value = "none")]
+        #[arg(long, value_enum, default_value = "none")]
         prefetch_policy: PrefetchPolicy,
         #[arg(short = 'J', long)]
         output_json: Option<PathBuf>,
@@ -243,9 +246,15 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             features,
             parent_bootstrap,
             prefetch_policy,
+            whiteout_spec,
             threads,
             output_json,
         } => {
+            if whiteout_spec != "oci" {
+                return Err(fail(format!(
+                    "--whiteout-spec {whiteout_spec}: only oci is supported"
+                )));
+            }
             if fs_version != "6" {
                 return Err(fail(format!(
                     "--fs-version {fs_version}: only RAFS v6 images are built (v5 is read-only)"

@@ -287,6 +287,11 @@ impl<W: Write> BlobWriter<W> {
         self.write(bytes)
     }
 
+    /// sha256 of the bytes written so far.
+    pub fn hash_so_far(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+
     /// Current size of the blob.
     pub fn position(&self) -> u64 {
         self.pos

@@ -94,6 +94,16 @@ fn pax_u64(v: &[u8], key: &str) -> io::Result<u64> {
         .ok_or_else(|| bad(format!("PAX {key} is not a number")))
 }
 
+/// A numeric header field; an empty one (all NUL or spaces, as some writers leave unused fields)
+/// is 0, like Go's archive/tar reads it.
+fn numeric(parsed: io::Result<u64>, raw: &[u8], what: &str) -> io::Result<u64> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(_) => Err(bad(format!("invalid {what} field"))),
+    }
+}
+
 /// Reads entries from a tar stream.
 pub struct TarStream<R: Read> {
     r: R,
@@ -182,7 +192,7 @@ impl<R: Read> TarStream<R> {
             {
                 return Err(bad("tar header checksum mismatch"));
             }
-            let size = h.entry_size().map_err(|_| bad("invalid size field"))?;
+            let size = numeric(h.entry_size(), &block[124..136], "size")?;
             let typeflag = block[156];
             match typeflag {
                 b'x' => {
@@ -225,10 +235,10 @@ impl<R: Read> TarStream<R> {
                     .take()
                     .or_else(|| h.link_name_bytes().map(|l| l.into_owned()))
                     .unwrap_or_default(),
-                mode: h.mode().map_err(|_| bad("invalid mode field"))?,
-                uid: h.uid().map_err(|_| bad("invalid uid field"))?,
-                gid: h.gid().map_err(|_| bad("invalid gid field"))?,
-                mtime: (h.mtime().map_err(|_| bad("invalid mtime field"))?, 0),
+                mode: numeric(h.mode().map(u64::from), &block[100..108], "mode")? as u32,
+                uid: numeric(h.uid(), &block[108..116], "uid")?,
+                gid: numeric(h.gid(), &block[116..124], "gid")?,
+                mtime: (numeric(h.mtime(), &block[136..148], "mtime")?, 0),
                 size,
                 dev: (
                     h.device_major().ok().flatten().unwrap_or(0),
