@@ -572,7 +572,11 @@ mod tests {
         assert_eq!(n[&f], 2);
         assert_eq!(n[&t.lookup(b"d").unwrap()], 3);
         assert_eq!(n[&Tree::ROOT], 3);
-        assert_eq!(t.bfs().len(), 4, "root, d, d/e and the hardlinked file once");
+        assert_eq!(
+            t.bfs().len(),
+            4,
+            "root, d, d/e and the hardlinked file once"
+        );
         assert!(matches!(t.link(b"h", b"d"), Err(TreeError::BadLink { .. })));
     }
 
