@@ -724,3 +724,90 @@ fn a_corrupt_bootstrap_is_reported_and_nothing_panics() {
         }
     }
 }
+
+/// `--parent-bootstrap`: the new layer's bootstrap describes the whole image, and chunks the
+/// parent already stores are not stored again.
+#[test]
+fn a_layer_built_on_a_parent_reuses_its_chunks_and_describes_the_image() {
+    require_root_and_tools(&["tar"]);
+    let dir = TestDir::new("rafs-parent").unwrap();
+    let base = dir.path().join("base");
+    let shared = integration::fstree::pseudo_random(5, 1 << 20);
+    write(&base.join("lib/shared.so"), &shared);
+    write(&base.join("etc/conf"), b"v1");
+    write(&base.join("gone"), b"to be deleted");
+    let upper = dir.path().join("upper");
+    write(&upper.join("app/copy-of-shared.so"), &shared);
+    write(&upper.join("etc/conf"), b"v2");
+    write(&upper.join(".wh.gone"), b"");
+    let blobs = dir.path().join("blobs");
+    let b1 = dir.path().join("base.boot");
+    let b2 = dir.path().join("image.boot");
+    let j2 = dir.path().join("upper.json");
+    ok(&[
+        "create",
+        "--compressor",
+        "none",
+        "--chunk-size",
+        "0x10000",
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&b1),
+        s(&base),
+    ]);
+    ok(&[
+        "create",
+        "--compressor",
+        "none",
+        "--chunk-size",
+        "0x10000",
+        "--parent-bootstrap",
+        s(&b1),
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&b2),
+        "-J",
+        s(&j2),
+        s(&upper),
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&j2).unwrap()).unwrap();
+    assert_eq!(
+        summary["chunks_deduplicated"], 16,
+        "the 1 MiB copy is 16 chunks the parent has: {summary}"
+    );
+    assert_eq!(
+        summary["chunks_stored"], 1,
+        "only etc/conf is new: {summary}"
+    );
+
+    // The image: base with upper applied (whiteout honoured), from both blobs.
+    let expected = dir.path().join("expected");
+    write(&expected.join("lib/shared.so"), &shared);
+    write(&expected.join("etc/conf"), b"v2");
+    write(&expected.join("app/copy-of-shared.so"), &shared);
+    let tar = dir.path().join("image.tar");
+    ok(&["unpack", "-B", s(&b2), "-D", s(&blobs), "--output", s(&tar)]);
+    let back = dir.path().join("back");
+    extract(&tar, &back);
+    let content_only = Compare {
+        ownership: false,
+        mtime: false,
+        xattrs: false,
+        hardlinks: true,
+        root_meta: false,
+    };
+    assert_same_tree(&expected, &back, content_only);
+    let inspect = ok(&["inspect", "-B", s(&b2), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let devices: Vec<PathBuf> = v["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| blobs.join(b["blob_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(devices.len(), 2);
+    let _m = ErofsMount::new(&b2, &devices, &dir.path().join("mnt"));
+    assert_same_tree(&expected, &dir.path().join("mnt"), content_only);
+}

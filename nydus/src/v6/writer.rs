@@ -512,3 +512,236 @@ pub fn write_bootstrap(
     out[at..at + SuperBlockExt::SIZE].copy_from_slice(&ext.to_bytes());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Meta;
+    use crate::v6::Bootstrap;
+    use crate::{BlobChunkFlags, BlobFeatures, Compressor, Digester};
+    use proptest::prelude::*;
+
+    const CS: u32 = 0x1000;
+
+    fn blob(chunks: u32) -> BlobEntry {
+        let mut e = BlobEntry {
+            chunk_size: CS,
+            chunk_count: chunks,
+            compression_algo: Compressor::Zstd.into(),
+            digest_algo: Digester::Blake3.into(),
+            features: BlobFeatures::ALIGNED | BlobFeatures::CHUNK_INFO_V2,
+            ci_uncompressed_size: u64::from(chunks) * 24,
+            ci_compressed_size: u64::from(chunks) * 24,
+            compressed_size: u64::from(chunks) * 100,
+            uncompressed_size: u64::from(chunks) * u64::from(CS),
+            ..BlobEntry::default()
+        };
+        e.set_blob_id(&"ab".repeat(32)).unwrap();
+        e
+    }
+
+    fn opts() -> WriteOptions {
+        WriteOptions {
+            chunk_size: CS,
+            flags: RafsSuperFlags::EXPLICIT_UID_GID
+                .with_compressor(Compressor::Zstd)
+                .with_digester(Digester::Blake3),
+            prefetch: vec![b"/d0".to_vec()],
+        }
+    }
+
+    /// A node description proptest can generate; chunks get real indexes when added.
+    #[derive(Debug, Clone)]
+    enum Gen {
+        Dir,
+        File(u64),
+        Symlink(Vec<u8>),
+        Dev(bool, u32),
+        Fifo,
+        Hardlink(usize),
+    }
+
+    fn gen_node() -> impl Strategy<Value = Gen> {
+        prop_oneof![
+            3 => Just(Gen::Dir),
+            4 => (0u64..20_000).prop_map(Gen::File),
+            1 => proptest::collection::vec(1u8..=255, 1..300).prop_map(Gen::Symlink),
+            1 => (any::<bool>(), any::<u32>()).prop_map(|(c, d)| Gen::Dev(c, d)),
+            1 => Just(Gen::Fifo),
+            1 => (0usize..50).prop_map(Gen::Hardlink),
+        ]
+    }
+
+    fn gen_meta() -> impl Strategy<Value = Meta> {
+        (
+            0u32..0o10000,
+            prop_oneof![Just(0u32), any::<u32>()],
+            prop_oneof![Just(0u32), any::<u32>()],
+            prop_oneof![Just(0u64), any::<u32>().prop_map(u64::from)],
+            0u32..1_000_000_000,
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just(b"user.a".to_vec()),
+                    Just(b"security.capability".to_vec()),
+                    Just(b"trusted.overlay.opaque".to_vec())
+                ],
+                proptest::collection::vec(any::<u8>(), 0..200),
+                0..3,
+            ),
+        )
+            .prop_map(|(perm, uid, gid, mtime, nsec, xattrs)| Meta {
+                perm,
+                uid,
+                gid,
+                mtime,
+                mtime_nsec: if mtime == 0 { 0 } else { nsec },
+                xattrs,
+            })
+    }
+
+    /// Builds a tree from generated entries: entry `i` goes into a directory chosen among the
+    /// directories made so far, with a name that may be long.
+    fn build(entries: &[(Gen, Meta, usize, usize)]) -> (Tree, u32) {
+        let mut tree = Tree::default();
+        let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut next_chunk = 0u32;
+        for (i, (g, meta, parent, name_len)) in entries.iter().enumerate() {
+            let parent = &dirs[parent % dirs.len()];
+            let mut path = parent.clone();
+            path.push(b'/');
+            let name = format!("{i}-{}", "n".repeat(*name_len));
+            path.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+            let kind = match g {
+                Gen::Dir => Kind::Dir(Default::default()),
+                Gen::File(size) => {
+                    let chunks = (0..size.div_ceil(u64::from(CS)))
+                        .map(|k| {
+                            let idx = next_chunk;
+                            next_chunk += 1;
+                            let mut id = [0u8; 32];
+                            id[..4].copy_from_slice(&idx.to_le_bytes());
+                            ChunkInfo {
+                                block_id: id,
+                                blob_index: 0,
+                                flags: BlobChunkFlags::COMPRESSED | BlobChunkFlags::HAS_CRC32,
+                                compressed_size: 100,
+                                uncompressed_size: CS.min((size - k * u64::from(CS)) as u32),
+                                compressed_offset: u64::from(idx) * 100,
+                                uncompressed_offset: u64::from(idx) * u64::from(CS),
+                                file_offset: k * u64::from(CS),
+                                index: idx,
+                                crc32: idx + 1,
+                            }
+                        })
+                        .collect();
+                    Kind::File {
+                        size: *size,
+                        chunks,
+                    }
+                }
+                Gen::Symlink(t) => {
+                    Kind::Symlink(t.iter().map(|b| if *b == 0 { 1 } else { *b }).collect())
+                }
+                Gen::Dev(true, d) => Kind::CharDev(*d),
+                Gen::Dev(false, d) => Kind::BlockDev(*d),
+                Gen::Fifo => Kind::Fifo,
+                Gen::Hardlink(k) => {
+                    if files.is_empty() {
+                        Kind::Fifo
+                    } else {
+                        let target = files[k % files.len()].clone();
+                        tree.link(&path, &target).unwrap();
+                        continue;
+                    }
+                }
+            };
+            let is_dir = kind.is_dir();
+            let is_file = matches!(kind, Kind::File { .. });
+            tree.insert(
+                &path,
+                Node {
+                    meta: meta.clone(),
+                    kind,
+                },
+            )
+            .unwrap();
+            if is_dir {
+                dirs.push(path);
+            } else if is_file {
+                files.push(path);
+            }
+        }
+        (tree, next_chunk)
+    }
+
+    /// `(path, mode, meta, kind)` of every name, for comparing trees across arenas.
+    fn flat(t: &Tree) -> Vec<(Vec<u8>, u32, Meta, String)> {
+        t.walk()
+            .into_iter()
+            .map(|(p, id)| {
+                let n = t.node(id);
+                let kind = match &n.kind {
+                    Kind::Dir(_) => "dir".to_string(),
+                    other => format!("{other:?}"),
+                };
+                (p, n.mode(), n.meta.clone(), kind)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn writer_output_parses_back_to_the_same_tree(
+            entries in proptest::collection::vec((gen_node(), gen_meta(), 0usize..1000, 0usize..260), 0..120),
+        ) {
+            let (tree, chunks) = build(&entries);
+            let blobs = if chunks > 0 { vec![blob(chunks)] } else { vec![] };
+            let bytes = write_bootstrap(&tree, &blobs, &opts()).unwrap();
+            let b = Bootstrap::parse(&bytes).unwrap();
+            let back = b.to_tree().unwrap();
+            prop_assert_eq!(flat(&back), flat(&tree));
+            prop_assert_eq!(back.nlinks().values().sum::<u32>(), tree.nlinks().values().sum::<u32>());
+        }
+    }
+
+    #[test]
+    fn a_directory_spanning_many_blocks_and_long_names_round_trip() {
+        let mut tree = Tree::default();
+        for i in 0..3000 {
+            let name = format!("{i:04}-{}", "x".repeat(i % 250));
+            tree.insert(
+                name.as_bytes(),
+                Node {
+                    meta: Meta::default(),
+                    kind: Kind::Fifo,
+                },
+            )
+            .unwrap();
+        }
+        let bytes = write_bootstrap(&tree, &[], &opts()).unwrap();
+        let back = Bootstrap::parse(&bytes).unwrap().to_tree().unwrap();
+        assert_eq!(flat(&back), flat(&tree));
+    }
+
+    #[test]
+    fn names_without_a_storable_xattr_prefix_are_refused() {
+        let mut tree = Tree::default();
+        let mut meta = Meta::default();
+        meta.xattrs.insert(b"weird.name".to_vec(), b"v".to_vec());
+        tree.insert(
+            b"f",
+            Node {
+                meta,
+                kind: Kind::Fifo,
+            },
+        )
+        .unwrap();
+        let err = write_bootstrap(&tree, &[], &opts())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/f") && err.contains("weird.name"), "{err}");
+    }
+}
