@@ -15,6 +15,8 @@ fuzz_target!(|bytes: &[u8]| {
         Ok(())
     });
     let _ = b.lookup(b"a/b/../c");
+    // What merge, unpack and check build from a bootstrap.
+    let _ = b.to_tree();
     for i in 0..b.chunk_info_count().min(16) {
         let _ = b.chunk_info(i);
     }

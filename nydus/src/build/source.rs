@@ -247,6 +247,93 @@ pub fn from_tar<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::ChunkOptions;
+    use crate::{Compressor, Digester};
+    use proptest::prelude::*;
+
+    fn sample_tar() -> Vec<u8> {
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        ar.append_data(&mut h, "d/", std::io::empty()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(9000);
+        h.set_mode(0o644);
+        ar.append_pax_extensions([("SCHILY.xattr.user.k", &b"v\n"[..])])
+            .unwrap();
+        ar.append_data(&mut h, "d/f", &vec![7u8; 9000][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        ar.append_link(&mut h, "d/g", "d/f").unwrap();
+        ar.into_inner().unwrap()
+    }
+
+    fn build(bytes: &[u8]) -> Result<Tree, BuildError> {
+        let opts = ChunkOptions {
+            chunk_size: 0x1000,
+            compressor: Compressor::Lz4Block,
+            digester: Digester::Blake3,
+            threads: 1,
+        };
+        let mut tree = Tree::default();
+        let mut blob = BlobWriter::new(Vec::new(), 0, opts, HashMap::new());
+        from_tar(bytes, &mut tree, &mut blob)?;
+        blob.finish_data(&mut tree)
+            .map_err(|source| BuildError::Io {
+                what: "blob".into(),
+                source,
+            })?;
+        Ok(tree)
+    }
+
+    #[test]
+    fn a_layer_tar_builds_files_links_and_xattrs() {
+        let tree = build(&sample_tar()).unwrap();
+        let f = tree.lookup(b"d/f").unwrap();
+        assert_eq!(tree.lookup(b"d/g"), Some(f));
+        assert_eq!(tree.node(f).meta.xattrs[&b"user.k"[..]], b"v\n");
+        let Kind::File { size, chunks } = &tree.node(f).kind else {
+            panic!()
+        };
+        assert_eq!((*size, chunks.len()), (9000, 3));
+        // A hardlink to an entry the layer does not have is an error naming both.
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        ar.append_link(&mut h, "x", "missing").unwrap();
+        let err = build(&ar.into_inner().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("\"x\"") && err.contains("missing"), "{err}");
+        // Paths never leave the tree's root.
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.as_old_mut().name[..7].copy_from_slice(b"../evil");
+        h.set_cksum();
+        ar.append(&h, &b"x"[..]).unwrap();
+        let err = build(&ar.into_inner().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("'..' is not allowed"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_layer_tars_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = sample_tar();
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] = v;
+            }
+            let _ = build(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = build(&bytes);
+        }
+    }
 
     #[test]
     fn device_numbers_encode_like_linux() {
