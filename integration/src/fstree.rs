@@ -135,7 +135,7 @@ pub fn generate(root: &Path, spec: TreeSpec) {
     fs::create_dir(p("dev")).unwrap();
     mknodat(
         CWD,
-        &p("dev/null"),
+        p("dev/null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -143,7 +143,7 @@ pub fn generate(root: &Path, spec: TreeSpec) {
     .expect("mknod char device (needs root)");
     mknodat(
         CWD,
-        &p("dev/loopish"),
+        p("dev/loopish"),
         FileType::BlockDevice,
         Mode::from_raw_mode(0o660),
         rustix::fs::makedev(7, 300),
@@ -151,7 +151,7 @@ pub fn generate(root: &Path, spec: TreeSpec) {
     .expect("mknod block device");
     mknodat(
         CWD,
-        &p("dev/fifo"),
+        p("dev/fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o644),
         0,
@@ -183,7 +183,7 @@ pub fn generate(root: &Path, spec: TreeSpec) {
     }
     rustix::fs::chownat(
         CWD,
-        &p("hello.txt"),
+        p("hello.txt"),
         Some(rustix::process::Uid::from_raw(100_000)),
         Some(rustix::process::Gid::from_raw(70_000)),
         rustix::fs::AtFlags::empty(),
@@ -191,7 +191,7 @@ pub fn generate(root: &Path, spec: TreeSpec) {
     .unwrap();
     rustix::fs::chownat(
         CWD,
-        &p("link-rel"),
+        p("link-rel"),
         Some(rustix::process::Uid::from_raw(42)),
         Some(rustix::process::Gid::from_raw(43)),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,

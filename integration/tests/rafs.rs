@@ -341,7 +341,7 @@ fn to_overlay_dir(oci: &Path, out: &Path) {
                 std::fs::remove_file(&path).unwrap();
                 rustix::fs::mknodat(
                     rustix::fs::CWD,
-                    &dir.join(hidden),
+                    dir.join(hidden),
                     rustix::fs::FileType::CharacterDevice,
                     rustix::fs::Mode::from_raw_mode(0),
                     0,
@@ -547,6 +547,132 @@ fn images_made_by_nydus_are_checked_inspected_and_unpacked() {
             },
         );
     }
+    // Inline meta + TOC (the layer form nydusify makes): the bootstrap is read from the blob.
+    for c in ["zstd", "lz4_block"] {
+        for d in ["blake3", "sha256"] {
+            let case = format!("v6-{c}-{d}-inline");
+            let blob = fixtures().join(&case).join("blob");
+            let out = ok(&["check", "-B", s(&blob), "--json"]);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["ok"], true, "{case}: {report}");
+            let tar = dir.path().join(format!("{case}.tar"));
+            ok(&["unpack", "-B", s(&blob), "--output", s(&tar)]);
+            let back = dir.path().join(&case);
+            extract(&tar, &back);
+            assert_same_tree(
+                &src,
+                &back,
+                Compare {
+                    root_meta: false,
+                    ..Compare::ALL
+                },
+            );
+        }
+    }
+    // RAFS v5.
+    let fx = fixtures().join("v5-zstd-blake3");
+    let boot = fx.join("bootstrap");
+    let out = ok(&[
+        "check",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&fx.join("blobs")),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "v5: {report}");
+    let inspect = ok(&["inspect", "-B", s(&boot), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["superblock"]["version"], 5);
+    let tar = dir.path().join("v5.tar");
+    ok(&[
+        "unpack",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&fx.join("blobs")),
+        "--output",
+        s(&tar),
+    ]);
+    let back = dir.path().join("v5");
+    extract(&tar, &back);
+    assert_same_tree(
+        &src,
+        &back,
+        Compare {
+            root_meta: false,
+            ..Compare::ALL
+        },
+    );
+}
+
+/// Our own inline-meta + TOC layers: the bootstrap travels inside the blob, and a merge with
+/// `--blob-digests` names the blobs by their digests.
+#[test]
+fn inline_meta_layers_are_read_from_the_blob_and_merged_by_digest() {
+    require_root_and_tools(&["tar"]);
+    let dir = TestDir::new("rafs-inline").unwrap();
+    let layers = make_layers(dir.path());
+    let blobs = dir.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut boots = Vec::new();
+    let mut digests = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let tmp = dir.path().join(format!("layer{i}.blob"));
+        ok(&[
+            "create",
+            "--blob-inline-meta",
+            "--features",
+            "blob-toc",
+            "-b",
+            s(&tmp),
+            s(l),
+        ]);
+        // Stored under its digest, as a registry would.
+        let digest = format!(
+            "{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&tmp).unwrap())
+        );
+        let stored = blobs.join(&digest);
+        std::fs::rename(&tmp, &stored).unwrap();
+        ok(&["check", "-B", s(&stored), "--json"]);
+        // Extract the layer bootstrap from the blob, for merge.
+        let boot = dir.path().join(format!("layer{i}.boot"));
+        let inspect = ok(&["inspect", "-B", s(&stored), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(
+            v["blobs"][0]["blob_id"],
+            "x".repeat(64),
+            "inline bootstraps carry the placeholder id"
+        );
+        boots.push((stored, boot));
+        digests.push(digest);
+    }
+    let merged = dir.path().join("merged.boot");
+    let mut args = vec!["merge", "-B", s(&merged), "--blob-digests"];
+    let joined = digests.join(",");
+    args.push(&joined);
+    let blob_paths: Vec<String> = boots.iter().map(|(b, _)| s(b).to_string()).collect();
+    args.extend(blob_paths.iter().map(|p| p.as_str()));
+    ok(&args);
+    ok(&["check", "-B", s(&merged), "-D", s(&blobs)]);
+    let tar = dir.path().join("merged.tar");
+    ok(&[
+        "unpack",
+        "-B",
+        s(&merged),
+        "-D",
+        s(&blobs),
+        "--output",
+        s(&tar),
+    ]);
+    let back = dir.path().join("back");
+    extract(&tar, &back);
+    assert_eq!(std::fs::read(back.join("a/1")).unwrap(), b"a1 again");
+    assert!(!back.join("d").exists(), "whiteout of d");
+    assert!(!back.join("b/x").exists(), "b is opaque in layer 2");
+    assert_eq!(std::fs::read(back.join("dir2file")).unwrap(), b"now a file");
 }
 
 fn flip(path: &Path, offset: u64) {
@@ -658,6 +784,44 @@ fn a_corrupt_chunk_is_reported_by_file_and_chunk_and_never_read() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/big.bin: chunk 2"), "{err}");
     assert!(!tar.exists(), "no partial tar is left behind");
+}
+
+#[test]
+fn a_corrupt_blob_meta_is_reported() {
+    require_root_and_tools(&[]);
+    let dir = TestDir::new("rafs-corrupt-meta").unwrap();
+    let (boot, blobs, blob) = corruptible_image(&dir, "m");
+    let inspect = ok(&["inspect", "-B", s(&boot), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let ci_offset = v["blobs"][0]["ci_offset"].as_u64().unwrap();
+    let ci_size = v["blobs"][0]["ci_compressed_size"].as_u64().unwrap();
+    assert!(ci_size > 0);
+    // A byte inside the compressed chunk info array.
+    flip(&blob, ci_offset + ci_size / 2);
+    let (code, report) = check_json(&boot, &blobs);
+    assert_eq!(code, 1, "{report}");
+    let errors = report["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["what"] == "blob.meta"), "{report}");
+    // The chunks themselves are still fine and still readable.
+    assert!(errors.iter().all(|e| e.get("file").is_none()), "{report}");
+    let tar = dir.path().join("out.tar");
+    ok(&[
+        "unpack",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output",
+        s(&tar),
+    ]);
+
+    // A byte in the blob.meta header (its second magic).
+    flip(&blob, ci_offset + ci_size / 2);
+    flip(&blob, ci_offset + ci_size + 4092);
+    let (code, report) = check_json(&boot, &blobs);
+    assert_eq!(code, 1, "{report}");
+    let msg = report["errors"][0]["error"].as_str().unwrap();
+    assert!(msg.contains("magic"), "{report}");
 }
 
 #[test]

@@ -111,6 +111,17 @@ pub fn decompress(
             size: uncompressed_size,
         });
     }
+    decompress_bounded(algo, data, uncompressed_size, out)
+}
+
+/// Like [`decompress`] for data that is not a chunk (a bootstrap inlined in a blob, a blob.meta
+/// array): the caller bounds `uncompressed_size` itself; exactly that many bytes are produced.
+pub fn decompress_bounded(
+    algo: Compressor,
+    data: &[u8],
+    uncompressed_size: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     let mismatch = |actual| CodecError::SizeMismatch {
         algo,
         expected: uncompressed_size,

@@ -72,9 +72,24 @@ pub struct BlobFile {
 }
 
 impl BlobFile {
-    /// Opens the blob of `entry`: `path` if given, else `<dir>/<blob id>`.
+    /// Opens the blob of v6 blob table entry `entry` at `path`.
     pub fn open(entry: &BlobEntry, path: &Path) -> Result<Self, ChunkError> {
-        let id = entry.blob_id()?.to_string();
+        Self::open_with(
+            entry.blob_id()?,
+            entry.compressor()?,
+            entry.digester()?,
+            path,
+        )
+    }
+
+    /// Opens blob `id` at `path`, whose chunks use `compressor` and `digester`.
+    pub fn open_with(
+        id: &str,
+        compressor: Compressor,
+        digester: Digester,
+        path: &Path,
+    ) -> Result<Self, ChunkError> {
+        let id = id.to_string();
         let file = File::open(path).map_err(|source| ChunkError::Io {
             blob: id.clone(),
             source,
@@ -91,8 +106,8 @@ impl BlobFile {
             path: path.to_path_buf(),
             file,
             len,
-            compressor: entry.compressor()?,
-            digester: entry.digester()?,
+            compressor,
+            digester,
         })
     }
 
@@ -208,4 +223,231 @@ pub fn check_chunk(
         });
     }
     Ok(())
+}
+
+/// One data blob of an image, whatever the RAFS version.
+#[derive(Debug, Clone)]
+pub struct ImageBlob {
+    /// The blob id (file name in a blob directory).
+    pub id: String,
+    /// Chunk compressor.
+    pub compressor: Compressor,
+    /// Chunk digest algorithm.
+    pub digester: Digester,
+    /// Chunks in the blob.
+    pub chunk_count: u32,
+    /// Blob size.
+    pub compressed_size: u64,
+    /// Size of the blob's uncompressed address space.
+    pub uncompressed_size: u64,
+    /// Blob features.
+    pub features: crate::BlobFeatures,
+    /// The v6 blob table entry (blob.meta location and the rest), for v6 images.
+    pub v6: Option<BlobEntry>,
+}
+
+impl ImageBlob {
+    /// Whether the id is the placeholder Nydus writes into a bootstrap inlined in its own blob.
+    pub fn has_placeholder_id(&self) -> bool {
+        self.id.len() == 64 && self.id.bytes().all(|b| b == b'x')
+    }
+}
+
+/// A bootstrap read into memory: its version, filesystem tree and blobs.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// RAFS version: 5 or 6.
+    pub version: u32,
+    /// The bootstrap bytes.
+    pub bootstrap: Vec<u8>,
+    /// The filesystem.
+    pub tree: crate::tree::Tree,
+    /// The blob table.
+    pub blobs: Vec<ImageBlob>,
+    /// The blob file the bootstrap came from, when it was inlined in a blob.
+    pub inline_blob: Option<PathBuf>,
+}
+
+/// Why an image could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Reading the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bootstrap (or the blob holding it) is invalid.
+    #[error("{path}: {source}")]
+    Format {
+        path: String,
+        #[source]
+        source: FormatError,
+    },
+    /// Neither a bootstrap nor a blob with an inlined bootstrap.
+    #[error("{0}: not a RAFS v5/v6 bootstrap, nor a blob with an inlined bootstrap")]
+    NotAnImage(String),
+}
+
+const RAFS_V5_MAGIC: u32 = 0x5241_4653;
+
+fn u32_le(b: &[u8], off: usize) -> Option<u32> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The bootstrap inlined at the end of blob file `f` (`--blob-inline-meta`): found through the
+/// TOC if there is one, else through the trailing `image.boot` tar header. `None` if the blob
+/// has neither.
+pub fn inlined_bootstrap(f: &File, len: u64) -> Result<Option<Vec<u8>>, FormatError> {
+    use crate::toc::{parse_tar_header, Toc, TAR_HEADER_SIZE, TOC_ENTRY_BOOTSTRAP, TOC_MAX_SIZE};
+    let read = |off: u64, n: u64| -> Result<Vec<u8>, FormatError> {
+        let mut buf = vec![0u8; n as usize];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| FormatError::Invalid {
+                what: "blob",
+                reason: format!("reading {n} bytes at {off}: {e}"),
+            })?;
+        Ok(buf)
+    };
+    let tail_len = len.min(TOC_MAX_SIZE as u64 + TAR_HEADER_SIZE as u64);
+    let tail = read(len - tail_len, tail_len)?;
+    let boot = if let Ok(toc) = Toc::parse_from_tail(&tail) {
+        let Some(e) = toc.find(TOC_ENTRY_BOOTSTRAP) else {
+            return Ok(None);
+        };
+        let end = e.compressed_offset.checked_add(e.compressed_size);
+        if end.is_none_or(|end| end > len) || e.uncompressed_size > MAX_BOOTSTRAP {
+            return Err(FormatError::Invalid {
+                what: "TOC entry image.boot",
+                reason: format!("{e:?} lies outside the {len}-byte blob or is too large"),
+            });
+        }
+        let stored = read(e.compressed_offset, e.compressed_size)?;
+        match e.compressor()? {
+            Compressor::None => stored,
+            algo => {
+                let mut out = Vec::new();
+                crate::codec::decompress_bounded(
+                    algo,
+                    &stored,
+                    e.uncompressed_size as usize,
+                    &mut out,
+                )
+                .map_err(|err| FormatError::Invalid {
+                    what: "inlined bootstrap",
+                    reason: err.to_string(),
+                })?;
+                out
+            }
+        }
+    } else if tail.len() >= TAR_HEADER_SIZE {
+        let Ok((name, size)) = parse_tar_header(&tail[tail.len() - TAR_HEADER_SIZE..]) else {
+            return Ok(None);
+        };
+        if name != TOC_ENTRY_BOOTSTRAP {
+            return Ok(None);
+        }
+        let start = (len - TAR_HEADER_SIZE as u64)
+            .checked_sub(size)
+            .filter(|_| size <= MAX_BOOTSTRAP);
+        let Some(start) = start else {
+            return Err(FormatError::Invalid {
+                what: "image.boot tar header",
+                reason: format!("size {size} does not fit the {len}-byte blob"),
+            });
+        };
+        read(start, size)?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(boot))
+}
+
+/// Largest bootstrap read into memory (1 GiB).
+const MAX_BOOTSTRAP: u64 = 1 << 30;
+
+/// Loads the bootstrap at `path` — a RAFS v6 or v5 bootstrap, or a blob with an inlined
+/// bootstrap — and builds its tree.
+pub fn load(path: &Path) -> Result<Image, ImageError> {
+    let p = path.display().to_string();
+    let io = |source| ImageError::Io {
+        path: p.clone(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let fmt = |source| ImageError::Format {
+        path: p.clone(),
+        source,
+    };
+    let mut head = vec![0u8; len.min(2048) as usize];
+    f.read_exact_at(&mut head, 0).map_err(io)?;
+    let (bytes, inline_blob) = if u32_le(&head, 1024)
+        == Some(crate::v6::layout::EROFS_SUPER_MAGIC_V1)
+        || u32_le(&head, 0) == Some(RAFS_V5_MAGIC)
+    {
+        if len > MAX_BOOTSTRAP {
+            return Err(ImageError::NotAnImage(p));
+        }
+        let mut all = vec![0u8; len as usize];
+        f.read_exact_at(&mut all, 0).map_err(io)?;
+        (all, None)
+    } else {
+        match inlined_bootstrap(&f, len).map_err(fmt)? {
+            Some(b) => (b, Some(path.to_path_buf())),
+            None => return Err(ImageError::NotAnImage(p)),
+        }
+    };
+    if u32_le(&bytes, 1024) == Some(crate::v6::layout::EROFS_SUPER_MAGIC_V1) {
+        let b = crate::v6::Bootstrap::parse(&bytes).map_err(fmt)?;
+        let tree = b.to_tree().map_err(fmt)?;
+        let mut blobs = Vec::with_capacity(b.blobs().len());
+        for e in b.blobs() {
+            blobs.push(ImageBlob {
+                id: e.blob_id().map_err(fmt)?.to_string(),
+                compressor: e.compressor().map_err(fmt)?,
+                digester: e.digester().map_err(fmt)?,
+                chunk_count: e.chunk_count,
+                compressed_size: e.compressed_size,
+                uncompressed_size: e.uncompressed_size,
+                features: e.features,
+                v6: Some(*e),
+            });
+        }
+        Ok(Image {
+            version: 6,
+            tree,
+            blobs,
+            bootstrap: bytes,
+            inline_blob,
+        })
+    } else if u32_le(&bytes, 0) == Some(RAFS_V5_MAGIC) {
+        let b = crate::v5::BootstrapV5::parse(&bytes).map_err(fmt)?;
+        let tree = b.to_tree().map_err(fmt)?;
+        let blobs = b
+            .blobs()
+            .iter()
+            .map(|e| ImageBlob {
+                id: e.blob_id.clone(),
+                compressor: e.compressor,
+                digester: e.digester,
+                chunk_count: e.chunk_count,
+                compressed_size: e.compressed_size,
+                uncompressed_size: e.uncompressed_size,
+                features: e.features,
+                v6: None,
+            })
+            .collect();
+        Ok(Image {
+            version: 5,
+            tree,
+            blobs,
+            bootstrap: bytes,
+            inline_blob,
+        })
+    } else {
+        Err(ImageError::NotAnImage(p))
+    }
 }

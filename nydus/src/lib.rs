@@ -8,6 +8,7 @@
 //! - [`chunk`]: chunk limits and the 80-byte [`ChunkInfo`] entry shared by v5 and v6;
 //! - [`codec`]: per-chunk data compression, digests, CRC32C and chunking, shared by the blob
 //!   writer and the runtime;
+//! - [`v5`]: a reader for the older FUSE-only RAFS v5 bootstrap (superblock, tables, inodes);
 //! - [`v6`]: the EROFS superblock, the RAFS extended superblock, device slots, blob table
 //!   entries, inodes, dirents, inline xattrs and chunk addresses.
 //!
@@ -16,6 +17,7 @@
 //! enough bytes are present; the `validate` methods check the values the way Nydus does when it
 //! loads a bootstrap. All integers are little-endian.
 
+pub mod blobmeta;
 pub mod build;
 pub mod chunk;
 pub mod codec;
@@ -23,7 +25,9 @@ mod error;
 pub mod flags;
 pub mod image;
 mod le;
+pub mod toc;
 pub mod tree;
+pub mod v5;
 pub mod v6;
 
 pub use chunk::ChunkInfo;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use nydus::blobmeta::BlobMeta;
 use nydus::build::{self, ChunkOptions, CreateOptions, Parent, Source};
-use nydus::image::BlobFile;
+use nydus::image::{self, BlobFile, Image};
 use nydus::tree::{display, Kind, NodeId, Tree};
 use nydus::v6::{BlobEntry, Bootstrap};
 use nydus::{Compressor, Digester};
@@ -398,10 +399,17 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             prefetch_policy,
             output_json,
         } => {
-            let layers: Vec<Vec<u8>> = sources
-                .iter()
-                .map(|p| read_file(p))
-                .collect::<Result<_, _>>()?;
+            let mut layers: Vec<Vec<u8>> = Vec::with_capacity(sources.len());
+            for p in &sources {
+                let img = load(p)?;
+                if img.version != 6 {
+                    return Err(fail(format!(
+                        "{}: only RAFS v6 layers can be merged",
+                        p.display()
+                    )));
+                }
+                layers.push(img.bootstrap);
+            }
             let refs: Vec<&[u8]> = layers.iter().map(|l| l.as_slice()).collect();
             let prefetch = prefetch_list(prefetch_policy)?;
             let merged = build::merge(&refs, &blob_digests, &prefetch).map_err(fail)?;
@@ -446,39 +454,111 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
     }
 }
 
-/// The bootstrap bytes of `path`.
-fn load_bootstrap(path: &Path) -> Result<Vec<u8>, Fail> {
-    read_file(path)
+/// Loads the image at `path` (v6 or v5 bootstrap, or a blob with an inlined bootstrap).
+fn load(path: &Path) -> Result<Image, Fail> {
+    image::load(path).map_err(fail)
 }
 
-/// Opens every blob of the image: `blob` for a single-blob image, else `<blob_dir>/<id>`.
+/// Opens every blob of the image: the blob the bootstrap was inlined in, or `blob` for a
+/// single-blob image, else `<blob_dir>/<id>`.
 fn open_blobs(
-    blobs: &[BlobEntry],
+    img: &Image,
     blob_dir: Option<&Path>,
     blob: Option<&Path>,
 ) -> Result<Vec<BlobFile>, Fail> {
+    let blobs = &img.blobs;
     let mut out = Vec::with_capacity(blobs.len());
     for (i, e) in blobs.iter().enumerate() {
-        let id = e.blob_id().map_err(fail)?;
-        let path = match (blob, blob_dir) {
-            (Some(b), _) if blobs.len() == 1 => b.to_path_buf(),
-            (Some(_), _) => {
+        let last = i + 1 == blobs.len();
+        let path = match (blob, blob_dir, &img.inline_blob) {
+            // A layer's own blob is the last in its table.
+            (None, _, Some(b)) if last && (e.has_placeholder_id() || blob_dir.is_none()) => {
+                b.clone()
+            }
+            (Some(b), _, _) if blobs.len() == 1 => b.to_path_buf(),
+            (Some(_), _, _) => {
                 return Err(fail(format!(
                     "the image has {} blobs; give --blob-dir instead of --blob",
                     blobs.len()
                 )))
             }
-            (None, Some(d)) => d.join(id),
-            (None, None) => {
+            (None, Some(d), _) => d.join(&e.id),
+            (None, None, _) => {
                 return Err(fail("give --blob-dir (or --blob for a single-blob image)"))
             }
         };
         out.push(
-            BlobFile::open(e, &path)
+            BlobFile::open_with(&e.id, e.compressor, e.digester, &path)
                 .map_err(|err| fail(format!("blob {i} ({}): {err}", path.display())))?,
         );
     }
     Ok(out)
+}
+
+/// Checks blob.meta of a v6 blob against the chunk infos the bootstrap holds for it; returns
+/// one message per problem.
+fn check_blob_meta(blob: &BlobFile, entry: &BlobEntry, index: u32, tree: &Tree) -> Vec<String> {
+    if entry.ci_compressed_size == 0 && entry.ci_uncompressed_size == 0 {
+        return Vec::new();
+    }
+    let what = |m: String| format!("blob {} blob.meta: {m}", blob.id);
+    let meta = blob
+        .read_at(entry.ci_offset, entry.ci_compressed_size + nydus::blobmeta::BLOB_META_HEADER_SIZE as u64)
+        .map_err(|e| e.to_string())
+        .and_then(|section| {
+            let meta = BlobMeta::parse_from_section(&section).map_err(|e| e.to_string())?;
+            let h = meta.header();
+            if h.ci_offset != entry.ci_offset
+                || h.ci_compressed_size != entry.ci_compressed_size
+                || h.ci_compressor != entry.ci_compressor
+            {
+                return Err(format!(
+                    "header says CI at {:#x} ({} bytes, compressor {}), the blob table says {:#x} ({} bytes, compressor {})",
+                    h.ci_offset, h.ci_compressed_size, h.ci_compressor, entry.ci_offset, entry.ci_compressed_size, entry.ci_compressor
+                ));
+            }
+            Ok(meta)
+        });
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => return vec![what(e)],
+    };
+    let mut problems = Vec::new();
+    let chunks = meta.chunks();
+    if chunks.len() != entry.chunk_count as usize {
+        problems.push(what(format!(
+            "{} entries, the blob table says {}",
+            chunks.len(),
+            entry.chunk_count
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (_, id) in tree.bfs() {
+        let Kind::File { chunks: fc, .. } = &tree.node(id).kind else {
+            continue;
+        };
+        for c in fc.iter().filter(|c| c.blob_index == index) {
+            if !seen.insert(c.index) {
+                continue;
+            }
+            let Some(m) = chunks.get(c.index as usize) else {
+                problems.push(what(format!("no entry for chunk {}", c.index)));
+                continue;
+            };
+            if m.compressed_offset != c.compressed_offset
+                || m.compressed_size != c.compressed_size
+                || m.uncompressed_offset != c.uncompressed_offset
+                || m.uncompressed_size != c.uncompressed_size
+                || (m.crc32().is_some() && m.crc32() != c.crc32())
+            {
+                problems.push(what(format!(
+                    "chunk {} is described differently than in the bootstrap ({m:?} vs {c:?})",
+                    c.index
+                )));
+            }
+        }
+    }
+    problems
 }
 
 fn check(
@@ -487,20 +567,26 @@ fn check(
     blob: Option<&Path>,
     json: bool,
 ) -> Result<(), Fail> {
-    let bytes = load_bootstrap(bootstrap)?;
     let mut errors: Vec<serde_json::Value> = Vec::new();
     let mut files = 0u64;
     let mut chunks_checked = 0u64;
-    let parsed = Bootstrap::parse(&bytes).and_then(|b| b.to_tree().map(|t| (b, t)));
-    match parsed {
+    match image::load(bootstrap) {
         Err(e) => errors.push(json!({"what": "bootstrap", "error": e.to_string()})),
-        Ok((b, tree)) => {
-            let with_blobs = blob_dir.is_some() || blob.is_some();
+        Ok(img) => {
+            let with_blobs = blob_dir.is_some() || blob.is_some() || img.inline_blob.is_some();
             let blobs = if with_blobs {
-                open_blobs(b.blobs(), blob_dir, blob)?
+                open_blobs(&img, blob_dir, blob)?
             } else {
                 Vec::new()
             };
+            for (i, (bf, b)) in blobs.iter().zip(&img.blobs).enumerate() {
+                if let Some(entry) = &b.v6 {
+                    for m in check_blob_meta(bf, entry, i as u32, &img.tree) {
+                        errors.push(json!({"what": "blob.meta", "blob": bf.id, "error": m}));
+                    }
+                }
+            }
+            let tree = &img.tree;
             for (path, id) in tree.walk() {
                 let Kind::File { chunks, .. } = &tree.node(id).kind else {
                     continue;
@@ -552,7 +638,11 @@ fn check(
                     e["chunk"],
                     e["error"].as_str().unwrap_or_default()
                 ),
-                None => eprintln!("bootstrap: {}", e["error"].as_str().unwrap_or_default()),
+                None => eprintln!(
+                    "{}: {}",
+                    e["what"].as_str().unwrap_or_default(),
+                    e["error"].as_str().unwrap_or_default()
+                ),
             }
         }
         if errors.is_empty() {
@@ -581,31 +671,65 @@ fn kind_name(k: &Kind) -> &'static str {
     }
 }
 
-fn blob_json(e: &BlobEntry) -> serde_json::Value {
-    json!({
-        "blob_id": e.blob_id().unwrap_or_default(),
-        "blob_index": e.blob_index,
-        "chunk_size": e.chunk_size,
-        "chunk_count": e.chunk_count,
-        "compressor": format!("{:?}", e.compressor().ok()),
-        "digester": format!("{:?}", e.digester().ok()),
-        "features": format!("{:#x}", e.features.bits()),
-        "compressed_size": e.compressed_size,
-        "uncompressed_size": e.uncompressed_size,
-        "ci_compressor": e.ci_compressor,
-        "ci_offset": e.ci_offset,
-        "ci_compressed_size": e.ci_compressed_size,
-        "ci_uncompressed_size": e.ci_uncompressed_size,
-        "blob_toc_size": e.blob_toc_size,
-    })
+fn blob_json(b: &image::ImageBlob) -> serde_json::Value {
+    let mut v = json!({
+        "blob_id": b.id,
+        "chunk_count": b.chunk_count,
+        "compressor": format!("{:?}", b.compressor),
+        "digester": format!("{:?}", b.digester),
+        "features": format!("{:#x}", b.features.bits()),
+        "compressed_size": b.compressed_size,
+        "uncompressed_size": b.uncompressed_size,
+    });
+    if let Some(e) = &b.v6 {
+        v["chunk_size"] = json!(e.chunk_size);
+        v["ci_compressor"] = json!(e.ci_compressor);
+        v["ci_offset"] = json!(e.ci_offset);
+        v["ci_compressed_size"] = json!(e.ci_compressed_size);
+        v["ci_uncompressed_size"] = json!(e.ci_uncompressed_size);
+        v["blob_toc_size"] = json!(e.blob_toc_size);
+    }
+    v
+}
+
+fn superblock_json(img: &Image) -> Result<serde_json::Value, Fail> {
+    if img.version == 5 {
+        let b = nydus::v5::BootstrapV5::parse(&img.bootstrap).map_err(fail)?;
+        let sb = b.superblock();
+        return Ok(json!({
+            "version": 5,
+            "magic": format!("{:#x}", sb.magic),
+            "inodes": sb.inodes_count,
+            "flags": format!("{:#x}", sb.flags.bits()),
+            "compressor": format!("{:?}", Some(b.compressor())),
+            "digester": format!("{:?}", Some(b.digester())),
+            "chunk_size": b.chunk_size(),
+            "prefetch_table_entries": b.prefetch_inos().count(),
+        }));
+    }
+    let b = Bootstrap::parse(&img.bootstrap).map_err(fail)?;
+    let sb = b.superblock();
+    let ext = b.ext_superblock();
+    Ok(json!({
+        "version": 6,
+        "magic": format!("{:#x}", sb.magic),
+        "block_size": b.block_size(),
+        "root_nid": sb.root_nid,
+        "inodes": sb.inos,
+        "meta_blkaddr": sb.meta_blkaddr,
+        "extra_devices": sb.extra_devices,
+        "flags": format!("{:#x}", ext.flags.bits()),
+        "compressor": format!("{:?}", ext.flags.compressor()),
+        "digester": format!("{:?}", ext.flags.digester()),
+        "chunk_size": ext.chunk_size,
+        "chunk_table_entries": b.chunk_info_count(),
+        "prefetch_table_entries": ext.prefetch_table_size / 4,
+    }))
 }
 
 fn inspect(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
-    let bytes = load_bootstrap(bootstrap)?;
-    let b = Bootstrap::parse(&bytes).map_err(fail)?;
-    let tree = b.to_tree().map_err(fail)?;
-    let sb = b.superblock();
-    let ext = b.ext_superblock();
+    let img = load(bootstrap)?;
+    let tree = &img.tree;
     let mut files = Vec::new();
     let nlinks = tree.nlinks();
     for (path, id) in tree.walk() {
@@ -654,43 +778,28 @@ fn inspect(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
         }
         files.push(f);
     }
+    let sbj = superblock_json(&img)?;
     let v = json!({
-        "superblock": {
-            "magic": format!("{:#x}", sb.magic),
-            "block_size": b.block_size(),
-            "root_nid": sb.root_nid,
-            "inodes": sb.inos,
-            "meta_blkaddr": sb.meta_blkaddr,
-            "extra_devices": sb.extra_devices,
-            "flags": format!("{:#x}", ext.flags.bits()),
-            "compressor": format!("{:?}", ext.flags.compressor()),
-            "digester": format!("{:?}", ext.flags.digester()),
-            "chunk_size": ext.chunk_size,
-            "chunk_table_entries": b.chunk_info_count(),
-            "prefetch_table_entries": ext.prefetch_table_size / 4,
-        },
-        "blobs": b.blobs().iter().map(blob_json).collect::<Vec<_>>(),
+        "superblock": sbj,
+        "blobs": img.blobs.iter().map(blob_json).collect::<Vec<_>>(),
         "files": files,
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!(
-            "RAFS v6: {} inodes, chunk size {:#x}, {:?}/{:?}, {} blobs",
-            sb.inos,
-            ext.chunk_size,
-            ext.flags.compressor(),
-            ext.flags.digester(),
-            b.blobs().len()
+            "RAFS v{}: {} inodes, chunk size {:#x}, {}/{}, {} blobs",
+            img.version,
+            sbj["inodes"],
+            sbj["chunk_size"].as_u64().unwrap_or_default(),
+            sbj["compressor"].as_str().unwrap_or_default(),
+            sbj["digester"].as_str().unwrap_or_default(),
+            img.blobs.len()
         );
-        for e in b.blobs() {
+        for (i, e) in img.blobs.iter().enumerate() {
             println!(
                 "blob {} {}: {} chunks, {} bytes ({} uncompressed)",
-                e.blob_index,
-                e.blob_id().unwrap_or_default(),
-                e.chunk_count,
-                e.compressed_size,
-                e.uncompressed_size
+                i, e.id, e.chunk_count, e.compressed_size, e.uncompressed_size
             );
         }
         for f in v["files"].as_array().into_iter().flatten() {
@@ -713,17 +822,16 @@ fn unpack(
     blob: Option<&Path>,
     output: &Path,
 ) -> Result<(), Fail> {
-    let bytes = load_bootstrap(bootstrap)?;
-    let b = Bootstrap::parse(&bytes).map_err(fail)?;
-    let tree = b.to_tree().map_err(fail)?;
-    let blobs = if b.blobs().is_empty() {
+    let img = load(bootstrap)?;
+    let tree = &img.tree;
+    let blobs = if img.blobs.is_empty() {
         Vec::new()
     } else {
-        open_blobs(b.blobs(), blob_dir, blob)?
+        open_blobs(&img, blob_dir, blob)?
     };
     let tmp = tmp_path(output);
     let file = File::create(&tmp).map_err(|e| fail(format!("creating {}: {e}", tmp.display())))?;
-    let result = write_tar(&tree, &blobs, BufWriter::with_capacity(1 << 20, file));
+    let result = write_tar(tree, &blobs, BufWriter::with_capacity(1 << 20, file));
     match result {
         Ok(()) => {
             fs::rename(&tmp, output).map_err(|e| fail(format!("writing {}: {e}", output.display())))
@@ -875,9 +983,9 @@ fn bytes_path(b: &[u8]) -> &Path {
 }
 
 fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
-    let bytes = load_bootstrap(bootstrap)?;
-    let b = Bootstrap::parse(&bytes).map_err(fail)?;
-    let tree = b.to_tree().map_err(fail)?;
+    let img = load(bootstrap)?;
+    let tree = &img.tree;
+    let bytes = &img.bootstrap;
     let (mut files, mut dirs, mut others, mut file_bytes, mut refs) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut unique: HashMap<(u32, u32), u64> = HashMap::new();
@@ -896,7 +1004,7 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
         }
     }
     let unique_bytes: u64 = unique.values().sum();
-    let stored: u64 = b.blobs().iter().map(|e| e.compressed_size).sum();
+    let stored: u64 = img.blobs.iter().map(|e| e.compressed_size).sum();
     let dedup_ratio = if unique_bytes == 0 {
         1.0
     } else {
@@ -904,7 +1012,7 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
     };
     let v = json!({
         "bootstrap_size": bytes.len(),
-        "inodes": b.superblock().inos,
+        "version": img.version,
         "files": files,
         "directories": dirs,
         "other": others,
@@ -913,7 +1021,7 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
         "chunks_unique": unique.len(),
         "unique_bytes": unique_bytes,
         "dedup_ratio": dedup_ratio,
-        "blobs": b.blobs().len(),
+        "blobs": img.blobs.len(),
         "blob_bytes": stored,
         "bootstrap_bytes_per_file": if files + dirs + others == 0 { 0.0 } else { bytes.len() as f64 / (files + dirs + others) as f64 },
     });
@@ -922,7 +1030,7 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
     } else {
         println!(
             "{} files, {} directories, {} other; {} file bytes in {} chunks ({} unique, {} bytes); dedup ratio {:.3}; {} blobs, {} blob bytes; bootstrap {} bytes",
-            files, dirs, others, file_bytes, refs, unique.len(), unique_bytes, dedup_ratio, b.blobs().len(), stored, bytes.len()
+            files, dirs, others, file_bytes, refs, unique.len(), unique_bytes, dedup_ratio, img.blobs.len(), stored, bytes.len()
         );
     }
     Ok(())

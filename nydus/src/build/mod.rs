@@ -159,6 +159,11 @@ pub fn merge(
                 let id = id.strip_prefix("sha256:").unwrap_or(id);
                 entry.set_blob_id(id)?;
             }
+            if entry.blob_id()? == finish::PLACEHOLDER_BLOB_ID {
+                return Err(BuildError::Invalid(format!(
+                    "layer {n}: its blob has the placeholder id of an inline-meta layer; give the blobs' digests with --blob-digests"
+                )));
+            }
             let pos = match blobs.iter().position(|e| e.blob_id == entry.blob_id) {
                 Some(p) => p,
                 None => {

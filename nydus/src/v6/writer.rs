@@ -111,13 +111,16 @@ fn encode_xattrs(path: &[u8], xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Vec
     Ok(out)
 }
 
+/// One directory block's entries: name and target node.
+type DirBlock = Vec<(Vec<u8>, NodeId)>;
+
 /// The directory's entries (`.` and `..` included) sorted by name, packed into blocks: each
 /// block is a list of `(name, target node)`. `parent` is the node `..` points to.
-fn dir_blocks(tree: &Tree, dir: NodeId, parent: NodeId) -> Vec<Vec<(Vec<u8>, NodeId)>> {
+fn dir_blocks(tree: &Tree, dir: NodeId, parent: NodeId) -> Vec<DirBlock> {
     let mut entries: Vec<(Vec<u8>, NodeId)> = vec![(b".".to_vec(), dir), (b"..".to_vec(), parent)];
     entries.extend(tree.children(dir).map(|(n, id)| (n.to_vec(), id)));
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut blocks: Vec<Vec<(Vec<u8>, NodeId)>> = vec![Vec::new()];
+    let mut blocks: Vec<DirBlock> = vec![Vec::new()];
     let mut used = 0u64;
     for e in entries {
         let len = Dirent::SIZE as u64 + e.0.len() as u64;
@@ -206,7 +209,7 @@ pub fn write_bootstrap(
     let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
     let mut index_of: HashMap<NodeId, usize> = HashMap::with_capacity(order.len());
     let mut cursor = meta_addr + BS;
-    let mut dir_blocks_of: HashMap<NodeId, Vec<Vec<(Vec<u8>, NodeId)>>> = HashMap::new();
+    let mut dir_blocks_of: HashMap<NodeId, Vec<DirBlock>> = HashMap::new();
     for (path, id) in &order {
         let node = tree.node(*id);
         let nlink = nlinks.get(id).copied().unwrap_or(1);
