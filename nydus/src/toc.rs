@@ -14,6 +14,11 @@
 //! with inline metadata. The TOC is an array of 128-byte [`TocEntry`]s describing the sections
 //! (plus `blob.meta.header`, the last 4096 bytes of the `blob.meta` section); the blob table
 //! records `blob_toc_size = len(entries) + 512` and `blob_toc_digest = sha256(entries ‖ header)`.
+//!
+//! Entry digests are sha256 of the uncompressed section, except that Nydus's `image.blob` digest
+//! covers the chunk data *and* the `image.blob` tar header after it (its running blob hash has
+//! already taken the header in when the entry is made). Its `uncompressed_size` is the blob's
+//! uncompressed address space, not a size of stored bytes.
 
 use std::str;
 
@@ -205,7 +210,8 @@ pub struct TocEntry {
     pub flags: u32,
     /// @8 `name`: the section name, NUL-padded.
     pub name: [u8; 16],
-    /// @24 `uncompressed_digest`: sha256 of the uncompressed section.
+    /// @24 `uncompressed_digest`: sha256 of the uncompressed section (for `image.blob`: of the
+    /// chunk data followed by its tar header).
     pub uncompressed_digest: [u8; 32],
     /// @56 `compressed_offset`: offset of the stored section in the blob.
     pub compressed_offset: u64,
@@ -1070,13 +1076,12 @@ mod tests {
                 };
                 assert_eq!(e.compressed_size, stored, "{}", s.name);
             }
+            // Nydus hashes the chunk data *and* its tar header for `image.blob`.
             let raw = toc.find(TOC_ENTRY_BLOB_RAW).unwrap();
             let data = &blob[..raw.compressed_size as usize];
-            assert_eq!(
-                raw.uncompressed_digest,
-                blob_toc_digest(data),
-                "sha256 of the chunk data"
-            );
+            assert_ne!(raw.uncompressed_digest, blob_toc_digest(data));
+            let with_header = &blob[..raw.compressed_size as usize + 512];
+            assert_eq!(raw.uncompressed_digest, blob_toc_digest(with_header));
             let digests = toc.find(TOC_ENTRY_BLOB_DIGEST).unwrap();
             let at = digests.compressed_offset as usize;
             assert_eq!(

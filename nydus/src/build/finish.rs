@@ -16,114 +16,18 @@ use sha2::{Digest as _, Sha256};
 use super::{
     blob_entry, blob_features, bootstrap_for, BlobData, BlobWriter, BuildError, CreateOptions,
 };
+use crate::blobmeta::{encode_ci_v2, BlobMetaChunk, BlobMetaHeader, BLOB_META_HEADER_SIZE};
+use crate::toc::{self, Toc, TocEntry};
 use crate::tree::Tree;
 use crate::v6::BlobEntry;
-use crate::{codec, BlobChunkFlags, ChunkInfo, Compressor};
+use crate::{codec, Compressor};
 
-/// blob.meta header magic (both ends of the 4096-byte header).
-const META_MAGIC: u32 = 0xB10B_B10B;
-/// Size of the blob.meta header.
-pub const META_HEADER_SIZE: usize = 4096;
 /// The blob id written into an inline-meta bootstrap, which cannot hold its own blob's hash.
 pub const PLACEHOLDER_BLOB_ID: &str =
     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
-/// Encodes chunk infos as blob.meta v2 entries (24 bytes each).
-pub fn encode_ci_v2(chunks: &[ChunkInfo]) -> Result<Vec<u8>, BuildError> {
-    let mut out = Vec::with_capacity(chunks.len() * 24);
-    for c in chunks {
-        if c.uncompressed_offset % 4096 != 0
-            || c.uncompressed_offset >> 12 > u64::from(u32::MAX)
-            || c.uncompressed_size == 0
-            || c.uncompressed_size > 1 << 24
-            || c.compressed_offset >= 1 << 40
-            || u64::from(c.compressed_size) >= 1 << 24
-        {
-            return Err(BuildError::Invalid(format!(
-                "chunk {} cannot be described in blob.meta v2: {c:?}",
-                c.index
-            )));
-        }
-        let mut flags = 0u64;
-        if c.flags.contains(BlobChunkFlags::COMPRESSED) {
-            flags |= 0x01;
-        }
-        if c.flags.contains(BlobChunkFlags::HAS_CRC32) {
-            flags |= 0x10;
-        }
-        let uncomp = (c.uncompressed_offset >> 12)
-            | (u64::from(c.uncompressed_size - 1) << 32)
-            | (flags << 56);
-        let comp = c.compressed_offset | (u64::from(c.compressed_size) << 40);
-        let data = if flags & 0x10 != 0 {
-            u64::from(c.crc32)
-        } else {
-            0
-        };
-        out.extend_from_slice(&uncomp.to_le_bytes());
-        out.extend_from_slice(&comp.to_le_bytes());
-        out.extend_from_slice(&data.to_le_bytes());
-    }
-    Ok(out)
-}
-
-/// The 4096-byte blob.meta header.
-fn meta_header(
-    features: u32,
-    ci_compressor: Compressor,
-    entries: u32,
-    ci_offset: u64,
-    csize: u64,
-    usize_: u64,
-) -> Vec<u8> {
-    let mut h = vec![0u8; META_HEADER_SIZE];
-    h[0..4].copy_from_slice(&META_MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&features.to_le_bytes());
-    h[8..12].copy_from_slice(&u32::from(ci_compressor).to_le_bytes());
-    h[12..16].copy_from_slice(&entries.to_le_bytes());
-    h[16..24].copy_from_slice(&ci_offset.to_le_bytes());
-    h[24..32].copy_from_slice(&csize.to_le_bytes());
-    h[32..40].copy_from_slice(&usize_.to_le_bytes());
-    h[4092..4096].copy_from_slice(&META_MAGIC.to_le_bytes());
-    h
-}
-
-/// The 512-byte GNU tar header Nydus writes after a section (`tar` crate, as Nydus uses).
-pub fn section_header(name: &str, size: u64) -> [u8; 512] {
-    let mut h = tar::Header::new_gnu();
-    // Names are short constants; set_path cannot fail for them.
-    let _ = h.set_path(name);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(size);
-    h.set_cksum();
-    let mut out = [0u8; 512];
-    out.copy_from_slice(h.as_bytes());
-    out
-}
-
-/// One 128-byte TOC entry.
-fn toc_entry(
-    name: &str,
-    compressor: Compressor,
-    digest: [u8; 32],
-    offset: u64,
-    csize: u64,
-    usize_: u64,
-) -> [u8; 128] {
-    let mut e = [0u8; 128];
-    let flags: u32 = match compressor {
-        Compressor::None => 0x1,
-        Compressor::Zstd => 0x2,
-        Compressor::Lz4Block => 0x4,
-        Compressor::GZip => 0x1,
-    };
-    e[0..4].copy_from_slice(&flags.to_le_bytes());
-    e[8..8 + name.len()].copy_from_slice(name.as_bytes());
-    e[24..56].copy_from_slice(&digest);
-    e[56..64].copy_from_slice(&offset.to_le_bytes());
-    e[64..72].copy_from_slice(&csize.to_le_bytes());
-    e[72..80].copy_from_slice(&usize_.to_le_bytes());
-    e
+fn section_header(name: &str, size: u64) -> Result<[u8; 512], BuildError> {
+    Ok(toc::tar_header(name, size)?)
 }
 
 /// Appends what follows the chunk data, writes the bootstrap (the new blob's entry appended to
@@ -141,28 +45,36 @@ pub(super) fn finish_blob<W: Write>(
     };
     let headers = opts.inline_meta || opts.toc;
     let features = blob_features(opts.inline_meta, opts.toc);
-    let mut toc: Vec<u8> = Vec::new();
+    let mut entries: Vec<TocEntry> = Vec::new();
 
     let data_digest = writer.hash_so_far();
     if headers {
         writer
-            .append(&section_header("image.blob", data.compressed_size))
+            .append(&section_header(
+                toc::TOC_ENTRY_BLOB_RAW,
+                data.compressed_size,
+            )?)
             .map_err(io)?;
     }
     if opts.toc {
-        toc.extend_from_slice(&toc_entry(
-            "image.blob",
+        entries.push(TocEntry::new(
+            toc::TOC_ENTRY_BLOB_RAW,
             Compressor::None,
             data_digest,
             0,
             data.compressed_size,
             data.uncompressed_size,
-        ));
+        )?);
     }
 
-    // blob.meta: CI array compressed with the blob's compressor (raw if that does not shrink
-    // it), then the header.
-    let ci = encode_ci_v2(&data.chunks)?;
+    // blob.meta: the CI array compressed with the blob's compressor (raw if that does not
+    // shrink it), then its header.
+    let cis: Vec<BlobMetaChunk> = data
+        .chunks
+        .iter()
+        .map(BlobMetaChunk::from_chunk_info)
+        .collect();
+    let ci = encode_ci_v2(&cis)?;
     let (ci_stored, compressed) = codec::compress(opts.chunk.compressor, &ci)
         .map_err(|e| BuildError::Invalid(format!("compressing blob.meta: {e}")))?;
     let ci_compressor = if compressed {
@@ -171,55 +83,57 @@ pub(super) fn finish_blob<W: Write>(
         Compressor::None
     };
     let ci_offset = writer.position();
-    let header = meta_header(
-        features.bits(),
+    let header = BlobMetaHeader::new(
+        features,
         ci_compressor,
         data.chunks.len() as u32,
         ci_offset,
         ci_stored.len() as u64,
         ci.len() as u64,
-    );
+    )
+    .to_bytes();
     writer.append(&ci_stored).map_err(io)?;
     writer.append(&header).map_err(io)?;
     if headers {
+        let size = ci_stored.len() as u64 + BLOB_META_HEADER_SIZE as u64;
         writer
-            .append(&section_header(
-                "blob.meta",
-                ci_stored.len() as u64 + META_HEADER_SIZE as u64,
-            ))
+            .append(&section_header(toc::TOC_ENTRY_BLOB_META, size)?)
             .map_err(io)?;
     }
     if opts.toc {
-        toc.extend_from_slice(&toc_entry(
-            "blob.meta",
+        entries.push(TocEntry::new(
+            toc::TOC_ENTRY_BLOB_META,
             ci_compressor,
             Sha256::digest(&ci).into(),
             ci_offset,
             ci_stored.len() as u64,
             ci.len() as u64,
-        ));
-        toc.extend_from_slice(&toc_entry(
-            "blob.meta.header",
+        )?);
+        entries.push(TocEntry::new(
+            toc::TOC_ENTRY_BLOB_META_HEADER,
             Compressor::None,
-            Sha256::digest(&header).into(),
+            Sha256::digest(header).into(),
             ci_offset + ci_stored.len() as u64,
-            META_HEADER_SIZE as u64,
-            META_HEADER_SIZE as u64,
-        ));
+            BLOB_META_HEADER_SIZE as u64,
+            BLOB_META_HEADER_SIZE as u64,
+        )?);
         let digests: Vec<u8> = data.chunks.iter().flat_map(|c| c.block_id).collect();
         let off = writer.position();
         writer.append(&digests).map_err(io)?;
         writer
-            .append(&section_header("blob.digest", digests.len() as u64))
+            .append(&section_header(
+                toc::TOC_ENTRY_BLOB_DIGEST,
+                digests.len() as u64,
+            )?)
             .map_err(io)?;
-        toc.extend_from_slice(&toc_entry(
-            "blob.digest",
+        entries.push(TocEntry::new(
+            toc::TOC_ENTRY_BLOB_DIGEST,
             Compressor::None,
             Sha256::digest(&digests).into(),
             off,
             digests.len() as u64,
             digests.len() as u64,
-        ));
+        )?);
     }
 
     let mut entry = blob_entry(PLACEHOLDER_BLOB_ID, data, &opts.chunk, features)?;
@@ -237,30 +151,31 @@ pub(super) fn finish_blob<W: Write>(
         let (stored, compressor) = if opts.toc {
             let (z, shrunk) = codec::compress(Compressor::Zstd, &bootstrap)
                 .map_err(|e| BuildError::Invalid(format!("compressing the bootstrap: {e}")))?;
-            (
-                z,
-                if shrunk {
-                    Compressor::Zstd
-                } else {
-                    Compressor::None
-                },
-            )
+            let c = if shrunk {
+                Compressor::Zstd
+            } else {
+                Compressor::None
+            };
+            (z, c)
         } else {
             (bootstrap.clone(), Compressor::None)
         };
         writer.append(&stored).map_err(io)?;
         writer
-            .append(&section_header("image.boot", stored.len() as u64))
+            .append(&section_header(
+                toc::TOC_ENTRY_BOOTSTRAP,
+                stored.len() as u64,
+            )?)
             .map_err(io)?;
         if opts.toc {
-            toc.extend_from_slice(&toc_entry(
-                "image.boot",
+            entries.push(TocEntry::new(
+                toc::TOC_ENTRY_BOOTSTRAP,
                 compressor,
                 Sha256::digest(&bootstrap).into(),
                 off,
                 stored.len() as u64,
                 bootstrap.len() as u64,
-            ));
+            )?);
         }
         Some(bootstrap)
     } else {
@@ -268,13 +183,9 @@ pub(super) fn finish_blob<W: Write>(
     };
 
     let (toc_digest, toc_size) = if opts.toc {
-        let hdr = section_header("rafs.blob.toc", toc.len() as u64);
-        writer.append(&toc).map_err(io)?;
-        writer.append(&hdr).map_err(io)?;
-        let mut h = Sha256::new();
-        h.update(&toc);
-        h.update(hdr);
-        (h.finalize().into(), (toc.len() + 512) as u32)
+        let encoded = Toc::encode(&entries)?;
+        writer.append(&encoded).map_err(io)?;
+        (toc::blob_toc_digest(&encoded), encoded.len() as u32)
     } else {
         ([0u8; 32], 0)
     };
