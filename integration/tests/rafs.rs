@@ -975,3 +975,45 @@ fn a_layer_built_on_a_parent_reuses_its_chunks_and_describes_the_image() {
     let _m = ErofsMount::new(&b2, &devices, &dir.path().join("mnt"));
     assert_same_tree(&expected, &dir.path().join("mnt"), content_only);
 }
+
+/// 16 MiB chunks of incompressible data are stored raw at their full size, which blob.meta v2
+/// cannot describe (sizes below 2^24): such a blob gets a v1 chunk info array, and still checks.
+#[test]
+fn sixteen_mib_raw_chunks_get_a_v1_blob_meta() {
+    require_root_and_tools(&[]);
+    let dir = TestDir::new("rafs-16m").unwrap();
+    let src = dir.path().join("src");
+    write(
+        &src.join("random"),
+        &integration::fstree::pseudo_random(11, 17 << 20),
+    );
+    let blobs = dir.path().join("blobs");
+    let boot = dir.path().join("boot");
+    ok(&[
+        "create",
+        "--chunk-size",
+        "0x1000000",
+        "-D",
+        s(&blobs),
+        "-B",
+        s(&boot),
+        s(&src),
+    ]);
+    let inspect = ok(&["inspect", "-B", s(&boot), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let features = u32::from_str_radix(
+        v["blobs"][0]["features"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(features & 0x4, 0, "no CHUNK_INFO_V2: {v}");
+    assert_eq!(
+        v["blobs"][0]["ci_uncompressed_size"],
+        2 * 16,
+        "two 16-byte v1 entries"
+    );
+    ok(&["check", "-B", s(&boot), "-D", s(&blobs)]);
+}

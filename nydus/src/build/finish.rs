@@ -16,11 +16,13 @@ use sha2::{Digest as _, Sha256};
 use super::{
     blob_entry, blob_features, bootstrap_for, BlobData, BlobWriter, BuildError, CreateOptions,
 };
-use crate::blobmeta::{encode_ci_v2, BlobMetaChunk, BlobMetaHeader, BLOB_META_HEADER_SIZE};
+use crate::blobmeta::{
+    encode_ci_v1, encode_ci_v2, BlobMetaChunk, BlobMetaHeader, CiFlags, BLOB_META_HEADER_SIZE,
+};
 use crate::toc::{self, Toc, TocEntry};
 use crate::tree::Tree;
 use crate::v6::BlobEntry;
-use crate::{codec, Compressor};
+use crate::{codec, BlobFeatures, Compressor};
 
 /// The blob id written into an inline-meta bootstrap, which cannot hold its own blob's hash.
 pub const PLACEHOLDER_BLOB_ID: &str =
@@ -47,7 +49,6 @@ pub(super) fn finish_blob<W: Write>(
     let features = blob_features(opts.inline_meta, opts.toc);
     let mut entries: Vec<TocEntry> = Vec::new();
 
-    let data_digest = writer.hash_so_far();
     if headers {
         writer
             .append(&section_header(
@@ -57,10 +58,11 @@ pub(super) fn finish_blob<W: Write>(
             .map_err(io)?;
     }
     if opts.toc {
+        // As Nydus: the digest covers the chunk data and the tar header after it.
         entries.push(TocEntry::new(
             toc::TOC_ENTRY_BLOB_RAW,
             Compressor::None,
-            data_digest,
+            writer.hash_so_far(),
             0,
             data.compressed_size,
             data.uncompressed_size,
@@ -74,7 +76,29 @@ pub(super) fn finish_blob<W: Write>(
         .iter()
         .map(BlobMetaChunk::from_chunk_info)
         .collect();
-    let ci = encode_ci_v2(&cis)?;
+    // CI v2 (with the CRC32C) unless a chunk cannot be described in it: v2 stores sizes below
+    // 2^24, so a 16 MiB chunk stored raw needs v1 (which stores size - 1).
+    let (ci, features) = match encode_ci_v2(&cis) {
+        Ok(ci) => (ci, features),
+        Err(_) => {
+            let mut f = features;
+            f.remove(BlobFeatures::CHUNK_INFO_V2);
+            // v1 has room for neither flags nor the CRC (the bootstrap keeps the CRC).
+            let v1: Vec<BlobMetaChunk> = cis
+                .iter()
+                .map(|c| BlobMetaChunk {
+                    flags: if c.is_compressed() {
+                        CiFlags::COMPRESSED
+                    } else {
+                        CiFlags::empty()
+                    },
+                    data: 0,
+                    ..*c
+                })
+                .collect();
+            (encode_ci_v1(&v1)?, f)
+        }
+    };
     let (ci_stored, compressed) = codec::compress(opts.chunk.compressor, &ci)
         .map_err(|e| BuildError::Invalid(format!("compressing blob.meta: {e}")))?;
     let ci_compressor = if compressed {

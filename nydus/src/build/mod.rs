@@ -310,3 +310,138 @@ pub fn create<W: Write>(
         blob,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toc::{self, Toc};
+    use sha2::{Digest as _, Sha256};
+
+    fn layer_tar() -> Vec<u8> {
+        let mut ar = tar::Builder::new(Vec::new());
+        for (name, len) in [("a", 10_000usize), ("b/c", 70_000), ("d", 0)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(len as u64);
+            h.set_mode(0o644);
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            ar.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    fn create_with(inline_meta: bool, toc: bool) -> Created<Vec<u8>> {
+        let opts = CreateOptions {
+            chunk: ChunkOptions {
+                chunk_size: 0x4000,
+                compressor: Compressor::Zstd,
+                digester: Digester::Blake3,
+                threads: 2,
+            },
+            inline_meta,
+            toc,
+            prefetch: vec![b"/b".to_vec()],
+        };
+        let tar = layer_tar();
+        create(Source::Tar(Box::new(&tar[..])), &opts, None, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn every_toc_entry_describes_its_section_and_digest() {
+        let c = create_with(true, true);
+        let blob = &c.blob;
+        let toc = Toc::parse_from_tail(blob).unwrap();
+        let names: Vec<&str> = toc.entries().iter().map(|e| e.name().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "image.blob",
+                "blob.meta",
+                "blob.meta.header",
+                "blob.digest",
+                "image.boot"
+            ]
+        );
+        let sections = toc::locate_sections(blob).unwrap();
+        let data = &sections[0];
+        assert_eq!(data.name, "image.blob");
+        // image.blob: the chunk data and its tar header, as Nydus hashes it.
+        let e = toc.find("image.blob").unwrap();
+        let end = (data.offset + data.size) as usize + 512;
+        assert_eq!(
+            e.uncompressed_digest,
+            <[u8; 32]>::from(Sha256::digest(&blob[..end]))
+        );
+        // blob.digest: the chunk digests, stored raw.
+        let e = toc.find("blob.digest").unwrap();
+        let digests = &blob[e.compressed_offset as usize..][..e.compressed_size as usize];
+        assert_eq!(
+            e.uncompressed_digest,
+            <[u8; 32]>::from(Sha256::digest(digests))
+        );
+        // image.boot: the bootstrap, zstd-compressed; its digest is of the bootstrap itself.
+        let e = toc.find("image.boot").unwrap();
+        let stored = &blob[e.compressed_offset as usize..][..e.compressed_size as usize];
+        let mut boot = Vec::new();
+        crate::codec::decompress_bounded(
+            Compressor::Zstd,
+            stored,
+            e.uncompressed_size as usize,
+            &mut boot,
+        )
+        .unwrap();
+        assert_eq!(boot, c.bootstrap);
+        assert_eq!(
+            e.uncompressed_digest,
+            <[u8; 32]>::from(Sha256::digest(&boot))
+        );
+        // The blob id is the hash of the whole file; the inline bootstrap has the placeholder.
+        assert_eq!(
+            c.blob_id.as_deref(),
+            Some(blob::hex(&Sha256::digest(blob)).as_str())
+        );
+        let b = Bootstrap::parse(&c.bootstrap).unwrap();
+        assert_eq!(b.blobs()[0].blob_id().unwrap(), finish::PLACEHOLDER_BLOB_ID);
+        assert_eq!(b.prefetch_nids().count(), 1);
+    }
+
+    #[test]
+    fn a_separate_bootstrap_names_the_blob_by_its_hash_and_records_the_toc() {
+        let c = create_with(false, true);
+        let b = Bootstrap::parse(&c.bootstrap).unwrap();
+        let e = &b.blobs()[0];
+        assert_eq!(Some(e.blob_id().unwrap()), c.blob_id.as_deref());
+        let toc = Toc::parse_from_tail(&c.blob).unwrap();
+        assert_eq!(e.blob_toc_size, toc.size());
+        assert_eq!(e.blob_toc_digest, toc.digest());
+        // blob.meta in the blob agrees with the bootstrap's chunks.
+        let meta = crate::blobmeta::BlobMeta::parse_from_blob(
+            &c.blob,
+            e.ci_offset,
+            e.ci_compressed_size,
+            e.ci_compressor().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta.chunks().len() as u32, e.chunk_count);
+        let tree = b.to_tree().unwrap();
+        for (_, id) in tree.bfs() {
+            if let Kind::File { chunks, .. } = &tree.node(id).kind {
+                for ch in chunks {
+                    let m = meta.chunks()[ch.index as usize];
+                    assert_eq!(
+                        (m.compressed_offset, m.compressed_size, m.crc32()),
+                        (ch.compressed_offset, ch.compressed_size, ch.crc32())
+                    );
+                }
+            }
+        }
+        // Without a TOC or inline meta the blob is chunk data then blob.meta, nothing else.
+        let plain = create_with(false, false);
+        let b = Bootstrap::parse(&plain.bootstrap).unwrap();
+        let e = &b.blobs()[0];
+        assert_eq!(e.blob_toc_size, 0);
+        assert_eq!(
+            plain.blob.len() as u64,
+            e.ci_offset + e.ci_compressed_size + 4096
+        );
+    }
+}
