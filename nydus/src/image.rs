@@ -247,6 +247,23 @@ pub struct ImageBlob {
 }
 
 impl ImageBlob {
+    /// The name of a blob feature whose data layout this crate cannot read yet, if the blob has
+    /// one (their chunk infos do not describe the stored bytes the plain way).
+    pub fn unsupported_feature(&self) -> Option<&'static str> {
+        use crate::BlobFeatures as F;
+        [
+            (F::ZRAN, "ZRAN (an OCI gzip layer as data)"),
+            (F::BATCH, "batch chunks"),
+            (F::ENCRYPTED, "encryption"),
+            (F::TARFS, "tarfs"),
+            (F::SEPARATE, "separate data and meta blobs"),
+            (F::EXTERNAL, "external data"),
+        ]
+        .into_iter()
+        .find(|(f, _)| self.features.contains(*f))
+        .map(|(_, name)| name)
+    }
+
     /// Whether the id is the placeholder Nydus writes into a bootstrap inlined in its own blob.
     pub fn has_placeholder_id(&self) -> bool {
         self.id.len() == 64 && self.id.bytes().all(|b| b == b'x')

@@ -469,6 +469,12 @@ fn open_blobs(
     let blobs = &img.blobs;
     let mut out = Vec::with_capacity(blobs.len());
     for (i, e) in blobs.iter().enumerate() {
+        if let Some(feature) = e.unsupported_feature() {
+            return Err(fail(format!(
+                "blob {i} ({}) uses {feature}, which this nydus-image cannot read yet",
+                e.id
+            )));
+        }
         let last = i + 1 == blobs.len();
         let path = match (blob, blob_dir, &img.inline_blob) {
             // A layer's own blob is the last in its table.
