@@ -853,6 +853,23 @@ fn a_corrupt_bootstrap_is_reported_and_nothing_panics() {
             && e["error"].as_str().unwrap().contains("CRC32C")),
         "{report}"
     );
+    // Reading the file through that bootstrap fails too, naming the file and chunk.
+    let tar = dir.path().join("out.tar");
+    let out = nydus_image(&[
+        "unpack",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output",
+        s(&tar),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/big.bin: chunk 1") && err.contains("CRC32C"),
+        "{err}"
+    );
 
     // A bad superblock field is named.
     std::fs::write(&boot, &pristine).unwrap();
