@@ -160,6 +160,16 @@ impl BlobFile {
                 len: self.len,
             });
         }
+        // Stored data is never larger than the chunk (it would have been stored raw).
+        if c.compressed_size > crate::chunk::RAFS_MAX_CHUNK_SIZE {
+            return Err(ChunkError::Format(FormatError::field(
+                "ChunkInfo",
+                "compressed_size",
+                40,
+                c.compressed_size,
+                "larger than 16 MiB",
+            )));
+        }
         if c.uncompressed_size > crate::chunk::RAFS_MAX_CHUNK_SIZE {
             return Err(ChunkError::Format(FormatError::field(
                 "ChunkInfo",
@@ -342,9 +352,38 @@ pub fn inlined_bootstrap(f: &File, len: u64) -> Result<Option<Vec<u8>>, FormatEr
             });
         }
         let stored = read(e.compressed_offset, e.compressed_size)?;
+        let bad = |reason: String| FormatError::Invalid {
+            what: "inlined bootstrap",
+            reason,
+        };
         match e.compressor()? {
             Compressor::None => stored,
+            Compressor::Zstd => {
+                // Streamed, so memory follows what the data really inflates to, not the claim.
+                use std::io::Read as _;
+                let mut out = Vec::new();
+                zstd::stream::read::Decoder::new(&stored[..])
+                    .map_err(|err| bad(err.to_string()))?
+                    .take(e.uncompressed_size + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|err| bad(err.to_string()))?;
+                if out.len() as u64 != e.uncompressed_size {
+                    return Err(bad(format!(
+                        "inflates to {} bytes, the TOC says {}",
+                        out.len(),
+                        e.uncompressed_size
+                    )));
+                }
+                out
+            }
             algo => {
+                // An LZ4 block inflates at most 255:1; refuse larger claims before allocating.
+                if e.uncompressed_size > e.compressed_size.saturating_mul(255) {
+                    return Err(bad(format!(
+                        "{} bytes cannot inflate to the claimed {}",
+                        e.compressed_size, e.uncompressed_size
+                    )));
+                }
                 let mut out = Vec::new();
                 crate::codec::decompress_bounded(
                     algo,
@@ -352,10 +391,7 @@ pub fn inlined_bootstrap(f: &File, len: u64) -> Result<Option<Vec<u8>>, FormatEr
                     e.uncompressed_size as usize,
                     &mut out,
                 )
-                .map_err(|err| FormatError::Invalid {
-                    what: "inlined bootstrap",
-                    reason: err.to_string(),
-                })?;
+                .map_err(|err| bad(err.to_string()))?;
                 out
             }
         }
