@@ -94,7 +94,9 @@ async fn gc_evicts_idle_tasks_after_ttl_but_not_tasks_in_use() {
     let agent = Agent::start(
         &dir,
         "dfdaemon",
-        "gc:\n  interval: 1s\n  policy:\n    taskTTL: 2s\n",
+        // The disk watermarks are taken against a 1 TiB budget so that only
+        // the TTL can evict here, however full the host's filesystem is.
+        "gc:\n  interval: 1s\n  policy:\n    taskTTL: 2s\n    distThreshold: 1TiB\n",
     )
     .await
     .unwrap();
