@@ -20,6 +20,6 @@ fuzz_target!(|bytes: &[u8]| {
     let mut blob = BlobWriter::new(Vec::new(), 0, opts, HashMap::new());
     if from_tar(bytes, &mut tree, &mut blob).is_ok() {
         let _ = blob.finish_data(&mut tree);
-        let _ = nydus::build::bootstrap_for(&tree, &[], &opts, &[]);
+        let _ = nydus::build::bootstrap_for(&tree, &[], &opts, &[], true);
     }
 });

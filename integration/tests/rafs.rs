@@ -245,6 +245,77 @@ fn the_kernel_mounts_an_uncompressed_image_and_shows_the_source_tree() {
     assert_same_tree(&src, &mnt, Compare::ALL);
 }
 
+#[test]
+fn shared_xattrs_are_stored_once_and_read_back_by_the_kernel_and_by_unpack() {
+    require_root_and_tools(&["tar"]);
+    let dir = TestDir::new("rafs-shared-xattrs").unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    // cap_net_bind_service (VFS_CAP_REVISION_2).
+    let cap = [0u8, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let tag = vec![b't'; 1500];
+    for i in 0..200 {
+        let f = src.join("bin").join(format!("tool{i}"));
+        std::fs::write(&f, format!("tool {i}\n")).unwrap();
+        let set = |name: &str, value: &[u8]| {
+            rustix::fs::lsetxattr(&f, name, value, rustix::fs::XattrFlags::empty())
+                .unwrap_or_else(|e| panic!("setxattr {name}: {e}"))
+        };
+        set("security.capability", &cap);
+        set("user.team", b"platform");
+        set("trusted.tag", &tag);
+        set("user.id", format!("{i}").as_bytes());
+    }
+    let blobs = dir.path().join("blobs");
+    let boot = dir.path().join("bootstrap");
+    let plain_boot = dir.path().join("bootstrap.plain");
+    for (b, extra) in [(&boot, Some("--shared-xattrs")), (&plain_boot, None)] {
+        let mut args = vec![
+            "create",
+            "--compressor",
+            "none",
+            "-D",
+            s(&blobs),
+            "-B",
+            s(b),
+        ];
+        args.extend(extra);
+        args.push(s(&src));
+        ok(&args);
+    }
+    // Each shared value is stored once instead of 200 times.
+    let count = |path: &Path, needle: &[u8]| {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).filter(|w| *w == needle).count()
+    };
+    assert_eq!(count(&plain_boot, &tag), 200);
+    assert_eq!(count(&boot, &tag), 1);
+    assert_eq!(count(&boot, b"platform"), 1);
+    let inspect = ok(&["inspect", "--json", "-B", s(&boot)]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_ne!(v["superblock"]["xattr_blkaddr"], 0, "{}", v["superblock"]);
+    ok(&["check", "-B", s(&boot), "-D", s(&blobs)]);
+
+    let mnt = dir.path().join("mnt");
+    let m = ErofsMount::new(&boot, &[blob_in(&blobs)], &mnt);
+    assert_same_tree(&src, &mnt, Compare::ALL);
+    drop(m);
+
+    let tar = dir.path().join("out.tar");
+    ok(&[
+        "unpack",
+        "-B",
+        s(&boot),
+        "-D",
+        s(&blobs),
+        "--output",
+        s(&tar),
+    ]);
+    let back = dir.path().join("back");
+    extract(&tar, &back);
+    assert_same_tree(&src, &back, Compare::ALL);
+}
+
 fn write(path: &Path, data: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, data).unwrap();

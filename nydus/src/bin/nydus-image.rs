@@ -98,6 +98,10 @@ enum Cmd {
         parent_bootstrap: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "none")]
         prefetch_policy: PrefetchPolicy,
+        /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
+        /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
+        #[arg(long)]
+        shared_xattrs: bool,
         /// Whiteout convention of the source; only `oci` (`.wh.` files) is supported.
         #[arg(long, default_value = "oci")]
         whiteout_spec: String,
@@ -121,6 +125,10 @@ enum Cmd {
         blob_digests: Vec<String>,
         #[arg(long, value_enum, default_value = "none")]
         prefetch_policy: PrefetchPolicy,
+        /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
+        /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
+        #[arg(long)]
+        shared_xattrs: bool,
         #[arg(short = 'J', long)]
         output_json: Option<PathBuf>,
     },
@@ -247,6 +255,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             features,
             parent_bootstrap,
             prefetch_policy,
+            shared_xattrs,
             whiteout_spec,
             threads,
             output_json,
@@ -297,6 +306,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 inline_meta: blob_inline_meta,
                 toc,
                 prefetch: prefetch_list(prefetch_policy)?,
+                share_xattrs: shared_xattrs,
             };
             let parent = match &parent_bootstrap {
                 Some(p) => Some(
@@ -397,6 +407,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             bootstrap,
             blob_digests,
             prefetch_policy,
+            shared_xattrs,
             output_json,
         } => {
             let mut layers: Vec<Vec<u8>> = Vec::with_capacity(sources.len());
@@ -412,7 +423,8 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
             }
             let refs: Vec<&[u8]> = layers.iter().map(|l| l.as_slice()).collect();
             let prefetch = prefetch_list(prefetch_policy)?;
-            let merged = build::merge(&refs, &blob_digests, &prefetch).map_err(fail)?;
+            let merged =
+                build::merge(&refs, &blob_digests, &prefetch, shared_xattrs).map_err(fail)?;
             write_file(&bootstrap, &merged)?;
             let b = Bootstrap::parse(&merged).map_err(fail)?;
             let blobs: Vec<String> = b
@@ -723,6 +735,7 @@ fn superblock_json(img: &Image) -> Result<serde_json::Value, Fail> {
         "root_nid": sb.root_nid,
         "inodes": sb.inos,
         "meta_blkaddr": sb.meta_blkaddr,
+        "xattr_blkaddr": sb.xattr_blkaddr,
         "extra_devices": sb.extra_devices,
         "flags": format!("{:#x}", ext.flags.bits()),
         "compressor": format!("{:?}", ext.flags.compressor()),

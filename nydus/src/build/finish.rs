@@ -170,7 +170,8 @@ pub(super) fn finish_blob<W: Write>(
     let bootstrap = if opts.inline_meta {
         // The bootstrap is part of the blob, so it carries the placeholder id.
         blobs.push(entry);
-        let bootstrap = bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch)?;
+        let bootstrap =
+            bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch, opts.share_xattrs)?;
         let off = writer.position();
         let (stored, compressor) = if opts.toc {
             let (z, shrunk) = codec::compress(Compressor::Zstd, &bootstrap)
@@ -222,7 +223,7 @@ pub(super) fn finish_blob<W: Write>(
             entry.blob_toc_digest = toc_digest;
             entry.blob_toc_size = toc_size;
             blobs.push(entry);
-            bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch)?
+            bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch, opts.share_xattrs)?
         }
     };
     Ok((bootstrap, blob_id, out))

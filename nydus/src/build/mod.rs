@@ -96,6 +96,7 @@ pub fn bootstrap_for(
     blobs: &[BlobEntry],
     chunk: &ChunkOptions,
     prefetch: &[Vec<u8>],
+    share_xattrs: bool,
 ) -> Result<Vec<u8>, FormatError> {
     write_bootstrap(
         tree,
@@ -104,6 +105,7 @@ pub fn bootstrap_for(
             chunk_size: chunk.chunk_size,
             flags: super_flags(chunk.compressor, chunk.digester),
             prefetch: prefetch.to_vec(),
+            share_xattrs,
         },
     )
 }
@@ -116,6 +118,7 @@ pub fn merge(
     layers: &[&[u8]],
     blob_ids: &[String],
     prefetch: &[Vec<u8>],
+    share_xattrs: bool,
 ) -> Result<Vec<u8>, BuildError> {
     if !blob_ids.is_empty() && blob_ids.len() != layers.len() {
         return Err(BuildError::Invalid(format!(
@@ -181,7 +184,13 @@ pub fn merge(
     for (i, e) in blobs.iter_mut().enumerate() {
         e.blob_index = i as u32;
     }
-    Ok(bootstrap_for(&tree, &blobs, &chunk, prefetch)?)
+    Ok(bootstrap_for(
+        &tree,
+        &blobs,
+        &chunk,
+        prefetch,
+        share_xattrs,
+    )?)
 }
 
 /// The blob table entry for a blob this builder wrote.
@@ -224,6 +233,9 @@ pub struct CreateOptions {
     pub toc: bool,
     /// Paths to list in the prefetch table.
     pub prefetch: Vec<Vec<u8>>,
+    /// Store xattrs several inodes share once, in EROFS's shared xattr area
+    /// ([`WriteOptions::share_xattrs`]; Nydus 2.4 cannot read such bootstraps).
+    pub share_xattrs: bool,
 }
 
 /// What `create` produced.
@@ -290,7 +302,13 @@ pub fn create<W: Write>(
         None => (layer, Vec::new()),
     };
     if data.chunks.is_empty() {
-        let bootstrap = bootstrap_for(&tree, &blobs, &opts.chunk, &opts.prefetch)?;
+        let bootstrap = bootstrap_for(
+            &tree,
+            &blobs,
+            &opts.chunk,
+            &opts.prefetch,
+            opts.share_xattrs,
+        )?;
         let (_, blob) = writer.finish().map_err(|source| BuildError::Io {
             what: "writing the blob".into(),
             source,
@@ -340,6 +358,7 @@ mod tests {
             inline_meta,
             toc,
             prefetch: vec![b"/b".to_vec()],
+            share_xattrs: false,
         };
         let tar = layer_tar();
         create(Source::Tar(Box::new(&tar[..])), &opts, None, Vec::new()).unwrap()

@@ -129,7 +129,10 @@ pub struct SuperBlock {
     pub blocks: u32,
     /// @40 `s_meta_blkaddr`: first block of the inode area.
     pub meta_blkaddr: u32,
-    /// @44 `s_xattr_blkaddr`: shared xattr area; must be 0 (RAFS has no shared xattrs).
+    /// @44 `s_xattr_blkaddr`: first block of the shared xattr area; 0 in Nydus's images (Nydus
+    /// refuses others), set by `mkfs.erofs` and by our writer with [`WriteOptions::share_xattrs`].
+    ///
+    /// [`WriteOptions::share_xattrs`]: super::writer::WriteOptions::share_xattrs
     pub xattr_blkaddr: u32,
     /// @48 `s_uuid`.
     pub uuid: [u8; 16],
@@ -284,15 +287,6 @@ impl SuperBlock {
                 16,
                 self.inos,
                 "must not be 0",
-            ));
-        }
-        if self.xattr_blkaddr != 0 {
-            return Err(FormatError::field(
-                what,
-                "s_xattr_blkaddr",
-                44,
-                self.xattr_blkaddr,
-                "must be 0 (RAFS has no shared xattrs)",
             ));
         }
         if self.feature_incompat != RAFS_V6_FEATURE_INCOMPAT {
@@ -1068,7 +1062,7 @@ mod tests {
             f(&mut sb);
             sb
         };
-        let cases: [(SuperBlock, &str); 12] = [
+        let cases: [(SuperBlock, &str); 11] = [
             (with(|s| s.magic = 0x5241_4653), "magic"),
             (with(|s| s.checksum = 1), "s_checksum"),
             (
@@ -1078,7 +1072,6 @@ mod tests {
             (with(|s| s.blkszbits = 10), "s_blkszbits"),
             (with(|s| s.extslots = 1), "s_extslots"),
             (with(|s| s.inos = 0), "s_inos"),
-            (with(|s| s.xattr_blkaddr = 7), "s_xattr_blkaddr"),
             (with(|s| s.feature_incompat = 0x4), "s_feature_incompat"),
             (with(|s| s.feature_incompat = 0x1c), "s_feature_incompat"),
             (with(|s| s.u = 1), "s_u"),

@@ -30,6 +30,38 @@ pub const MAX_SYMLINK_LEN: u64 = 4096;
 /// Depth limit of [`Bootstrap::walk`] (the root is depth 0).
 pub const DEFAULT_MAX_DEPTH: usize = 256;
 
+/// One xattr entry at the start of `bytes`: full name, value and padded entry size.
+fn decode_xattr_entry(bytes: &[u8], nid: u64) -> Result<(Vec<u8>, Vec<u8>, usize), FormatError> {
+    let h = XattrEntryHeader::decode(bytes)?;
+    let entry = bytes.get(..h.entry_size()).ok_or(FormatError::Truncated {
+        what: "XattrEntry",
+        need: h.entry_size(),
+        have: bytes.len(),
+    })?;
+    let prefix = xattr_prefix(h.name_index).ok_or_else(|| {
+        FormatError::field(
+            "XattrEntryHeader",
+            "e_name_index",
+            1,
+            h.name_index,
+            format!("nid {nid}: unknown xattr name prefix index"),
+        )
+    })?;
+    let name_end = XattrEntryHeader::SIZE + usize::from(h.name_len);
+    let value_end = name_end + usize::from(h.value_size);
+    let (Some(suffix), Some(value)) = (
+        entry.get(XattrEntryHeader::SIZE..name_end),
+        entry.get(name_end..value_end),
+    ) else {
+        return Err(FormatError::Truncated {
+            what: "XattrEntry",
+            need: value_end,
+            have: entry.len(),
+        });
+    };
+    Ok(([prefix, suffix].concat(), value.to_vec(), entry.len()))
+}
+
 /// `len` bytes of `bytes` at `offset`, or an error naming `what`.
 fn slice_at<'a>(
     bytes: &'a [u8],
@@ -291,8 +323,9 @@ impl<'a> Bootstrap<'a> {
         decode_inode(self.bytes, &self.sb, nid)
     }
 
-    /// The inline xattrs of `ino` as full names (prefix mapped from the name index) and values,
-    /// in on-disk order. RAFS never writes shared xattrs: a non-zero shared count is an error.
+    /// The xattrs of `ino` as full names (prefix mapped from the name index) and values: the
+    /// shared ones first (EROFS's shared xattr area at `s_xattr_blkaddr`, which Nydus never
+    /// writes but the kernel and `mkfs.erofs` use), then the inline ones, each in on-disk order.
     pub fn xattrs(&self, ino: &InodeRef) -> Result<Vec<Xattr>, FormatError> {
         let size = ino.inode.xattr_size();
         if size == 0 {
@@ -305,48 +338,61 @@ impl<'a> Bootstrap<'a> {
             "inline xattrs",
         )?;
         let header = XattrIbodyHeader::decode(area)?;
-        if header.shared_count != 0 {
+        let shared = usize::from(header.shared_count);
+        let ids_end = XattrIbodyHeader::SIZE + shared * 4;
+        let ids = area.get(XattrIbodyHeader::SIZE..ids_end).ok_or_else(|| {
+            FormatError::field(
+                "XattrIbodyHeader",
+                "h_shared_count",
+                4,
+                header.shared_count,
+                format!(
+                    "nid {}: {shared} shared xattr ids do not fit the {size}-byte xattr area",
+                    ino.nid
+                ),
+            )
+        })?;
+        let mut out = Vec::new();
+        if shared > 0 && self.sb.xattr_blkaddr == 0 {
             return Err(FormatError::field(
                 "XattrIbodyHeader",
                 "h_shared_count",
                 4,
                 header.shared_count,
-                format!("nid {}: RAFS has no shared xattrs", ino.nid),
+                format!(
+                    "nid {}: shared xattr ids but the superblock has no shared xattr area",
+                    ino.nid
+                ),
             ));
         }
-        let mut out = Vec::new();
-        let mut pos = XattrIbodyHeader::SIZE;
+        for id in ids.chunks_exact(4) {
+            let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+            let at = u64::from(self.sb.xattr_blkaddr) * self.block_size + u64::from(id) * 4;
+            let rest = usize::try_from(at)
+                .ok()
+                .and_then(|at| self.bytes.get(at..))
+                .ok_or_else(|| {
+                    FormatError::field(
+                        "XattrShared",
+                        "xattr id",
+                        0,
+                        id,
+                        format!(
+                            "nid {}: shared xattr at {at} is past the {}-byte bootstrap",
+                            ino.nid,
+                            self.bytes.len()
+                        ),
+                    )
+                })?;
+            let (name, value, _) = decode_xattr_entry(rest, ino.nid)?;
+            out.push((name, value));
+        }
+        let mut pos = ids_end;
         while pos < size {
             let rest = area.get(pos..).unwrap_or_default();
-            let h = XattrEntryHeader::decode(rest)?;
-            let entry = rest.get(..h.entry_size()).ok_or(FormatError::Truncated {
-                what: "XattrEntry",
-                need: h.entry_size(),
-                have: rest.len(),
-            })?;
-            let prefix = xattr_prefix(h.name_index).ok_or_else(|| {
-                FormatError::field(
-                    "XattrEntryHeader",
-                    "e_name_index",
-                    1,
-                    h.name_index,
-                    format!("nid {}: unknown xattr name prefix index", ino.nid),
-                )
-            })?;
-            let name_end = XattrEntryHeader::SIZE + usize::from(h.name_len);
-            let value_end = name_end + usize::from(h.value_size);
-            let (Some(suffix), Some(value)) = (
-                entry.get(XattrEntryHeader::SIZE..name_end),
-                entry.get(name_end..value_end),
-            ) else {
-                return Err(FormatError::Truncated {
-                    what: "XattrEntry",
-                    need: value_end,
-                    have: entry.len(),
-                });
-            };
-            out.push(([prefix, suffix].concat(), value.to_vec()));
-            pos += entry.len();
+            let (name, value, len) = decode_xattr_entry(rest, ino.nid)?;
+            out.push((name, value));
+            pos += len;
         }
         Ok(out)
     }
@@ -1477,7 +1523,8 @@ mod tests {
     }
 
     #[test]
-    fn shared_xattrs_and_bad_xattr_entries_are_errors() {
+    fn bad_shared_xattr_ids_and_bad_xattr_entries_are_errors() {
+        // A shared id but no shared xattr area.
         let mut img = image();
         img[A_OFF + 64 + 4] = 1;
         let boot = Bootstrap::parse(&img).unwrap();
@@ -1486,6 +1533,23 @@ mod tests {
             boot.xattrs(&a).unwrap_err().field_name(),
             Some("h_shared_count")
         );
+        // More shared ids than the xattr area holds.
+        let mut img = image();
+        img[A_OFF + 64 + 4] = 200;
+        let boot = Bootstrap::parse(&img).unwrap();
+        let a = boot.inode(nid(A_OFF)).unwrap();
+        assert_eq!(
+            boot.xattrs(&a).unwrap_err().field_name(),
+            Some("h_shared_count")
+        );
+        // A shared id pointing past the bootstrap.
+        let mut img = image();
+        img[1024 + 44..1024 + 48].copy_from_slice(&1u32.to_le_bytes());
+        img[A_OFF + 64 + 4] = 1;
+        img[A_OFF + 64 + 12..A_OFF + 64 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let boot = Bootstrap::parse(&img).unwrap();
+        let a = boot.inode(nid(A_OFF)).unwrap();
+        assert_eq!(boot.xattrs(&a).unwrap_err().field_name(), Some("xattr id"));
 
         let mut img = image();
         img[A_OFF + 64 + 12 + 1] = 5; // no prefix has index 5

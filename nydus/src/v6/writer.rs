@@ -3,8 +3,9 @@
 //! Layout, all in one buffer:
 //!
 //! ```text
-//! 0     1024  1152    1408            4K                 4K: meta_blkaddr
-//! | 0 | sb  | ext sb | device slots | blob table | prefetch | (one free block)
+//! 0     1024  1152    1408            4K
+//! | 0 | sb  | ext sb | device slots | blob table | prefetch | 4K: shared xattrs (only with
+//!   `share_xattrs`) | 4K: meta_blkaddr, one free block
 //!   | inodes in breadth-first order, root at nid 128, with inline xattrs, chunk addresses and
 //!     inline tails of directories and symlinks |  4K: full directory/symlink blocks |
 //!   4K: chunk info table (80 B per unique chunk, sorted by digest and device) | 4K
@@ -46,6 +47,10 @@ pub struct WriteOptions {
     pub flags: RafsSuperFlags,
     /// Paths to prefetch (files or directories), written as the prefetch table.
     pub prefetch: Vec<Vec<u8>>,
+    /// Store each xattr (name and value) that more than one inode has once, in EROFS's shared
+    /// xattr area, as `mkfs.erofs` does. Off by default: Nydus 2.4 refuses such bootstraps; the
+    /// kernel's EROFS and our reader read them.
+    pub share_xattrs: bool,
 }
 
 fn invalid(reason: String) -> FormatError {
@@ -73,40 +78,108 @@ fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Encodes inline xattrs (header + entries) or nothing when there are none.
-fn encode_xattrs(path: &[u8], xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Vec<u8>, FormatError> {
+/// One xattr entry (header, name suffix, value, padding to 4).
+fn encode_xattr_entry(path: &[u8], name: &[u8], value: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let (index, suffix) = split_xattr_name(name).ok_or_else(|| {
+        invalid(format!(
+            "{}: xattr {:?} has no prefix RAFS can store (user., trusted., security., system.posix_acl_*)",
+            display(path),
+            display(name)
+        ))
+    })?;
+    let name_len = u8::try_from(suffix.len())
+        .map_err(|_| invalid(format!("{}: xattr name too long", display(path))))?;
+    let value_size = u16::try_from(value.len()).map_err(|_| {
+        invalid(format!(
+            "{}: xattr {:?} value is {} bytes, more than 65535",
+            display(path),
+            display(name),
+            value.len()
+        ))
+    })?;
+    let h = XattrEntryHeader {
+        name_len,
+        name_index: index,
+        value_size,
+    };
+    let mut out = h.to_bytes().to_vec();
+    out.extend_from_slice(suffix);
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(4), 0);
+    Ok(out)
+}
+
+/// An xattr as stored: full name and value.
+type XattrPair = (Vec<u8>, Vec<u8>);
+
+type XattrUses<'a> = BTreeMap<(&'a [u8], &'a [u8]), (u32, &'a [u8])>;
+
+/// The shared xattr area: entries used by more than one inode, each stored once and referred to
+/// by its id (offset from the area's start in 4-byte units). No entry straddles a block.
+#[derive(Default)]
+struct SharedXattrs {
+    ids: HashMap<XattrPair, u32>,
+    area: Vec<u8>,
+}
+
+impl SharedXattrs {
+    fn build(tree: &Tree, order: &[(Vec<u8>, NodeId)]) -> Result<SharedXattrs, FormatError> {
+        // (name, value) -> (inodes that have it, the first one's path).
+        let mut uses: XattrUses<'_> = BTreeMap::new();
+        for (path, id) in order {
+            for (name, value) in &tree.node(*id).meta.xattrs {
+                uses.entry((name.as_slice(), value.as_slice()))
+                    .or_insert((0, path.as_slice()))
+                    .0 += 1;
+            }
+        }
+        let mut shared = SharedXattrs::default();
+        for ((name, value), (count, path)) in uses {
+            let entry = encode_xattr_entry(path, name, value)?;
+            if count < 2 || entry.len() as u64 > BS {
+                continue;
+            }
+            let at = shared.area.len() as u64;
+            if at % BS + entry.len() as u64 > BS {
+                shared.area.resize(align(at, BS) as usize, 0);
+            }
+            let id = u32::try_from(shared.area.len() / 4)
+                .map_err(|_| invalid("shared xattr area larger than 16 GiB".into()))?;
+            shared.area.extend_from_slice(&entry);
+            shared.ids.insert((name.to_vec(), value.to_vec()), id);
+        }
+        Ok(shared)
+    }
+}
+
+/// Encodes an inode's xattr area (header, shared ids, inline entries) or nothing when there are
+/// no xattrs. At most 255 xattrs of an inode are shared (`h_shared_count` is a byte).
+fn encode_xattrs(
+    path: &[u8],
+    xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
+    shared: &SharedXattrs,
+) -> Result<Vec<u8>, FormatError> {
     if xattrs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut out = XattrIbodyHeader::default().to_bytes().to_vec();
+    let mut ids = Vec::new();
+    let mut inline = Vec::new();
     for (name, value) in xattrs {
-        let (index, suffix) = split_xattr_name(name).ok_or_else(|| {
-            invalid(format!(
-                "{}: xattr {:?} has no prefix RAFS can store (user., trusted., security., system.posix_acl_*)",
-                display(path),
-                display(name)
-            ))
-        })?;
-        let name_len = u8::try_from(suffix.len())
-            .map_err(|_| invalid(format!("{}: xattr name too long", display(path))))?;
-        let value_size = u16::try_from(value.len()).map_err(|_| {
-            invalid(format!(
-                "{}: xattr {:?} value is {} bytes, more than 65535",
-                display(path),
-                display(name),
-                value.len()
-            ))
-        })?;
-        let h = XattrEntryHeader {
-            name_len,
-            name_index: index,
-            value_size,
-        };
-        out.extend_from_slice(&h.to_bytes());
-        out.extend_from_slice(suffix);
-        out.extend_from_slice(value);
-        out.resize(out.len().next_multiple_of(4), 0);
+        match shared.ids.get(&(name.clone(), value.clone())) {
+            Some(id) if ids.len() < usize::from(u8::MAX) => ids.push(*id),
+            _ => inline.extend_from_slice(&encode_xattr_entry(path, name, value)?),
+        }
     }
+    let mut out = XattrIbodyHeader {
+        reserved: 0,
+        shared_count: ids.len() as u8,
+    }
+    .to_bytes()
+    .to_vec();
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out.extend_from_slice(&inline);
     xattr_icount(out.len())?;
     Ok(out)
 }
@@ -203,7 +276,13 @@ pub fn write_bootstrap(
         .filter_map(|p| tree.lookup(p))
         .collect();
     let prefetch_size = prefetch_ids.len() as u64 * 4;
-    let meta_addr = align(prefetch_offset + prefetch_size, BS);
+    let shared = if opts.share_xattrs {
+        SharedXattrs::build(tree, &order)?
+    } else {
+        SharedXattrs::default()
+    };
+    let xattr_addr = align(prefetch_offset + prefetch_size, BS);
+    let meta_addr = xattr_addr + align(shared.area.len() as u64, BS);
 
     // Pass 1: place inodes (and inline tails) in BFS order.
     let mut placed: Vec<Placed> = Vec::with_capacity(order.len());
@@ -218,7 +297,7 @@ pub fn write_bootstrap(
         } else {
             InodeLayout::Extended
         };
-        let xattrs = encode_xattrs(path, &node.meta.xattrs)?;
+        let xattrs = encode_xattrs(path, &node.meta.xattrs, &shared)?;
         let isize = (layout.size() + xattrs.len()) as u64;
         cursor = align(cursor, 32);
         let (offset, data_layout, data_len) = match &node.kind {
@@ -447,6 +526,10 @@ pub fn write_bootstrap(
         at += ChunkInfo::SIZE;
     }
 
+    // Shared xattr area.
+    let at = xattr_addr as usize;
+    out[at..at + shared.area.len()].copy_from_slice(&shared.area);
+
     // Prefetch table (nids).
     let mut at = prefetch_offset as usize;
     for id in &prefetch_ids {
@@ -485,6 +568,10 @@ pub fn write_bootstrap(
     sb.inos = placed.len() as u64;
     sb.blocks = blocks_total;
     sb.meta_blkaddr = u32::try_from(meta_addr / BS).map_err(|_| invalid("meta_blkaddr".into()))?;
+    if !shared.area.is_empty() {
+        sb.xattr_blkaddr =
+            u32::try_from(xattr_addr / BS).map_err(|_| invalid("xattr_blkaddr".into()))?;
+    }
     sb.extra_devices = blobs.len() as u16;
     let at = EROFS_SUPER_OFFSET as usize;
     out[at..at + SuperBlock::SIZE].copy_from_slice(&sb.to_bytes());
@@ -550,6 +637,7 @@ mod tests {
                 .with_compressor(Compressor::Zstd)
                 .with_digester(Digester::Blake3),
             prefetch: vec![b"/d0".to_vec()],
+            share_xattrs: false,
         }
     }
 
@@ -588,7 +676,14 @@ mod tests {
                     Just(b"security.capability".to_vec()),
                     Just(b"trusted.overlay.opaque".to_vec())
                 ],
-                proptest::collection::vec(any::<u8>(), 0..200),
+                // Repeated values get shared when sharing is on; 1,500-byte ones do not all
+                // fit one block of the shared area.
+                prop_oneof![
+                    2 => proptest::collection::vec(any::<u8>(), 0..200),
+                    2 => Just(b"y".to_vec()),
+                    1 => Just(vec![7u8; 1500]),
+                    1 => Just(vec![8u8; 1500]),
+                ],
                 0..3,
             ),
         )
@@ -699,10 +794,11 @@ mod tests {
         #[test]
         fn writer_output_parses_back_to_the_same_tree(
             entries in proptest::collection::vec((gen_node(), gen_meta(), 0usize..1000, 0usize..260), 0..120),
+            share_xattrs in any::<bool>(),
         ) {
             let (tree, chunks) = build(&entries);
             let blobs = if chunks > 0 { vec![blob(chunks)] } else { vec![] };
-            let bytes = write_bootstrap(&tree, &blobs, &opts()).unwrap();
+            let bytes = write_bootstrap(&tree, &blobs, &WriteOptions { share_xattrs, ..opts() }).unwrap();
             let b = Bootstrap::parse(&bytes).unwrap();
             let back = b.to_tree().unwrap();
             prop_assert_eq!(flat(&back), flat(&tree));
@@ -746,5 +842,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/f") && err.contains("weird.name"), "{err}");
+    }
+
+    #[test]
+    fn xattrs_several_inodes_have_are_stored_once_when_shared() {
+        let mut tree = Tree::default();
+        let cap = vec![1u8; 20];
+        for i in 0..300 {
+            let mut meta = Meta::default();
+            meta.xattrs
+                .insert(b"security.capability".to_vec(), cap.clone());
+            meta.xattrs
+                .insert(b"user.own".to_vec(), format!("{i}").into_bytes());
+            tree.insert(
+                format!("/f{i}").as_bytes(),
+                Node {
+                    meta,
+                    kind: Kind::Fifo,
+                },
+            )
+            .unwrap();
+        }
+        let plain = write_bootstrap(&tree, &[], &opts()).unwrap();
+        let shared = write_bootstrap(
+            &tree,
+            &[],
+            &WriteOptions {
+                share_xattrs: true,
+                ..opts()
+            },
+        )
+        .unwrap();
+        let count = |bytes: &[u8]| bytes.windows(cap.len()).filter(|w| *w == cap).count();
+        assert_eq!(count(&plain), 300);
+        assert_eq!(count(&shared), 1);
+        let b = Bootstrap::parse(&shared).unwrap();
+        assert_ne!(b.superblock().xattr_blkaddr, 0);
+        assert_eq!(flat(&b.to_tree().unwrap()), flat(&tree));
+        let f = b.lookup(b"/f7").unwrap().unwrap();
+        assert_eq!(
+            b.xattrs(&f).unwrap(),
+            vec![
+                (b"security.capability".to_vec(), cap.clone()),
+                (b"user.own".to_vec(), b"7".to_vec()),
+            ]
+        );
     }
 }
