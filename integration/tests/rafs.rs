@@ -800,6 +800,40 @@ fn corruptible_image(dir: &TestDir, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (boot, blobs, blob)
 }
 
+#[test]
+fn a_blob_id_that_is_not_a_file_name_is_never_opened() {
+    let dir = TestDir::new("rafs-blob-id").unwrap();
+    let (boot, blobs, blob) = corruptible_image(&dir, "img");
+    let id = blob.file_name().unwrap().to_str().unwrap().to_string();
+    // The same id with "../" in front of its last 61 characters, wherever the bootstrap has it.
+    let mut bytes = std::fs::read(&boot).unwrap();
+    let mut patched = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..]
+        .windows(id.len())
+        .position(|w| w == id.as_bytes())
+    {
+        let pos = at + pos;
+        bytes[pos..pos + 3].copy_from_slice(b"../");
+        patched += 1;
+        at = pos + id.len();
+    }
+    assert!(patched > 0, "the bootstrap holds the blob id");
+    std::fs::write(&boot, &bytes).unwrap();
+    for cmd in ["check", "unpack"] {
+        let mut args = vec![cmd, "-B", s(&boot), "-D", s(&blobs)];
+        let tar = dir.path().join("out.tar");
+        if cmd == "unpack" {
+            args.extend(["--output", s(&tar)]);
+        }
+        let out = nydus_image(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(stderr.contains("not a file name"), "{cmd}: {stderr}");
+        assert!(!tar.exists(), "no partial tar");
+    }
+}
+
 fn chunks_of(boot: &Path, path: &str) -> Vec<serde_json::Value> {
     let out = ok(&["inspect", "-B", s(boot), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -80,6 +80,12 @@ pub fn compress(algo: Compressor, data: &[u8]) -> Result<(Vec<u8>, bool), CodecE
     if data.len() > RAFS_MAX_CHUNK_SIZE as usize {
         return Err(CodecError::ChunkTooLarge { size: data.len() });
     }
+    compress_bounded(algo, data)
+}
+
+/// Like [`compress`] for data that is not a chunk (a blob.meta array, a bootstrap inlined in a
+/// blob), which may be larger than a chunk; the caller bounds its size.
+pub fn compress_bounded(algo: Compressor, data: &[u8]) -> Result<(Vec<u8>, bool), CodecError> {
     let compressed = match algo {
         Compressor::None => return Ok((data.to_vec(), false)),
         Compressor::GZip => return Err(CodecError::UnsupportedCompressor { algo }),

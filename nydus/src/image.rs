@@ -345,7 +345,10 @@ pub fn inlined_bootstrap(f: &File, len: u64) -> Result<Option<Vec<u8>>, FormatEr
             return Ok(None);
         };
         let end = e.compressed_offset.checked_add(e.compressed_size);
-        if end.is_none_or(|end| end > len) || e.uncompressed_size > MAX_BOOTSTRAP {
+        if end.is_none_or(|end| end > len)
+            || e.uncompressed_size > MAX_BOOTSTRAP
+            || e.compressed_size > MAX_BOOTSTRAP
+        {
             return Err(FormatError::Invalid {
                 what: "TOC entry image.boot",
                 reason: format!("{e:?} lies outside the {len}-byte blob or is too large"),
@@ -357,6 +360,13 @@ pub fn inlined_bootstrap(f: &File, len: u64) -> Result<Option<Vec<u8>>, FormatEr
             reason,
         };
         match e.compressor()? {
+            Compressor::None if stored.len() as u64 != e.uncompressed_size => {
+                return Err(bad(format!(
+                    "stored as {} bytes uncompressed, the TOC says {}",
+                    stored.len(),
+                    e.uncompressed_size
+                )));
+            }
             Compressor::None => stored,
             Compressor::Zstd => {
                 // Streamed, so memory follows what the data really inflates to, not the claim.

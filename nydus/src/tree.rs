@@ -145,7 +145,11 @@ pub fn display(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
-/// The components of `path` (leading `/` and `./` ignored, empty components skipped), checked.
+/// Deepest path a tree holds, in components (the RAFS reader's walk limit too).
+pub const MAX_DEPTH: usize = 256;
+
+/// The components of `path` (leading `/` and `./` ignored, empty components skipped), checked:
+/// no `..`, no NUL, names of at most 255 bytes, at most [`MAX_DEPTH`] components.
 pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
@@ -164,6 +168,9 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
         }
         if c.len() > 255 {
             return Err(bad("a name is longer than 255 bytes"));
+        }
+        if out.len() == MAX_DEPTH {
+            return Err(bad("deeper than 256 levels"));
         }
         out.push(c);
     }
@@ -329,8 +336,17 @@ impl Tree {
             reason,
         };
         let id = self.lookup(target).ok_or_else(|| bad("target not found"))?;
-        if self.nodes[id].kind.is_dir() {
-            return Err(bad("target is a directory"));
+        self.link_id(path, id)
+    }
+
+    /// Makes `path` another name for node `id` (a hardlink); `id` must not be a directory.
+    pub fn link_id(&mut self, path: &[u8], id: NodeId) -> Result<NodeId, TreeError> {
+        if self.nodes.get(id).is_none_or(|n| n.kind.is_dir()) {
+            return Err(TreeError::BadLink {
+                path: display(path),
+                target: format!("node {id}"),
+                reason: "target is a directory or no node",
+            });
         }
         let (parent, name) = self.parent_for(path)?;
         self.dir_mut(parent).insert(name.to_vec(), id);
@@ -357,49 +373,36 @@ impl Tree {
 
     /// Every reachable node once, parents before children, in breadth-first order (the order
     /// Nydus lays inodes out in), with the path of its first name. Hardlinked nodes appear once,
-    /// at their first path in that order.
-    pub fn bfs(&self) -> Vec<(Vec<u8>, NodeId)> {
-        let mut out = vec![(b"/".to_vec(), Self::ROOT)];
+    /// at their first path in that order. Paths are made on demand ([`Order::path`]), so this
+    /// takes memory for the nodes, not for their paths.
+    pub fn bfs(&self) -> Order<'_> {
+        let mut entries: Vec<(usize, &[u8], NodeId)> = vec![(0, b"", Self::ROOT)];
         let mut seen = vec![false; self.nodes.len()];
         seen[Self::ROOT] = true;
         let mut i = 0;
-        while i < out.len() {
-            let (path, id) = (out[i].0.clone(), out[i].1);
-            i += 1;
+        while i < entries.len() {
+            let id = entries[i].2;
             for (name, child) in self.children(id) {
-                if seen[child] {
-                    continue;
+                if !seen[child] {
+                    seen[child] = true;
+                    entries.push((i, name, child));
                 }
-                seen[child] = true;
-                let mut p = path.clone();
-                if p.len() > 1 {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(name);
-                out.push((p, child));
             }
+            i += 1;
         }
-        out
+        Order { entries }
     }
 
     /// Every reachable name in depth-first pre-order (children sorted), hardlinks included:
-    /// `(path, node id)`. The root comes first as `/`.
-    pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
-        let mut out = Vec::new();
-        let mut stack = vec![(b"/".to_vec(), Self::ROOT)];
-        while let Some((path, id)) = stack.pop() {
-            let children: Vec<_> = self.children(id).collect();
-            for (name, child) in children.into_iter().rev() {
-                let mut p = path.clone();
-                if p.len() > 1 {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(name);
-                stack.push((p, child));
-            }
-            out.push((path, id));
+    /// `(path, node id)`. The root comes first as `/`. Paths are made as the walk goes, so it
+    /// holds one path at a time.
+    pub fn walk(&self) -> Walk<'_> {
+        Walk {
+            tree: self,
+            stack: Vec::new(),
+            path: Vec::new(),
+            started: false,
         }
-        out
     }
 
     /// Link count of every reachable node as the filesystem reports it: the number of names for
@@ -407,7 +410,7 @@ impl Tree {
     pub fn nlinks(&self) -> HashMap<NodeId, u32> {
         let mut counts: HashMap<NodeId, u32> = HashMap::new();
         counts.insert(Self::ROOT, 2);
-        for (_, id) in self.bfs() {
+        for id in self.bfs().ids() {
             for (_, child) in self.children(id) {
                 if self.nodes[child].kind.is_dir() {
                     counts.insert(child, 2);
@@ -513,6 +516,103 @@ impl Tree {
     }
 }
 
+/// The nodes of a tree in breadth-first order; see [`Tree::bfs`].
+pub struct Order<'a> {
+    /// (index of the parent's entry, name, node); the root is entry 0 with an empty name.
+    entries: Vec<(usize, &'a [u8], NodeId)>,
+}
+
+impl Order<'_> {
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none (never: the root is always there).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The node ids in order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.entries.iter().map(|e| e.2)
+    }
+
+    /// The path of entry `i` (`/` for the root).
+    pub fn path(&self, i: usize) -> Vec<u8> {
+        let mut names = Vec::new();
+        let mut cur = i;
+        while cur != 0 {
+            let (parent, name, _) = self.entries[cur];
+            names.push(name);
+            cur = parent;
+        }
+        if names.is_empty() {
+            return b"/".to_vec();
+        }
+        let mut out = Vec::new();
+        for name in names.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(name);
+        }
+        out
+    }
+
+    /// `(path, node id)` of every entry, paths made one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = (Vec<u8>, NodeId)> + '_ {
+        (0..self.entries.len()).map(|i| (self.path(i), self.entries[i].2))
+    }
+}
+
+/// A depth-first walk over a tree's names; see [`Tree::walk`].
+pub struct Walk<'a> {
+    tree: &'a Tree,
+    /// Per open directory: its remaining children and the length of its path.
+    stack: Vec<(
+        std::collections::btree_map::Iter<'a, Vec<u8>, NodeId>,
+        usize,
+    )>,
+    path: Vec<u8>,
+    started: bool,
+}
+
+impl Walk<'_> {
+    fn open(&mut self, id: NodeId) {
+        if let Kind::Dir(children) = &self.tree.nodes[id].kind {
+            self.stack.push((children.iter(), self.path.len()));
+        }
+    }
+}
+
+impl Iterator for Walk<'_> {
+    type Item = (Vec<u8>, NodeId);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.started {
+            self.started = true;
+            self.path = b"/".to_vec();
+            self.open(Tree::ROOT);
+            return Some((self.path.clone(), Tree::ROOT));
+        }
+        loop {
+            let (children, base) = self.stack.last_mut()?;
+            let Some((name, &id)) = children.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let base = *base;
+            self.path.truncate(base);
+            if base > 1 {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(name);
+            let out = (self.path.clone(), id);
+            self.open(id);
+            return Some(out);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,7 +638,7 @@ mod tests {
     }
 
     fn names(t: &Tree) -> Vec<String> {
-        t.walk().into_iter().map(|(p, _)| display(&p)).collect()
+        t.walk().map(|(p, _)| display(&p)).collect()
     }
 
     #[test]
@@ -612,5 +712,38 @@ mod tests {
         lower.apply_layer(&upper);
         assert_eq!(names(&lower), ["/", "/x", "/z", "/z/w", "/z/w2"]);
         assert_eq!(lower.lookup(b"z/w"), lower.lookup(b"z/w2"));
+    }
+
+    #[test]
+    fn paths_deeper_than_max_depth_are_refused() {
+        let mut t = Tree::default();
+        let deep = "/d".repeat(MAX_DEPTH);
+        t.insert(deep.as_bytes(), file(1)).unwrap();
+        let err = t
+            .insert(format!("{deep}/x").as_bytes(), file(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("deeper than 256"), "{err}");
+        assert_eq!(t.walk().count(), MAX_DEPTH + 1);
+        let order = t.bfs();
+        assert_eq!(order.path(order.len() - 1), deep.as_bytes());
+    }
+
+    #[test]
+    fn walk_and_bfs_give_the_same_names_as_paths_made_by_hand() {
+        let mut t = Tree::default();
+        for p in ["/a/b/c", "/a/x", "/z", "/a/b/d"] {
+            t.insert(p.as_bytes(), file(1)).unwrap();
+        }
+        t.link(b"/l", b"/a/x").unwrap();
+        let walked: Vec<String> = t.walk().map(|(p, _)| display(&p)).collect();
+        assert_eq!(
+            walked,
+            ["/", "/a", "/a/b", "/a/b/c", "/a/b/d", "/a/x", "/l", "/z"]
+        );
+        let order = t.bfs();
+        let bfs: Vec<String> = order.iter().map(|(p, _)| display(&p)).collect();
+        // Hardlinks once, at their first name in breadth-first order.
+        assert_eq!(bfs, ["/", "/a", "/l", "/z", "/a/b", "/a/b/c", "/a/b/d"]);
     }
 }

@@ -205,9 +205,20 @@ fn read_file(p: &Path) -> Result<Vec<u8>, Fail> {
 
 fn write_file(p: &Path, bytes: &[u8]) -> Result<(), Fail> {
     let tmp = tmp_path(p);
-    fs::write(&tmp, bytes)
+    create_tmp(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
         .and_then(|_| fs::rename(&tmp, p))
         .map_err(|e| fail(format!("writing {}: {e}", p.display())))
+}
+
+/// Creates a temporary output file afresh: a leftover (or a planted symlink) is removed first and
+/// the file is created with O_EXCL, so the write never follows a link.
+fn create_tmp(tmp: &Path) -> io::Result<File> {
+    let _ = fs::remove_file(tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
 }
 
 fn tmp_path(p: &Path) -> PathBuf {
@@ -324,7 +335,7 @@ fn run(cmd: Cmd) -> Result<(), Fail> {
                 }
                 (None, None) => unreachable!(),
             };
-            let out = File::create(&blob_tmp)
+            let out = create_tmp(&blob_tmp)
                 .map_err(|e| fail(format!("creating {}: {e}", blob_tmp.display())))?;
             let out = BufWriter::with_capacity(1 << 20, out);
             let tar_input;
@@ -500,7 +511,16 @@ fn open_blobs(
                     blobs.len()
                 )))
             }
-            (None, Some(d), _) => d.join(&e.id),
+            (None, Some(d), _) => {
+                // The id comes from the image: only a plain file name may be looked up.
+                if e.id.is_empty() || e.id == "." || e.id == ".." || e.id.contains(['/', '\0']) {
+                    return Err(fail(format!(
+                        "blob {i} has id {:?}, which is not a file name in --blob-dir",
+                        e.id
+                    )));
+                }
+                d.join(&e.id)
+            }
             (None, None, _) => {
                 return Err(fail("give --blob-dir (or --blob for a single-blob image)"))
             }
@@ -521,7 +541,12 @@ fn check_blob_meta(blob: &BlobFile, entry: &BlobEntry, index: u32, tree: &Tree) 
     }
     let what = |m: String| format!("blob {} blob.meta: {m}", blob.id);
     let meta = blob
-        .read_at(entry.ci_offset, entry.ci_compressed_size + nydus::blobmeta::BLOB_META_HEADER_SIZE as u64)
+        .read_at(
+            entry.ci_offset,
+            entry
+                .ci_compressed_size
+                .saturating_add(nydus::blobmeta::BLOB_META_HEADER_SIZE as u64),
+        )
         .map_err(|e| e.to_string())
         .and_then(|section| {
             let meta = BlobMeta::parse_from_section(&section).map_err(|e| e.to_string())?;
@@ -551,7 +576,7 @@ fn check_blob_meta(blob: &BlobFile, entry: &BlobEntry, index: u32, tree: &Tree) 
         )));
     }
     let mut seen = std::collections::HashSet::new();
-    for (_, id) in tree.bfs() {
+    for id in tree.bfs().ids() {
         let Kind::File { chunks: fc, .. } = &tree.node(id).kind else {
             continue;
         };
@@ -605,7 +630,8 @@ fn check(
                 }
             }
             let tree = &img.tree;
-            for (path, id) in tree.walk() {
+            // Each file once (hardlinks share their chunks), named by its first path.
+            for (path, id) in tree.bfs().iter() {
                 let Kind::File { chunks, .. } = &tree.node(id).kind else {
                     continue;
                 };
@@ -849,7 +875,7 @@ fn unpack(
         open_blobs(&img, blob_dir, blob)?
     };
     let tmp = tmp_path(output);
-    let file = File::create(&tmp).map_err(|e| fail(format!("creating {}: {e}", tmp.display())))?;
+    let file = create_tmp(&tmp).map_err(|e| fail(format!("creating {}: {e}", tmp.display())))?;
     let result = write_tar(tree, &blobs, BufWriter::with_capacity(1 << 20, file));
     match result {
         Ok(()) => {
@@ -867,33 +893,60 @@ struct ChunkReader<'a> {
     chunks: &'a [nydus::ChunkInfo],
     blobs: &'a [BlobFile],
     path: &'a [u8],
+    /// The file's size: exactly this many bytes come out, holes between chunks as zeros.
+    size: u64,
+    /// File offset of `buf[pos]`.
+    at: u64,
     next: usize,
     buf: Vec<u8>,
     pos: usize,
 }
 
+impl ChunkReader<'_> {
+    fn refill(&mut self) -> io::Result<()> {
+        const ZEROS: u64 = 1 << 20;
+        let fail = |m: String| io::Error::other(format!("{}: {m}", display(self.path)));
+        self.pos = 0;
+        match self.chunks.get(self.next) {
+            Some(c) if c.file_offset == self.at => {
+                let blob = self.blobs.get(c.blob_index as usize).ok_or_else(|| {
+                    fail(format!(
+                        "chunk names blob {} which is missing",
+                        c.blob_index
+                    ))
+                })?;
+                self.buf = blob
+                    .read_chunk(c)
+                    .map_err(|e| fail(format!("chunk {}: {e}", self.next)))?;
+                self.next += 1;
+            }
+            Some(c) if c.file_offset < self.at => {
+                return Err(fail(format!(
+                    "chunk {} at file offset {} overlaps the data before it (up to {})",
+                    self.next, c.file_offset, self.at
+                )));
+            }
+            // A hole before the next chunk, or after the last one.
+            Some(c) => self.buf = vec![0; (c.file_offset - self.at).min(ZEROS) as usize],
+            None => self.buf = vec![0; (self.size - self.at).min(ZEROS) as usize],
+        }
+        Ok(())
+    }
+}
+
 impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.buf.len() {
-            let Some(c) = self.chunks.get(self.next) else {
-                return Ok(0);
-            };
-            let blob = self.blobs.get(c.blob_index as usize).ok_or_else(|| {
-                io::Error::other(format!(
-                    "{}: chunk names blob {} which is missing",
-                    display(self.path),
-                    c.blob_index
-                ))
-            })?;
-            self.buf = blob.read_chunk(c).map_err(|e| {
-                io::Error::other(format!("{}: chunk {}: {e}", display(self.path), self.next))
-            })?;
-            self.pos = 0;
-            self.next += 1;
+        if self.at >= self.size || out.is_empty() {
+            return Ok(0);
         }
-        let n = out.len().min(self.buf.len() - self.pos);
+        if self.pos == self.buf.len() {
+            self.refill()?;
+        }
+        let left = usize::try_from(self.size - self.at).unwrap_or(usize::MAX);
+        let n = out.len().min(self.buf.len() - self.pos).min(left);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        self.at += n as u64;
         Ok(n)
     }
 }
@@ -953,6 +1006,8 @@ fn write_tar(tree: &Tree, blobs: &[BlobFile], out: impl Write) -> Result<(), Fai
                     chunks,
                     blobs,
                     path: &path,
+                    size: *size,
+                    at: 0,
                     next: 0,
                     buf: Vec::new(),
                     pos: 0,
@@ -1008,11 +1063,11 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
     let (mut files, mut dirs, mut others, mut file_bytes, mut refs) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut unique: HashMap<(u32, u32), u64> = HashMap::new();
-    for (_, id) in tree.bfs() {
+    for id in tree.bfs().ids() {
         match &tree.node(id).kind {
             Kind::File { size, chunks } => {
                 files += 1;
-                file_bytes += size;
+                file_bytes = file_bytes.saturating_add(*size);
                 for c in chunks {
                     refs += 1;
                     unique.insert((c.blob_index, c.index), u64::from(c.uncompressed_size));
@@ -1022,8 +1077,11 @@ fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
             _ => others += 1,
         }
     }
-    let unique_bytes: u64 = unique.values().sum();
-    let stored: u64 = img.blobs.iter().map(|e| e.compressed_size).sum();
+    let unique_bytes: u64 = unique.values().fold(0, |a, b| a.saturating_add(*b));
+    let stored: u64 = img
+        .blobs
+        .iter()
+        .fold(0, |a, e| a.saturating_add(e.compressed_size));
     let dedup_ratio = if unique_bytes == 0 {
         1.0
     } else {

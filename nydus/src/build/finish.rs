@@ -99,7 +99,7 @@ pub(super) fn finish_blob<W: Write>(
             (encode_ci_v1(&v1)?, f)
         }
     };
-    let (ci_stored, compressed) = codec::compress(opts.chunk.compressor, &ci)
+    let (ci_stored, compressed) = codec::compress_bounded(opts.chunk.compressor, &ci)
         .map_err(|e| BuildError::Invalid(format!("compressing blob.meta: {e}")))?;
     let ci_compressor = if compressed {
         opts.chunk.compressor
@@ -174,7 +174,7 @@ pub(super) fn finish_blob<W: Write>(
             bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch, opts.share_xattrs)?;
         let off = writer.position();
         let (stored, compressor) = if opts.toc {
-            let (z, shrunk) = codec::compress(Compressor::Zstd, &bootstrap)
+            let (z, shrunk) = codec::compress_bounded(Compressor::Zstd, &bootstrap)
                 .map_err(|e| BuildError::Invalid(format!("compressing the bootstrap: {e}")))?;
             let c = if shrunk {
                 Compressor::Zstd

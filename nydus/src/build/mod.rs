@@ -72,7 +72,7 @@ impl Parent {
     /// Every chunk of the parent by digest: the chunk dictionary new layers deduplicate against.
     pub fn chunk_dict(&self) -> HashMap<[u8; 32], ChunkInfo> {
         let mut dict = HashMap::new();
-        for (_, id) in self.tree.bfs() {
+        for id in self.tree.bfs().ids() {
             if let Kind::File { chunks, .. } = &self.tree.node(id).kind {
                 for c in chunks {
                     dict.entry(c.block_id).or_insert(*c);
@@ -442,7 +442,7 @@ mod tests {
         .unwrap();
         assert_eq!(meta.chunks().len() as u32, e.chunk_count);
         let tree = b.to_tree().unwrap();
-        for (_, id) in tree.bfs() {
+        for id in tree.bfs().ids() {
             if let Kind::File { chunks, .. } = &tree.node(id).kind {
                 for ch in chunks {
                     let m = meta.chunks()[ch.index as usize];

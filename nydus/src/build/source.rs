@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::blob::BlobWriter;
@@ -143,8 +143,24 @@ pub fn from_dir<W: Write>(
             let is_file = matches!(kind, Kind::File { .. });
             let id = tree.insert(&rel_path, Node { meta, kind })?;
             if is_file && md.len() > 0 {
-                let mut f =
-                    fs::File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
+                // Not following links and not blocking on a fifo: if the name was swapped
+                // since it was examined, the open fails or the identity check below does.
+                let mut f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(
+                        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+                    )
+                    .open(&path)
+                    .map_err(io_err(format!("opening {}", path.display())))?;
+                let now = f
+                    .metadata()
+                    .map_err(io_err(format!("reading {}", path.display())))?;
+                if (now.dev(), now.ino()) != (md.dev(), md.ino()) || !now.file_type().is_file() {
+                    return Err(BuildError::Invalid(format!(
+                        "{} was replaced while the layer was being built",
+                        path.display()
+                    )));
+                }
                 blob.add_file(tree, id, md.len(), &mut f)
                     .map_err(io_err(format!("reading {}", path.display())))?;
             }

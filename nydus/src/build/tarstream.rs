@@ -140,6 +140,7 @@ impl<R: Read> TarStream<R> {
             .read_exact(&mut buf)
             .map_err(|_| bad("tar stream ends inside an extension header"))?;
         self.left = 0;
+        // size <= MAX_EXTENSION: no overflow.
         self.pad = size.next_multiple_of(512) - size;
         self.skip_rest()?;
         Ok(buf)
@@ -152,6 +153,8 @@ impl<R: Read> TarStream<R> {
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
+        // All extension headers in front of one entry together stay under MAX_EXTENSION.
+        let mut extension_bytes = 0u64;
         loop {
             let mut block = [0u8; 512];
             let mut got = 0;
@@ -194,6 +197,14 @@ impl<R: Read> TarStream<R> {
             }
             let size = numeric(h.entry_size(), &block[124..136], "size")?;
             let typeflag = block[156];
+            if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
+                extension_bytes = extension_bytes.saturating_add(size);
+                if extension_bytes > MAX_EXTENSION {
+                    return Err(bad(format!(
+                        "extension headers of one entry come to more than {MAX_EXTENSION} bytes"
+                    )));
+                }
+            }
             match typeflag {
                 b'x' => {
                     let data = self.read_extension(size, "PAX header")?;
@@ -276,7 +287,10 @@ impl<R: Read> TarStream<R> {
             } else {
                 e.size
             };
-            self.pad = stored.next_multiple_of(512) - self.left;
+            self.pad = stored
+                .checked_next_multiple_of(512)
+                .ok_or_else(|| bad(format!("entry size {stored} is too large")))?
+                - self.left;
             return Ok(Some(e));
         }
     }
@@ -394,5 +408,45 @@ mod tests {
         bad_sum[0] ^= 1;
         assert!(TarStream::new(&bad_sum[..]).next_header().is_err());
         assert!(TarStream::new(&bytes[..100]).next_header().is_err());
+    }
+
+    #[test]
+    fn extension_headers_of_one_entry_are_bounded_together() {
+        let mut ar = tar::Builder::new(Vec::new());
+        let big = vec![b'v'; 400 << 10];
+        for k in [
+            "SCHILY.xattr.user.a",
+            "SCHILY.xattr.user.b",
+            "SCHILY.xattr.user.c",
+        ] {
+            ar.append_pax_extensions([(k, &big[..])]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        ar.append_data(&mut h, "f", &b""[..]).unwrap();
+        let bytes = ar.into_inner().unwrap();
+        let err = TarStream::new(&bytes[..])
+            .next_header()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("extension headers of one entry"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_size_near_u64_max_is_an_error() {
+        let mut ar = tar::Builder::new(Vec::new());
+        let size = format!("{}", u64::MAX - 10);
+        ar.append_pax_extensions([("size", size.as_bytes())])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        ar.append_data(&mut h, "f", &b""[..]).unwrap();
+        let bytes = ar.into_inner().unwrap();
+        let err = TarStream::new(&bytes[..])
+            .next_header()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
     }
 }

@@ -15,6 +15,7 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 
 use crate::chunk::ChunkInfo;
 use crate::le::{u32_at, u64_at};
@@ -529,8 +530,15 @@ impl<'a> BootstrapV5<'a> {
         mut visit: impl FnMut(&WalkEntryV5<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut expanded = HashSet::new();
-        let mut stack = vec![(b"/".to_vec(), 0usize, self.root)];
-        while let Some((path, depth, ino)) = stack.pop() {
+        // Children hold their parent's path (shared): the full path is made when a child is
+        // visited, so memory follows the entries, not their depth.
+        let mut stack = vec![(Rc::new(Vec::new()), b"/".as_slice(), 0usize, self.root)];
+        while let Some((parent, name, depth, ino)) = stack.pop() {
+            let path = match depth {
+                0 => b"/".to_vec(),
+                1 => [b"/".as_slice(), name].concat(),
+                _ => [parent.as_slice(), b"/", name].concat(),
+            };
             let is_dir = ino.file_type == FileType::Directory;
             if is_dir && !expanded.insert(ino.inode.ino) {
                 return Err(FormatError::Invalid {
@@ -562,13 +570,9 @@ impl<'a> BootstrapV5<'a> {
                 }
                 .into());
             }
+            let path = Rc::new(path);
             for child in children.into_iter().rev() {
-                let mut child_path = path.clone();
-                if depth > 0 {
-                    child_path.push(b'/');
-                }
-                child_path.extend_from_slice(child.name);
-                stack.push((child_path, depth + 1, child));
+                stack.push((path.clone(), child.name, depth + 1, child));
             }
         }
         Ok(())
@@ -578,7 +582,7 @@ impl<'a> BootstrapV5<'a> {
     /// (one node per `i_ino` of a non-directory) and each regular file's chunk infos.
     pub fn to_tree(&self) -> Result<Tree, FormatError> {
         let mut tree = Tree::default();
-        let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut node_of: HashMap<u64, crate::tree::NodeId> = HashMap::new();
         let tree_err = |err: crate::tree::TreeError| FormatError::Invalid {
             what: "directory tree",
             reason: err.to_string(),
@@ -587,8 +591,8 @@ impl<'a> BootstrapV5<'a> {
             let ino = e.inode;
             let is_dir = ino.file_type == FileType::Directory;
             if !is_dir {
-                if let Some(first) = first_path.get(&ino.real_ino()) {
-                    tree.link(e.path, first).map_err(tree_err)?;
+                if let Some(&id) = node_of.get(&ino.real_ino()) {
+                    tree.link_id(e.path, id).map_err(tree_err)?;
                     return Ok(());
                 }
             }
@@ -608,14 +612,36 @@ impl<'a> BootstrapV5<'a> {
                 FileType::BlockDevice => Kind::BlockDev(ino.rdev()),
                 FileType::Fifo => Kind::Fifo,
                 FileType::Socket => Kind::Socket,
-                FileType::Regular => Kind::File {
-                    size: ino.size(),
-                    chunks: self.chunks(ino)?,
-                },
+                FileType::Regular => {
+                    let chunks = self.chunks(ino)?;
+                    // Chunks lie in file order inside the file, without overlapping (holes
+                    // between them are zeros), so they never add up to more than its size.
+                    let mut end = 0u64;
+                    for (k, c) in chunks.iter().enumerate() {
+                        let c_end = c.file_offset.checked_add(u64::from(c.uncompressed_size));
+                        if c.file_offset < end || c_end.is_none_or(|x| x > ino.size()) {
+                            return Err(FormatError::Invalid {
+                                what: "chunk info",
+                                reason: format!(
+                                    "{} chunk {k}: {} bytes at file offset {} overlap the chunk before or end past the {}-byte file",
+                                    String::from_utf8_lossy(e.path),
+                                    c.uncompressed_size,
+                                    c.file_offset,
+                                    ino.size()
+                                ),
+                            });
+                        }
+                        end = c_end.unwrap_or(u64::MAX);
+                    }
+                    Kind::File {
+                        size: ino.size(),
+                        chunks,
+                    }
+                }
             };
-            tree.insert(e.path, Node { meta, kind }).map_err(tree_err)?;
+            let id = tree.insert(e.path, Node { meta, kind }).map_err(tree_err)?;
             if !is_dir {
-                first_path.insert(ino.real_ino(), e.path.to_vec());
+                node_of.insert(ino.real_ino(), id);
             }
             Ok(())
         })?;
@@ -1044,7 +1070,7 @@ mod tests {
         let sub = tree.node(tree.lookup(b"/sub").unwrap());
         assert_eq!(sub.mode(), 0o040700);
         assert_eq!(tree.node(crate::tree::Tree::ROOT).mode(), 0o040755);
-        assert_eq!(tree.walk().len(), 9);
+        assert_eq!(tree.walk().count(), 9);
         assert_eq!(tree.nlinks()[&file], 2);
     }
 

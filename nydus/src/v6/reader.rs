@@ -9,10 +9,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 
 use crate::chunk::ChunkInfo;
 use crate::le::u32_at;
-use crate::tree::{Kind, Meta, Node, Tree};
+use crate::tree::{Kind, Meta, Node, NodeId, Tree};
 use crate::v6::inode::{
     xattr_prefix, ChunkAddr, DataLayout, Dirent, FileType, Inode, InodeFormat, XattrEntryHeader,
     XattrIbodyHeader,
@@ -27,8 +28,11 @@ use crate::FormatError;
 pub const EROFS_NAME_LEN: usize = 255;
 /// Longest symlink target the reader accepts (Linux `PATH_MAX`).
 pub const MAX_SYMLINK_LEN: u64 = 4096;
+/// Most bytes (names and values) one inode's xattrs may decode to: the size of the largest
+/// inline xattr area.
+pub const MAX_XATTR_BYTES: usize = 256 << 10;
 /// Depth limit of [`Bootstrap::walk`] (the root is depth 0).
-pub const DEFAULT_MAX_DEPTH: usize = 256;
+pub const DEFAULT_MAX_DEPTH: usize = crate::tree::MAX_DEPTH;
 
 /// One xattr entry at the start of `bytes`: full name, value and padded entry size.
 fn decode_xattr_entry(bytes: &[u8], nid: u64) -> Result<(Vec<u8>, Vec<u8>, usize), FormatError> {
@@ -365,6 +369,22 @@ impl<'a> Bootstrap<'a> {
                 ),
             ));
         }
+        // Like the inline area (at most 256 KiB), an inode's xattrs decode to at most 256 KiB,
+        // however many shared ids point at large shared entries.
+        let mut decoded = 0usize;
+        let mut account = |name: &[u8], value: &[u8]| {
+            decoded += name.len() + value.len();
+            if decoded > MAX_XATTR_BYTES {
+                return Err(FormatError::Invalid {
+                    what: "xattrs",
+                    reason: format!(
+                        "nid {}: xattrs come to more than {MAX_XATTR_BYTES} bytes",
+                        ino.nid
+                    ),
+                });
+            }
+            Ok(())
+        };
         for id in ids.chunks_exact(4) {
             let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
             let at = u64::from(self.sb.xattr_blkaddr) * self.block_size + u64::from(id) * 4;
@@ -385,12 +405,14 @@ impl<'a> Bootstrap<'a> {
                     )
                 })?;
             let (name, value, _) = decode_xattr_entry(rest, ino.nid)?;
+            account(&name, &value)?;
             out.push((name, value));
         }
         let mut pos = ids_end;
         while pos < size {
             let rest = area.get(pos..).unwrap_or_default();
             let (name, value, len) = decode_xattr_entry(rest, ino.nid)?;
+            account(&name, &value)?;
             out.push((name, value));
             pos += len;
         }
@@ -627,8 +649,22 @@ impl<'a> Bootstrap<'a> {
         mut visit: impl FnMut(&WalkEntry<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut expanded = HashSet::new();
-        let mut stack = vec![(b"/".to_vec(), 0usize, self.root)];
-        while let Some((path, depth, ino)) = stack.pop() {
+        // Every dirent takes 12 bytes of its own in a well-formed bootstrap; directories sharing
+        // blocks could otherwise make a small bootstrap list entries without end.
+        let mut dirents_left = self.bytes.len() / Dirent::SIZE;
+        // Children hold their parent's path (shared) and their name: the full path is made
+        // when a child is visited, so memory follows the entries, not their depth.
+        let mut stack = vec![(Rc::new(Vec::new()), b"/".to_vec(), 0usize, self.root)];
+        while let Some((parent, name, depth, ino)) = stack.pop() {
+            let path = if depth <= 1 {
+                name
+            } else {
+                let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+                p.extend_from_slice(&parent);
+                p.push(b'/');
+                p.extend_from_slice(&name);
+                p
+            };
             let is_dir = ino.file_type == FileType::Directory;
             if is_dir && !expanded.insert(ino.nid) {
                 return Err(FormatError::Invalid {
@@ -649,8 +685,20 @@ impl<'a> Bootstrap<'a> {
             if !is_dir {
                 continue;
             }
+            let entries = self.read_dir(&ino)?;
+            dirents_left = dirents_left.checked_sub(entries.len()).ok_or_else(|| {
+                FormatError::Invalid {
+                    what: "directory tree",
+                    reason: format!(
+                        "directories list more entries than a {}-byte bootstrap holds (they share blocks), seen at {}",
+                        self.bytes.len(),
+                        String::from_utf8_lossy(&path)
+                    ),
+                }
+            })?;
+            let path = Rc::new(path);
             let mut children = Vec::new();
-            for entry in self.read_dir(&ino)? {
+            for entry in entries {
                 if entry.name == b"." || entry.name == b".." {
                     continue;
                 }
@@ -679,12 +727,12 @@ impl<'a> Bootstrap<'a> {
                     }
                     .into());
                 }
-                let mut child_path = path.clone();
-                if depth > 0 {
-                    child_path.push(b'/');
-                }
-                child_path.extend_from_slice(&entry.name);
-                children.push((child_path, depth + 1, child));
+                let name = if depth == 0 {
+                    [b"/".as_slice(), &entry.name].concat()
+                } else {
+                    entry.name
+                };
+                children.push((path.clone(), name, depth + 1, child));
             }
             stack.extend(children.into_iter().rev());
         }
@@ -821,17 +869,35 @@ impl Bootstrap<'_> {
         }
         let chunk_size = u64::from(self.ext.chunk_size);
         let mut tree = Tree::default();
-        let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut node_of: HashMap<u64, NodeId> = HashMap::new();
+        // Shared xattrs let a small bootstrap give many inodes the same large values; what all
+        // inodes together may decode is bounded by the bootstrap's size.
+        let mut xattr_budget = (self.bytes.len() as u64).saturating_mul(16) + (16 << 20);
         self.walk(|e: &WalkEntry<'_>| -> Result<(), FormatError> {
             let ino = e.inode;
-            if let Some(first) = first_path.get(&ino.nid) {
-                tree.link(e.path, first)
+            if let Some(&id) = node_of.get(&ino.nid) {
+                tree.link_id(e.path, id)
                     .map_err(|err| FormatError::Invalid {
                         what: "directory tree",
                         reason: err.to_string(),
                     })?;
                 return Ok(());
             }
+            let xattrs = self.xattrs(ino)?;
+            let xattr_bytes: u64 = xattrs
+                .iter()
+                .map(|(n, v)| (n.len() + v.len()) as u64)
+                .sum();
+            xattr_budget = xattr_budget.checked_sub(xattr_bytes).ok_or_else(|| {
+                FormatError::Invalid {
+                    what: "xattrs",
+                    reason: format!(
+                        "the inodes' xattrs come to more than 16 times the {}-byte bootstrap (seen at {})",
+                        self.bytes.len(),
+                        String::from_utf8_lossy(e.path)
+                    ),
+                }
+            })?;
             let (mtime, mtime_nsec) = ino
                 .inode
                 .mtime()
@@ -842,7 +908,7 @@ impl Bootstrap<'_> {
                 gid: ino.inode.gid(),
                 mtime,
                 mtime_nsec,
-                xattrs: self.xattrs(ino)?.into_iter().collect(),
+                xattrs: xattrs.into_iter().collect(),
             };
             let kind = match ino.file_type {
                 FileType::Directory => Kind::Dir(Default::default()),
@@ -867,6 +933,21 @@ impl Bootstrap<'_> {
                                 }
                             })?;
                         c.file_offset = k as u64 * chunk_size;
+                        // Every chunk but the last is a whole chunk, the last one the rest: so a
+                        // file's chunks add up to exactly its size.
+                        let want = chunk_size.min(ino.size().saturating_sub(c.file_offset));
+                        if u64::from(c.uncompressed_size) != want {
+                            return Err(FormatError::Invalid {
+                                what: "chunk info table",
+                                reason: format!(
+                                    "{} chunk {k} (blob {blob} chunk {}) holds {} bytes; a {}-byte file with {chunk_size}-byte chunks needs {want} there",
+                                    String::from_utf8_lossy(e.path),
+                                    addr.chunk_index(),
+                                    c.uncompressed_size,
+                                    ino.size()
+                                ),
+                            });
+                        }
                         chunks.push(c);
                     }
                     Kind::File {
@@ -875,12 +956,13 @@ impl Bootstrap<'_> {
                     }
                 }
             };
-            tree.insert(e.path, Node { meta, kind })
+            let id = tree
+                .insert(e.path, Node { meta, kind })
                 .map_err(|err| FormatError::Invalid {
                     what: "directory tree",
                     reason: err.to_string(),
                 })?;
-            first_path.insert(ino.nid, e.path.to_vec());
+            node_of.insert(ino.nid, id);
             Ok(())
         })?;
         Ok(tree)

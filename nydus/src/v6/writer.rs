@@ -30,7 +30,8 @@ use super::layout::{
     EROFS_DEVTABLE_OFFSET, EROFS_DEVT_SLOT_SIZE, EROFS_SUPER_OFFSET, RAFS_V6_BLOB_ENTRY_SIZE,
     RAFS_V6_EXT_SUPER_OFFSET, V6_BLOCK_SEG_ALIGNMENT,
 };
-use crate::tree::{display, Kind, Node, NodeId, Tree};
+use super::reader::MAX_XATTR_BYTES;
+use crate::tree::{display, Kind, Node, NodeId, Order, Tree};
 use crate::{ChunkInfo, FormatError, RafsSuperFlags};
 
 const BS: u64 = EROFS_BLOCK_SIZE_4096;
@@ -63,7 +64,8 @@ fn invalid(reason: String) -> FormatError {
 /// Per-inode layout decided before anything is written.
 struct Placed {
     id: NodeId,
-    path: Vec<u8>,
+    /// Index in the breadth-first order (for the path in messages).
+    idx: usize,
     offset: u64,
     layout: InodeLayout,
     data_layout: DataLayout,
@@ -112,7 +114,7 @@ fn encode_xattr_entry(path: &[u8], name: &[u8], value: &[u8]) -> Result<Vec<u8>,
 /// An xattr as stored: full name and value.
 type XattrPair = (Vec<u8>, Vec<u8>);
 
-type XattrUses<'a> = BTreeMap<(&'a [u8], &'a [u8]), (u32, &'a [u8])>;
+type XattrUses<'a> = BTreeMap<(&'a [u8], &'a [u8]), (u32, usize)>;
 
 /// The shared xattr area: entries used by more than one inode, each stored once and referred to
 /// by its id (offset from the area's start in 4-byte units). No entry straddles a block.
@@ -123,19 +125,19 @@ struct SharedXattrs {
 }
 
 impl SharedXattrs {
-    fn build(tree: &Tree, order: &[(Vec<u8>, NodeId)]) -> Result<SharedXattrs, FormatError> {
-        // (name, value) -> (inodes that have it, the first one's path).
+    fn build(tree: &Tree, order: &Order<'_>) -> Result<SharedXattrs, FormatError> {
+        // (name, value) -> (inodes that have it, the first one's entry in `order`).
         let mut uses: XattrUses<'_> = BTreeMap::new();
-        for (path, id) in order {
-            for (name, value) in &tree.node(*id).meta.xattrs {
+        for (i, id) in order.ids().enumerate() {
+            for (name, value) in &tree.node(id).meta.xattrs {
                 uses.entry((name.as_slice(), value.as_slice()))
-                    .or_insert((0, path.as_slice()))
+                    .or_insert((0, i))
                     .0 += 1;
             }
         }
         let mut shared = SharedXattrs::default();
-        for ((name, value), (count, path)) in uses {
-            let entry = encode_xattr_entry(path, name, value)?;
+        for ((name, value), (count, first)) in uses {
+            let entry = encode_xattr_entry(&order.path(first), name, value)?;
             if count < 2 || entry.len() as u64 > BS {
                 continue;
             }
@@ -161,6 +163,13 @@ fn encode_xattrs(
 ) -> Result<Vec<u8>, FormatError> {
     if xattrs.is_empty() {
         return Ok(Vec::new());
+    }
+    let total: usize = xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if total > MAX_XATTR_BYTES {
+        return Err(invalid(format!(
+            "{}: xattrs come to {total} bytes, more than the {MAX_XATTR_BYTES} an inode may hold",
+            display(path)
+        )));
     }
     let mut ids = Vec::new();
     let mut inline = Vec::new();
@@ -257,10 +266,10 @@ pub fn write_bootstrap(
     let nlinks = tree.nlinks();
     let mut parent_of: HashMap<NodeId, NodeId> = HashMap::new();
     parent_of.insert(Tree::ROOT, Tree::ROOT);
-    for (_, id) in &order {
-        for (_, child) in tree.children(*id) {
+    for id in order.ids() {
+        for (_, child) in tree.children(id) {
             if tree.node(child).kind.is_dir() {
-                parent_of.insert(child, *id);
+                parent_of.insert(child, id);
             }
         }
     }
@@ -289,7 +298,8 @@ pub fn write_bootstrap(
     let mut index_of: HashMap<NodeId, usize> = HashMap::with_capacity(order.len());
     let mut cursor = meta_addr + BS;
     let mut dir_blocks_of: HashMap<NodeId, Vec<DirBlock>> = HashMap::new();
-    for (path, id) in &order {
+    for (path, id) in order.iter() {
+        let id = &id;
         let node = tree.node(*id);
         let nlink = nlinks.get(id).copied().unwrap_or(1);
         let layout = if compact_ok(node, nlink) {
@@ -297,7 +307,7 @@ pub fn write_bootstrap(
         } else {
             InodeLayout::Extended
         };
-        let xattrs = encode_xattrs(path, &node.meta.xattrs, &shared)?;
+        let xattrs = encode_xattrs(&path, &node.meta.xattrs, &shared)?;
         let isize = (layout.size() + xattrs.len()) as u64;
         cursor = align(cursor, 32);
         let (offset, data_layout, data_len) = match &node.kind {
@@ -341,7 +351,7 @@ pub fn write_bootstrap(
         index_of.insert(*id, placed.len());
         placed.push(Placed {
             id: *id,
-            path: path.clone(),
+            idx: placed.len(),
             offset,
             layout,
             data_layout,
@@ -375,7 +385,7 @@ pub fn write_bootstrap(
                 if c.blob_index as usize >= blobs.len() {
                     return Err(invalid(format!(
                         "{}: chunk points to blob {} of {}",
-                        display(&p.path),
+                        display(&order.path(p.idx)),
                         c.blob_index,
                         blobs.len()
                     )));
@@ -407,7 +417,7 @@ pub fn write_bootstrap(
                 if chunks.len() as u64 != expected {
                     return Err(invalid(format!(
                         "{}: {} chunks for {} bytes at chunk size {}",
-                        display(&p.path),
+                        display(&order.path(p.idx)),
                         chunks.len(),
                         size,
                         opts.chunk_size
@@ -466,7 +476,7 @@ pub fn write_bootstrap(
                     if c.uncompressed_offset % BS != 0 {
                         return Err(invalid(format!(
                             "{}: chunk uncompressed offset {:#x} is not 4 KiB aligned",
-                            display(&p.path),
+                            display(&order.path(p.idx)),
                             c.uncompressed_offset
                         )));
                     }
@@ -776,7 +786,6 @@ mod tests {
     /// `(path, mode, meta, kind)` of every name, for comparing trees across arenas.
     fn flat(t: &Tree) -> Vec<(Vec<u8>, u32, Meta, String)> {
         t.walk()
-            .into_iter()
             .map(|(p, id)| {
                 let n = t.node(id);
                 let kind = match &n.kind {
@@ -887,5 +896,125 @@ mod tests {
                 (b"user.own".to_vec(), b"7".to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn directories_sharing_blocks_cannot_multiply_the_walk() {
+        let mut tree = Tree::default();
+        for i in 0..300 {
+            tree.insert(format!("/a/f{i:03}").as_bytes(), fifo())
+                .unwrap();
+        }
+        for i in 0..400 {
+            tree.insert(
+                format!("/d{i:03}").as_bytes(),
+                Node {
+                    meta: Meta::default(),
+                    kind: Kind::Dir(Default::default()),
+                },
+            )
+            .unwrap();
+        }
+        let mut bytes = write_bootstrap(&tree, &[], &opts()).unwrap();
+        let (a_block, dirs) = {
+            let b = Bootstrap::parse(&bytes).unwrap();
+            let a = b.lookup(b"/a").unwrap().unwrap();
+            let dirs: Vec<u64> = (0..400)
+                .map(|i| {
+                    b.lookup(format!("/d{i:03}").as_bytes())
+                        .unwrap()
+                        .unwrap()
+                        .offset
+                })
+                .collect();
+            (a.inode.u(), dirs)
+        };
+        assert_ne!(a_block, 0, "/a has a full dirent block");
+        // Point every /dNNN at /a's first dirent block (FLAT_PLAIN, one block).
+        for off in dirs {
+            let off = off as usize;
+            assert_eq!(bytes[off] & 1, 0, "compact inode");
+            bytes[off..off + 2].copy_from_slice(&0u16.to_le_bytes());
+            bytes[off + 8..off + 12].copy_from_slice(&(BS as u32).to_le_bytes());
+            bytes[off + 16..off + 20].copy_from_slice(&a_block.to_le_bytes());
+        }
+        let err = Bootstrap::parse(&bytes).unwrap().to_tree().unwrap_err();
+        assert!(err.to_string().contains("share blocks"), "{err}");
+    }
+
+    fn fifo() -> Node {
+        Node {
+            meta: Meta::default(),
+            kind: Kind::Fifo,
+        }
+    }
+
+    #[test]
+    fn an_inode_decodes_to_at_most_max_xattr_bytes() {
+        // The writer refuses more.
+        let mut tree = Tree::default();
+        let mut meta = Meta::default();
+        for k in 0..5 {
+            meta.xattrs
+                .insert(format!("user.{k}").into_bytes(), vec![k; 60_000]);
+        }
+        tree.insert(
+            b"/f",
+            Node {
+                meta,
+                kind: Kind::Fifo,
+            },
+        )
+        .unwrap();
+        let share = WriteOptions {
+            share_xattrs: true,
+            ..opts()
+        };
+        let err = write_bootstrap(&tree, &[], &share).unwrap_err().to_string();
+        assert!(err.contains("/f") && err.contains("more than"), "{err}");
+
+        // Shared ids repeated in a crafted inode are refused by the reader: 60 shared entries
+        // of 4,000 bytes (240 KB) are fine, 70 (280 KB) are not.
+        let mut tree = Tree::default();
+        for f in ["/f", "/g"] {
+            let mut meta = Meta::default();
+            for k in 0..60u8 {
+                meta.xattrs
+                    .insert(format!("user.{k:02}").into_bytes(), vec![k; 4000]);
+            }
+            meta.xattrs
+                .insert(b"user.z".to_vec(), f.as_bytes().repeat(50));
+            tree.insert(
+                f.as_bytes(),
+                Node {
+                    meta,
+                    kind: Kind::Fifo,
+                },
+            )
+            .unwrap();
+        }
+        let mut bytes = write_bootstrap(&tree, &[], &share).unwrap();
+        let off = {
+            let b = Bootstrap::parse(&bytes).unwrap();
+            let f = b.lookup(b"/f").unwrap().unwrap();
+            assert_eq!(b.xattrs(&f).unwrap().len(), 61);
+            f.offset as usize + f.inode.disk_size()
+        };
+        assert_eq!(bytes[off + 4], 60, "60 shared ids");
+        bytes[off + 4] = 70;
+        let first_id = [
+            bytes[off + 12],
+            bytes[off + 13],
+            bytes[off + 14],
+            bytes[off + 15],
+        ];
+        for k in 60..70 {
+            let at = off + 12 + 4 * k;
+            bytes[at..at + 4].copy_from_slice(&first_id);
+        }
+        let b = Bootstrap::parse(&bytes).unwrap();
+        let f = b.lookup(b"/f").unwrap().unwrap();
+        let err = b.xattrs(&f).unwrap_err().to_string();
+        assert!(err.contains("more than 262144 bytes"), "{err}");
     }
 }
