@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn metadata_larger_than_a_chunk_compresses_and_chunks_do_not() {
+        let big = vec![3u8; RAFS_MAX_CHUNK_SIZE as usize + 4096];
+        assert!(compress(Compressor::Zstd, &big).is_err());
+        for algo in [Compressor::Zstd, Compressor::Lz4Block] {
+            let (z, compressed) = compress_bounded(algo, &big).unwrap();
+            assert!(compressed);
+            let mut out = Vec::new();
+            decompress_bounded(algo, &z, big.len(), &mut out).unwrap();
+            assert_eq!(out, big);
+        }
+    }
+
+    #[test]
     fn incompressible_and_tiny_chunks_are_stored_raw() {
         for algo in [Compressor::Lz4Block, Compressor::Zstd] {
             for data in [Vec::new(), b"x".to_vec(), random_bytes(10_000, 3)] {
