@@ -377,8 +377,10 @@ pub fn write_bootstrap(
     }
     let inode_area_end = block_cursor;
 
-    // Chunk info table: one entry per (digest, device), sorted like Nydus's.
-    let mut chunk_table: BTreeMap<([u8; 32], u32), ChunkInfo> = BTreeMap::new();
+    // Chunk info table: one entry per chunk of a blob (digest, device, index), sorted by digest
+    // like Nydus's. A blob normally holds a digest once, but one that holds it at several
+    // indexes (an image built without dedup, or a crafted one) keeps every entry its files use.
+    let mut chunk_table: BTreeMap<([u8; 32], u32, u32), ChunkInfo> = BTreeMap::new();
     for p in &placed {
         if let Kind::File { chunks, .. } = &tree.node(p.id).kind {
             for c in chunks {
@@ -390,7 +392,9 @@ pub fn write_bootstrap(
                         blobs.len()
                     )));
                 }
-                chunk_table.insert((c.block_id, c.blob_index + 1), *c);
+                chunk_table
+                    .entry((c.block_id, c.blob_index + 1, c.index))
+                    .or_insert(*c);
             }
         }
     }
@@ -1016,5 +1020,45 @@ mod tests {
         let f = b.lookup(b"/f").unwrap().unwrap();
         let err = b.xattrs(&f).unwrap_err().to_string();
         assert!(err.contains("more than 262144 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_digest_at_two_indexes_of_one_blob_keeps_both_entries() {
+        let mut tree = Tree::default();
+        for (name, index) in [("/a", 0u32), ("/b", 1)] {
+            let c = ChunkInfo {
+                block_id: [9; 32],
+                blob_index: 0,
+                flags: BlobChunkFlags::HAS_CRC32,
+                compressed_size: 10,
+                uncompressed_size: 10,
+                compressed_offset: u64::from(index) * 10,
+                uncompressed_offset: u64::from(index) * u64::from(CS),
+                file_offset: 0,
+                index,
+                crc32: 1,
+            };
+            tree.insert(
+                name.as_bytes(),
+                Node {
+                    meta: Meta::default(),
+                    kind: Kind::File {
+                        size: 10,
+                        chunks: vec![c],
+                    },
+                },
+            )
+            .unwrap();
+        }
+        let bytes = write_bootstrap(&tree, &[blob(2)], &opts()).unwrap();
+        let b = Bootstrap::parse(&bytes).unwrap();
+        assert_eq!(b.chunk_info_count(), 2);
+        let back = b.to_tree().unwrap();
+        for (name, index) in [(&b"/a"[..], 0), (b"/b", 1)] {
+            let Kind::File { chunks, .. } = &back.node(back.lookup(name).unwrap()).kind else {
+                panic!("not a file")
+            };
+            assert_eq!(chunks[0].index, index);
+        }
     }
 }
