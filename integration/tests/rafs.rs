@@ -49,6 +49,16 @@ fn extract(tar: &Path, dest: &Path) {
     );
 }
 
+/// `unpack` of `boot` (blobs in `blobs`) into a tar under `work`, extracted with GNU tar, equals
+/// `src`.
+fn assert_unpacks_to(boot: &Path, blobs: &Path, src: &Path, work: &Path) {
+    let tar = work.join("out.tar");
+    ok(&["unpack", "-B", s(boot), "-D", s(blobs), "--output", s(&tar)]);
+    let back = work.join("back");
+    extract(&tar, &back);
+    assert_same_tree(src, &back, Compare::ALL);
+}
+
 fn blob_in(dir: &Path) -> PathBuf {
     let mut blobs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -99,19 +109,7 @@ fn create_then_unpack_reproduces_the_tree_for_every_compressor_and_digester() {
                 s(&src),
             ]);
             ok(&["check", "-B", s(&boot), "-D", s(&blobs)]);
-            let tar = case.join("out.tar");
-            ok(&[
-                "unpack",
-                "-B",
-                s(&boot),
-                "-D",
-                s(&blobs),
-                "--output",
-                s(&tar),
-            ]);
-            let back = case.join("back");
-            extract(&tar, &back);
-            assert_same_tree(&src, &back, Compare::ALL);
+            assert_unpacks_to(&boot, &blobs, &src, &case);
         }
     }
 }
@@ -161,19 +159,7 @@ fn a_tar_layer_builds_the_same_tree_as_its_directory() {
         s(&boot),
         s(&layer),
     ]);
-    let tar = dir.path().join("out.tar");
-    ok(&[
-        "unpack",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "--output",
-        s(&tar),
-    ]);
-    let back = dir.path().join("back");
-    extract(&tar, &back);
-    assert_same_tree(&src, &back, Compare::ALL);
+    assert_unpacks_to(&boot, &blobs, &src, dir.path());
 }
 
 /// Mounts `bootstrap` with the kernel's EROFS, each blob file as an extra device, with mount(2)
@@ -301,19 +287,7 @@ fn shared_xattrs_are_stored_once_and_read_back_by_the_kernel_and_by_unpack() {
     assert_same_tree(&src, &mnt, Compare::ALL);
     drop(m);
 
-    let tar = dir.path().join("out.tar");
-    ok(&[
-        "unpack",
-        "-B",
-        s(&boot),
-        "-D",
-        s(&blobs),
-        "--output",
-        s(&tar),
-    ]);
-    let back = dir.path().join("back");
-    extract(&tar, &back);
-    assert_same_tree(&src, &back, Compare::ALL);
+    assert_unpacks_to(&boot, &blobs, &src, dir.path());
 }
 
 fn write(path: &Path, data: &[u8]) {
