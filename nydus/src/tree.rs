@@ -145,6 +145,13 @@ pub fn display(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
+/// The path of `name` inside the directory at `parent` (`/` or empty for the root); empty
+/// `parent` and `name` give the root, `/`.
+pub fn child_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let parent = if parent == b"/" { &b""[..] } else { parent };
+    [parent, b"/", name].concat()
+}
+
 /// Deepest path a tree holds, in components (the RAFS reader's walk limit too).
 pub const MAX_DEPTH: usize = 256;
 

@@ -410,6 +410,15 @@ mod tests {
         assert!(TarStream::new(&bytes[..100]).next_header().is_err());
     }
 
+    /// The error reading the first header of the archive `ar` built.
+    fn first_header_error(ar: tar::Builder<Vec<u8>>) -> String {
+        let bytes = ar.into_inner().unwrap();
+        TarStream::new(&bytes[..])
+            .next_header()
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn extension_headers_of_one_entry_are_bounded_together() {
         let mut ar = tar::Builder::new(Vec::new());
@@ -424,11 +433,7 @@ mod tests {
         let mut h = tar::Header::new_gnu();
         h.set_size(0);
         ar.append_data(&mut h, "f", &b""[..]).unwrap();
-        let bytes = ar.into_inner().unwrap();
-        let err = TarStream::new(&bytes[..])
-            .next_header()
-            .unwrap_err()
-            .to_string();
+        let err = first_header_error(ar);
         assert!(err.contains("extension headers of one entry"), "{err}");
     }
 
@@ -442,11 +447,7 @@ mod tests {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
         ar.append_data(&mut h, "f", &b""[..]).unwrap();
-        let bytes = ar.into_inner().unwrap();
-        let err = TarStream::new(&bytes[..])
-            .next_header()
-            .unwrap_err()
-            .to_string();
+        let err = first_header_error(ar);
         assert!(err.contains("too large"), "{err}");
     }
 }

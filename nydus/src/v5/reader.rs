@@ -532,13 +532,9 @@ impl<'a> BootstrapV5<'a> {
         let mut expanded = HashSet::new();
         // Children hold their parent's path (shared): the full path is made when a child is
         // visited, so memory follows the entries, not their depth.
-        let mut stack = vec![(Rc::new(Vec::new()), b"/".as_slice(), 0usize, self.root)];
+        let mut stack = vec![(Rc::new(Vec::new()), b"".as_slice(), 0usize, self.root)];
         while let Some((parent, name, depth, ino)) = stack.pop() {
-            let path = match depth {
-                0 => b"/".to_vec(),
-                1 => [b"/".as_slice(), name].concat(),
-                _ => [parent.as_slice(), b"/", name].concat(),
-            };
+            let path = crate::tree::child_path(&parent, name);
             let is_dir = ino.file_type == FileType::Directory;
             if is_dir && !expanded.insert(ino.inode.ino) {
                 return Err(FormatError::Invalid {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use crate::chunk::ChunkInfo;
 use crate::le::u32_at;
-use crate::tree::{Kind, Meta, Node, NodeId, Tree};
+use crate::tree::{child_path, Kind, Meta, Node, NodeId, Tree};
 use crate::v6::inode::{
     xattr_prefix, ChunkAddr, DataLayout, Dirent, FileType, Inode, InodeFormat, XattrEntryHeader,
     XattrIbodyHeader,
@@ -654,17 +654,9 @@ impl<'a> Bootstrap<'a> {
         let mut dirents_left = self.bytes.len() / Dirent::SIZE;
         // Children hold their parent's path (shared) and their name: the full path is made
         // when a child is visited, so memory follows the entries, not their depth.
-        let mut stack = vec![(Rc::new(Vec::new()), b"/".to_vec(), 0usize, self.root)];
+        let mut stack = vec![(Rc::new(Vec::new()), Vec::new(), 0usize, self.root)];
         while let Some((parent, name, depth, ino)) = stack.pop() {
-            let path = if depth <= 1 {
-                name
-            } else {
-                let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-                p.extend_from_slice(&parent);
-                p.push(b'/');
-                p.extend_from_slice(&name);
-                p
-            };
+            let path = child_path(&parent, &name);
             let is_dir = ino.file_type == FileType::Directory;
             if is_dir && !expanded.insert(ino.nid) {
                 return Err(FormatError::Invalid {
@@ -727,12 +719,7 @@ impl<'a> Bootstrap<'a> {
                     }
                     .into());
                 }
-                let name = if depth == 0 {
-                    [b"/".as_slice(), &entry.name].concat()
-                } else {
-                    entry.name
-                };
-                children.push((path.clone(), name, depth + 1, child));
+                children.push((path.clone(), entry.name, depth + 1, child));
             }
             stack.extend(children.into_iter().rev());
         }
@@ -1606,53 +1593,43 @@ mod tests {
 
     #[test]
     fn bad_shared_xattr_ids_and_bad_xattr_entries_are_errors() {
+        // The error reading inode A's xattrs after `patch`.
+        let xattr_error = |patch: &dyn Fn(&mut Vec<u8>)| {
+            let mut img = image();
+            patch(&mut img);
+            let boot = Bootstrap::parse(&img).unwrap();
+            let a = boot.inode(nid(A_OFF)).unwrap();
+            boot.xattrs(&a).unwrap_err()
+        };
+        let hdr = A_OFF + 64;
         // A shared id but no shared xattr area.
-        let mut img = image();
-        img[A_OFF + 64 + 4] = 1;
-        let boot = Bootstrap::parse(&img).unwrap();
-        let a = boot.inode(nid(A_OFF)).unwrap();
-        assert_eq!(
-            boot.xattrs(&a).unwrap_err().field_name(),
-            Some("h_shared_count")
-        );
+        let e = xattr_error(&|img| img[hdr + 4] = 1);
+        assert_eq!(e.field_name(), Some("h_shared_count"));
         // More shared ids than the xattr area holds.
-        let mut img = image();
-        img[A_OFF + 64 + 4] = 200;
-        let boot = Bootstrap::parse(&img).unwrap();
-        let a = boot.inode(nid(A_OFF)).unwrap();
-        assert_eq!(
-            boot.xattrs(&a).unwrap_err().field_name(),
-            Some("h_shared_count")
-        );
+        let e = xattr_error(&|img| img[hdr + 4] = 200);
+        assert_eq!(e.field_name(), Some("h_shared_count"));
         // A shared id pointing past the bootstrap.
-        let mut img = image();
-        img[1024 + 44..1024 + 48].copy_from_slice(&1u32.to_le_bytes());
-        img[A_OFF + 64 + 4] = 1;
-        img[A_OFF + 64 + 12..A_OFF + 64 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
-        let boot = Bootstrap::parse(&img).unwrap();
-        let a = boot.inode(nid(A_OFF)).unwrap();
-        assert_eq!(boot.xattrs(&a).unwrap_err().field_name(), Some("xattr id"));
-
-        let mut img = image();
-        img[A_OFF + 64 + 12 + 1] = 5; // no prefix has index 5
-        let boot = Bootstrap::parse(&img).unwrap();
-        let a = boot.inode(nid(A_OFF)).unwrap();
-        assert_eq!(
-            boot.xattrs(&a).unwrap_err().field_name(),
-            Some("e_name_index")
+        let e = xattr_error(&|img| {
+            img[1024 + 44..1024 + 48].copy_from_slice(&1u32.to_le_bytes());
+            img[hdr + 4] = 1;
+            img[hdr + 12..hdr + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        });
+        assert_eq!(e.field_name(), Some("xattr id"));
+        // No prefix has index 5.
+        let e = xattr_error(&|img| img[hdr + 12 + 1] = 5);
+        assert_eq!(e.field_name(), Some("e_name_index"));
+        // A value running past the xattr area.
+        let e = xattr_error(&|img| img[hdr + 12 + 2] = 200);
+        assert!(
+            matches!(
+                e,
+                FormatError::Truncated {
+                    what: "XattrEntry",
+                    ..
+                }
+            ),
+            "{e:?}"
         );
-
-        let mut img = image();
-        img[A_OFF + 64 + 12 + 2] = 200; // value runs past the xattr area
-        let boot = Bootstrap::parse(&img).unwrap();
-        let a = boot.inode(nid(A_OFF)).unwrap();
-        assert!(matches!(
-            boot.xattrs(&a),
-            Err(FormatError::Truncated {
-                what: "XattrEntry",
-                ..
-            })
-        ));
     }
 
     #[test]
