@@ -25,6 +25,7 @@ mod error;
 pub mod flags;
 pub mod image;
 mod le;
+pub mod nydusify;
 pub mod toc;
 pub mod tree;
 pub mod v5;

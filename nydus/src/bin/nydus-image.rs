@@ -1,19 +1,26 @@
-//! `nydus-image`: build, merge, check, inspect, unpack and measure RAFS v6 images, with Nydus's
-//! command and flag names where they overlap.
+//! `nydus-image`: build, merge, check, inspect, unpack and measure RAFS v6 images.
+//!
+//! Commands, flags and the `-J/--output-json` files follow Nydus's own `nydus-image` (2.4) where
+//! they overlap, so the tools that run it — nydusify, and nydus-snapshotter's converter that
+//! buildkit and Harbor's acceleration service use — can run this one with the same command lines.
+//! docs/nydus.md lists the flags and where this tool differs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Display;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use nydus::blobmeta::BlobMeta;
 use nydus::build::{self, ChunkOptions, CreateOptions, Parent, Source};
 use nydus::image::{self, BlobFile, Image};
 use nydus::tree::{display, Kind, NodeId, Tree};
 use nydus::v6::{BlobEntry, Bootstrap};
-use nydus::{Compressor, Digester};
+use nydus::{BlobFeatures, Compressor, Digester};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -23,16 +30,52 @@ use serde_json::json;
     about = "Build and inspect Nydus RAFS v6 images"
 )]
 struct Cli {
+    /// How much to print: the summary lines of create and merge are `info`, notices `warn`.
+    #[arg(short = 'l', long, global = true, value_enum, default_value = "info")]
+    log_level: LogLevel,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// The `--log-level` given, as `LogLevel as u8`.
+static LOG_LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+fn enabled(level: LogLevel) -> bool {
+    level as u8 >= LOG_LEVEL.load(Ordering::Relaxed)
+}
+
+/// A summary line for the user (stdout), shown at `info` and below.
+fn info(msg: impl Display) {
+    if enabled(LogLevel::Info) {
+        println!("{msg}");
+    }
+}
+
+/// A notice (stderr), shown at `warn` and below.
+fn warn(msg: impl Display) {
+    if enabled(LogLevel::Warn) {
+        eprintln!("nydus-image: {msg}");
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SourceType {
-    /// A directory.
+    /// A directory (Nydus also accepts `directory`).
+    #[value(alias = "directory")]
     DirRafs,
-    /// An OCI layer tar (plain, gzip or zstd).
+    /// An OCI layer tar: plain, gzip or zstd (the compression is detected).
     TarRafs,
+    /// A gzip OCI layer tar: the same as tar-rafs here.
+    TargzRafs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,7 +94,7 @@ enum DigesterArg {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum PrefetchPolicy {
-    /// Prefetch list (one path per line) read from stdin.
+    /// Prefetch list (one absolute path per line) read from stdin.
     Fs,
     /// Same as fs (the blob is laid out in build order either way).
     Blob,
@@ -59,120 +102,232 @@ enum PrefetchPolicy {
     None,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum WhiteoutSpec {
+    /// `.wh.NAME` files and `.wh..wh..opq` markers (the OCI image layer rules).
+    Oci,
+    /// Whiteouts are plain files; nothing is interpreted while building.
+    None,
+    /// 0/0 character devices and `trusted.overlay.opaque` (not supported: fails).
+    Overlayfs,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a layer (blob + bootstrap) from a directory or a layer tar.
-    Create {
-        /// Directory or tar file (`-` for a tar on stdin).
-        source: PathBuf,
-        /// What SOURCE is.
-        #[arg(short = 't', long = "type", value_enum, default_value = "dir-rafs")]
-        source_type: SourceType,
-        /// RAFS version; only 6 is built.
-        #[arg(short = 'v', long, default_value = "6")]
-        fs_version: String,
-        #[arg(long, value_enum, default_value = "zstd")]
-        compressor: CompressorArg,
-        #[arg(long, value_enum, default_value = "blake3")]
-        digester: DigesterArg,
-        /// Chunk size, a power of two from 0x1000 to 0x1000000 (hex with 0x, or decimal).
-        #[arg(long, default_value = "0x100000")]
-        chunk_size: String,
-        /// Write the blob to this file.
-        #[arg(short = 'b', long, conflicts_with = "blob_dir")]
-        blob: Option<PathBuf>,
-        /// Write the blob into this directory, named by its id.
-        #[arg(short = 'D', long)]
-        blob_dir: Option<PathBuf>,
-        /// Write the bootstrap here (not needed with --blob-inline-meta).
-        #[arg(short = 'B', long)]
-        bootstrap: Option<PathBuf>,
-        /// Put the bootstrap inside the blob.
-        #[arg(long)]
-        blob_inline_meta: bool,
-        /// Extra features: `blob-toc`.
-        #[arg(long, value_delimiter = ',')]
-        features: Vec<String>,
-        /// Build on top of this image bootstrap (dedup against it; output describes the whole image).
-        #[arg(long)]
-        parent_bootstrap: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "none")]
-        prefetch_policy: PrefetchPolicy,
-        /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
-        /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
-        #[arg(long)]
-        shared_xattrs: bool,
-        /// Whiteout convention of the source; only `oci` (`.wh.` files) is supported.
-        #[arg(long, default_value = "oci")]
-        whiteout_spec: String,
-        /// Worker threads for digests and compression (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Write a JSON summary (blob id, sizes, counters) to this file.
-        #[arg(short = 'J', long)]
-        output_json: Option<PathBuf>,
-    },
+    Create(CreateArgs),
     /// Merge layer bootstraps (bottom first) into one image bootstrap.
-    Merge {
-        /// Layer bootstraps, lowest layer first.
-        #[arg(required = true)]
-        sources: Vec<PathBuf>,
-        /// Output bootstrap.
-        #[arg(short = 'B', long)]
-        bootstrap: PathBuf,
-        /// Blob ids to use for the layers' blobs (comma-separated, one per layer with a blob).
-        #[arg(long, value_delimiter = ',')]
-        blob_digests: Vec<String>,
-        #[arg(long, value_enum, default_value = "none")]
-        prefetch_policy: PrefetchPolicy,
-        /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
-        /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
-        #[arg(long)]
-        shared_xattrs: bool,
-        #[arg(short = 'J', long)]
-        output_json: Option<PathBuf>,
-    },
+    Merge(MergeArgs),
     /// Check the bootstrap structure and, with blobs, every chunk's CRC32C/digest.
-    Check {
-        #[arg(short = 'B', long)]
-        bootstrap: PathBuf,
-        /// Directory holding the blobs, named by id.
-        #[arg(short = 'D', long)]
-        blob_dir: Option<PathBuf>,
-        /// The blob file (single-blob images).
-        #[arg(short = 'b', long)]
-        blob: Option<PathBuf>,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Print the superblock, blobs, files and chunks.
-    Inspect {
-        #[arg(short = 'B', long)]
-        bootstrap: PathBuf,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(InspectArgs),
     /// Rebuild the source tree as a tar from a bootstrap and its blobs.
-    Unpack {
-        #[arg(short = 'B', long)]
-        bootstrap: PathBuf,
-        #[arg(short = 'D', long)]
-        blob_dir: Option<PathBuf>,
-        #[arg(short = 'b', long)]
-        blob: Option<PathBuf>,
-        /// Output tar file.
-        #[arg(long)]
-        output: PathBuf,
-    },
+    Unpack(UnpackArgs),
     /// Sizes, chunk counts and dedup ratio of an image.
-    Stat {
-        #[arg(short = 'B', long)]
-        bootstrap: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Stat(StatArgs),
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Directory or layer tar (a file, a fifo, or `-` for a tar on stdin).
+    source: PathBuf,
+    /// What SOURCE is.
+    #[arg(
+        short = 't',
+        long = "type",
+        alias = "source-type",
+        value_enum,
+        default_value = "dir-rafs"
+    )]
+    source_type: SourceType,
+    /// RAFS version; only 6 is built.
+    #[arg(short = 'v', long, default_value = "6")]
+    fs_version: String,
+    #[arg(long, value_enum, default_value = "zstd")]
+    compressor: CompressorArg,
+    #[arg(long, value_enum, default_value = "blake3")]
+    digester: DigesterArg,
+    /// Chunk size, a power of two from 0x1000 to 0x1000000 (hex with 0x, or decimal).
+    #[arg(long, default_value = "0x100000")]
+    chunk_size: String,
+    /// Size up to which small files are compressed together; only 0 (no batches) is built.
+    #[arg(long, default_value = "0")]
+    batch_size: String,
+    /// Align chunks to 4 KiB in the uncompressed address space. RAFS v6 chunks always are
+    /// (Nydus honours the flag for v5 only), so this changes nothing.
+    #[arg(long)]
+    aligned_chunk: bool,
+    /// Data size of a stargz blob: Nydus reads it for `--type estargztoc-ref` only and ignores
+    /// it for every other type, as this tool (which builds none of those) does.
+    #[arg(long, value_name = "SIZE")]
+    blob_data_size: Option<String>,
+    /// Write the blob to this file (a fifo is written in place).
+    #[arg(short = 'b', long, conflicts_with = "blob_dir")]
+    blob: Option<PathBuf>,
+    /// Write the blob into this directory, named by its id.
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// Write the bootstrap here (not needed with --blob-inline-meta).
+    #[arg(short = 'B', long)]
+    bootstrap: Option<PathBuf>,
+    /// Put the bootstrap inside the blob.
+    #[arg(long, alias = "inline-bootstrap")]
+    blob_inline_meta: bool,
+    /// Extra features: `blob-toc`.
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// Deduplicate against the chunks of another image (`bootstrap=PATH`). Not supported yet:
+    /// fails rather than build without it.
+    #[arg(long, value_name = "bootstrap=PATH")]
+    chunk_dict: Option<String>,
+    /// Build on top of this image bootstrap (dedup against it; output describes the whole image).
+    #[arg(long)]
+    parent_bootstrap: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "none")]
+    prefetch_policy: PrefetchPolicy,
+    /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
+    /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
+    #[arg(long)]
+    shared_xattrs: bool,
+    /// Whiteout convention of the source. A layer's `.wh.` files are kept in its bootstrap for
+    /// `merge` to apply under both `oci` and `none`; on a --parent-bootstrap, `oci` applies
+    /// them and `none` is refused.
+    #[arg(long, value_enum, default_value = "oci")]
+    whiteout_spec: WhiteoutSpec,
+    /// Encrypt the blob. Not supported: fails (an image must not be labelled encrypted when it
+    /// is not).
+    #[arg(short = 'E', long)]
+    encrypt: bool,
+    /// Worker threads for digests and compression (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the result (Nydus's output JSON, plus chunk counters) to this file.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Layer bootstraps (or blobs with the bootstrap inside), lowest layer first.
+    #[arg(required = true)]
+    sources: Vec<PathBuf>,
+    /// Output bootstrap.
+    #[arg(short = 'B', long)]
+    bootstrap: PathBuf,
+    /// Stack the layers on this image bootstrap: its files and blobs come first.
+    #[arg(long)]
+    parent_bootstrap: Option<PathBuf>,
+    /// The chunk dictionary the layers were built with (`bootstrap=PATH`): blobs of its blob
+    /// table are shared ones, kept under their ids, not a layer's own blob.
+    #[arg(long, value_name = "bootstrap=PATH")]
+    chunk_dict: Option<String>,
+    /// Ids (sha256 digests) of the layers' own blobs, comma-separated, one per layer.
+    #[arg(long, value_name = "DIGESTS")]
+    blob_digests: Option<String>,
+    /// Ids for the layers' own blobs, comma-separated, one per layer (applied before
+    /// --blob-digests).
+    #[arg(long, value_name = "IDS")]
+    original_blob_ids: Option<String>,
+    /// Sizes of the layers' own blobs in bytes, comma-separated, one per layer.
+    #[arg(long, value_name = "SIZES")]
+    blob_sizes: Option<String>,
+    /// sha256 of each layer blob's TOC (entries and tar header), comma-separated, one per layer.
+    #[arg(long, value_name = "DIGESTS")]
+    blob_toc_digests: Option<String>,
+    /// Size of each layer blob's TOC (entries and tar header), comma-separated, one per layer.
+    #[arg(long, value_name = "SIZES")]
+    blob_toc_sizes: Option<String>,
+    #[arg(long, value_enum, default_value = "none")]
+    prefetch_policy: PrefetchPolicy,
+    /// Store xattrs that several inodes share once, in EROFS's shared xattr area (as
+    /// mkfs.erofs does). The kernel's EROFS and this tool read such images; Nydus 2.4 refuses them.
+    #[arg(long)]
+    shared_xattrs: bool,
+    /// Write the result (Nydus's output JSON) to this file.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
+}
+
+/// The bootstrap a command reads: positional, or with `-B` as older Nydus spells it.
+#[derive(Args)]
+struct BootstrapArg {
+    /// A RAFS bootstrap, or a blob with the bootstrap inside.
+    #[arg(value_name = "BOOTSTRAP", required_unless_present = "bootstrap")]
+    path: Option<PathBuf>,
+    /// Same as BOOTSTRAP.
+    #[arg(short = 'B', long, conflicts_with = "path")]
+    bootstrap: Option<PathBuf>,
+}
+
+impl BootstrapArg {
+    fn path(&self) -> Result<&Path, Fail> {
+        self.bootstrap
+            .as_deref()
+            .or(self.path.as_deref())
+            .ok_or_else(|| fail("give the bootstrap (BOOTSTRAP or --bootstrap)"))
+    }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    bootstrap: BootstrapArg,
+    /// Directory holding the blobs, named by id.
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// The blob file (single-blob images).
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Print a JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Write Nydus's check result (the blob ids of the blob table and more) to this file.
+    #[arg(short = 'J', long)]
+    output_json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    bootstrap: BootstrapArg,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Answer one request as JSON on stdout, as Nydus does; only `blobs` is known.
+    #[arg(short = 'R', long)]
+    request: Option<String>,
+}
+
+#[derive(Args)]
+struct UnpackArgs {
+    #[command(flatten)]
+    bootstrap: BootstrapArg,
+    #[arg(short = 'D', long)]
+    blob_dir: Option<PathBuf>,
+    /// The blob (or its chunk data section alone) of a single-blob image.
+    #[arg(short = 'b', long)]
+    blob: Option<PathBuf>,
+    /// Output tar file (a fifo is written in place).
+    #[arg(long)]
+    output: PathBuf,
+    /// A remote storage backend. Not supported: unpack reads local blobs only.
+    #[arg(long)]
+    backend_type: Option<String>,
+    /// Config of --backend-type. Not supported.
+    #[arg(long)]
+    backend_config: Option<String>,
+    /// Config file of --backend-type. Not supported.
+    #[arg(long)]
+    backend_config_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct StatArgs {
+    #[command(flatten)]
+    bootstrap: BootstrapArg,
+    #[arg(long)]
+    json: bool,
 }
 
 /// An error for the user; exit code 2 (bad input) or 1 (check found damage).
@@ -181,7 +336,7 @@ struct Fail {
     msg: String,
 }
 
-fn fail(msg: impl std::fmt::Display) -> Fail {
+fn fail(msg: impl Display) -> Fail {
     Fail {
         code: 2,
         msg: msg.to_string(),
@@ -190,6 +345,7 @@ fn fail(msg: impl std::fmt::Display) -> Fail {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    LOG_LEVEL.store(cli.log_level as u8, Ordering::Relaxed);
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -199,16 +355,27 @@ fn main() -> ExitCode {
     }
 }
 
+fn run(cmd: Cmd) -> Result<(), Fail> {
+    match cmd {
+        Cmd::Create(a) => create(a),
+        Cmd::Merge(a) => merge(a),
+        Cmd::Check(a) => check(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Unpack(a) => unpack(a),
+        Cmd::Stat(a) => stat(a.bootstrap.path()?, a.json),
+    }
+}
+
 fn read_file(p: &Path) -> Result<Vec<u8>, Fail> {
     fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())))
 }
 
 fn write_file(p: &Path, bytes: &[u8]) -> Result<(), Fail> {
-    let tmp = tmp_path(p);
-    create_tmp(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|_| fs::rename(&tmp, p))
-        .map_err(|e| fail(format!("writing {}: {e}", p.display())))
+    let (out, mut f) = Output::create(p)?;
+    f.write_all(bytes)
+        .map_err(|e| fail(format!("writing {}: {e}", p.display())))?;
+    drop(f);
+    out.commit_as(p)
 }
 
 /// Creates a temporary output file afresh: a leftover (or a planted symlink) is removed first and
@@ -227,256 +394,687 @@ fn tmp_path(p: &Path) -> PathBuf {
     p.with_file_name(name)
 }
 
-fn parse_size(s: &str) -> Result<u32, Fail> {
+/// An output being written. A regular file is written under a temporary name and renamed into
+/// place once complete, so a failed run leaves no half-written file. A path that already exists
+/// and is not a regular file or directory — the fifo nydus-snapshotter gives as `--blob` and as
+/// unpack's `--output`, or `/dev/stdout` — is written in place: renaming over it would leave its
+/// reader waiting forever.
+struct Output {
+    tmp: Option<PathBuf>,
+}
+
+impl Output {
+    fn create(dest: &Path) -> Result<(Self, File), Fail> {
+        let special = fs::metadata(dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if special {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(dest)
+                .map_err(|e| fail(format!("opening {}: {e}", dest.display())))?;
+            return Ok((Output { tmp: None }, f));
+        }
+        Self::create_tmp(tmp_path(dest))
+    }
+
+    /// A temporary file in `dir`, for an output whose name is known only at the end.
+    fn create_in(dir: &Path) -> Result<(Self, File), Fail> {
+        Self::create_tmp(dir.join(format!(".blob.tmp{}", std::process::id())))
+    }
+
+    fn create_tmp(tmp: PathBuf) -> Result<(Self, File), Fail> {
+        let f = create_tmp(&tmp).map_err(|e| fail(format!("creating {}: {e}", tmp.display())))?;
+        Ok((Output { tmp: Some(tmp) }, f))
+    }
+
+    /// Puts the finished output at `dest` (nothing to do when written in place).
+    fn commit_as(self, dest: &Path) -> Result<(), Fail> {
+        match &self.tmp {
+            Some(tmp) => fs::rename(tmp, dest).map_err(|e| {
+                let _ = fs::remove_file(tmp);
+                fail(format!("writing {}: {e}", dest.display()))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops an unfinished or unwanted output.
+    fn discard(self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// A size or count as Nydus parses it: hex with `0x`, else decimal.
+fn parse_u32(flag: &str, s: &str) -> Result<u32, Fail> {
     let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u32::from_str_radix(h, 16),
         None => s.parse(),
     };
-    v.map_err(|_| fail(format!("invalid chunk size {s:?}")))
+    v.map_err(|_| {
+        fail(format!(
+            "{flag} {s:?}: not a number (hex with 0x, or decimal)"
+        ))
+    })
 }
 
+/// Reads the prefetch list from stdin as Nydus does: one path per line, trimmed; relative paths
+/// are skipped with a notice, and so is a path under one listed before it (the table names a
+/// directory for everything below it).
 fn prefetch_list(policy: PrefetchPolicy) -> Result<Vec<Vec<u8>>, Fail> {
     if policy == PrefetchPolicy::None {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<u8>> = Vec::new();
     for line in io::stdin().lock().split(b'\n') {
         let line = line.map_err(|e| fail(format!("reading the prefetch list: {e}")))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line).to_vec();
-        if !line.is_empty() {
-            out.push(line);
+        let path = line.trim_ascii();
+        if path.is_empty() {
+            continue;
+        }
+        if !path.starts_with(b"/") {
+            warn(format!(
+                "prefetch path {:?} is not absolute, skipped",
+                display(path)
+            ));
+            continue;
+        }
+        let mut path = path.to_vec();
+        while path.len() > 1 && path.ends_with(b"/") {
+            path.pop();
+        }
+        if out.iter().any(|p| covers(p, &path)) {
+            warn(format!(
+                "prefetch path {:?} is covered by one listed before it, skipped",
+                display(&path)
+            ));
+            continue;
+        }
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// Whether prefetching `dir` (absolute, no trailing slash) includes `path`.
+fn covers(dir: &[u8], path: &[u8]) -> bool {
+    dir == b"/" || path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+}
+
+/// The bootstrap path of `--chunk-dict`: `bootstrap=PATH`, or a bare PATH, as Nydus accepts.
+fn chunk_dict_path(arg: &str) -> Result<PathBuf, Fail> {
+    match arg.split_once('=') {
+        None => Ok(PathBuf::from(arg)),
+        Some(("bootstrap", p)) if !p.is_empty() => Ok(PathBuf::from(p)),
+        Some((kind, _)) => Err(fail(format!(
+            "--chunk-dict {arg}: unknown dictionary type {kind:?} (only bootstrap=PATH)"
+        ))),
+    }
+}
+
+fn compressor_name(c: Compressor) -> &'static str {
+    match c {
+        Compressor::None => "none",
+        Compressor::Lz4Block => "lz4_block",
+        Compressor::GZip => "gzip",
+        Compressor::Zstd => "zstd",
+    }
+}
+
+/// The id Nydus writes into a bootstrap inlined in its own blob, which cannot hold its hash.
+fn is_placeholder_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b == b'x')
+}
+
+/// The `-J/--output-json` object in the shape of Nydus's `OutputSerializer` (nydus-image 2.4):
+/// nydus-snapshotter's `Merge` and nydusify's `check` and `build` read `blobs` from it (and
+/// nydusify `version`); every field is written as Nydus does, with the same types.
+fn nydus_output(
+    bootstrap: &str,
+    blobs: &[String],
+    fs_version: u32,
+    compressor: Option<Compressor>,
+    consumed_time: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "version": concat!("v", env!("CARGO_PKG_VERSION")),
+        "bootstrap": bootstrap,
+        "blobs": blobs,
+        "external_bootstrap": "",
+        "external_blobs": [],
+        "trace": {"consumed_time": consumed_time, "registered_events": {}},
+        "fs_version": fs_version.to_string(),
+        "compressor": compressor.map_or("none", compressor_name),
+    })
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), Fail> {
+    let text = serde_json::to_string_pretty(v).map_err(fail)?;
+    write_file(path, text.as_bytes())
+}
+
+fn create(a: CreateArgs) -> Result<(), Fail> {
+    let started = Instant::now();
+    if a.fs_version != "6" {
+        return Err(fail(format!(
+            "--fs-version {}: only RAFS v6 images are built (v5 is read-only)",
+            a.fs_version
+        )));
+    }
+    if a.encrypt {
+        return Err(fail(
+            "--encrypt: encrypted blobs are not built by this nydus-image",
+        ));
+    }
+    match a.whiteout_spec {
+        WhiteoutSpec::Overlayfs => {
+            return Err(fail(
+                "--whiteout-spec overlayfs: overlayfs whiteouts (0/0 character devices, trusted.overlay.opaque) are not interpreted by this nydus-image; use oci or none",
+            ))
+        }
+        // Nydus then keeps `.wh.` files as plain files on top of the parent; stacking here always
+        // applies them.
+        WhiteoutSpec::None if a.parent_bootstrap.is_some() => {
+            return Err(fail(
+                "--whiteout-spec none with --parent-bootstrap: stacking a layer on its parent applies OCI whiteouts here; use --whiteout-spec oci",
+            ))
+        }
+        // Without a parent, a layer's whiteouts stay in its bootstrap under both specs, for
+        // `merge` to apply (a layer tar is built the same way by Nydus).
+        WhiteoutSpec::Oci | WhiteoutSpec::None => {}
+    }
+    if let Some(arg) = &a.chunk_dict {
+        let path = chunk_dict_path(arg)?;
+        // The library deduplicates only against a parent whose files it also stacks.
+        return Err(fail(format!(
+            "--chunk-dict bootstrap={}: building against a chunk dictionary is not supported by this nydus-image yet",
+            path.display()
+        )));
+    }
+    let batch = parse_u32("--batch-size", &a.batch_size)?;
+    if batch != 0 {
+        return Err(fail(format!(
+            "--batch-size {}: batch chunks are not built by this nydus-image; give 0",
+            a.batch_size
+        )));
+    }
+    let mut toc = false;
+    for f in &a.features {
+        match f.as_str() {
+            "blob-toc" => toc = true,
+            other => {
+                return Err(fail(format!(
+                    "--features {other}: unknown feature (known: blob-toc)"
+                )))
+            }
+        }
+    }
+    if a.bootstrap.is_none() && !a.blob_inline_meta {
+        return Err(fail(
+            "--bootstrap is required unless --blob-inline-meta is given",
+        ));
+    }
+    if a.blob.is_none() && a.blob_dir.is_none() {
+        return Err(fail("one of --blob or --blob-dir is required"));
+    }
+    let is_tar = matches!(a.source_type, SourceType::TarRafs | SourceType::TargzRafs);
+    if is_tar && a.source.as_os_str() == "-" && a.prefetch_policy != PrefetchPolicy::None {
+        return Err(fail(
+            "--prefetch-policy reads the prefetch list from stdin, so the layer tar cannot come from stdin too",
+        ));
+    }
+    let chunk = ChunkOptions {
+        chunk_size: parse_u32("--chunk-size", &a.chunk_size)?,
+        compressor: match a.compressor {
+            CompressorArg::None => Compressor::None,
+            CompressorArg::Lz4Block => Compressor::Lz4Block,
+            CompressorArg::Zstd => Compressor::Zstd,
+        },
+        digester: match a.digester {
+            DigesterArg::Blake3 => Digester::Blake3,
+            DigesterArg::Sha256 => Digester::Sha256,
+        },
+        threads: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let opts = CreateOptions {
+        chunk,
+        inline_meta: a.blob_inline_meta,
+        toc,
+        prefetch: prefetch_list(a.prefetch_policy)?,
+        share_xattrs: a.shared_xattrs,
+    };
+    let parent = match &a.parent_bootstrap {
+        Some(p) => Some(
+            Parent::from_bootstrap(&read_file(p)?)
+                .map_err(|e| fail(format!("parent bootstrap {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let (out, file) = match (&a.blob, &a.blob_dir) {
+        (Some(b), _) => Output::create(b)?,
+        (None, Some(d)) => {
+            fs::create_dir_all(d).map_err(|e| fail(format!("creating {}: {e}", d.display())))?;
+            Output::create_in(d)?
+        }
+        (None, None) => return Err(fail("one of --blob or --blob-dir is required")),
+    };
+    let tar_input;
+    let src = if is_tar {
+        tar_input = if a.source.as_os_str() == "-" {
+            Box::new(io::stdin().lock()) as Box<dyn Read>
+        } else {
+            match File::open(&a.source) {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    out.discard();
+                    return Err(fail(format!("opening {}: {e}", a.source.display())));
+                }
+            }
+        };
+        Source::Tar(tar_input)
+    } else {
+        Source::Dir(&a.source)
+    };
+    let created = match build::create(src, &opts, parent, BufWriter::with_capacity(1 << 20, file)) {
+        Ok(c) => c,
+        Err(e) => {
+            out.discard();
+            return Err(fail(e));
+        }
+    };
+    drop(created.blob);
+    let blob_path = match &created.blob_id {
+        None => {
+            out.discard();
+            None
+        }
+        Some(id) => {
+            let dest = match (&a.blob, &a.blob_dir) {
+                (Some(b), _) => b.clone(),
+                (_, Some(d)) => d.join(id),
+                (None, None) => unreachable!("checked above"),
+            };
+            out.commit_as(&dest)?;
+            Some(dest)
+        }
+    };
+    if let Some(b) = &a.bootstrap {
+        write_file(b, &created.bootstrap)?;
+    }
+    // Like Nydus: every blob of the bootstrap's table, the new one under its real id.
+    let table = Bootstrap::parse(&created.bootstrap).map_err(fail)?;
+    let mut blobs = Vec::with_capacity(table.blobs().len());
+    for e in table.blobs() {
+        blobs.push(e.blob_id().map_err(fail)?.to_string());
+    }
+    if let (Some(id), Some(last)) = (&created.blob_id, blobs.last_mut()) {
+        if is_placeholder_id(last) {
+            last.clone_from(id);
+        }
+    }
+    let s = created.stats;
+    if let Some(j) = &a.output_json {
+        let bootstrap = a.bootstrap.as_ref().map(|p| p.display().to_string());
+        let mut v = nydus_output(
+            bootstrap.as_deref().unwrap_or_default(),
+            &blobs,
+            6,
+            Some(chunk.compressor),
+            json!({"total_build": started.elapsed().as_secs_f32()}),
+        );
+        // Ours besides (Nydus's readers ignore fields they do not know).
+        v["blob_path"] = json!(blob_path.as_ref().map(|p| p.display().to_string()));
+        v["bootstrap_size"] = json!(created.bootstrap.len());
+        v["chunks_referenced"] = json!(s.chunks_referenced);
+        v["chunks_stored"] = json!(s.chunks_stored);
+        v["chunks_deduplicated"] = json!(s.chunks_deduplicated);
+        v["bytes_in"] = json!(s.bytes_in);
+        v["bytes_stored"] = json!(s.bytes_stored);
+        write_json(j, &v)?;
+    }
+    info(format_args!(
+        "blob {} ({} chunks stored, {} deduplicated, {} -> {} bytes), bootstrap {} bytes",
+        created.blob_id.as_deref().unwrap_or("(none: no file data)"),
+        s.chunks_stored,
+        s.chunks_deduplicated,
+        s.bytes_in,
+        s.bytes_stored,
+        created.bootstrap.len()
+    ));
+    Ok(())
+}
+
+/// A comma-separated per-layer list of `flag`, trimmed, checked to hold one entry per layer.
+fn per_layer(flag: &str, list: Option<&str>, layers: usize) -> Result<Option<Vec<String>>, Fail> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    let items: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+    if items.len() != layers {
+        return Err(fail(format!(
+            "--{flag}: {} entries for {layers} layer bootstraps; give one per layer",
+            items.len()
+        )));
+    }
+    Ok(Some(items))
+}
+
+fn parse_numbers(flag: &str, items: Option<Vec<String>>) -> Result<Option<Vec<u64>>, Fail> {
+    items
+        .map(|items| {
+            items
+                .iter()
+                .map(|s| {
+                    s.parse::<u64>()
+                        .map_err(|_| fail(format!("--{flag}: {s:?} is not a decimal size")))
+                })
+                .collect()
+        })
+        .transpose()
+}
+
+/// A sha256 digest in hex (an optional `sha256:` prefix allowed).
+fn parse_digest(flag: &str, s: &str) -> Result<[u8; 32], Fail> {
+    let bad = || {
+        fail(format!(
+            "--{flag}: {s:?} is not a sha256 digest (64 hex digits)"
+        ))
+    };
+    let h = s.strip_prefix("sha256:").unwrap_or(s).as_bytes();
+    if h.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(h.chunks(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => *o = (hi * 16 + lo) as u8,
+            _ => return Err(bad()),
         }
     }
     Ok(out)
 }
 
-fn run(cmd: Cmd) -> Result<(), Fail> {
-    match cmd {
-        Cmd::Create {
-            source,
-            source_type,
-            fs_version,
-            compressor,
-            digester,
-            chunk_size,
-            blob,
-            blob_dir,
-            bootstrap,
-            blob_inline_meta,
-            features,
-            parent_bootstrap,
-            prefetch_policy,
-            shared_xattrs,
-            whiteout_spec,
-            threads,
-            output_json,
-        } => {
-            if whiteout_spec != "oci" {
-                return Err(fail(format!(
-                    "--whiteout-spec {whiteout_spec}: only oci is supported"
-                )));
-            }
-            if fs_version != "6" {
-                return Err(fail(format!(
-                    "--fs-version {fs_version}: only RAFS v6 images are built (v5 is read-only)"
-                )));
-            }
-            let mut toc = false;
-            for f in &features {
-                match f.as_str() {
-                    "blob-toc" => toc = true,
-                    other => {
-                        return Err(fail(format!("unknown feature {other:?} (known: blob-toc)")))
-                    }
-                }
-            }
-            if bootstrap.is_none() && !blob_inline_meta {
-                return Err(fail(
-                    "--bootstrap is required unless --blob-inline-meta is given",
-                ));
-            }
-            if blob.is_none() && blob_dir.is_none() {
-                return Err(fail("one of --blob or --blob-dir is required"));
-            }
-            let chunk = ChunkOptions {
-                chunk_size: parse_size(&chunk_size)?,
-                compressor: match compressor {
-                    CompressorArg::None => Compressor::None,
-                    CompressorArg::Lz4Block => Compressor::Lz4Block,
-                    CompressorArg::Zstd => Compressor::Zstd,
-                },
-                digester: match digester {
-                    DigesterArg::Blake3 => Digester::Blake3,
-                    DigesterArg::Sha256 => Digester::Sha256,
-                },
-                threads: threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            };
-            let opts = CreateOptions {
-                chunk,
-                inline_meta: blob_inline_meta,
-                toc,
-                prefetch: prefetch_list(prefetch_policy)?,
-                share_xattrs: shared_xattrs,
-            };
-            let parent = match &parent_bootstrap {
-                Some(p) => Some(
-                    Parent::from_bootstrap(&read_file(p)?)
-                        .map_err(|e| fail(format!("parent bootstrap {}: {e}", p.display())))?,
-                ),
-                None => None,
-            };
-            let blob_tmp = match (&blob, &blob_dir) {
-                (Some(b), _) => tmp_path(b),
-                (None, Some(d)) => {
-                    fs::create_dir_all(d)
-                        .map_err(|e| fail(format!("creating {}: {e}", d.display())))?;
-                    d.join(format!(".blob.tmp{}", std::process::id()))
-                }
-                (None, None) => unreachable!(),
-            };
-            let out = create_tmp(&blob_tmp)
-                .map_err(|e| fail(format!("creating {}: {e}", blob_tmp.display())))?;
-            let out = BufWriter::with_capacity(1 << 20, out);
-            let tar_input;
-            let src = match source_type {
-                SourceType::DirRafs => Source::Dir(&source),
-                SourceType::TarRafs => {
-                    tar_input = if source.as_os_str() == "-" {
-                        Box::new(io::stdin().lock()) as Box<dyn Read>
-                    } else {
-                        Box::new(
-                            File::open(&source)
-                                .map_err(|e| fail(format!("opening {}: {e}", source.display())))?,
-                        )
-                    };
-                    Source::Tar(tar_input)
-                }
-            };
-            let created = build::create(src, &opts, parent, out);
-            let created = match created {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = fs::remove_file(&blob_tmp);
-                    return Err(fail(e));
-                }
-            };
-            drop(created.blob);
-            let blob_path = match &created.blob_id {
-                None => {
-                    let _ = fs::remove_file(&blob_tmp);
-                    None
-                }
-                Some(id) => {
-                    let dest = match (&blob, &blob_dir) {
-                        (Some(b), _) => b.clone(),
-                        (None, Some(d)) => d.join(id),
-                        (None, None) => unreachable!(),
-                    };
-                    fs::rename(&blob_tmp, &dest)
-                        .map_err(|e| fail(format!("writing {}: {e}", dest.display())))?;
-                    Some(dest)
-                }
-            };
-            if let Some(b) = &bootstrap {
-                write_file(b, &created.bootstrap)?;
-            }
-            let s = created.stats;
-            let summary = json!({
-                "version": "6",
-                "blobs": created.blob_id.iter().collect::<Vec<_>>(),
-                "blob_path": blob_path.as_ref().map(|p| p.display().to_string()),
-                "bootstrap": bootstrap.as_ref().map(|p| p.display().to_string()),
-                "bootstrap_size": created.bootstrap.len(),
-                "chunks_referenced": s.chunks_referenced,
-                "chunks_stored": s.chunks_stored,
-                "chunks_deduplicated": s.chunks_deduplicated,
-                "bytes_in": s.bytes_in,
-                "bytes_stored": s.bytes_stored,
-            });
-            if let Some(j) = output_json {
-                write_file(
-                    &j,
-                    serde_json::to_string_pretty(&summary)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                )?;
-            }
-            println!(
-                "blob {} ({} chunks stored, {} deduplicated, {} -> {} bytes), bootstrap {} bytes",
-                created.blob_id.as_deref().unwrap_or("(none: no file data)"),
-                s.chunks_stored,
-                s.chunks_deduplicated,
-                s.bytes_in,
-                s.bytes_stored,
-                created.bootstrap.len()
-            );
-            Ok(())
+fn parse_digests(flag: &str, items: Option<Vec<String>>) -> Result<Option<Vec<[u8; 32]>>, Fail> {
+    items
+        .map(|items| items.iter().map(|s| parse_digest(flag, s)).collect())
+        .transpose()
+}
+
+/// The blob id Nydus takes from a bootstrap's file name (`BlobInfo::get_blob_id_from_meta_path`):
+/// the name without any extension. nydus-snapshotter names the layer bootstraps it merges by
+/// their layer digests.
+fn blob_id_from_path(p: &Path) -> Result<String, Fail> {
+    let mut name = p.file_name().unwrap_or_default();
+    while let Some(stem) = Path::new(name).file_stem() {
+        if stem == name {
+            break;
         }
-        Cmd::Merge {
-            sources,
-            bootstrap,
-            blob_digests,
-            prefetch_policy,
-            shared_xattrs,
-            output_json,
-        } => {
-            let mut layers: Vec<Vec<u8>> = Vec::with_capacity(sources.len());
-            for p in &sources {
-                let img = load(p)?;
-                if img.version != 6 {
-                    return Err(fail(format!(
-                        "{}: only RAFS v6 layers can be merged",
-                        p.display()
-                    )));
-                }
-                layers.push(img.bootstrap);
-            }
-            let refs: Vec<&[u8]> = layers.iter().map(|l| l.as_slice()).collect();
-            let prefetch = prefetch_list(prefetch_policy)?;
-            let merged =
-                build::merge(&refs, &blob_digests, &prefetch, shared_xattrs).map_err(fail)?;
-            write_file(&bootstrap, &merged)?;
-            let b = Bootstrap::parse(&merged).map_err(fail)?;
-            let blobs: Vec<String> = b
-                .blobs()
-                .iter()
-                .map(|e| e.blob_id().unwrap_or_default().to_string())
-                .collect();
-            if let Some(j) = output_json {
-                let v = json!({"version": "6", "blobs": blobs, "bootstrap_size": merged.len()});
-                write_file(
-                    &j,
-                    serde_json::to_string_pretty(&v)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                )?;
-            }
-            println!(
-                "merged {} layers: {} blobs, bootstrap {} bytes",
-                sources.len(),
-                blobs.len(),
-                merged.len()
-            );
-            Ok(())
-        }
-        Cmd::Check {
-            bootstrap,
-            blob_dir,
-            blob,
-            json,
-        } => check(&bootstrap, blob_dir.as_deref(), blob.as_deref(), json),
-        Cmd::Inspect { bootstrap, json } => inspect(&bootstrap, json),
-        Cmd::Unpack {
-            bootstrap,
-            blob_dir,
-            blob,
-            output,
-        } => unpack(&bootstrap, blob_dir.as_deref(), blob.as_deref(), &output),
-        Cmd::Stat { bootstrap, json } => stat(&bootstrap, json),
+        name = stem;
+    }
+    match name.to_str() {
+        Some(id) if !id.is_empty() && id.len() <= 64 => Ok(id.to_string()),
+        _ => Err(fail(format!(
+            "{}: a layer with an inline bootstrap gets its blob id from the file name, which is not one (give --blob-digests or --original-blob-ids)",
+            p.display()
+        ))),
     }
 }
 
+/// What `merge` sets on each layer's own blob (the one blob of its table not from the chunk
+/// dictionary), one entry per layer, as Nydus's `Merger` does.
+struct LayerBlobs {
+    original_ids: Option<Vec<String>>,
+    digests: Option<Vec<[u8; 32]>>,
+    sizes: Option<Vec<u64>>,
+    toc_digests: Option<Vec<[u8; 32]>>,
+    toc_sizes: Option<Vec<u64>>,
+}
+
+impl LayerBlobs {
+    fn parse(a: &MergeArgs) -> Result<Self, Fail> {
+        let n = a.sources.len();
+        let toc_sizes = parse_numbers(
+            "blob-toc-sizes",
+            per_layer("blob-toc-sizes", a.blob_toc_sizes.as_deref(), n)?,
+        )?;
+        if let Some(big) = toc_sizes
+            .iter()
+            .flatten()
+            .find(|s| **s > u64::from(u32::MAX))
+        {
+            return Err(fail(format!(
+                "--blob-toc-sizes: {big} is larger than a TOC can be"
+            )));
+        }
+        Ok(LayerBlobs {
+            original_ids: per_layer("original-blob-ids", a.original_blob_ids.as_deref(), n)?,
+            digests: parse_digests(
+                "blob-digests",
+                per_layer("blob-digests", a.blob_digests.as_deref(), n)?,
+            )?,
+            sizes: parse_numbers(
+                "blob-sizes",
+                per_layer("blob-sizes", a.blob_sizes.as_deref(), n)?,
+            )?,
+            toc_digests: parse_digests(
+                "blob-toc-digests",
+                per_layer("blob-toc-digests", a.blob_toc_digests.as_deref(), n)?,
+            )?,
+            toc_sizes,
+        })
+    }
+
+    /// Names and describes layer `n`'s own blob `e`, found in the bootstrap at `path`.
+    fn apply(&self, n: usize, path: &Path, e: &mut BlobEntry) -> Result<(), Fail> {
+        let layer = |err: nydus::FormatError| fail(format!("{}: {err}", path.display()));
+        // A separate meta blob (ZRAN): the digest and size describe the meta blob, the id stays
+        // the OCI layer's.
+        let separate = e.features.contains(BlobFeatures::SEPARATE);
+        if let Some(id) = self.original_ids.as_ref().map(|v| &v[n]) {
+            e.set_blob_id(id).map_err(layer)?;
+        } else if is_placeholder_id(e.blob_id().map_err(layer)?) {
+            e.set_blob_id(&blob_id_from_path(path)?).map_err(layer)?;
+        }
+        if let Some(d) = self.digests.as_ref().map(|v| v[n]) {
+            if separate {
+                e.blob_meta_digest = d;
+            } else {
+                e.set_blob_id(&build::blob::hex(&d)).map_err(layer)?;
+            }
+        }
+        if let Some(size) = self.sizes.as_ref().map(|v| v[n]) {
+            if separate {
+                e.blob_meta_size = size;
+            } else {
+                e.compressed_size = size;
+            }
+        }
+        if let Some(d) = self.toc_digests.as_ref().map(|v| v[n]) {
+            e.blob_toc_digest = d;
+        }
+        if let Some(size) = self.toc_sizes.as_ref().map(|v| v[n]) {
+            e.blob_toc_size = size as u32;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a RAFS v6 bootstrap (or a blob holding one) for merge.
+fn load_v6(path: &Path, what: &str) -> Result<Vec<u8>, Fail> {
+    let img = load(path)?;
+    if img.version != 6 {
+        return Err(fail(format!(
+            "{what} {}: only RAFS v6 bootstraps can be merged",
+            path.display()
+        )));
+    }
+    Ok(img.bootstrap)
+}
+
+/// The chunk size and digester of the first bootstrap merge read, which all others must share.
+#[derive(Default)]
+struct Shape {
+    first: Option<(u32, Option<Digester>, PathBuf)>,
+}
+
+impl Shape {
+    /// Checks `b` (read from `path`) against the first; returns its compressor.
+    fn check(&mut self, b: &Bootstrap, path: &Path) -> Result<Option<Compressor>, Fail> {
+        let ext = b.ext_superblock();
+        let this = (ext.chunk_size, ext.flags.digester());
+        match &self.first {
+            Some((size, digester, first)) if (*size, *digester) != this => Err(fail(format!(
+                "{}: chunk size {:#x} / digester {:?} differ from {} ({size:#x} / {digester:?})",
+                path.display(),
+                this.0,
+                this.1,
+                first.display()
+            ))),
+            Some(_) => Ok(ext.flags.compressor()),
+            None => {
+                self.first = Some((this.0, this.1, path.to_path_buf()));
+                Ok(ext.flags.compressor())
+            }
+        }
+    }
+}
+
+/// Merges the layers as Nydus's `Merger` does: on top of the parent image if given, each layer
+/// stacked with the OCI whiteout rules; each layer's own blob named and described from the
+/// per-layer flags; then only the blobs some file still uses are kept, numbered in the order
+/// the files (breadth first) first use them.
+fn merge(a: MergeArgs) -> Result<(), Fail> {
+    let layer_blobs = LayerBlobs::parse(&a)?;
+    let dict_ids: HashSet<[u8; 64]> = match &a.chunk_dict {
+        Some(arg) => {
+            let path = chunk_dict_path(arg)?;
+            let bytes = load_v6(&path, "--chunk-dict")?;
+            let b = Bootstrap::parse(&bytes)
+                .map_err(|e| fail(format!("--chunk-dict {}: {e}", path.display())))?;
+            b.blobs().iter().map(|e| e.blob_id).collect()
+        }
+        None => HashSet::new(),
+    };
+    let mut tree = Tree::default();
+    let mut blobs: Vec<BlobEntry> = Vec::new();
+    // Chunk size and digester every part must share; the compressor of the last layer, as Nydus.
+    let mut shape = Shape::default();
+    let mut compressor = None;
+    let mut first_compressor = None;
+    if let Some(p) = &a.parent_bootstrap {
+        let bytes = load_v6(p, "--parent-bootstrap")?;
+        let b = Bootstrap::parse(&bytes)
+            .map_err(|e| fail(format!("--parent-bootstrap {}: {e}", p.display())))?;
+        compressor = shape.check(&b, p)?;
+        tree = b
+            .to_tree()
+            .map_err(|e| fail(format!("--parent-bootstrap {}: {e}", p.display())))?;
+        blobs = b.blobs().to_vec();
+    }
+    for (n, path) in a.sources.iter().enumerate() {
+        let bytes = load_v6(path, "layer")?;
+        let layer_err = |e: nydus::FormatError| fail(format!("layer {}: {e}", path.display()));
+        let b = Bootstrap::parse(&bytes).map_err(layer_err)?;
+        compressor = shape.check(&b, path)?;
+        if n == 0 {
+            first_compressor = compressor;
+        }
+        let own: Vec<usize> = (0..b.blobs().len())
+            .filter(|&k| !dict_ids.contains(&b.blobs()[k].blob_id))
+            .collect();
+        if own.len() > 1 {
+            return Err(fail(format!(
+                "layer {}: {} blobs of its table are not in the chunk dictionary, but a layer has one blob of its own (give the dictionary with --chunk-dict, a lower image with --parent-bootstrap)",
+                path.display(),
+                own.len()
+            )));
+        }
+        let mut layer = b.to_tree().map_err(layer_err)?;
+        let mut map = Vec::with_capacity(b.blobs().len());
+        for (k, entry) in b.blobs().iter().enumerate() {
+            let mut entry = *entry;
+            if own.first() == Some(&k) {
+                layer_blobs.apply(n, path, &mut entry)?;
+            }
+            if is_placeholder_id(entry.blob_id().map_err(layer_err)?) {
+                return Err(fail(format!(
+                    "layer {}: blob {k} of its table has the placeholder id of an inline bootstrap",
+                    path.display()
+                )));
+            }
+            // A blob several layers list (a dictionary's, or the same layer twice) is kept once.
+            let pos = match blobs.iter().position(|e| e.blob_id == entry.blob_id) {
+                Some(p) => p,
+                None => {
+                    blobs.push(entry);
+                    blobs.len() - 1
+                }
+            };
+            map.push(pos as u32);
+        }
+        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(i));
+        tree.apply_layer(&layer);
+    }
+    let (chunk_size, digester) = shape
+        .first
+        .map(|(s, d, _)| (s, d))
+        .ok_or_else(|| fail("no layers to merge"))?;
+    // Keep the blobs files still use, in the order a breadth-first walk first meets them.
+    let mut renumber: HashMap<u32, u32> = HashMap::new();
+    let mut used: Vec<BlobEntry> = Vec::new();
+    for id in tree.bfs().ids() {
+        if let Kind::File { chunks, .. } = &tree.node(id).kind {
+            for c in chunks {
+                if !renumber.contains_key(&c.blob_index) {
+                    let mut e = *blobs.get(c.blob_index as usize).ok_or_else(|| {
+                        fail(format!(
+                            "a chunk names blob {}, which is missing",
+                            c.blob_index
+                        ))
+                    })?;
+                    e.blob_index = used.len() as u32;
+                    renumber.insert(c.blob_index, e.blob_index);
+                    used.push(e);
+                }
+            }
+        }
+    }
+    tree.map_blob_indexes(|i| renumber.get(&i).copied().unwrap_or(i));
+    let chunk = ChunkOptions {
+        chunk_size,
+        compressor: compressor.unwrap_or(Compressor::Zstd),
+        digester: digester.unwrap_or(Digester::Blake3),
+        threads: 1,
+    };
+    let prefetch = prefetch_list(a.prefetch_policy)?;
+    let merged =
+        build::bootstrap_for(&tree, &used, &chunk, &prefetch, a.shared_xattrs).map_err(fail)?;
+    write_file(&a.bootstrap, &merged)?;
+    let mut ids = Vec::with_capacity(used.len());
+    for e in &used {
+        ids.push(e.blob_id().map_err(fail)?.to_string());
+    }
+    if let Some(j) = &a.output_json {
+        let mut v = nydus_output(
+            &a.bootstrap.display().to_string(),
+            &ids,
+            6,
+            first_compressor,
+            json!({}),
+        );
+        v["bootstrap_size"] = json!(merged.len());
+        write_json(j, &v)?;
+    }
+    info(format_args!(
+        "merged {} layers: {} blobs, bootstrap {} bytes",
+        a.sources.len(),
+        ids.len(),
+        merged.len()
+    ));
+    Ok(())
+}
 /// Loads the image at `path` (v6 or v5 bootstrap, or a blob with an inlined bootstrap).
 fn load(path: &Path) -> Result<Image, Fail> {
     image::load(path).map_err(fail)
@@ -604,18 +1202,32 @@ fn check_blob_meta(blob: &BlobFile, entry: &BlobEntry, index: u32, tree: &Tree) 
     problems
 }
 
-fn check(
-    bootstrap: &Path,
-    blob_dir: Option<&Path>,
-    blob: Option<&Path>,
-    json: bool,
-) -> Result<(), Fail> {
+/// The chunk compressor the superblock names.
+fn image_compressor(img: &Image) -> Result<Option<Compressor>, Fail> {
+    if img.version == 5 {
+        let b = nydus::v5::BootstrapV5::parse(&img.bootstrap).map_err(fail)?;
+        return Ok(Some(b.compressor()));
+    }
+    let b = Bootstrap::parse(&img.bootstrap).map_err(fail)?;
+    Ok(b.ext_superblock().flags.compressor())
+}
+
+fn check(a: CheckArgs) -> Result<(), Fail> {
+    let bootstrap = a.bootstrap.path()?;
+    let (blob_dir, blob, json) = (a.blob_dir.as_deref(), a.blob.as_deref(), a.json);
+    // For -J: the blob ids and compressor of the image read.
+    let mut summary: Option<(Vec<String>, u32, Option<Compressor>)> = None;
     let mut errors: Vec<serde_json::Value> = Vec::new();
     let mut files = 0u64;
     let mut chunks_checked = 0u64;
     match image::load(bootstrap) {
         Err(e) => errors.push(json!({"what": "bootstrap", "error": e.to_string()})),
         Ok(img) => {
+            summary = Some((
+                img.blobs.iter().map(|b| b.id.clone()).collect(),
+                img.version,
+                image_compressor(&img)?,
+            ));
             let with_blobs = blob_dir.is_some() || blob.is_some() || img.inline_blob.is_some();
             let blobs = if with_blobs {
                 open_blobs(&img, blob_dir, blob)?
@@ -694,6 +1306,16 @@ fn check(
         }
     }
     if errors.is_empty() {
+        if let (Some(j), Some((blobs, version, compressor))) = (&a.output_json, summary) {
+            let v = nydus_output(
+                &bootstrap.display().to_string(),
+                &blobs,
+                version,
+                compressor,
+                json!({}),
+            );
+            write_json(j, &v)?;
+        }
         Ok(())
     } else {
         Err(Fail {
@@ -772,8 +1394,12 @@ fn superblock_json(img: &Image) -> Result<serde_json::Value, Fail> {
     }))
 }
 
-fn inspect(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
-    let img = load(bootstrap)?;
+fn inspect(a: InspectArgs) -> Result<(), Fail> {
+    let img = load(a.bootstrap.path()?)?;
+    let as_json = a.json;
+    if let Some(request) = &a.request {
+        return inspect_request(&img, request);
+    }
     let tree = &img.tree;
     let mut files = Vec::new();
     let nlinks = tree.nlinks();
@@ -861,33 +1487,61 @@ fn inspect(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-fn unpack(
-    bootstrap: &Path,
-    blob_dir: Option<&Path>,
-    blob: Option<&Path>,
-    output: &Path,
-) -> Result<(), Fail> {
-    let img = load(bootstrap)?;
+/// One request of Nydus's `inspect --request`, answered as JSON on stdout.
+fn inspect_request(img: &Image, request: &str) -> Result<(), Fail> {
+    match request.trim() {
+        // The fields nydusify's `tool.BlobInfo` reads; v6 blob tables hold no readahead range.
+        "blobs" => {
+            let v: Vec<serde_json::Value> = img
+                .blobs
+                .iter()
+                .map(|b| {
+                    json!({
+                        "blob_id": b.id,
+                        "readahead_offset": 0,
+                        "readahead_size": 0,
+                        "decompressed_size": b.uncompressed_size,
+                        "compressed_size": b.compressed_size,
+                    })
+                })
+                .collect();
+            print!("{}", serde_json::Value::Array(v));
+            Ok(())
+        }
+        other => Err(fail(format!(
+            "--request {other}: unsupported request (known: blobs)"
+        ))),
+    }
+}
+
+fn unpack(a: UnpackArgs) -> Result<(), Fail> {
+    if let Some(t) = &a.backend_type {
+        return Err(fail(format!(
+            "--backend-type {t}: unpack reads local blobs only; give --blob or --blob-dir"
+        )));
+    }
+    if a.backend_config.is_some() || a.backend_config_file.is_some() {
+        return Err(fail(
+            "--backend-config: unpack reads local blobs only; give --blob or --blob-dir",
+        ));
+    }
+    let (blob_dir, blob, output) = (a.blob_dir.as_deref(), a.blob.as_deref(), &a.output);
+    let img = load(a.bootstrap.path()?)?;
     let tree = &img.tree;
     let blobs = if img.blobs.is_empty() {
         Vec::new()
     } else {
         open_blobs(&img, blob_dir, blob)?
     };
-    let tmp = tmp_path(output);
-    let file = create_tmp(&tmp).map_err(|e| fail(format!("creating {}: {e}", tmp.display())))?;
-    let result = write_tar(tree, &blobs, BufWriter::with_capacity(1 << 20, file));
-    match result {
-        Ok(()) => {
-            fs::rename(&tmp, output).map_err(|e| fail(format!("writing {}: {e}", output.display())))
-        }
+    let (out, file) = Output::create(output)?;
+    match write_tar(tree, &blobs, BufWriter::with_capacity(1 << 20, file)) {
+        Ok(()) => out.commit_as(output),
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            out.discard();
             Err(e)
         }
     }
 }
-
 /// Reads a file's data chunk by chunk, each checked.
 struct ChunkReader<'a> {
     chunks: &'a [nydus::ChunkInfo],

@@ -32,15 +32,39 @@ fn section_header(name: &str, size: u64) -> Result<[u8; 512], BuildError> {
     Ok(toc::tar_header(name, size)?)
 }
 
-/// Appends what follows the chunk data, writes the bootstrap (the new blob's entry appended to
-/// `blobs`), and returns the bootstrap, the blob id and the blob output.
+/// What [`finish_blob`] made.
+pub(super) struct Finished<W> {
+    pub bootstrap: Vec<u8>,
+    pub blob_id: String,
+    /// blob.meta in the local cache-file form ([`blob_meta_cache_file`]).
+    pub blob_meta: Vec<u8>,
+    pub out: W,
+}
+
+/// blob.meta as Nydus keeps it next to a bootstrap (`<blob-id>.blob.meta`, also the files of a
+/// Nydus image's bootstrap layer): the uncompressed CI array padded to 4 KiB, then the 4096-byte
+/// header.
+pub fn blob_meta_cache_file(
+    ci_uncompressed: &[u8],
+    header: &[u8; BLOB_META_HEADER_SIZE],
+) -> Vec<u8> {
+    let padded = ci_uncompressed.len().div_ceil(4096) * 4096;
+    let mut out = Vec::with_capacity(padded + BLOB_META_HEADER_SIZE);
+    out.extend_from_slice(ci_uncompressed);
+    out.resize(padded, 0);
+    out.extend_from_slice(header);
+    out
+}
+
+/// Appends what follows the chunk data and writes the bootstrap (the new blob's entry appended
+/// to `blobs`).
 pub(super) fn finish_blob<W: Write>(
     mut writer: BlobWriter<W>,
     data: &BlobData,
     opts: &CreateOptions,
     tree: Tree,
     blobs: &mut Vec<BlobEntry>,
-) -> Result<(Vec<u8>, String, W), BuildError> {
+) -> Result<Finished<W>, BuildError> {
     let io = |source| BuildError::Io {
         what: "writing the blob".into(),
         source,
@@ -226,5 +250,10 @@ pub(super) fn finish_blob<W: Write>(
             bootstrap_for(&tree, blobs, &opts.chunk, &opts.prefetch, opts.share_xattrs)?
         }
     };
-    Ok((bootstrap, blob_id, out))
+    Ok(Finished {
+        bootstrap,
+        blob_id,
+        blob_meta: blob_meta_cache_file(&ci, &header),
+        out,
+    })
 }

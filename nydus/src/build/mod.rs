@@ -3,6 +3,8 @@
 
 pub mod blob;
 mod finish;
+
+pub use finish::blob_meta_cache_file;
 pub mod source;
 pub mod tarstream;
 
@@ -50,37 +52,51 @@ pub fn blob_features(inline_meta: bool, toc: bool) -> BlobFeatures {
     f
 }
 
-/// A parent image a layer is built on (`--parent-bootstrap`).
+/// A parent image a layer is built on (`--parent-bootstrap`), or a chunk dictionary
+/// (`--chunk-dict`: its chunks are reused, its files are not part of the new layer).
 #[derive(Debug, Clone)]
 pub struct Parent {
-    /// The parent's filesystem.
+    /// The parent's filesystem (empty for a chunk dictionary).
     pub tree: Tree,
     /// The parent's blob table.
     pub blobs: Vec<BlobEntry>,
+    /// The chunks a new layer may reuse, by digest.
+    pub dict: HashMap<[u8; 32], ChunkInfo>,
 }
 
 impl Parent {
     /// Reads a parent bootstrap.
     pub fn from_bootstrap(bytes: &[u8]) -> Result<Self, FormatError> {
         let b = Bootstrap::parse(bytes)?;
+        let tree = b.to_tree()?;
+        let dict = chunks_by_digest(&tree);
         Ok(Parent {
-            tree: b.to_tree()?,
+            tree,
             blobs: b.blobs().to_vec(),
+            dict,
         })
     }
 
-    /// Every chunk of the parent by digest: the chunk dictionary new layers deduplicate against.
-    pub fn chunk_dict(&self) -> HashMap<[u8; 32], ChunkInfo> {
-        let mut dict = HashMap::new();
-        for id in self.tree.bfs().ids() {
-            if let Kind::File { chunks, .. } = &self.tree.node(id).kind {
-                for c in chunks {
-                    dict.entry(c.block_id).or_insert(*c);
-                }
+    /// Reads a chunk dictionary: another image's bootstrap whose chunks new layers may
+    /// reference (its blobs join the new bootstrap's blob table, its files do not).
+    pub fn chunk_dict(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut p = Self::from_bootstrap(bytes)?;
+        p.tree = Tree::default();
+        Ok(p)
+    }
+}
+
+/// Every chunk of a tree's files by digest.
+fn chunks_by_digest(tree: &Tree) -> HashMap<[u8; 32], ChunkInfo> {
+    let mut dict = HashMap::new();
+    for id in tree.bfs().ids() {
+        if let Kind::File { chunks, .. } = &tree.node(id).kind {
+            for c in chunks {
+                dict.entry(c.block_id).or_insert(*c);
             }
         }
-        dict
     }
+    dict
 }
 
 /// Super flags for an image of this compressor and digester.
@@ -158,6 +174,12 @@ pub fn merge(
         let count = b.blobs().len();
         for (k, entry) in b.blobs().iter().enumerate() {
             let mut entry = *entry;
+            // A blob without chunks (a layer of metadata only) holds no file data: like Nydus,
+            // the merged table leaves it out.
+            if entry.chunk_count == 0 {
+                map.push(u32::MAX);
+                continue;
+            }
             if let Some(id) = blob_ids.get(n).filter(|_| k + 1 == count) {
                 let id = id.strip_prefix("sha256:").unwrap_or(id);
                 entry.set_blob_id(id)?;
@@ -247,6 +269,9 @@ pub struct Created<W> {
     pub blob_id: Option<String>,
     /// Chunk counters.
     pub stats: BlobStats,
+    /// The new blob's blob.meta in Nydus's cache-file form ([`blob_meta_cache_file`]), when a
+    /// blob was written.
+    pub blob_meta: Option<Vec<u8>>,
     /// The blob output, flushed.
     pub blob: W,
 }
@@ -278,7 +303,7 @@ pub fn create<W: Write>(
                     ));
                 }
             }
-            (p.chunk_dict(), p.blobs.len() as u32, p.blobs.clone())
+            (p.dict.clone(), p.blobs.len() as u32, p.blobs.clone())
         }
         None => (HashMap::new(), 0, Vec::new()),
     };
@@ -301,7 +326,9 @@ pub fn create<W: Write>(
         }
         None => (layer, Vec::new()),
     };
-    if data.chunks.is_empty() {
+    // A layer without file data still gets a blob when its bootstrap goes inside it (as Nydus
+    // does): an image layer must carry its metadata somewhere.
+    if data.chunks.is_empty() && !opts.inline_meta {
         let bootstrap = bootstrap_for(
             &tree,
             &blobs,
@@ -317,15 +344,17 @@ pub fn create<W: Write>(
             bootstrap,
             blob_id: None,
             stats: data.stats,
+            blob_meta: None,
             blob,
         });
     }
-    let (bootstrap, blob_id, blob) = finish::finish_blob(writer, &data, opts, tree, &mut blobs)?;
+    let f = finish::finish_blob(writer, &data, opts, tree, &mut blobs)?;
     Ok(Created {
-        bootstrap,
-        blob_id: Some(blob_id),
+        bootstrap: f.bootstrap,
+        blob_id: Some(f.blob_id),
         stats: data.stats,
-        blob,
+        blob_meta: Some(f.blob_meta),
+        blob: f.out,
     })
 }
 

@@ -175,7 +175,7 @@ pub fn from_dir<W: Write>(
 }
 
 /// Compression of a layer stream, from its first bytes.
-fn decompressed<'r>(reader: impl Read + 'r) -> Result<Box<dyn Read + 'r>, BuildError> {
+pub fn decompressed<'r>(reader: impl Read + 'r) -> Result<Box<dyn Read + 'r>, BuildError> {
     let mut r = BufReader::with_capacity(1 << 20, reader);
     let head = r.fill_buf().map_err(io_err("reading the layer"))?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {

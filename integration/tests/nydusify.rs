@@ -1,0 +1,523 @@
+//! `nydusify` against real docker-registry instances on loopback: convert, check, reuse, bad
+//! input. Images are built by the harness and pushed with skopeo; nothing comes from the
+//! internet.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration::agent::bin;
+use integration::{
+    feature_image_layers_with, require_root_and_tools, Compression, FeatureImageOptions, LayerSpec,
+    Registry, TestDir,
+};
+use serde_json::{json, Value};
+
+fn nydusify(args: &[&str]) -> Output {
+    Command::new(bin("nydusify"))
+        .args(args)
+        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
+        .output()
+        .expect("running nydusify")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "nydusify failed:\n{}", text(&o));
+    o
+}
+
+fn convert(src: &str, dst: &str, dir: &Path, extra: &[&str]) -> Output {
+    let work = dir.join("work");
+    let mut args = vec![
+        "convert",
+        "--no-progress",
+        "--source",
+        src,
+        "--target",
+        dst,
+        "--source-insecure",
+        "--target-insecure",
+        "--work-dir",
+        work.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    nydusify(&args)
+}
+
+fn check(target: &str, source: Option<&str>) -> Output {
+    let mut args = vec!["check", "--target", target, "--target-insecure"];
+    if let Some(s) = source {
+        args.extend_from_slice(&["--source", s, "--source-insecure"]);
+    }
+    nydusify(&args)
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).expect("reading JSON")).expect("JSON")
+}
+
+async fn manifest_exists(reg: &Registry, repo: &str, tag: &str) -> bool {
+    reg.client()
+        .head_manifest(repo, tag)
+        .await
+        .expect("HEAD manifest")
+        .is_some()
+}
+
+/// Uploads requests (`POST /v2/<repo>/blobs/uploads/`) the registry answered.
+fn upload_starts(reg: &Registry, repo: &str) -> usize {
+    reg.requests()
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.starts_with(&format!("/v2/{repo}/blobs/uploads")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_layer_image_converts_checks_and_matches_its_oci_tree() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+    let dir = TestDir::new("nydusify-features").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    let layers = feature_image_layers_with(FeatureImageOptions {
+        big_layer_bytes: 300 << 20,
+        cross_layer_hardlink: false,
+    })
+    .expect("layers");
+    let img = reg
+        .push_image("src/app", "v1", &layers)
+        .await
+        .expect("push");
+    let dst = format!("{}/nydus/app:v1", reg.addr());
+    let report = dir.path().join("convert.json");
+    ok(convert(
+        &img.reference,
+        &dst,
+        dir.path(),
+        &["--output-json", report.to_str().unwrap()],
+    ));
+
+    // The manifest has the shape nydus-snapshotter reads.
+    let (body, _, _) = reg
+        .client()
+        .get_manifest("nydus/app", "v1")
+        .await
+        .expect("manifest");
+    let m: Value = serde_json::from_slice(&body).unwrap();
+    let ls = m["layers"].as_array().unwrap();
+    assert_eq!(
+        ls.len(),
+        layers.len() + 1,
+        "one blob layer per source layer + bootstrap"
+    );
+    for l in &ls[..ls.len() - 1] {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.nydus.blob.v1"
+        );
+        assert_eq!(
+            l["annotations"]["containerd.io/snapshot/nydus-blob"],
+            "true"
+        );
+    }
+    let boot = ls.last().unwrap();
+    assert_eq!(
+        boot["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(
+        boot["annotations"]["containerd.io/snapshot/nydus-bootstrap"],
+        "true"
+    );
+    assert_eq!(
+        boot["annotations"]["containerd.io/snapshot/nydus-fs-version"],
+        "6"
+    );
+    let config = reg
+        .client()
+        .get_blob("nydus/app", m["config"]["digest"].as_str().unwrap())
+        .await
+        .unwrap();
+    let config: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        ls.len()
+    );
+    let history = config["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["created_by"], "Nydus Converter");
+
+    // check: manifest and bootstrap rules, and every file against the OCI image.
+    let out = ok(check(&dst, Some(&img.reference)));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": ok;"), "{stdout}");
+
+    // The per-layer report names sizes and times.
+    let r = read_json(&report);
+    let rl = r["manifests"][0]["layers"].as_array().unwrap();
+    assert_eq!(rl.len(), layers.len());
+    assert!(rl
+        .iter()
+        .all(|l| l["reused"] == false && l["blob_size"].as_u64().unwrap() > 0));
+    assert_eq!(r["layers_built"], layers.len());
+
+    // An independent oracle: umoci's tree of the OCI image against our unpack of the Nydus image.
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.path().join("umoci"))
+        .expect("umoci unpack");
+    let nydus_root = unpack_nydus(&reg, "nydus/app", &m, &dir.path().join("nydus-unpack")).await;
+    integration::fstree::assert_same_tree(
+        &oci_root,
+        &nydus_root,
+        integration::fstree::Compare {
+            root_meta: false,
+            ..integration::fstree::Compare::ALL
+        },
+    );
+}
+
+/// Downloads a Nydus image's bootstrap and blobs and unpacks it with `nydus-image unpack` and
+/// GNU tar; returns the root.
+async fn unpack_nydus(reg: &Registry, repo: &str, m: &Value, at: &Path) -> PathBuf {
+    let blobs = at.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let ls = m["layers"].as_array().unwrap();
+    for l in &ls[..ls.len() - 1] {
+        let d = l["digest"].as_str().unwrap();
+        let data = reg.client().get_blob(repo, d).await.unwrap();
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), &data).unwrap();
+    }
+    let gz = reg
+        .client()
+        .get_blob(repo, ls.last().unwrap()["digest"].as_str().unwrap())
+        .await
+        .unwrap();
+    let boot = nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).expect("bootstrap layer");
+    let boot_path = at.join("image.boot");
+    std::fs::write(&boot_path, boot).unwrap();
+    let tar = at.join("image.tar");
+    let o = Command::new(bin("nydus-image"))
+        .args(["unpack", "--bootstrap"])
+        .arg(&boot_path)
+        .arg("--blob-dir")
+        .arg(&blobs)
+        .arg("--output")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "unpack: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let root = at.join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    let o = Command::new("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+            "-xpf",
+        ])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_convert_of_the_same_source_builds_and_uploads_no_layer() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+    let dir = TestDir::new("nydusify-reuse").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    let layers = vec![
+        LayerSpec::busybox(Compression::Gzip).unwrap(),
+        LayerSpec::random(7, 3 << 20, Compression::Gzip),
+        LayerSpec::new(Compression::None).dir("empty-layer-dir", 0o700),
+    ];
+    let img = reg
+        .push_image("src/reuse", "v1", &layers)
+        .await
+        .expect("push");
+    let dst = format!("{}/nydus/reuse:v1", reg.addr());
+    let first = dir.path().join("first.json");
+    ok(convert(
+        &img.reference,
+        &dst,
+        dir.path(),
+        &["--output-json", first.to_str().unwrap()],
+    ));
+    assert_eq!(read_json(&first)["layers_built"], 3);
+    let before = upload_starts(&reg, "nydus/reuse");
+    let gets_before: usize = img.layer_digests().iter().map(|d| reg.blob_gets(d)).sum();
+
+    let second = dir.path().join("second.json");
+    ok(convert(
+        &img.reference,
+        &dst,
+        dir.path(),
+        &["--output-json", second.to_str().unwrap()],
+    ));
+    let r = read_json(&second);
+    assert_eq!(r["layers_built"], 0, "{r}");
+    assert!(r["manifests"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["reused"] == true));
+    // The bootstrap layer and config are already there too: no upload session at all.
+    assert_eq!(
+        upload_starts(&reg, "nydus/reuse"),
+        before,
+        "uploads in the second run"
+    );
+    let gets_after: usize = img.layer_digests().iter().map(|d| reg.blob_gets(d)).sum();
+    assert_eq!(gets_after, gets_before, "the second run read source layers");
+    ok(check(&dst, Some(&img.reference)));
+
+    // Other options mean other blobs: the layers are built again.
+    let third = dir.path().join("third.json");
+    ok(convert(
+        &img.reference,
+        &dst,
+        dir.path(),
+        &[
+            "--compressor",
+            "lz4_block",
+            "--output-json",
+            third.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(read_json(&third)["layers_built"], 3);
+    ok(check(&dst, Some(&img.reference)));
+}
+
+/// Pushes an image whose single layer is `layer` (declared as gzip) with a matching config.
+async fn push_raw_image(
+    reg: &Registry,
+    repo: &str,
+    layer: Vec<u8>,
+    declared_digest: Option<String>,
+) {
+    let digest = reg.push_blob(repo, layer.clone()).await.expect("push blob");
+    let layer_digest = declared_digest.unwrap_or(digest);
+    let config = json!({
+        "architecture": integration::oci_arch(), "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "0".repeat(64))]},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let cdigest = reg.push_blob(repo, config.clone()).await.unwrap();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+    });
+    reg.client()
+        .put_manifest(
+            repo,
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await
+        .expect("put manifest");
+}
+
+fn assert_fails_with(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "expected a failure:\n{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(needle),
+        "stderr should name {needle:?}:\n{}",
+        text(o)
+    );
+    assert!(!err.contains("panicked"), "{}", text(o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sources_fail_clearly_and_push_no_target_tag() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+    let dir = TestDir::new("nydusify-bad").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+
+    // A layer that is not a tar.
+    let junk = integration::random_bytes(3, 100_000);
+    push_raw_image(&reg, "bad/notar", junk, None).await;
+    let dst = format!("{}/out/notar:v1", reg.addr());
+    let o = convert(
+        &format!("{}/bad/notar:v1", reg.addr()),
+        &dst,
+        dir.path(),
+        &[],
+    );
+    assert_fails_with(&o, "layer sha256:");
+    assert!(!manifest_exists(&reg, "out/notar", "v1").await);
+
+    // A source blob whose bytes do not match its digest (flipped in the registry's storage).
+    let img = reg
+        .push_image(
+            "bad/flipped",
+            "v1",
+            &[LayerSpec::random(9, 1 << 20, Compression::Gzip)],
+        )
+        .await
+        .unwrap();
+    let hex = img.layers[0].0.trim_start_matches("sha256:").to_string();
+    let data = reg
+        .dir()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).expect("the registry's blob file");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let dst = format!("{}/out/flipped:v1", reg.addr());
+    let o = convert(
+        &img.reference,
+        &dst,
+        dir.path(),
+        &["--push-retry-count", "0"],
+    );
+    assert_fails_with(&o, "sha256");
+    assert!(!manifest_exists(&reg, "out/flipped", "v1").await);
+
+    // A manifest over 4 MiB.
+    let config = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}});
+    let config = serde_json::to_vec(&config).unwrap();
+    let cdigest = reg.push_blob("bad/huge", config.clone()).await.unwrap();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": config.len()},
+        "layers": [],
+        "annotations": {"padding": "x".repeat(5 << 20)},
+    });
+    // distribution refuses to store a manifest over 4 MiB through its API, so it is written
+    // into the registry's storage directly, as a registry with a larger limit would hold it.
+    let body = serde_json::to_vec(&manifest).unwrap();
+    plant_manifest(&reg, "bad/huge", "v1", &body);
+    let (got, _, _) = reg
+        .client()
+        .get_manifest("bad/huge", "v1")
+        .await
+        .expect("served");
+    assert_eq!(
+        got.len(),
+        body.len(),
+        "the registry serves the planted manifest"
+    );
+    let dst = format!("{}/out/huge:v1", reg.addr());
+    let o = convert(
+        &format!("{}/bad/huge:v1", reg.addr()),
+        &dst,
+        dir.path(),
+        &[],
+    );
+    assert_fails_with(&o, "over the 4194304-byte limit");
+    assert!(!manifest_exists(&reg, "out/huge", "v1").await);
+}
+
+/// Writes a manifest into a filesystem-backed registry's storage under `repo:tag`.
+fn plant_manifest(reg: &Registry, repo: &str, tag: &str, body: &[u8]) {
+    let digest = integration::sha256_digest(body);
+    let hex = digest.trim_start_matches("sha256:");
+    let v2 = reg.dir().join("storage/docker/registry/v2");
+    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::create_dir_all(&blob).unwrap();
+    std::fs::write(blob.join("data"), body).unwrap();
+    let m = v2.join("repositories").join(repo).join("_manifests");
+    for link in [
+        m.join("revisions/sha256").join(hex),
+        m.join("tags").join(tag).join("current"),
+        m.join("tags").join(tag).join("index/sha256").join(hex),
+    ] {
+        std::fs::create_dir_all(&link).unwrap();
+        std::fs::write(link.join("link"), &digest).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_named_and_push_nothing() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+    let dir = TestDir::new("nydusify-auth").expect("test dir");
+    let reg = Registry::start_with_token_auth(&dir)
+        .await
+        .expect("registry");
+    let img = reg
+        .push_image(
+            "src/auth",
+            "v1",
+            &[LayerSpec::random(5, 1 << 20, Compression::Gzip)],
+        )
+        .await
+        .unwrap();
+    let (user, pass) = reg.credentials().unwrap();
+    let dst = format!("{}/out/auth:v1", reg.addr());
+    let o = nydusify(&[
+        "convert",
+        "--source",
+        &img.reference,
+        "--target",
+        &dst,
+        "--source-insecure",
+        "--target-insecure",
+        "--source-username",
+        user,
+        "--source-password",
+        "wrong",
+        "--target-username",
+        user,
+        "--target-password",
+        pass,
+    ]);
+    assert_fails_with(&o, "authentication failed");
+    assert!(!manifest_exists(&reg, "out/auth", "v1").await);
+
+    // With the right credentials (here from a docker config.json) it converts and checks.
+    let cfg = dir.path().join("docker");
+    std::fs::create_dir_all(&cfg).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    std::fs::write(
+        cfg.join("config.json"),
+        serde_json::to_vec(&json!({"auths": {reg.addr(): {"auth": auth}}})).unwrap(),
+    )
+    .unwrap();
+    let o = Command::new(bin("nydusify"))
+        .args([
+            "convert",
+            "--no-progress",
+            "--source",
+            &img.reference,
+            "--target",
+            &dst,
+        ])
+        .args(["--source-insecure", "--target-insecure"])
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    ok(o);
+    let o = Command::new(bin("nydusify"))
+        .args(["check", "--target", &dst, "--source", &img.reference])
+        .args(["--source-insecure", "--target-insecure"])
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    ok(o);
+}

@@ -1,0 +1,203 @@
+//! `nydusify convert`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use nydus::build::ChunkOptions;
+use nydus::nydusify::convert::{self, ConvertOptions, Platforms};
+use nydus::nydusify::manifest::host_platform;
+use nydus::nydusify::progress::Progress;
+use nydus::nydusify::reverse::{self, ReverseOptions};
+use nydus::{Compressor, Digester};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "--oci-ref (zran images that keep the OCI layers as data) is not supported: \
+    every layer is converted into a Nydus blob."
+)]
+pub struct Args {
+    /// Source image reference.
+    #[arg(long)]
+    source: String,
+    /// Target image reference.
+    #[arg(long)]
+    target: String,
+    /// Use plain HTTP for the source registry.
+    #[arg(long)]
+    source_insecure: bool,
+    /// Use plain HTTP for the target registry.
+    #[arg(long)]
+    target_insecure: bool,
+    /// Source registry user (default: from docker config.json).
+    #[arg(long, env = "NYDUSIFY_SOURCE_USERNAME")]
+    source_username: Option<String>,
+    #[arg(long, env = "NYDUSIFY_SOURCE_PASSWORD", hide_env_values = true)]
+    source_password: Option<String>,
+    /// Target registry user (default: from docker config.json).
+    #[arg(long, env = "NYDUSIFY_TARGET_USERNAME")]
+    target_username: Option<String>,
+    #[arg(long, env = "NYDUSIFY_TARGET_PASSWORD", hide_env_values = true)]
+    target_password: Option<String>,
+    /// RAFS version of the Nydus image (only 6 is built).
+    #[arg(long, default_value = "6")]
+    fs_version: String,
+    /// Compressor of Nydus blobs: zstd, lz4_block or none.
+    #[arg(long, default_value = "zstd")]
+    compressor: String,
+    /// Chunk size, a power of two from 0x1000 to 0x1000000.
+    #[arg(long, alias = "fs-chunk-size", default_value = "0x100000")]
+    chunk_size: String,
+    /// Read prefetch paths, one per line, from stdin.
+    #[arg(long)]
+    prefetch_patterns: bool,
+    /// Platform to convert from an index (os/arch[/variant]); default: this machine's.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Convert every platform of an index.
+    #[arg(long, conflicts_with = "platform")]
+    all_platforms: bool,
+    /// Add the Nydus manifests to the source's index (platform os.features
+    /// nydus.remoteimage.v1) instead of writing a Nydus-only image.
+    #[arg(long)]
+    merge_platform: bool,
+    /// Deduplicate against another Nydus image's chunks: `bootstrap:registry:REF` or `REF`.
+    #[arg(long)]
+    chunk_dict: Option<String>,
+    /// Layers converted at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Directory for work files (the merged bootstraps are kept there).
+    #[arg(long, default_value = "./tmp")]
+    work_dir: PathBuf,
+    /// Write OCI media types even for a Docker source.
+    #[arg(long)]
+    oci: bool,
+    /// Convert a Nydus image back to an OCI image (layers compressed with
+    /// --reverse-compressor).
+    #[arg(long)]
+    reverse: bool,
+    /// Compression of OCI layers written by --reverse: gzip or zstd.
+    #[arg(long, default_value = "gzip")]
+    reverse_compressor: String,
+    /// Not supported (zran images).
+    #[arg(long, hide = true)]
+    oci_ref: bool,
+    /// Retries of a failed push.
+    #[arg(long, default_value_t = 3)]
+    push_retry_count: u32,
+    /// Delay before the first retry (doubles each time).
+    #[arg(long, default_value = "5s")]
+    push_retry_delay: String,
+    /// Do not show progress bars.
+    #[arg(long)]
+    no_progress: bool,
+    /// Write a JSON summary (per-layer sizes and times) to this file.
+    #[arg(long)]
+    output_json: Option<PathBuf>,
+    /// Worker threads per layer for compression and digests (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.oci_ref {
+        bail!("--oci-ref is not supported: this nydusify converts every layer into a Nydus blob");
+    }
+    let retry = super::retry(a.push_retry_count, &a.push_retry_delay)?;
+    let source_remote = super::remote_options(
+        "source",
+        a.source_insecure,
+        a.source_username,
+        a.source_password,
+        retry,
+    )?;
+    let target_remote = super::remote_options(
+        "target",
+        a.target_insecure,
+        a.target_username,
+        a.target_password,
+        retry,
+    )?;
+    let platforms = if a.all_platforms {
+        Platforms::All
+    } else {
+        Platforms::One(a.platform.unwrap_or_else(host_platform))
+    };
+    let progress = Progress::new(!a.no_progress);
+    if a.reverse {
+        let opts = ReverseOptions {
+            source: a.source,
+            target: a.target,
+            source_remote,
+            target_remote,
+            compressor: a.reverse_compressor,
+            platforms,
+            concurrency: a.concurrency,
+        };
+        let report = reverse::reverse(&opts, &progress).await?;
+        if let Some(p) = &a.output_json {
+            super::write_json(p, &report)?;
+        }
+        println!(
+            "converted {} to OCI image {} ({})",
+            opts.source, opts.target, report.target_digest
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let compressor = match a.compressor.as_str() {
+        "zstd" => Compressor::Zstd,
+        "lz4_block" => Compressor::Lz4Block,
+        "none" => Compressor::None,
+        other => bail!("--compressor {other}: expected zstd, lz4_block or none"),
+    };
+    let chunk_dict = a.chunk_dict.map(|d| {
+        d.strip_prefix("bootstrap:registry:")
+            .map(str::to_string)
+            .unwrap_or(d)
+    });
+    let opts = ConvertOptions {
+        source: a.source,
+        target: a.target,
+        source_remote,
+        target_remote,
+        chunk: ChunkOptions {
+            chunk_size: super::parse_size(&a.chunk_size)?,
+            compressor,
+            digester: Digester::Blake3,
+            threads: a
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        },
+        fs_version: a.fs_version,
+        prefetch: if a.prefetch_patterns {
+            super::read_patterns()?
+        } else {
+            Vec::new()
+        },
+        platforms,
+        merge_platform: a.merge_platform,
+        chunk_dict,
+        concurrency: a.concurrency,
+        work_dir: Some(a.work_dir),
+        oci: a.oci,
+    };
+    let report = convert::convert(&opts, &progress).await?;
+    if let Some(p) = &a.output_json {
+        super::write_json(p, &report)?;
+    }
+    let layers: usize = report.manifests.iter().map(|m| m.layers.len()).sum();
+    println!(
+        "converted {} to {} ({}): {} manifest(s), {layers} layers ({} built, {} reused), read {} B, wrote {} B in {:.1}s",
+        report.source,
+        report.target,
+        report.target_digest,
+        report.manifests.len(),
+        report.layers_built,
+        layers - report.layers_built,
+        report.bytes_read,
+        report.bytes_written,
+        report.seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
