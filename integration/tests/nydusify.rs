@@ -408,48 +408,191 @@ async fn bad_sources_fail_clearly_and_push_no_target_tag() {
         "layers": [],
         "annotations": {"padding": "x".repeat(5 << 20)},
     });
-    // distribution refuses to store a manifest over 4 MiB through its API, so it is written
-    // into the registry's storage directly, as a registry with a larger limit would hold it.
+    // distribution refuses to store a manifest over 4 MiB, so a proxy in front of it serves one.
     let body = serde_json::to_vec(&manifest).unwrap();
-    plant_manifest(&reg, "bad/huge", "v1", &body);
-    let (got, _, _) = reg
-        .client()
-        .get_manifest("bad/huge", "v1")
-        .await
-        .expect("served");
-    assert_eq!(
-        got.len(),
-        body.len(),
-        "the registry serves the planted manifest"
-    );
-    let dst = format!("{}/out/huge:v1", reg.addr());
+    let proxy =
+        FaultProxy::start(reg.addr(), None, Some(("/v2/bad/huge/manifests/v1", body))).await;
     let o = convert(
-        &format!("{}/bad/huge:v1", reg.addr()),
-        &dst,
+        &format!("{}/bad/huge:v1", proxy.addr),
+        &format!("{}/out/huge:v1", proxy.addr),
         dir.path(),
         &[],
     );
     assert_fails_with(&o, "over the 4194304-byte limit");
     assert!(!manifest_exists(&reg, "out/huge", "v1").await);
+
+    // A registry that answers 500 to every upload after two blobs were stored.
+    let img = reg
+        .push_image(
+            "src/many",
+            "v1",
+            &(1..=4)
+                .map(|i| LayerSpec::random(100 + i, 2 << 20, Compression::Gzip))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(reg.addr(), Some(2), None).await;
+    let src = img.reference.replace(&reg.addr(), &proxy.addr);
+    let o = convert(
+        &src,
+        &format!("{}/out/many:v1", proxy.addr),
+        dir.path(),
+        &[
+            "--concurrency",
+            "1",
+            "--push-retry-count",
+            "1",
+            "--push-retry-delay",
+            "10ms",
+        ],
+    );
+    assert_fails_with(&o, "500");
+    assert!(proxy.refused() > 0, "the proxy refused no upload");
+    assert!(!manifest_exists(&reg, "out/many", "v1").await);
 }
 
-/// Writes a manifest into a filesystem-backed registry's storage under `repo:tag`.
-fn plant_manifest(reg: &Registry, repo: &str, tag: &str, body: &[u8]) {
-    let digest = integration::sha256_digest(body);
-    let hex = digest.trim_start_matches("sha256:");
-    let v2 = reg.dir().join("storage/docker/registry/v2");
-    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
-    std::fs::create_dir_all(&blob).unwrap();
-    std::fs::write(blob.join("data"), body).unwrap();
-    let m = v2.join("repositories").join(repo).join("_manifests");
-    for link in [
-        m.join("revisions/sha256").join(hex),
-        m.join("tags").join(tag).join("current"),
-        m.join("tags").join(tag).join("index/sha256").join(hex),
-    ] {
-        std::fs::create_dir_all(&link).unwrap();
-        std::fs::write(link.join("link"), &digest).unwrap();
+/// An HTTP proxy in front of a registry that can refuse uploads after `uploads_ok` committed
+/// blobs and serve a fixed body for one path.
+struct FaultProxy {
+    addr: String,
+    state: std::sync::Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    upstream: String,
+    uploads_ok: Option<usize>,
+    committed: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicUsize,
+    fixed: Option<(String, Vec<u8>)>,
+    client: reqwest::Client,
+}
+
+impl FaultProxy {
+    async fn start(
+        upstream: String,
+        uploads_ok: Option<usize>,
+        fixed: Option<(&str, Vec<u8>)>,
+    ) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = std::sync::Arc::new(ProxyState {
+            upstream,
+            uploads_ok,
+            committed: Default::default(),
+            refused: Default::default(),
+            fixed: fixed.map(|(p, b)| (p.to_string(), b)),
+            client: integration::http_client(),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| proxy_one(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { addr, state, task }
     }
+
+    fn refused(&self) -> usize {
+        self.state.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_one(
+    st: std::sync::Arc<ProxyState>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering::SeqCst;
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let reply = |status: u16, body: Vec<u8>, headers: Vec<(String, String)>| {
+        let mut r = http::Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        Ok(r.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap())
+    };
+    if let Some((p, body)) = &st.fixed {
+        if &path == p && req.method() == http::Method::GET {
+            return reply(
+                200,
+                body.clone(),
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+            );
+        }
+    }
+    let is_upload = path.contains("/blobs/uploads");
+    if is_upload {
+        if let Some(n) = st.uploads_ok {
+            if st.committed.load(SeqCst) >= n {
+                st.refused.fetch_add(1, SeqCst);
+                return reply(
+                    500,
+                    b"{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"injected failure\"}]}"
+                        .to_vec(),
+                    vec![],
+                );
+            }
+        }
+    }
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut fwd = st
+        .client
+        .request(method.clone(), format!("http://{}{path_q}", st.upstream));
+    for (k, v) in headers.iter() {
+        // Host stays the proxy's, so the registry's Location headers point back at the proxy.
+        if k != http::header::CONTENT_LENGTH {
+            fwd = fwd.header(k, v);
+        }
+    }
+    let resp = match fwd.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => return reply(502, e.to_string().into_bytes(), vec![]),
+    };
+    let status = resp.status().as_u16();
+    if is_upload && method == http::Method::PUT && status == 201 {
+        st.committed.fetch_add(1, SeqCst);
+    }
+    let mut out_headers = Vec::new();
+    for (k, v) in resp.headers() {
+        if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING {
+            out_headers.push((k.to_string(), v.to_str().unwrap_or_default().to_string()));
+        }
+    }
+    let body = resp.bytes().await.unwrap_or_default().to_vec();
+    reply(status, body, out_headers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

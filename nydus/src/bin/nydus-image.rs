@@ -5,6 +5,7 @@
 //! buildkit and Harbor's acceleration service use — can run this one with the same command lines.
 //! docs/nydus.md lists the flags and where this tool differs.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
 use std::fs::{self, File};
@@ -70,12 +71,14 @@ fn warn(msg: impl Display) {
 #[derive(Clone, Copy, ValueEnum)]
 enum SourceType {
     /// A directory (Nydus also accepts `directory`).
-    #[value(alias = "directory")]
-    DirRafs,
+    #[value(name = "dir-rafs", alias = "directory")]
+    Dir,
     /// An OCI layer tar: plain, gzip or zstd (the compression is detected).
-    TarRafs,
+    #[value(name = "tar-rafs")]
+    Tar,
     /// A gzip OCI layer tar: the same as tar-rafs here.
-    TargzRafs,
+    #[value(name = "targz-rafs")]
+    Targz,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -616,7 +619,7 @@ fn create(a: CreateArgs) -> Result<(), Fail> {
     if a.blob.is_none() && a.blob_dir.is_none() {
         return Err(fail("one of --blob or --blob-dir is required"));
     }
-    let is_tar = matches!(a.source_type, SourceType::TarRafs | SourceType::TargzRafs);
+    let is_tar = matches!(a.source_type, SourceType::Tar | SourceType::Targz);
     if is_tar && a.source.as_os_str() == "-" && a.prefetch_policy != PrefetchPolicy::None {
         return Err(fail(
             "--prefetch-policy reads the prefetch list from stdin, so the layer tar cannot come from stdin too",
@@ -1014,7 +1017,8 @@ fn merge(a: MergeArgs) -> Result<(), Fail> {
             };
             map.push(pos as u32);
         }
-        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(i));
+        // An index the layer's table lacks stays unknown: the renumbering below reports it.
+        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(u32::MAX));
         tree.apply_layer(&layer);
     }
     let (chunk_size, digester) = shape
@@ -1027,7 +1031,7 @@ fn merge(a: MergeArgs) -> Result<(), Fail> {
     for id in tree.bfs().ids() {
         if let Kind::File { chunks, .. } = &tree.node(id).kind {
             for c in chunks {
-                if !renumber.contains_key(&c.blob_index) {
+                if let Entry::Vacant(slot) = renumber.entry(c.blob_index) {
                     let mut e = *blobs.get(c.blob_index as usize).ok_or_else(|| {
                         fail(format!(
                             "a chunk names blob {}, which is missing",
@@ -1035,7 +1039,7 @@ fn merge(a: MergeArgs) -> Result<(), Fail> {
                         ))
                     })?;
                     e.blob_index = used.len() as u32;
-                    renumber.insert(c.blob_index, e.blob_index);
+                    slot.insert(e.blob_index);
                     used.push(e);
                 }
             }

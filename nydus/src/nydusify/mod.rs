@@ -4,7 +4,6 @@
 //! - [`manifest`]: media types, annotations and the manifest/config shape of Nydus images;
 //! - [`convert`]: OCI → Nydus, streaming each layer through the builder into the target;
 //! - [`check`]: manifest, bootstrap and filesystem rules of a Nydus image;
-//! - [`reverse`]: Nydus → OCI;
 //! - [`copy`]: copying a Nydus image between registries;
 //! - [`pipe`], [`progress`]: plumbing between async transfers and the blocking builder.
 
@@ -15,4 +14,3 @@ pub mod manifest;
 pub mod pipe;
 pub mod progress;
 pub mod registry;
-pub mod reverse;

@@ -8,7 +8,6 @@ use nydus::build::ChunkOptions;
 use nydus::nydusify::convert::{self, ConvertOptions, Platforms};
 use nydus::nydusify::manifest::host_platform;
 use nydus::nydusify::progress::Progress;
-use nydus::nydusify::reverse::{self, ReverseOptions};
 use nydus::{Compressor, Digester};
 
 #[derive(clap::Args)]
@@ -73,13 +72,9 @@ pub struct Args {
     /// Write OCI media types even for a Docker source.
     #[arg(long)]
     oci: bool,
-    /// Convert a Nydus image back to an OCI image (layers compressed with
-    /// --reverse-compressor).
-    #[arg(long)]
+    /// Nydus → OCI: not built yet (refused with a message).
+    #[arg(long, hide = true)]
     reverse: bool,
-    /// Compression of OCI layers written by --reverse: gzip or zstd.
-    #[arg(long, default_value = "gzip")]
-    reverse_compressor: String,
     /// Not supported (zran images).
     #[arg(long, hide = true)]
     oci_ref: bool,
@@ -124,26 +119,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         Platforms::One(a.platform.unwrap_or_else(host_platform))
     };
-    let progress = Progress::new(!a.no_progress);
     if a.reverse {
-        let opts = ReverseOptions {
-            source: a.source,
-            target: a.target,
-            source_remote,
-            target_remote,
-            compressor: a.reverse_compressor,
-            platforms,
-            concurrency: a.concurrency,
-        };
-        let report = reverse::reverse(&opts, &progress).await?;
-        if let Some(p) = &a.output_json {
-            super::write_json(p, &report)?;
-        }
-        println!(
-            "converted {} to OCI image {} ({})",
-            opts.source, opts.target, report.target_digest
-        );
-        return Ok(ExitCode::SUCCESS);
+        bail!("--reverse (Nydus → OCI) is not available in this version");
     }
     let compressor = match a.compressor.as_str() {
         "zstd" => Compressor::Zstd,
@@ -182,6 +159,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         work_dir: Some(a.work_dir),
         oci: a.oci,
     };
+    let progress = Progress::new(!a.no_progress);
     let report = convert::convert(&opts, &progress).await?;
     if let Some(p) = &a.output_json {
         super::write_json(p, &report)?;
