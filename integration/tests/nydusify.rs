@@ -628,6 +628,8 @@ async fn wrong_credentials_are_named_and_push_nothing() {
         user,
         "--target-password",
         pass,
+        "--work-dir",
+        dir.path().join("work").to_str().unwrap(),
     ]);
     assert_fails_with(&o, "authentication failed");
     assert!(!manifest_exists(&reg, "out/auth", "v1").await);
@@ -651,7 +653,8 @@ async fn wrong_credentials_are_named_and_push_nothing() {
             "--target",
             &dst,
         ])
-        .args(["--source-insecure", "--target-insecure"])
+        .args(["--source-insecure", "--target-insecure", "--work-dir"])
+        .arg(dir.path().join("work"))
         .env("DOCKER_CONFIG", &cfg)
         .output()
         .unwrap();
