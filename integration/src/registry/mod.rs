@@ -15,7 +15,10 @@ pub use access_log::{parse_access_log, parse_access_log_line, AccessLogEntry};
 pub use client::{parse_challenge, Challenge, RegistryClient, MANIFEST_ACCEPT};
 pub use token::{TokenAuthOptions, TokenRequest, TokenServer};
 
-use crate::image::{build_oci_layout, ImageConfig, ImageInfo, LayerSpec};
+use crate::image::{
+    build_oci_index, build_oci_layout, ImageConfig, ImageInfo, IndexInfo, LayerSpec, OciImage,
+    PlatformImage,
+};
 use crate::process::ChildProcess;
 use crate::{free_port, Error, Result, TestDir};
 
@@ -230,12 +233,7 @@ impl Registry {
         layers: &[LayerSpec],
         config: &ImageConfig,
     ) -> Result<ImageInfo> {
-        let n = self.pushes.fetch_add(1, Ordering::Relaxed);
-        let safe: String = repo
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let out = self.dir.join("images").join(format!("{n}-{safe}"));
+        let out = self.layout_dir(repo);
         let (layers, config, tag_owned) = (layers.to_vec(), config.clone(), tag.to_string());
         let out2 = out.clone();
         let img = tokio::task::spawn_blocking(move || {
@@ -243,19 +241,62 @@ impl Registry {
         })
         .await
         .map_err(|e| Error::malformed("image build task", e.to_string()))??;
-        self.push_oci_layout(&out, tag, repo, tag).await?;
-        let info = ImageInfo::from_oci(&self.addr(), repo, tag, &img);
+        self.push_oci_image(&img, repo, tag).await
+    }
+
+    /// Pushes an image already built with [`build_oci_layout`] (e.g. once, to several
+    /// registries) as `<repo>:<tag>`, and checks the registry has its manifest digest.
+    pub async fn push_oci_image(&self, img: &OciImage, repo: &str, tag: &str) -> Result<ImageInfo> {
+        self.push_oci_layout(&img.dir, &img.tag, repo, tag).await?;
+        let info = ImageInfo::from_oci(&self.addr(), repo, tag, img);
+        self.check_pushed(repo, tag, &info.reference, &info.manifest_digest)
+            .await?;
+        Ok(info)
+    }
+
+    /// Builds a multi-platform image (an image index over one manifest per entry of
+    /// `platforms`, see [`build_oci_index`]) and pushes all of it as `<repo>:<tag>` with
+    /// `skopeo copy --all`. The tag then resolves to the index; a client picks its platform.
+    pub async fn push_image_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        platforms: &[PlatformImage],
+    ) -> Result<IndexInfo> {
+        let out = self.layout_dir(repo);
+        let (platforms, tag_owned) = (platforms.to_vec(), tag.to_string());
+        let out2 = out.clone();
+        let idx =
+            tokio::task::spawn_blocking(move || build_oci_index(&out2, &tag_owned, &platforms))
+                .await
+                .map_err(|e| Error::malformed("image index build task", e.to_string()))??;
+        self.push_oci_index(&idx.dir, &idx.tag, repo, tag).await?;
+        let info = IndexInfo::from_oci(&self.addr(), repo, tag, &idx);
+        self.check_pushed(repo, tag, &info.reference, &info.index_digest)
+            .await?;
+        Ok(info)
+    }
+
+    /// A fresh directory for an image layout built for a push to `repo`.
+    fn layout_dir(&self, repo: &str) -> PathBuf {
+        let n = self.pushes.fetch_add(1, Ordering::Relaxed);
+        let safe: String = repo
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.dir.join("images").join(format!("{n}-{safe}"))
+    }
+
+    /// Fails unless the registry serves `<repo>:<tag>` with digest `want`.
+    async fn check_pushed(&self, repo: &str, tag: &str, reference: &str, want: &str) -> Result<()> {
         let pushed = self.client.head_manifest(repo, tag).await?;
-        if pushed.as_deref() != Some(info.manifest_digest.as_str()) {
+        if pushed.as_deref() != Some(want) {
             return Err(Error::malformed(
-                format!("pushed manifest {}", info.reference),
-                format!(
-                    "registry has digest {pushed:?}, layout has {}",
-                    info.manifest_digest
-                ),
+                format!("pushed manifest {reference}"),
+                format!("registry has digest {pushed:?}, layout has {want}"),
             ));
         }
-        Ok(info)
+        Ok(())
     }
 
     /// `skopeo copy oci:<layout>:<layout_tag> docker://<this registry>/<repo>:<tag>`, with
@@ -266,6 +307,30 @@ impl Registry {
         layout_tag: &str,
         repo: &str,
         tag: &str,
+    ) -> Result<()> {
+        self.skopeo_push(layout, layout_tag, repo, tag, false).await
+    }
+
+    /// [`push_oci_layout`](Self::push_oci_layout) with `--all`: for a layout tag naming an image
+    /// index, pushes the index and every manifest it lists (without `--all` skopeo would copy
+    /// only this machine's platform).
+    pub async fn push_oci_index(
+        &self,
+        layout: &Path,
+        layout_tag: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<()> {
+        self.skopeo_push(layout, layout_tag, repo, tag, true).await
+    }
+
+    async fn skopeo_push(
+        &self,
+        layout: &Path,
+        layout_tag: &str,
+        repo: &str,
+        tag: &str,
+        all: bool,
     ) -> Result<()> {
         let src = format!("oci:{}:{layout_tag}", layout.display());
         let dst = format!("docker://{}/{repo}:{tag}", self.addr());
@@ -279,6 +344,9 @@ impl Registry {
             "--preserve-digests",
             "--dest-tls-verify=false",
         ]);
+        if all {
+            cmd.arg("--all");
+        }
         if let Some((u, p)) = self.credentials() {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
@@ -292,7 +360,7 @@ impl Registry {
         })?;
         if !out.status.success() {
             return Err(Error::Command {
-                command: format!("skopeo copy {src} {dst}"),
+                command: format!("skopeo copy{} {src} {dst}", if all { " --all" } else { "" }),
                 status: out.status,
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
