@@ -2,8 +2,8 @@
 # hack/setup.sh — install what building and testing this project needs on Debian 12 (bookworm).
 #
 # Idempotent: apt-get runs (after one `apt-get update`) only when a package is missing.
-# Needs root when something has to be installed. Installs nothing but Debian packages:
-# the Rust toolchain must already be there (only crates.io and Debian are reachable).
+# Needs root when something has to be installed. Installs nothing but Debian packages: the
+# Rust toolchain must already be there (hack/test.sh adds its rustfmt and clippy components).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -11,10 +11,12 @@ export DEBIAN_FRONTEND=noninteractive
 # skopeo, umoci: registry and images without Docker; protobuf-compiler: tonic/prost builds;
 # fuse3, libfuse3-dev, erofs-utils: lazy loading (FUSE, EROFS); iproute2: network namespaces;
 # openssl: the registry token-auth certificate; apache2-utils: htpasswd; busybox-static:
-# a runnable test image; jq, curl, procps, bc, ca-certificates: scripts.
+# a runnable test image; jq, curl, procps, bc, ca-certificates: scripts; g++ (with gcc): the
+# linker, and libfuzzer-sys's C++ build in hack/test.sh's fuzz step and hack/fuzz.sh.
 PACKAGES=(
   containerd runc docker-registry skopeo umoci protobuf-compiler fuse3 libfuse3-dev
   erofs-utils iproute2 jq curl busybox-static ca-certificates openssl apache2-utils procps bc
+  g++
 )
 MIN_RUST=1.88
 

@@ -317,8 +317,6 @@ fn apply_oci_layer(raw: &mut dyn Read, view: &mut BTreeMap<Vec<u8>, Entry>) -> i
         decompressed(raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let mut tar = TarStream::new(r);
     let mut this_layer: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let lower: Vec<Vec<u8>> = Vec::new();
-    let _ = lower;
     while let Some(h) = tar.next_header()? {
         let path = clean(&h.path);
         let name = path.rsplit(|b| *b == b'/').next().unwrap_or(&path).to_vec();

@@ -191,7 +191,7 @@ pub async fn convert(
         .ok_or_else(|| bad(format!("source {}", opts.source), "no such image"))?;
     let previous = previous_target(&target).await;
     let dict = match &opts.chunk_dict {
-        Some(r) => Some(ChunkDict::load(r, &opts.source_remote, &target).await?),
+        Some(r) => Some(ChunkDict::load(r, &opts.source_remote).await?),
         None => None,
     };
     let ctx = Ctx {
@@ -406,11 +406,7 @@ pub struct ChunkDict {
 }
 
 impl ChunkDict {
-    async fn load(
-        reference: &str,
-        remote_opts: &RemoteOptions,
-        target: &Remote,
-    ) -> Result<ChunkDict, ConvertError> {
+    async fn load(reference: &str, remote_opts: &RemoteOptions) -> Result<ChunkDict, ConvertError> {
         let remote = Remote::connect(reference, remote_opts, RegistryOperation::Pull).await?;
         let (body, digest, mt) = remote
             .manifest(remote.reference())
@@ -465,7 +461,6 @@ impl ChunkDict {
                 )
             })
             .collect();
-        let _ = target;
         Ok(ChunkDict {
             reference: reference.to_string(),
             parent,
