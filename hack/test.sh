@@ -60,13 +60,19 @@ cpu_seconds() {
 
 failed_steps=()
 timings=()
+# What the steps that run a function of this script do, for the log and the FAILED lines.
+declare -A step_desc=(
+  [test]="cargo test --workspace --features dfdaemon/fault-injection --no-fail-fast"
+  [release]="cargo build --release --workspace --bins, then its dfdaemon --check-config must refuse faultInjection"
+)
 # run_step NAME COMMAND...: runs COMMAND, records its wall and CPU time, and NAME if it failed.
 run_step() {
-  local name=$1 start=$SECONDS cpu rc=0 took
+  local name=$1 start=$SECONDS cpu rc=0 took desc
   shift
+  desc=${step_desc[$name]:-$*}
   cpu_seconds
   cpu=$cpu_now
-  say "== step $name: $*"
+  say "== step $name: $desc"
   "$@" || rc=$?
   cpu_seconds
   took="$((SECONDS - start))s, $((cpu_now - cpu))s CPU"
@@ -75,9 +81,10 @@ run_step() {
     say "== step $name: ok ($took)"
   else
     say "== step $name: FAILED with status $rc ($took)"
-    failed_steps+=("$name: $* (status $rc)")
+    failed_steps+=("$name: $desc (status $rc)")
   fi
 }
+
 log=$tmp/test.log
 
 # The test step: cargo test's output is kept to count the results.
@@ -105,6 +112,10 @@ release_check() {
     return 1
   }
   # Control: the test build knows the section, so the config below is otherwise valid.
+  if [[ ! -x $dbg ]]; then
+    say "no $dbg (the build step's binary) to check $faulty with"
+    return 1
+  fi
   out=$("$dbg" --config "$faulty" --check-config 2>&1) || {
     say "the test build's dfdaemon ($dbg, fault-injection) rejects $faulty: $out"
     return 1
@@ -143,6 +154,7 @@ fi
 for s in "${failed_steps[@]}"; do
   say "FAILED step $s"
 done
-say "step times: $(printf '%s; ' "${timings[@]}")"
+times=$(printf "%s; " "${timings[@]}")
+say "step times: ${times%; }"
 echo "$passed passed, $failed failed"
 if ((${#failed_steps[@]} != 0 || failed != 0)); then exit 1; fi
