@@ -364,7 +364,7 @@ async fn bad_sources_fail_clearly_and_push_no_target_tag() {
         dir.path(),
         &[],
     );
-    assert_fails_with(&o, "layer sha256:");
+    assert_fails_with(&o, "reading the layer tar");
     assert!(!manifest_exists(&reg, "out/notar", "v1").await);
 
     // A source blob whose bytes do not match its digest (flipped in the registry's storage).
@@ -394,7 +394,7 @@ async fn bad_sources_fail_clearly_and_push_no_target_tag() {
         dir.path(),
         &["--push-retry-count", "0"],
     );
-    assert_fails_with(&o, "sha256");
+    assert_fails_with(&o, "Invalid digest. Expected sha256:");
     assert!(!manifest_exists(&reg, "out/flipped", "v1").await);
 
     // A manifest over 4 MiB.

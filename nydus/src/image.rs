@@ -276,7 +276,7 @@ impl ImageBlob {
 
     /// Whether the id is the placeholder Nydus writes into a bootstrap inlined in its own blob.
     pub fn has_placeholder_id(&self) -> bool {
-        self.id.len() == 64 && self.id.bytes().all(|b| b == b'x')
+        self.id == crate::build::PLACEHOLDER_BLOB_ID
     }
 }
 

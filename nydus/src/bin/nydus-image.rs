@@ -5,8 +5,7 @@
 //! buildkit and Harbor's acceleration service use — can run this one with the same command lines.
 //! docs/nydus.md lists the flags and where this tool differs.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Write};
@@ -21,7 +20,7 @@ use nydus::build::{self, ChunkOptions, CreateOptions, Parent, Source};
 use nydus::image::{self, BlobFile, Image};
 use nydus::tree::{display, Kind, NodeId, Tree};
 use nydus::v6::{BlobEntry, Bootstrap};
-use nydus::{BlobFeatures, Compressor, Digester};
+use nydus::{Compressor, Digester};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -523,11 +522,6 @@ fn compressor_name(c: Compressor) -> &'static str {
     }
 }
 
-/// The id Nydus writes into a bootstrap inlined in its own blob, which cannot hold its hash.
-fn is_placeholder_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b == b'x')
-}
-
 /// The `-J/--output-json` object in the shape of Nydus's `OutputSerializer` (nydus-image 2.4):
 /// nydus-snapshotter's `Merge` and nydusify's `check` and `build` read `blobs` from it (and
 /// nydusify `version`); every field is written as Nydus does, with the same types.
@@ -712,7 +706,7 @@ fn create(a: CreateArgs) -> Result<(), Fail> {
         blobs.push(e.blob_id().map_err(fail)?.to_string());
     }
     if let (Some(id), Some(last)) = (&created.blob_id, blobs.last_mut()) {
-        if is_placeholder_id(last) {
+        if last == build::PLACEHOLDER_BLOB_ID {
             last.clone_from(id);
         }
     }
@@ -808,7 +802,7 @@ fn parse_digests(flag: &str, items: Option<Vec<String>>) -> Result<Option<Vec<[u
 /// The blob id Nydus takes from a bootstrap's file name (`BlobInfo::get_blob_id_from_meta_path`):
 /// the name without any extension. nydus-snapshotter names the layer bootstraps it merges by
 /// their layer digests.
-fn blob_id_from_path(p: &Path) -> Result<String, Fail> {
+fn blob_id_from_path(p: &Path) -> Option<String> {
     let mut name = p.file_name().unwrap_or_default();
     while let Some(stem) = Path::new(name).file_stem() {
         if stem == name {
@@ -816,92 +810,55 @@ fn blob_id_from_path(p: &Path) -> Result<String, Fail> {
         }
         name = stem;
     }
-    match name.to_str() {
-        Some(id) if !id.is_empty() && id.len() <= 64 => Ok(id.to_string()),
-        _ => Err(fail(format!(
-            "{}: a layer with an inline bootstrap gets its blob id from the file name, which is not one (give --blob-digests or --original-blob-ids)",
-            p.display()
-        ))),
-    }
+    name.to_str()
+        .filter(|id| !id.is_empty() && id.len() <= 64)
+        .map(str::to_string)
 }
 
-/// What `merge` sets on each layer's own blob (the one blob of its table not from the chunk
-/// dictionary), one entry per layer, as Nydus's `Merger` does.
-struct LayerBlobs {
-    original_ids: Option<Vec<String>>,
-    digests: Option<Vec<[u8; 32]>>,
-    sizes: Option<Vec<u64>>,
-    toc_digests: Option<Vec<[u8; 32]>>,
-    toc_sizes: Option<Vec<u64>>,
-}
-
-impl LayerBlobs {
-    fn parse(a: &MergeArgs) -> Result<Self, Fail> {
-        let n = a.sources.len();
-        let toc_sizes = parse_numbers(
-            "blob-toc-sizes",
-            per_layer("blob-toc-sizes", a.blob_toc_sizes.as_deref(), n)?,
-        )?;
-        if let Some(big) = toc_sizes
-            .iter()
-            .flatten()
-            .find(|s| **s > u64::from(u32::MAX))
-        {
-            return Err(fail(format!(
-                "--blob-toc-sizes: {big} is larger than a TOC can be"
-            )));
-        }
-        Ok(LayerBlobs {
-            original_ids: per_layer("original-blob-ids", a.original_blob_ids.as_deref(), n)?,
-            digests: parse_digests(
-                "blob-digests",
-                per_layer("blob-digests", a.blob_digests.as_deref(), n)?,
-            )?,
-            sizes: parse_numbers(
-                "blob-sizes",
-                per_layer("blob-sizes", a.blob_sizes.as_deref(), n)?,
-            )?,
-            toc_digests: parse_digests(
-                "blob-toc-digests",
-                per_layer("blob-toc-digests", a.blob_toc_digests.as_deref(), n)?,
-            )?,
-            toc_sizes,
-        })
+/// What `merge` sets on each layer's own blob, one entry per layer, from the per-layer flags.
+fn layer_blobs(a: &MergeArgs) -> Result<Vec<build::LayerBlob>, Fail> {
+    let n = a.sources.len();
+    let toc_sizes = parse_numbers(
+        "blob-toc-sizes",
+        per_layer("blob-toc-sizes", a.blob_toc_sizes.as_deref(), n)?,
+    )?;
+    if let Some(big) = toc_sizes
+        .iter()
+        .flatten()
+        .find(|s| **s > u64::from(u32::MAX))
+    {
+        return Err(fail(format!(
+            "--blob-toc-sizes: {big} is larger than a TOC can be"
+        )));
     }
-
-    /// Names and describes layer `n`'s own blob `e`, found in the bootstrap at `path`.
-    fn apply(&self, n: usize, path: &Path, e: &mut BlobEntry) -> Result<(), Fail> {
-        let layer = |err: nydus::FormatError| fail(format!("{}: {err}", path.display()));
-        // A separate meta blob (ZRAN): the digest and size describe the meta blob, the id stays
-        // the OCI layer's.
-        let separate = e.features.contains(BlobFeatures::SEPARATE);
-        if let Some(id) = self.original_ids.as_ref().map(|v| &v[n]) {
-            e.set_blob_id(id).map_err(layer)?;
-        } else if is_placeholder_id(e.blob_id().map_err(layer)?) {
-            e.set_blob_id(&blob_id_from_path(path)?).map_err(layer)?;
-        }
-        if let Some(d) = self.digests.as_ref().map(|v| v[n]) {
-            if separate {
-                e.blob_meta_digest = d;
-            } else {
-                e.set_blob_id(&build::blob::hex(&d)).map_err(layer)?;
-            }
-        }
-        if let Some(size) = self.sizes.as_ref().map(|v| v[n]) {
-            if separate {
-                e.blob_meta_size = size;
-            } else {
-                e.compressed_size = size;
-            }
-        }
-        if let Some(d) = self.toc_digests.as_ref().map(|v| v[n]) {
-            e.blob_toc_digest = d;
-        }
-        if let Some(size) = self.toc_sizes.as_ref().map(|v| v[n]) {
-            e.blob_toc_size = size as u32;
-        }
-        Ok(())
+    let original_ids = per_layer("original-blob-ids", a.original_blob_ids.as_deref(), n)?;
+    let digests = parse_digests(
+        "blob-digests",
+        per_layer("blob-digests", a.blob_digests.as_deref(), n)?,
+    )?;
+    let sizes = parse_numbers(
+        "blob-sizes",
+        per_layer("blob-sizes", a.blob_sizes.as_deref(), n)?,
+    )?;
+    let toc_digests = parse_digests(
+        "blob-toc-digests",
+        per_layer("blob-toc-digests", a.blob_toc_digests.as_deref(), n)?,
+    )?;
+    let mut out = Vec::with_capacity(n);
+    for (k, path) in a.sources.iter().enumerate() {
+        let original_id = original_ids.as_ref().map(|v| v[k].clone());
+        let digest = digests.as_ref().map(|v| v[k]);
+        out.push(build::LayerBlob {
+            original_id,
+            digest,
+            size: sizes.as_ref().map(|v| v[k]),
+            toc_digest: toc_digests.as_ref().map(|v| v[k]),
+            toc_size: toc_sizes.as_ref().map(|v| v[k] as u32),
+            // An inline bootstrap's placeholder id becomes the file name's, as Nydus does.
+            placeholder_id: blob_id_from_path(path),
+        });
     }
+    Ok(out)
 }
 
 /// Reads a RAFS v6 bootstrap (or a blob holding one) for merge.
@@ -916,169 +873,60 @@ fn load_v6(path: &Path, what: &str) -> Result<Vec<u8>, Fail> {
     Ok(img.bootstrap)
 }
 
-/// The chunk size and digester of the first bootstrap merge read, which all others must share.
-#[derive(Default)]
-struct Shape {
-    first: Option<(u32, Option<Digester>, PathBuf)>,
-}
-
-impl Shape {
-    /// Checks `b` (read from `path`) against the first; returns its compressor.
-    fn check(&mut self, b: &Bootstrap, path: &Path) -> Result<Option<Compressor>, Fail> {
-        let ext = b.ext_superblock();
-        let this = (ext.chunk_size, ext.flags.digester());
-        match &self.first {
-            Some((size, digester, first)) if (*size, *digester) != this => Err(fail(format!(
-                "{}: chunk size {:#x} / digester {:?} differ from {} ({size:#x} / {digester:?})",
-                path.display(),
-                this.0,
-                this.1,
-                first.display()
-            ))),
-            Some(_) => Ok(ext.flags.compressor()),
-            None => {
-                self.first = Some((this.0, this.1, path.to_path_buf()));
-                Ok(ext.flags.compressor())
-            }
-        }
-    }
-}
-
-/// Merges the layers as Nydus's `Merger` does: on top of the parent image if given, each layer
-/// stacked with the OCI whiteout rules; each layer's own blob named and described from the
-/// per-layer flags; then only the blobs some file still uses are kept, numbered in the order
-/// the files (breadth first) first use them.
+/// Merges the layers as Nydus's `Merger` does ([`build::merge`]).
 fn merge(a: MergeArgs) -> Result<(), Fail> {
-    let layer_blobs = LayerBlobs::parse(&a)?;
-    let dict_ids: HashSet<[u8; 64]> = match &a.chunk_dict {
-        Some(arg) => {
-            let path = chunk_dict_path(arg)?;
-            let bytes = load_v6(&path, "--chunk-dict")?;
-            let b = Bootstrap::parse(&bytes)
-                .map_err(|e| fail(format!("--chunk-dict {}: {e}", path.display())))?;
-            b.blobs().iter().map(|e| e.blob_id).collect()
-        }
-        None => HashSet::new(),
+    let blobs = layer_blobs(&a)?;
+    let dict = match &a.chunk_dict {
+        Some(arg) => Some(load_v6(&chunk_dict_path(arg)?, "--chunk-dict")?),
+        None => None,
     };
-    let mut tree = Tree::default();
-    let mut blobs: Vec<BlobEntry> = Vec::new();
-    // Chunk size and digester every part must share; the compressor of the last layer, as Nydus.
-    let mut shape = Shape::default();
-    let mut compressor = None;
-    let mut first_compressor = None;
-    if let Some(p) = &a.parent_bootstrap {
-        let bytes = load_v6(p, "--parent-bootstrap")?;
-        let b = Bootstrap::parse(&bytes)
-            .map_err(|e| fail(format!("--parent-bootstrap {}: {e}", p.display())))?;
-        compressor = shape.check(&b, p)?;
-        tree = b
-            .to_tree()
-            .map_err(|e| fail(format!("--parent-bootstrap {}: {e}", p.display())))?;
-        blobs = b.blobs().to_vec();
-    }
-    for (n, path) in a.sources.iter().enumerate() {
-        let bytes = load_v6(path, "layer")?;
-        let layer_err = |e: nydus::FormatError| fail(format!("layer {}: {e}", path.display()));
-        let b = Bootstrap::parse(&bytes).map_err(layer_err)?;
-        compressor = shape.check(&b, path)?;
-        if n == 0 {
-            first_compressor = compressor;
-        }
-        let own: Vec<usize> = (0..b.blobs().len())
-            .filter(|&k| !dict_ids.contains(&b.blobs()[k].blob_id))
-            .collect();
-        if own.len() > 1 {
-            return Err(fail(format!(
-                "layer {}: {} blobs of its table are not in the chunk dictionary, but a layer has one blob of its own (give the dictionary with --chunk-dict, a lower image with --parent-bootstrap)",
-                path.display(),
-                own.len()
-            )));
-        }
-        let mut layer = b.to_tree().map_err(layer_err)?;
-        let mut map = Vec::with_capacity(b.blobs().len());
-        for (k, entry) in b.blobs().iter().enumerate() {
-            let mut entry = *entry;
-            if own.first() == Some(&k) {
-                layer_blobs.apply(n, path, &mut entry)?;
-            }
-            if is_placeholder_id(entry.blob_id().map_err(layer_err)?) {
-                return Err(fail(format!(
-                    "layer {}: blob {k} of its table has the placeholder id of an inline bootstrap",
-                    path.display()
-                )));
-            }
-            // A blob several layers list (a dictionary's, or the same layer twice) is kept once.
-            let pos = match blobs.iter().position(|e| e.blob_id == entry.blob_id) {
-                Some(p) => p,
-                None => {
-                    blobs.push(entry);
-                    blobs.len() - 1
-                }
-            };
-            map.push(pos as u32);
-        }
-        // An index the layer's table lacks stays unknown: the renumbering below reports it.
-        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(u32::MAX));
-        tree.apply_layer(&layer);
-    }
-    let (chunk_size, digester) = shape
-        .first
-        .map(|(s, d, _)| (s, d))
-        .ok_or_else(|| fail("no layers to merge"))?;
-    // Keep the blobs files still use, in the order a breadth-first walk first meets them.
-    let mut renumber: HashMap<u32, u32> = HashMap::new();
-    let mut used: Vec<BlobEntry> = Vec::new();
-    for id in tree.bfs().ids() {
-        if let Kind::File { chunks, .. } = &tree.node(id).kind {
-            for c in chunks {
-                if let Entry::Vacant(slot) = renumber.entry(c.blob_index) {
-                    let mut e = *blobs.get(c.blob_index as usize).ok_or_else(|| {
-                        fail(format!(
-                            "a chunk names blob {}, which is missing",
-                            c.blob_index
-                        ))
-                    })?;
-                    e.blob_index = used.len() as u32;
-                    slot.insert(e.blob_index);
-                    used.push(e);
-                }
-            }
-        }
-    }
-    tree.map_blob_indexes(|i| renumber.get(&i).copied().unwrap_or(i));
-    let chunk = ChunkOptions {
-        chunk_size,
-        compressor: compressor.unwrap_or(Compressor::Zstd),
-        digester: digester.unwrap_or(Digester::Blake3),
-        threads: 1,
+    let parent = match &a.parent_bootstrap {
+        Some(p) => Some(load_v6(p, "--parent-bootstrap")?),
+        None => None,
     };
-    let prefetch = prefetch_list(a.prefetch_policy)?;
-    let merged =
-        build::bootstrap_for(&tree, &used, &chunk, &prefetch, a.shared_xattrs).map_err(fail)?;
-    write_file(&a.bootstrap, &merged)?;
-    let mut ids = Vec::with_capacity(used.len());
-    for e in &used {
-        ids.push(e.blob_id().map_err(fail)?.to_string());
+    let mut bootstraps = Vec::with_capacity(a.sources.len());
+    for path in &a.sources {
+        bootstraps.push(load_v6(path, "layer")?);
     }
+    let layers: Vec<build::MergeLayer<'_>> = a
+        .sources
+        .iter()
+        .zip(&bootstraps)
+        .zip(blobs)
+        .map(|((path, bootstrap), blob)| build::MergeLayer {
+            name: path.display().to_string(),
+            bootstrap,
+            blob,
+        })
+        .collect();
+    let opts = build::MergeOptions {
+        parent: parent.as_deref(),
+        chunk_dict: dict.as_deref(),
+        prefetch: prefetch_list(a.prefetch_policy)?,
+        share_xattrs: a.shared_xattrs,
+    };
+    let merged = build::merge(&layers, &opts).map_err(fail)?;
+    write_file(&a.bootstrap, &merged.bootstrap)?;
     if let Some(j) = &a.output_json {
         let mut v = nydus_output(
             &a.bootstrap.display().to_string(),
-            &ids,
+            &merged.blob_ids,
             6,
-            first_compressor,
+            merged.first_compressor,
             json!({}),
         );
-        v["bootstrap_size"] = json!(merged.len());
+        v["bootstrap_size"] = json!(merged.bootstrap.len());
         write_json(j, &v)?;
     }
     info(format_args!(
         "merged {} layers: {} blobs, bootstrap {} bytes",
         a.sources.len(),
-        ids.len(),
-        merged.len()
+        merged.blob_ids.len(),
+        merged.bootstrap.len()
     ));
     Ok(())
 }
+
 /// Loads the image at `path` (v6 or v5 bootstrap, or a blob with an inlined bootstrap).
 fn load(path: &Path) -> Result<Image, Fail> {
     image::load(path).map_err(fail)

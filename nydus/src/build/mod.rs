@@ -3,8 +3,10 @@
 
 pub mod blob;
 mod finish;
+pub mod merge;
 
-pub use finish::blob_meta_cache_file;
+pub use finish::{blob_meta_cache_file, PLACEHOLDER_BLOB_ID};
+pub use merge::{merge, LayerBlob, MergeLayer, MergeOptions, Merged};
 pub mod source;
 pub mod tarstream;
 
@@ -124,95 +126,6 @@ pub fn bootstrap_for(
             share_xattrs,
         },
     )
-}
-
-/// Merges layer bootstraps (bottom first) into one image bootstrap: the layers' trees stacked
-/// with OCI whiteout rules, the blob tables concatenated (a blob listed by several layers is kept
-/// once). `blob_ids`, when given (one per layer), replaces the id of each layer's own blob (the
-/// last in its table), as `nydus-image merge --blob-digests` does for inline-meta layers.
-pub fn merge(
-    layers: &[&[u8]],
-    blob_ids: &[String],
-    prefetch: &[Vec<u8>],
-    share_xattrs: bool,
-) -> Result<Vec<u8>, BuildError> {
-    if !blob_ids.is_empty() && blob_ids.len() != layers.len() {
-        return Err(BuildError::Invalid(format!(
-            "{} blob digests for {} layers",
-            blob_ids.len(),
-            layers.len()
-        )));
-    }
-    let mut tree = Tree::default();
-    let mut blobs: Vec<BlobEntry> = Vec::new();
-    let mut chunk: Option<ChunkOptions> = None;
-    for (n, bytes) in layers.iter().enumerate() {
-        let b =
-            Bootstrap::parse(bytes).map_err(|e| BuildError::Invalid(format!("layer {n}: {e}")))?;
-        let ext = b.ext_superblock();
-        let this = ChunkOptions {
-            chunk_size: ext.chunk_size,
-            compressor: ext.flags.compressor().unwrap_or(Compressor::Zstd),
-            digester: ext.flags.digester().unwrap_or(Digester::Blake3),
-            threads: 1,
-        };
-        if let Some(c) = &chunk {
-            if c.chunk_size != this.chunk_size || c.digester != this.digester {
-                return Err(BuildError::Invalid(format!(
-                    "layer {n}: chunk size {:#x} / digester {:?} differ from the layers below ({:#x} / {:?})",
-                    this.chunk_size, this.digester, c.chunk_size, c.digester
-                )));
-            }
-        } else {
-            chunk = Some(this);
-        }
-        let mut layer = b
-            .to_tree()
-            .map_err(|e| BuildError::Invalid(format!("layer {n}: {e}")))?;
-        // Map this layer's blob indexes into the merged table.
-        let mut map = Vec::with_capacity(b.blobs().len());
-        let count = b.blobs().len();
-        for (k, entry) in b.blobs().iter().enumerate() {
-            let mut entry = *entry;
-            // A blob without chunks (a layer of metadata only) holds no file data: like Nydus,
-            // the merged table leaves it out.
-            if entry.chunk_count == 0 {
-                map.push(u32::MAX);
-                continue;
-            }
-            if let Some(id) = blob_ids.get(n).filter(|_| k + 1 == count) {
-                let id = id.strip_prefix("sha256:").unwrap_or(id);
-                entry.set_blob_id(id)?;
-            }
-            if entry.blob_id()? == finish::PLACEHOLDER_BLOB_ID {
-                return Err(BuildError::Invalid(format!(
-                    "layer {n}: its blob has the placeholder id of an inline-meta layer; give the blobs' digests with --blob-digests"
-                )));
-            }
-            let pos = match blobs.iter().position(|e| e.blob_id == entry.blob_id) {
-                Some(p) => p,
-                None => {
-                    blobs.push(entry);
-                    blobs.len() - 1
-                }
-            };
-            map.push(pos as u32);
-        }
-        layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(i));
-        tree.apply_layer(&layer);
-    }
-    let chunk = chunk.ok_or_else(|| BuildError::Invalid("no layers to merge".into()))?;
-    // Like Nydus, every layer's blob stays in the table even if upper layers hide all its files.
-    for (i, e) in blobs.iter_mut().enumerate() {
-        e.blob_index = i as u32;
-    }
-    Ok(bootstrap_for(
-        &tree,
-        &blobs,
-        &chunk,
-        prefetch,
-        share_xattrs,
-    )?)
 }
 
 /// The blob table entry for a blob this builder wrote.

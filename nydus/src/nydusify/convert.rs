@@ -161,6 +161,14 @@ pub struct ConvertReport {
     pub seconds: f64,
 }
 
+/// A converted image manifest, not pushed yet (its blobs and config are).
+struct NydusManifest {
+    body: Bytes,
+    digest: String,
+    media_type: String,
+    report: ManifestReport,
+}
+
 /// A converted layer.
 struct Converted {
     blob: OciDescriptor,
@@ -230,6 +238,7 @@ pub async fn convert(
             )));
         }
         let mut nydus_entries = Vec::new();
+        let mut last = None;
         for e in selected {
             let (mbody, _, mmt) =
                 source
@@ -241,11 +250,11 @@ pub async fn convert(
                             "listed in the index but missing",
                         )
                     })?;
-            let (nbody, ndigest, report) = ctx
+            let n = ctx
                 .convert_manifest(&mbody, &e.digest, &mmt, &mf::platform_string(e))
                 .await?;
             target
-                .push_manifest(&target.at(&ndigest), nbody.clone(), &mmt)
+                .push_manifest(&target.at(&n.digest), n.body.clone(), &n.media_type)
                 .await?;
             let mut platform = e.platform.clone();
             if opts.merge_platform {
@@ -256,14 +265,15 @@ pub async fn convert(
                 }
             }
             nydus_entries.push(ImageIndexEntry {
-                media_type: mmt.clone(),
-                digest: ndigest,
-                size: nbody.len() as i64,
+                media_type: n.media_type.clone(),
+                digest: n.digest.clone(),
+                size: n.body.len() as i64,
                 platform,
                 annotations: None,
                 artifact_type: None,
             });
-            reports.push(report);
+            reports.push(n.report.clone());
+            last = Some(n);
         }
         if opts.merge_platform {
             // The source manifests stay in the index: they must be in the target repository.
@@ -271,29 +281,26 @@ pub async fn convert(
             let mut merged: OciImageIndex = index.clone();
             merged.manifests.extend(nydus_entries);
             (to_json(&merged)?, src_mt.clone())
-        } else if nydus_entries.len() == 1 && opts.platforms != Platforms::All {
+        } else if let (1, Some(n), false) =
+            (nydus_entries.len(), last, opts.platforms == Platforms::All)
+        {
             // One platform: the target is a plain manifest (as nydus-snapshotter does).
-            let e = &nydus_entries[0];
-            let (b, _, mt) = target
-                .manifest(&target.at(&e.digest))
-                .await?
-                .ok_or_else(|| ConvertError::Other("the pushed manifest is missing".into()))?;
-            (b, mt)
+            (n.body, n.media_type)
         } else {
             let mut out = index.clone();
             out.manifests = nydus_entries;
             (to_json(&out)?, src_mt.clone())
         }
     } else {
-        let (nbody, ndigest, report) = ctx
+        let n = ctx
             .convert_manifest(&body, &src_digest, &src_mt, "default")
             .await?;
-        reports.push(report);
+        reports.push(n.report.clone());
         if opts.merge_platform {
-            let config = reports_platform(&source, &body).await?;
+            let config = source_platform(&source, &body).await?;
             copy_manifest(&source, &target, &body, &src_digest, &src_mt).await?;
             target
-                .push_manifest(&target.at(&ndigest), nbody.clone(), &src_mt)
+                .push_manifest(&target.at(&n.digest), n.body.clone(), &n.media_type)
                 .await?;
             let mut nydus_platform = config.clone();
             nydus_platform["os.features"] = json!([mf::OS_FEATURE_NYDUS]);
@@ -302,17 +309,12 @@ pub async fn convert(
                 "mediaType": mf::OCI_INDEX,
                 "manifests": [
                     {"mediaType": src_mt, "digest": src_digest, "size": body.len(), "platform": config},
-                    {"mediaType": src_mt, "digest": ndigest, "size": nbody.len(), "platform": nydus_platform},
+                    {"mediaType": n.media_type, "digest": n.digest, "size": n.body.len(), "platform": nydus_platform},
                 ],
             });
-            (
-                Bytes::from(
-                    serde_json::to_vec(&index).map_err(|e| ConvertError::Other(e.to_string()))?,
-                ),
-                mf::OCI_INDEX.to_string(),
-            )
+            (to_json(&index)?, mf::OCI_INDEX.to_string())
         } else {
-            (nbody, src_mt.clone())
+            (n.body, n.media_type)
         }
     };
     let tag_ref = target.reference().clone();
@@ -344,7 +346,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ConvertError> {
 }
 
 /// `{"architecture", "os"}` of a single-manifest image, from its config.
-async fn reports_platform(source: &Remote, body: &[u8]) -> Result<Value, ConvertError> {
+async fn source_platform(source: &Remote, body: &[u8]) -> Result<Value, ConvertError> {
     let m = mf::parse_manifest(body).map_err(|e| bad("source manifest", e))?;
     let config = source.blob_bytes(&m.config, MAX_CONFIG_SIZE).await?;
     let c: Value =
@@ -398,6 +400,8 @@ pub struct ChunkDict {
     /// The reference it was loaded from.
     pub reference: String,
     /// Its merged bootstrap.
+    pub bootstrap: Vec<u8>,
+    /// Its chunks, for the builder.
     pub parent: Parent,
     /// Its blob layers, by blob id (hex).
     pub blobs: HashMap<String, OciDescriptor>,
@@ -463,6 +467,7 @@ impl ChunkDict {
             .collect();
         Ok(ChunkDict {
             reference: reference.to_string(),
+            bootstrap: boot,
             parent,
             blobs,
             remote,
@@ -521,7 +526,7 @@ impl Ctx<'_> {
         digest: &str,
         media_type: &str,
         platform: &str,
-    ) -> Result<(Bytes, String, ManifestReport), ConvertError> {
+    ) -> Result<NydusManifest, ConvertError> {
         let what = format!("manifest {digest}");
         if media_type != mf::OCI_MANIFEST && media_type != mf::DOCKER_MANIFEST {
             return Err(ConvertError::Unsupported(format!(
@@ -583,26 +588,34 @@ impl Ctx<'_> {
             .map(|r| r.expect("every layer ran"))
             .collect();
 
-        // Merge the layer bootstraps.
-        let refs: Vec<&[u8]> = layers.iter().map(|l| l.bootstrap.as_slice()).collect();
-        let ids: Vec<String> = layers.iter().map(|l| l.blob.digest.clone()).collect();
-        let prefetch = self.opts.prefetch.clone();
-        let merged = {
-            let refs: Vec<Vec<u8>> = refs.iter().map(|r| r.to_vec()).collect();
-            tokio::task::spawn_blocking(move || {
-                let r: Vec<&[u8]> = refs.iter().map(|v| v.as_slice()).collect();
-                build::merge(&r, &ids, &prefetch, false)
-            })
-            .await
-            .map_err(|e| ConvertError::Other(e.to_string()))?
-            .map_err(|e| ConvertError::Other(format!("merging the layer bootstraps: {e}")))?
+        // Merge the layer bootstraps; each layer's own blob is named by its digest.
+        let mut merge_layers = Vec::with_capacity(layers.len());
+        for l in &layers {
+            let hex_id = l.blob.digest.trim_start_matches("sha256:");
+            let digest = hex::decode(hex_id)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| ConvertError::Other(format!("blob digest {}", l.blob.digest)))?;
+            merge_layers.push(build::MergeLayer {
+                name: l.report.source_digest.clone(),
+                bootstrap: &l.bootstrap,
+                blob: build::LayerBlob {
+                    digest: Some(digest),
+                    ..build::LayerBlob::default()
+                },
+            });
+        }
+        let merge_opts = build::MergeOptions {
+            chunk_dict: self.dict.map(|d| d.bootstrap.as_slice()),
+            prefetch: self.opts.prefetch.clone(),
+            ..build::MergeOptions::default()
         };
-        let merged_blobs: Vec<String> = Bootstrap::parse(&merged)
-            .map_err(|e| ConvertError::Other(format!("the merged bootstrap: {e}")))?
-            .blobs()
-            .iter()
-            .map(|b| b.blob_id().unwrap_or_default().to_string())
-            .collect();
+        let build::Merged {
+            bootstrap: merged,
+            blob_ids: merged_blobs,
+            ..
+        } = tokio::task::block_in_place(|| build::merge(&merge_layers, &merge_opts))
+            .map_err(|e| ConvertError::Other(format!("merging the layer bootstraps: {e}")))?;
         if let Some(dir) = &self.opts.work_dir {
             let d = dir.join(platform.replace('/', "-"));
             if std::fs::create_dir_all(&d).is_ok() {
@@ -687,13 +700,14 @@ impl Ctx<'_> {
         };
         let mut layers_out = blob_layers;
         layers_out.push(bootstrap_desc);
+        let out_mt = if self.opts.oci {
+            mf::OCI_MANIFEST
+        } else {
+            media_type
+        };
         let out = OciImageManifest {
             schema_version: 2,
-            media_type: Some(if self.opts.oci {
-                mf::OCI_MANIFEST.to_string()
-            } else {
-                media_type.to_string()
-            }),
+            media_type: Some(out_mt.to_string()),
             config: mf::descriptor(
                 &config_mt,
                 &config_digest,
@@ -715,7 +729,12 @@ impl Ctx<'_> {
             bootstrap_size: layer_size,
             layers: layers.into_iter().map(|l| l.report).collect(),
         };
-        Ok((out_bytes, out_digest, report))
+        Ok(NydusManifest {
+            body: out_bytes,
+            digest: out_digest,
+            media_type: out_mt.to_string(),
+            report,
+        })
     }
 
     async fn convert_layer(

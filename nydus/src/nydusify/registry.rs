@@ -330,7 +330,7 @@ impl Remote {
 
     /// This repository at another tag or digest.
     pub fn at(&self, tag_or_digest: &str) -> Reference {
-        if tag_or_digest.contains(':') && tag_or_digest.starts_with("sha256:") {
+        if tag_or_digest.starts_with("sha256:") {
             Reference::with_digest(
                 self.reference.registry().to_string(),
                 self.reference.repository().to_string(),

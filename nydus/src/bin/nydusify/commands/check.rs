@@ -15,18 +15,8 @@ pub struct Args {
     /// The OCI image it was converted from: compare the files.
     #[arg(long)]
     source: Option<String>,
-    #[arg(long)]
-    source_insecure: bool,
-    #[arg(long)]
-    target_insecure: bool,
-    #[arg(long, env = "NYDUSIFY_SOURCE_USERNAME")]
-    source_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_SOURCE_PASSWORD", hide_env_values = true)]
-    source_password: Option<String>,
-    #[arg(long, env = "NYDUSIFY_TARGET_USERNAME")]
-    target_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_TARGET_PASSWORD", hide_env_values = true)]
-    target_password: Option<String>,
+    #[command(flatten)]
+    registry: super::RegistryArgs,
     /// Platform to check in an index (os/arch); default: this machine's.
     #[arg(long)]
     platform: Option<String>,
@@ -36,22 +26,10 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let retry = Retry::default();
+    let (source_remote, target_remote) = a.registry.sides(Retry::default())?;
     let opts = CheckOptions {
-        source_remote: super::remote_options(
-            "source",
-            a.source_insecure,
-            a.source_username,
-            a.source_password,
-            retry,
-        )?,
-        target_remote: super::remote_options(
-            "target",
-            a.target_insecure,
-            a.target_username,
-            a.target_password,
-            retry,
-        )?,
+        source_remote,
+        target_remote,
         target: a.target,
         source: a.source,
         platform: a.platform.unwrap_or_else(host_platform),

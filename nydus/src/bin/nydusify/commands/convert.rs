@@ -22,22 +22,8 @@ pub struct Args {
     /// Target image reference.
     #[arg(long)]
     target: String,
-    /// Use plain HTTP for the source registry.
-    #[arg(long)]
-    source_insecure: bool,
-    /// Use plain HTTP for the target registry.
-    #[arg(long)]
-    target_insecure: bool,
-    /// Source registry user (default: from docker config.json).
-    #[arg(long, env = "NYDUSIFY_SOURCE_USERNAME")]
-    source_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_SOURCE_PASSWORD", hide_env_values = true)]
-    source_password: Option<String>,
-    /// Target registry user (default: from docker config.json).
-    #[arg(long, env = "NYDUSIFY_TARGET_USERNAME")]
-    target_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_TARGET_PASSWORD", hide_env_values = true)]
-    target_password: Option<String>,
+    #[command(flatten)]
+    registry: super::RegistryArgs,
     /// RAFS version of the Nydus image (only 6 is built).
     #[arg(long, default_value = "6")]
     fs_version: String,
@@ -78,12 +64,8 @@ pub struct Args {
     /// Not supported (zran images).
     #[arg(long, hide = true)]
     oci_ref: bool,
-    /// Retries of a failed push.
-    #[arg(long, default_value_t = 3)]
-    push_retry_count: u32,
-    /// Delay before the first retry (doubles each time).
-    #[arg(long, default_value = "5s")]
-    push_retry_delay: String,
+    #[command(flatten)]
+    retry: super::RetryArgs,
     /// Do not show progress bars.
     #[arg(long)]
     no_progress: bool,
@@ -99,21 +81,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.oci_ref {
         bail!("--oci-ref is not supported: this nydusify converts every layer into a Nydus blob");
     }
-    let retry = super::retry(a.push_retry_count, &a.push_retry_delay)?;
-    let source_remote = super::remote_options(
-        "source",
-        a.source_insecure,
-        a.source_username,
-        a.source_password,
-        retry,
-    )?;
-    let target_remote = super::remote_options(
-        "target",
-        a.target_insecure,
-        a.target_username,
-        a.target_password,
-        retry,
-    )?;
+    let (source_remote, target_remote) = a.registry.sides(a.retry.retry()?)?;
     let platforms = if a.all_platforms {
         Platforms::All
     } else {

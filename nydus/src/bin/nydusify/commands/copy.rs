@@ -14,49 +14,25 @@ pub struct Args {
     /// Target image reference.
     #[arg(long)]
     target: String,
-    #[arg(long)]
-    source_insecure: bool,
-    #[arg(long)]
-    target_insecure: bool,
-    #[arg(long, env = "NYDUSIFY_SOURCE_USERNAME")]
-    source_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_SOURCE_PASSWORD", hide_env_values = true)]
-    source_password: Option<String>,
-    #[arg(long, env = "NYDUSIFY_TARGET_USERNAME")]
-    target_username: Option<String>,
-    #[arg(long, env = "NYDUSIFY_TARGET_PASSWORD", hide_env_values = true)]
-    target_password: Option<String>,
+    #[command(flatten)]
+    registry: super::RegistryArgs,
     /// Copy every platform of an index (otherwise: --platform, default this machine's).
     #[arg(long)]
     all_platforms: bool,
     #[arg(long)]
     platform: Option<String>,
-    #[arg(long, default_value_t = 3)]
-    push_retry_count: u32,
-    #[arg(long, default_value = "5s")]
-    push_retry_delay: String,
+    #[command(flatten)]
+    retry: super::RetryArgs,
     /// Write a JSON summary to this file.
     #[arg(long)]
     output_json: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let retry = super::retry(a.push_retry_count, &a.push_retry_delay)?;
+    let (source_remote, target_remote) = a.registry.sides(a.retry.retry()?)?;
     let opts = CopyOptions {
-        source_remote: super::remote_options(
-            "source",
-            a.source_insecure,
-            a.source_username,
-            a.source_password,
-            retry,
-        )?,
-        target_remote: super::remote_options(
-            "target",
-            a.target_insecure,
-            a.target_username,
-            a.target_password,
-            retry,
-        )?,
+        source_remote,
+        target_remote,
         source: a.source,
         target: a.target,
         all_platforms: a.all_platforms,

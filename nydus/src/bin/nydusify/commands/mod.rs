@@ -10,8 +10,78 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nydus::nydusify::registry::{Credentials, RemoteOptions, Retry};
 
+/// How to reach the source and target registries, flags every command shares.
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// Use plain HTTP for the source registry.
+    #[arg(long)]
+    source_insecure: bool,
+    /// Use plain HTTP for the target registry.
+    #[arg(long)]
+    target_insecure: bool,
+    /// Source registry user (default: from docker config.json).
+    #[arg(long, env = "NYDUSIFY_SOURCE_USERNAME")]
+    source_username: Option<String>,
+    #[arg(long, env = "NYDUSIFY_SOURCE_PASSWORD", hide_env_values = true)]
+    source_password: Option<String>,
+    /// Target registry user (default: from docker config.json).
+    #[arg(long, env = "NYDUSIFY_TARGET_USERNAME")]
+    target_username: Option<String>,
+    #[arg(long, env = "NYDUSIFY_TARGET_PASSWORD", hide_env_values = true)]
+    target_password: Option<String>,
+}
+
+impl RegistryArgs {
+    /// The source's and the target's options.
+    pub fn sides(self, retry: Retry) -> anyhow::Result<(RemoteOptions, RemoteOptions)> {
+        Ok((
+            remote_options(
+                "source",
+                self.source_insecure,
+                self.source_username,
+                self.source_password,
+                retry,
+            )?,
+            remote_options(
+                "target",
+                self.target_insecure,
+                self.target_username,
+                self.target_password,
+                retry,
+            )?,
+        ))
+    }
+}
+
+/// Retries of pushes, as upstream spells them.
+#[derive(clap::Args)]
+pub struct RetryArgs {
+    /// Retries of a failed push or read.
+    #[arg(long, default_value_t = 3)]
+    push_retry_count: u32,
+    /// Delay before the first retry (doubles each time).
+    #[arg(long, default_value = "5s")]
+    push_retry_delay: String,
+}
+
+impl RetryArgs {
+    pub fn retry(&self) -> anyhow::Result<Retry> {
+        let delay: Duration =
+            humantime::parse_duration(&self.push_retry_delay).with_context(|| {
+                format!(
+                    "--push-retry-delay {:?}: not a duration like 5s",
+                    self.push_retry_delay
+                )
+            })?;
+        Ok(Retry {
+            count: self.push_retry_count,
+            delay,
+        })
+    }
+}
+
 /// Registry flags of one side (`--source-*` or `--target-*`).
-pub fn remote_options(
+fn remote_options(
     side: &'static str,
     insecure: bool,
     username: Option<String>,
@@ -29,13 +99,6 @@ pub fn remote_options(
         retry,
         side,
     })
-}
-
-/// Retry flags as upstream spells them (`--push-retry-count`, `--push-retry-delay`).
-pub fn retry(count: u32, delay: &str) -> anyhow::Result<Retry> {
-    let delay: Duration = humantime::parse_duration(delay)
-        .with_context(|| format!("--push-retry-delay {delay:?}: not a duration like 5s"))?;
-    Ok(Retry { count, delay })
 }
 
 /// Paths read from stdin, one per line (`--prefetch-patterns`).
