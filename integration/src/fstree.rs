@@ -235,6 +235,9 @@ pub struct Compare {
     pub hardlinks: bool,
     /// Metadata of the root directory itself.
     pub root_meta: bool,
+    /// Leave `trusted.*` xattrs out (containerd 1.6 refuses them from layers: "admin attributes
+    /// from archive not supported").
+    pub skip_trusted_xattrs: bool,
 }
 
 impl Compare {
@@ -245,6 +248,7 @@ impl Compare {
         xattrs: true,
         hardlinks: true,
         root_meta: true,
+        skip_trusted_xattrs: false,
     };
 }
 
@@ -336,6 +340,9 @@ fn describe(root: &Path, cmp: Compare) -> (BTreeMap<String, String>, BTreeSet<Ve
         }
         if cmp.xattrs && (!is_root || cmp.root_meta) {
             for (k, v) in xattrs(&path) {
+                if cmp.skip_trusted_xattrs && k.starts_with(b"trusted.") {
+                    continue;
+                }
                 let _ = write!(
                     d,
                     " xattr[{}]={:x}",

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration::agent::bin;
+use integration::containerd::HostsToml;
+use integration::fstree::{assert_same_tree, Compare};
 use integration::{
-    feature_image_layers_with, require_root_and_tools, Compression, FeatureImageOptions, LayerSpec,
-    Registry, TestDir,
+    feature_image_layers_with, require_root_and_tools, Compression, Containerd,
+    FeatureImageOptions, LayerSpec, Registry, TestDir,
 };
 use serde_json::{json, Value};
 
@@ -81,8 +83,16 @@ fn upload_starts(reg: &Registry, repo: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_five_layer_image_converts_checks_and_matches_its_oci_tree() {
-    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+async fn a_five_layer_image_converts_checks_matches_its_oci_tree_and_reverses() {
+    require_root_and_tools(&[
+        "docker-registry",
+        "skopeo",
+        "umoci",
+        "tar",
+        "containerd",
+        "ctr",
+        "runc",
+    ]);
     let dir = TestDir::new("nydusify-features").expect("test dir");
     let reg = Registry::start(&dir).await.expect("registry");
     let layers = feature_image_layers_with(FeatureImageOptions {
@@ -170,14 +180,157 @@ async fn a_five_layer_image_converts_checks_and_matches_its_oci_tree() {
     let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.path().join("umoci"))
         .expect("umoci unpack");
     let nydus_root = unpack_nydus(&reg, "nydus/app", &m, &dir.path().join("nydus-unpack")).await;
-    integration::fstree::assert_same_tree(
+    assert_same_tree(
         &oci_root,
         &nydus_root,
-        integration::fstree::Compare {
+        Compare {
             root_meta: false,
-            ..integration::fstree::Compare::ALL
+            ..Compare::ALL
         },
     );
+
+    reverse_round_trip(&dir, &reg, &dst, &oci_root).await;
+}
+
+/// `convert --reverse` of the converted feature image (`nydus`): the OCI image it writes has the
+/// original's tree (umoci and containerd agree), runs on containerd, and reversing and
+/// converting are deterministic.
+async fn reverse_round_trip(dir: &TestDir, reg: &Registry, nydus: &str, oci_root: &Path) {
+    let rev = format!("{}/reversed/app:v1", reg.addr());
+    let report = dir.path().join("reverse.json");
+    ok(reverse(
+        nydus,
+        &rev,
+        dir.path(),
+        &["--output-json", report.to_str().unwrap()],
+    ));
+    let r = read_json(&report);
+    assert_eq!(r["manifests"][0]["layers"].as_array().unwrap().len(), 5);
+
+    // An OCI image: gzip layers, one per Nydus blob layer, no bootstrap, no Nydus history.
+    let (body, _, _) = reg
+        .client()
+        .get_manifest("reversed/app", "v1")
+        .await
+        .expect("reversed manifest");
+    let m: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    let ls = m["layers"].as_array().unwrap();
+    assert_eq!(ls.len(), 5, "{m}");
+    assert!(ls.iter().all(
+        |l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+            && l.get("annotations").is_none()
+    ));
+    let config: Value = serde_json::from_slice(
+        &reg.client()
+            .get_blob("reversed/app", m["config"]["digest"].as_str().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 5);
+    assert!(config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["created_by"] != "Nydus Converter"));
+
+    // check compares the Nydus image with the reversed one file by file.
+    ok(check(nydus, Some(&rev)));
+
+    // umoci unpacks the reversed image into the original's tree, mtimes included.
+    let layout = dir.path().join("reversed-layout");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{rev}"))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo: {}", text(&o));
+    let rev_root = integration::unpack_with_umoci(&layout, "v1", &dir.path().join("umoci-rev"))
+        .expect("umoci unpack of the reversed image");
+    assert_same_tree(
+        oci_root,
+        &rev_root,
+        Compare {
+            root_meta: false,
+            ..Compare::ALL
+        },
+    );
+
+    // containerd pulls it (CRI), runs it, and its rootfs is the original's.
+    let hosts = dir.join("certs.d");
+    HostsToml::direct(reg.url())
+        .write(&hosts, &reg.addr())
+        .unwrap();
+    let containerd = Containerd::start(dir, &hosts).await.expect("containerd");
+    containerd.cri_pull(&rev).await.expect("CRI PullImage");
+    let out = containerd
+        .ctr_run(&rev, &["/bin/busybox", "cat", "/etc/replaced.txt"])
+        .await
+        .expect("ctr run");
+    assert_eq!(out, "v2, from layer 3\n");
+    let mnt = dir.join("ctr-mount");
+    std::fs::create_dir_all(&mnt).unwrap();
+    containerd
+        .ctr_ok(&["images", "mount", &rev, mnt.to_str().unwrap()])
+        .await
+        .unwrap();
+    let (a, b) = (oci_root.to_path_buf(), mnt.clone());
+    let compared = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| {
+            assert_same_tree(
+                &a,
+                &b,
+                Compare {
+                    mtime: false,
+                    root_meta: false,
+                    skip_trusted_xattrs: true,
+                    ..Compare::ALL
+                },
+            )
+        })
+    })
+    .await
+    .unwrap();
+    containerd
+        .ctr_ok(&["images", "unmount", mnt.to_str().unwrap()])
+        .await
+        .unwrap();
+    if let Err(e) = compared {
+        std::panic::resume_unwind(e);
+    }
+
+    // Deterministic: two conversions of the reversed image give the same bootstrap, and
+    // reversing that again gives the reversed image's layers byte for byte.
+    let again = [
+        format!("{}/again/app:a", reg.addr()),
+        format!("{}/again/app:b", reg.addr()),
+    ];
+    for t in &again {
+        ok(convert(&rev, t, dir.path(), &[]));
+    }
+    let boot = |tag: &'static str| async move {
+        let (body, _, _) = reg.client().get_manifest("again/app", tag).await.unwrap();
+        let m: Value = serde_json::from_slice(&body).unwrap();
+        m["layers"].as_array().unwrap().last().unwrap()["digest"].clone()
+    };
+    assert_eq!(boot("a").await, boot("b").await);
+    let rev2 = format!("{}/reversed/app:v2", reg.addr());
+    ok(reverse(&again[0], &rev2, dir.path(), &[]));
+    let (body2, _, _) = reg
+        .client()
+        .get_manifest("reversed/app", "v2")
+        .await
+        .unwrap();
+    let m2: Value = serde_json::from_slice(&body2).unwrap();
+    assert_eq!(m2["layers"], m["layers"], "reversing is not deterministic");
+}
+
+fn reverse(src: &str, dst: &str, dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--reverse"];
+    args.extend_from_slice(extra);
+    convert(src, dst, dir, &args)
 }
 
 /// Downloads a Nydus image's bootstrap and blobs and unpacks it with `nydus-image unpack` and

@@ -1057,6 +1057,7 @@ fn a_layer_built_on_a_parent_reuses_its_chunks_and_describes_the_image() {
         xattrs: false,
         hardlinks: true,
         root_meta: false,
+        skip_trusted_xattrs: false,
     };
     assert_same_tree(&expected, &back, content_only);
     let inspect = ok(&["inspect", "-B", s(&b2), "--json"]);

@@ -463,6 +463,20 @@ pub fn load(path: &Path) -> Result<Image, ImageError> {
             None => return Err(ImageError::NotAnImage(p)),
         }
     };
+    from_bytes(bytes, inline_blob, &p)
+}
+
+/// The image of bootstrap bytes (RAFS v6 or v5) read from `what` (named in errors);
+/// `inline_blob` is the blob file they were inlined in, if any.
+pub fn from_bytes(
+    bytes: Vec<u8>,
+    inline_blob: Option<PathBuf>,
+    what: &str,
+) -> Result<Image, ImageError> {
+    let fmt = |source| ImageError::Format {
+        path: what.to_string(),
+        source,
+    };
     if u32_le(&bytes, 1024) == Some(crate::v6::layout::EROFS_SUPER_MAGIC_V1) {
         let b = crate::v6::Bootstrap::parse(&bytes).map_err(fmt)?;
         let tree = b.to_tree().map_err(fmt)?;
@@ -511,6 +525,6 @@ pub fn load(path: &Path) -> Result<Image, ImageError> {
             inline_blob,
         })
     } else {
-        Err(ImageError::NotAnImage(p))
+        Err(ImageError::NotAnImage(what.to_string()))
     }
 }

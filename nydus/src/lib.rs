@@ -28,6 +28,7 @@ mod le;
 pub mod nydusify;
 pub mod toc;
 pub mod tree;
+pub mod unpack;
 pub mod v5;
 pub mod v6;
 

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nydus::blobmeta::BlobMeta;
 use nydus::build::{self, ChunkOptions, CreateOptions, Parent, Source};
 use nydus::image::{self, BlobFile, Image};
-use nydus::tree::{display, Kind, NodeId, Tree};
+use nydus::tree::{display, Kind, Tree};
 use nydus::v6::{BlobEntry, Bootstrap};
 use nydus::{Compressor, Digester};
 use serde_json::json;
@@ -1386,182 +1386,22 @@ fn unpack(a: UnpackArgs) -> Result<(), Fail> {
         open_blobs(&img, blob_dir, blob)?
     };
     let (out, file) = Output::create(output)?;
-    match write_tar(tree, &blobs, BufWriter::with_capacity(1 << 20, file)) {
-        Ok(()) => out.commit_as(output),
+    match nydus::unpack::write_tar(tree, &blobs[..], BufWriter::with_capacity(1 << 20, file)) {
+        Ok(summary) => {
+            for p in &summary.skipped_sockets {
+                warn(format!(
+                    "{}: sockets cannot be stored in a tar, skipped",
+                    display(p)
+                ));
+            }
+            out.commit_as(output)
+        }
         Err(e) => {
             out.discard();
-            Err(e)
+            Err(fail(e))
         }
     }
 }
-/// Reads a file's data chunk by chunk, each checked.
-struct ChunkReader<'a> {
-    chunks: &'a [nydus::ChunkInfo],
-    blobs: &'a [BlobFile],
-    path: &'a [u8],
-    /// The file's size: exactly this many bytes come out, holes between chunks as zeros.
-    size: u64,
-    /// File offset of `buf[pos]`.
-    at: u64,
-    next: usize,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl ChunkReader<'_> {
-    fn refill(&mut self) -> io::Result<()> {
-        const ZEROS: u64 = 1 << 20;
-        let fail = |m: String| io::Error::other(format!("{}: {m}", display(self.path)));
-        self.pos = 0;
-        match self.chunks.get(self.next) {
-            Some(c) if c.file_offset == self.at => {
-                let blob = self.blobs.get(c.blob_index as usize).ok_or_else(|| {
-                    fail(format!(
-                        "chunk names blob {} which is missing",
-                        c.blob_index
-                    ))
-                })?;
-                self.buf = blob
-                    .read_chunk(c)
-                    .map_err(|e| fail(format!("chunk {}: {e}", self.next)))?;
-                self.next += 1;
-            }
-            Some(c) if c.file_offset < self.at => {
-                return Err(fail(format!(
-                    "chunk {} at file offset {} overlaps the data before it (up to {})",
-                    self.next, c.file_offset, self.at
-                )));
-            }
-            // A hole before the next chunk, or after the last one.
-            Some(c) => self.buf = vec![0; (c.file_offset - self.at).min(ZEROS) as usize],
-            None => self.buf = vec![0; (self.size - self.at).min(ZEROS) as usize],
-        }
-        Ok(())
-    }
-}
-
-impl Read for ChunkReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at >= self.size || out.is_empty() {
-            return Ok(0);
-        }
-        if self.pos == self.buf.len() {
-            self.refill()?;
-        }
-        let left = usize::try_from(self.size - self.at).unwrap_or(usize::MAX);
-        let n = out.len().min(self.buf.len() - self.pos).min(left);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        self.at += n as u64;
-        Ok(n)
-    }
-}
-
-fn write_tar(tree: &Tree, blobs: &[BlobFile], out: impl Write) -> Result<(), Fail> {
-    let mut ar = tar::Builder::new(out);
-    ar.mode(tar::HeaderMode::Complete);
-    let mut first_name: HashMap<NodeId, Vec<u8>> = HashMap::new();
-    let err =
-        |path: &[u8], e: io::Error| fail(format!("writing {} to the tar: {e}", display(path)));
-    for (path, id) in tree.walk() {
-        let n = tree.node(id);
-        let rel: Vec<u8> = if path == b"/" {
-            b"./".to_vec()
-        } else {
-            path[1..].to_vec()
-        };
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(n.meta.perm);
-        h.set_uid(u64::from(n.meta.uid));
-        h.set_gid(u64::from(n.meta.gid));
-        h.set_mtime(n.meta.mtime);
-        h.set_size(0);
-        if !n.kind.is_dir() {
-            if let Some(first) = first_name.get(&id) {
-                h.set_entry_type(tar::EntryType::Link);
-                ar.append_link(&mut h, bytes_path(&rel), bytes_path(first))
-                    .map_err(|e| err(&path, e))?;
-                continue;
-            }
-            first_name.insert(id, rel.clone());
-        }
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-        if n.meta.mtime_nsec != 0 {
-            pax.push((
-                "mtime".into(),
-                format!("{}.{:09}", n.meta.mtime, n.meta.mtime_nsec).into_bytes(),
-            ));
-        }
-        for (k, v) in &n.meta.xattrs {
-            pax.push((format!("SCHILY.xattr.{}", display(k)), v.clone()));
-        }
-        if !pax.is_empty() {
-            ar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                .map_err(|e| err(&path, e))?;
-        }
-        match &n.kind {
-            Kind::Dir(_) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                ar.append_data(&mut h, bytes_path(&rel), io::empty())
-                    .map_err(|e| err(&path, e))?;
-            }
-            Kind::File { size, chunks } => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(*size);
-                let r = ChunkReader {
-                    chunks,
-                    blobs,
-                    path: &path,
-                    size: *size,
-                    at: 0,
-                    next: 0,
-                    buf: Vec::new(),
-                    pos: 0,
-                };
-                ar.append_data(&mut h, bytes_path(&rel), r)
-                    .map_err(|e| err(&path, e))?;
-            }
-            Kind::Symlink(t) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                ar.append_link(&mut h, bytes_path(&rel), bytes_path(t))
-                    .map_err(|e| err(&path, e))?;
-            }
-            Kind::CharDev(d) | Kind::BlockDev(d) => {
-                h.set_entry_type(if matches!(n.kind, Kind::CharDev(_)) {
-                    tar::EntryType::Char
-                } else {
-                    tar::EntryType::Block
-                });
-                let (major, minor) = build::source::decode_dev(*d);
-                h.set_device_major(major).map_err(|e| err(&path, e))?;
-                h.set_device_minor(minor).map_err(|e| err(&path, e))?;
-                ar.append_data(&mut h, bytes_path(&rel), io::empty())
-                    .map_err(|e| err(&path, e))?;
-            }
-            Kind::Fifo => {
-                h.set_entry_type(tar::EntryType::Fifo);
-                ar.append_data(&mut h, bytes_path(&rel), io::empty())
-                    .map_err(|e| err(&path, e))?;
-            }
-            Kind::Socket => {
-                // Tar cannot hold sockets (GNU tar skips them too); say so instead of dropping it.
-                eprintln!(
-                    "nydus-image: {}: sockets cannot be stored in a tar, skipped",
-                    display(&path)
-                );
-            }
-        }
-    }
-    ar.into_inner()
-        .and_then(|mut w| w.flush())
-        .map_err(|e| fail(format!("writing the tar: {e}")))
-}
-
-fn bytes_path(b: &[u8]) -> &Path {
-    use std::os::unix::ffi::OsStrExt;
-    Path::new(std::ffi::OsStr::from_bytes(b))
-}
-
 fn stat(bootstrap: &Path, as_json: bool) -> Result<(), Fail> {
     let img = load(bootstrap)?;
     let tree = &img.tree;

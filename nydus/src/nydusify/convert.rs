@@ -52,7 +52,7 @@ pub enum ConvertError {
     Other(String),
 }
 
-fn bad(what: impl Into<String>, msg: impl Into<String>) -> ConvertError {
+pub(super) fn bad(what: impl Into<String>, msg: impl Into<String>) -> ConvertError {
     ConvertError::BadSource {
         what: what.into(),
         msg: msg.into(),
@@ -339,7 +339,7 @@ pub async fn convert(
     })
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ConvertError> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ConvertError> {
     serde_json::to_vec(v)
         .map(Bytes::from)
         .map_err(|e| ConvertError::Other(format!("encoding JSON: {e}")))
@@ -926,7 +926,7 @@ impl Ctx<'_> {
     }
 }
 
-fn tokio_stream_from(
+pub(super) fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Bytes, oci_client::errors::OciDistributionError>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, oci_client::errors::OciDistributionError>>
        + Send

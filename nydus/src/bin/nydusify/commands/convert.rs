@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use nydus::build::ChunkOptions;
 use nydus::nydusify::convert::{self, ConvertOptions, Platforms};
-use nydus::nydusify::manifest::host_platform;
+use nydus::nydusify::manifest::{host_platform, LayerCompression};
 use nydus::nydusify::progress::Progress;
+use nydus::nydusify::reverse::ReverseOptions;
 use nydus::{Compressor, Digester};
 
 #[derive(clap::Args)]
@@ -27,9 +28,10 @@ pub struct Args {
     /// RAFS version of the Nydus image (only 6 is built).
     #[arg(long, default_value = "6")]
     fs_version: String,
-    /// Compressor of Nydus blobs: zstd, lz4_block or none.
-    #[arg(long, default_value = "zstd")]
-    compressor: String,
+    /// Compressor of Nydus blobs: zstd (default), lz4_block or none. With --reverse, of the OCI
+    /// layers: gzip (default), zstd or none.
+    #[arg(long)]
+    compressor: Option<String>,
     /// Chunk size, a power of two from 0x1000 to 0x1000000.
     #[arg(long, alias = "fs-chunk-size", default_value = "0x100000")]
     chunk_size: String,
@@ -58,8 +60,9 @@ pub struct Args {
     /// Write OCI media types even for a Docker source.
     #[arg(long)]
     oci: bool,
-    /// Nydus → OCI: not built yet (refused with a message).
-    #[arg(long, hide = true)]
+    /// Nydus → OCI: write each Nydus blob layer back as an OCI tar layer (the bootstrap layer
+    /// is dropped).
+    #[arg(long)]
     reverse: bool,
     /// Not supported (zran images).
     #[arg(long, hide = true)]
@@ -77,20 +80,71 @@ pub struct Args {
     threads: Option<usize>,
 }
 
+async fn reverse(
+    a: Args,
+    source_remote: nydus::nydusify::registry::RemoteOptions,
+    target_remote: nydus::nydusify::registry::RemoteOptions,
+    platforms: Platforms,
+) -> anyhow::Result<ExitCode> {
+    for (set, flag) in [
+        (a.merge_platform, "--merge-platform"),
+        (a.chunk_dict.is_some(), "--chunk-dict"),
+        (a.prefetch_patterns, "--prefetch-patterns"),
+        (a.oci, "--oci"),
+    ] {
+        if set {
+            bail!("{flag} applies to OCI → Nydus conversion, not to --reverse");
+        }
+    }
+    let compression = match a.compressor.as_deref().unwrap_or("gzip") {
+        "gzip" => LayerCompression::Gzip,
+        "zstd" => LayerCompression::Zstd,
+        "none" => LayerCompression::None,
+        other => bail!("--compressor {other}: with --reverse, expected gzip, zstd or none"),
+    };
+    let opts = ReverseOptions {
+        source: a.source,
+        target: a.target,
+        source_remote,
+        target_remote,
+        compression,
+        platforms,
+        concurrency: a.concurrency,
+        work_dir: a.work_dir,
+    };
+    let progress = Progress::new(!a.no_progress);
+    let report = nydus::nydusify::reverse::reverse(&opts, &progress).await?;
+    if let Some(p) = &a.output_json {
+        super::write_json(p, &report)?;
+    }
+    let layers: usize = report.manifests.iter().map(|m| m.layers.len()).sum();
+    println!(
+        "reversed {} to {} ({}): {} manifest(s), {layers} OCI layers, read {} B, wrote {} B in {:.1}s",
+        report.source,
+        report.target,
+        report.target_digest,
+        report.manifests.len(),
+        report.bytes_read,
+        report.bytes_written,
+        report.seconds
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.oci_ref {
         bail!("--oci-ref is not supported: this nydusify converts every layer into a Nydus blob");
     }
-    let (source_remote, target_remote) = a.registry.sides(a.retry.retry()?)?;
+    let (source_remote, target_remote) = a.registry.clone().sides(a.retry.retry()?)?;
     let platforms = if a.all_platforms {
         Platforms::All
     } else {
-        Platforms::One(a.platform.unwrap_or_else(host_platform))
+        Platforms::One(a.platform.clone().unwrap_or_else(host_platform))
     };
     if a.reverse {
-        bail!("--reverse (Nydus → OCI) is not available in this version");
+        return reverse(a, source_remote, target_remote, platforms).await;
     }
-    let compressor = match a.compressor.as_str() {
+    let compressor = match a.compressor.as_deref().unwrap_or("zstd") {
         "zstd" => Compressor::Zstd,
         "lz4_block" => Compressor::Lz4Block,
         "none" => Compressor::None,

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use nydus::nydusify::registry::{Credentials, RemoteOptions, Retry};
 
 /// How to reach the source and target registries, flags every command shares.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct RegistryArgs {
     /// Use plain HTTP for the source registry.
     #[arg(long)]
