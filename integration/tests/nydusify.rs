@@ -820,3 +820,275 @@ async fn wrong_credentials_are_named_and_push_nothing() {
         .unwrap();
     ok(o);
 }
+
+/// The manifest (or index) at `<repo>:<tag>` as JSON.
+async fn manifest_json(reg: &Registry, repo: &str, tag: &str) -> Value {
+    let (body, _, _) = reg
+        .client()
+        .get_manifest(repo, tag)
+        .await
+        .unwrap_or_else(|e| panic!("manifest {repo}:{tag}: {e}"));
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn other_arch() -> &'static str {
+    if integration::oci_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_platform_index_merges_converts_every_platform_and_copies() {
+    require_root_and_tools(&[
+        "docker-registry",
+        "skopeo",
+        "umoci",
+        "containerd",
+        "ctr",
+        "runc",
+    ]);
+    let dir = TestDir::new("nydusify-platforms").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    let host = format!("linux/{}", integration::oci_arch());
+    let other = format!("linux/{}", other_arch());
+    let idx = reg
+        .push_image_index(
+            "src/multi",
+            "v1",
+            &[
+                integration::PlatformImage::linux(
+                    integration::oci_arch(),
+                    vec![
+                        LayerSpec::busybox(Compression::Gzip).unwrap(),
+                        LayerSpec::new(Compression::Gzip).file(
+                            "etc/platform",
+                            host.clone().into_bytes(),
+                            0o644,
+                        ),
+                    ],
+                ),
+                integration::PlatformImage::linux(
+                    other_arch(),
+                    vec![
+                        LayerSpec::random(21, 2 << 20, Compression::Gzip),
+                        LayerSpec::new(Compression::Zstd).file(
+                            "etc/platform",
+                            other.clone().into_bytes(),
+                            0o644,
+                        ),
+                    ],
+                ),
+            ],
+        )
+        .await
+        .expect("push index");
+
+    // --merge-platform: the source index plus a Nydus manifest for this machine's platform.
+    let merged = format!("{}/merged/multi:v1", reg.addr());
+    ok(convert(
+        &idx.reference,
+        &merged,
+        dir.path(),
+        &["--merge-platform"],
+    ));
+    let m = manifest_json(&reg, "merged/multi", "v1").await;
+    let entries = m["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{m}");
+    for (i, (platform, info)) in idx.manifests.iter().enumerate() {
+        assert_eq!(entries[i]["digest"], info.manifest_digest.as_str());
+        assert!(
+            entries[i]["platform"].get("os.features").is_none(),
+            "{platform}: {m}"
+        );
+    }
+    let n = &entries[2];
+    assert_eq!(n["platform"]["architecture"], integration::oci_arch());
+    assert_eq!(
+        n["platform"]["os.features"],
+        json!(["nydus.remoteimage.v1"])
+    );
+    let nm = manifest_json(&reg, "merged/multi", n["digest"].as_str().unwrap()).await;
+    assert_eq!(
+        nm["config"]["mediaType"],
+        "application/vnd.nydus.image.config.v1+json"
+    );
+    ok(check(&merged, Some(&idx.reference)));
+
+    // containerd still resolves the OCI manifest of this platform from the merged index.
+    let hosts = dir.join("certs.d");
+    HostsToml::direct(reg.url())
+        .write(&hosts, &reg.addr())
+        .unwrap();
+    let containerd = Containerd::start(&dir, &hosts).await.expect("containerd");
+    let image_ref = containerd.cri_pull(&merged).await.expect("CRI PullImage");
+    let host_info = &idx.manifests.iter().find(|(p, _)| *p == host).unwrap().1;
+    assert_eq!(image_ref, host_info.config.0);
+    let out = containerd
+        .ctr_run(&merged, &["/bin/busybox", "cat", "/etc/platform"])
+        .await
+        .expect("ctr run");
+    assert_eq!(out, host);
+
+    // --all-platforms: a Nydus-only index with one manifest per platform, each checked.
+    let all = format!("{}/nydus/multi:v1", reg.addr());
+    ok(convert(
+        &idx.reference,
+        &all,
+        dir.path(),
+        &["--all-platforms"],
+    ));
+    let m = manifest_json(&reg, "nydus/multi", "v1").await;
+    let entries = m["manifests"].as_array().unwrap();
+    let platforms: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["platform"]["os"].as_str().unwrap(),
+                e["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, [host.clone(), other.clone()]);
+    for p in [&host, &other] {
+        ok(nydusify(&[
+            "check",
+            "--target",
+            &all,
+            "--target-insecure",
+            "--source",
+            &idx.reference,
+            "--source-insecure",
+            "--platform",
+            p,
+        ]));
+    }
+
+    // copy --all-platforms to another registry: the same index, every platform checks there.
+    let reg2 = Registry::start(&dir).await.expect("second registry");
+    let copied = format!("{}/copied/multi:v1", reg2.addr());
+    ok(nydusify(&[
+        "copy",
+        "--source",
+        &all,
+        "--source-insecure",
+        "--target",
+        &copied,
+        "--target-insecure",
+        "--all-platforms",
+    ]));
+    assert_eq!(manifest_json(&reg2, "copied/multi", "v1").await, m);
+    for p in [&host, &other] {
+        ok(nydusify(&[
+            "check",
+            "--target",
+            &copied,
+            "--target-insecure",
+            "--source",
+            &idx.reference,
+            "--source-insecure",
+            "--platform",
+            p,
+        ]));
+    }
+    // Without --all-platforms, copy takes one platform: the target is its manifest.
+    let one = format!("{}/copied/one:v1", reg2.addr());
+    ok(nydusify(&[
+        "copy",
+        "--source",
+        &all,
+        "--source-insecure",
+        "--target",
+        &one,
+        "--target-insecure",
+        "--platform",
+        &other,
+    ]));
+    let om = manifest_json(&reg2, "copied/one", "v1").await;
+    assert_eq!(om["layers"].as_array().unwrap().len(), 3, "{om}");
+    ok(nydusify(&[
+        "check",
+        "--target",
+        &one,
+        "--target-insecure",
+        "--source",
+        &idx.reference,
+        "--source-insecure",
+        "--platform",
+        &other,
+    ]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_dict_conversion_stores_only_new_chunks_and_reverses() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci"]);
+    let dir = TestDir::new("nydusify-chunk-dict").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    const SHARED: u64 = 8 << 20;
+    let base = reg
+        .push_image(
+            "src/base",
+            "v1",
+            &[LayerSpec::random(31, SHARED, Compression::Gzip)],
+        )
+        .await
+        .expect("push base");
+    let dict = format!("{}/nydus/base:v1", reg.addr());
+    ok(convert(&base.reference, &dict, dir.path(), &[]));
+
+    // The app has the same 8 MiB file in its own layer, plus a small new file.
+    let app = reg
+        .push_image(
+            "src/app",
+            "v1",
+            &[LayerSpec::random(31, SHARED, Compression::Zstd).file(
+                "etc/new.txt",
+                &b"only in the app\n"[..],
+                0o644,
+            )],
+        )
+        .await
+        .expect("push app");
+    let dst = format!("{}/nydus/app:v1", reg.addr());
+    let report = dir.path().join("dict.json");
+    ok(convert(
+        &app.reference,
+        &dst,
+        dir.path(),
+        &[
+            "--chunk-dict",
+            &format!("bootstrap:registry:{dict}"),
+            "--output-json",
+            report.to_str().unwrap(),
+        ],
+    ));
+    let r = read_json(&report);
+    let own = r["manifests"][0]["layers"][0]["blob_size"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        own < SHARED / 8,
+        "the app's blob should hold only the new chunks, it is {own} bytes"
+    );
+    // The dictionary's blob is a layer of the app's image (nydusd fetches chunks from it).
+    let m = manifest_json(&reg, "nydus/app", "v1").await;
+    let dm = manifest_json(&reg, "nydus/base", "v1").await;
+    let ls = m["layers"].as_array().unwrap();
+    assert_eq!(ls.len(), 3, "own blob, dictionary blob, bootstrap: {m}");
+    assert_eq!(ls[1]["digest"], dm["layers"][0]["digest"]);
+    ok(check(&dst, Some(&app.reference)));
+
+    // Reversing reads the shared chunks from the dictionary's blob: one layer, the app's files.
+    let rev = format!("{}/reversed/app:v1", reg.addr());
+    ok(reverse(&dst, &rev, dir.path(), &["--compressor", "zstd"]));
+    let rm = manifest_json(&reg, "reversed/app", "v1").await;
+    let rl = rm["layers"].as_array().unwrap();
+    assert_eq!(rl.len(), 1, "{rm}");
+    assert_eq!(
+        rl[0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    ok(check(&dst, Some(&rev)));
+}
