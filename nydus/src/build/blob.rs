@@ -3,12 +3,14 @@
 //! the blob and against chunks of earlier layers.
 //!
 //! Chunks are processed in batches on all cores (digest first, so duplicates are never
-//! compressed), then written in order. Uncompressed offsets are 4 KiB aligned (blob feature
+//! compressed) by a worker thread while the caller reads the next batch and writes finished ones
+//! in order. Uncompressed offsets are 4 KiB aligned (blob feature
 //! ALIGNED, required by RAFS v6); with no compression the stored data sits at its uncompressed
 //! offset too, so the blob itself is a valid EROFS device for the bootstrap.
 
-use std::collections::HashMap;
-use std::io::{self, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read as _, Write};
+use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -54,10 +56,197 @@ struct Pending {
     data: Vec<u8>,
 }
 
+/// A chunk the worker has processed.
+struct Done {
+    node: NodeId,
+    file_offset: u64,
+    size: u32,
+    digest: [u8; 32],
+    crc: u32,
+    /// The bytes to store (and whether they are compressed), for the first chunk of its digest;
+    /// `None` for a duplicate.
+    stored: Option<(Vec<u8>, bool)>,
+    /// The chunk's read buffer, back for reuse (empty when it became the stored bytes).
+    spare: Vec<u8>,
+}
+
+/// Batches being processed at once (besides the one being filled): enough to keep the reader,
+/// the worker and the writer busy together, few enough to bound memory.
+const MAX_IN_FLIGHT: usize = 2;
+/// Bytes of whole-chunk read buffers kept for reuse (reusing them saves the page faults of fresh
+/// allocations).
+const POOL_BYTES: usize = 32 << 20;
+
+/// The background worker: digests, dedup decisions and compression of whole batches, in order.
+struct Worker {
+    tx: Option<mpsc::Sender<Vec<Pending>>>,
+    rx: mpsc::Receiver<io::Result<Vec<Done>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs the worker: for each batch, digests and CRCs on `opts.threads` threads; then, in order,
+/// the first chunk of each digest not seen before is new; new chunks are compressed on
+/// `opts.threads` threads. The decision depends only on the order of chunks, so the blob is the
+/// same however the threads interleave.
+fn work(
+    rx: mpsc::Receiver<Vec<Pending>>,
+    tx: mpsc::Sender<io::Result<Vec<Done>>>,
+    opts: ChunkOptions,
+    mut seen: HashSet<[u8; 32]>,
+) {
+    // One compressor per thread, kept across batches.
+    let mut compressors: Vec<Result<codec::ChunkCompressor, codec::CodecError>> = (0..opts.threads)
+        .map(|_| codec::ChunkCompressor::new(opts.compressor))
+        .collect();
+    for batch in rx {
+        let sums: Vec<([u8; 32], u32)> = par_map(&batch, opts.threads, |p| {
+            (
+                codec::digest(opts.digester, &p.data),
+                codec::chunk_crc32(&p.data),
+            )
+        });
+        let new: Vec<bool> = sums.iter().map(|(d, _)| seen.insert(*d)).collect();
+        let compressed: Vec<Option<io::Result<Option<Vec<u8>>>>> =
+            if opts.compressor == Compressor::None {
+                batch.iter().map(|_| None).collect()
+            } else {
+                let idx: Vec<usize> = (0..batch.len()).filter(|i| new[*i]).collect();
+                let mut out: Vec<Option<io::Result<Option<Vec<u8>>>>> =
+                    batch.iter().map(|_| None).collect();
+                let results = par_map_with(&mut compressors, &idx, |c, &i| match c {
+                    Ok(c) => c.compress(&batch[i].data).map_err(io::Error::other),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                });
+                for (i, r) in idx.into_iter().zip(results) {
+                    out[i] = Some(r);
+                }
+                out
+            };
+        let mut done = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for (((p, (digest, crc)), is_new), c) in
+            batch.into_iter().zip(sums).zip(new).zip(compressed)
+        {
+            let size = p.data.len() as u32;
+            let (stored, spare) = match (is_new, c) {
+                (false, _) => (None, p.data),
+                // Uncompressed: the read buffer itself is stored.
+                (true, None) => (Some((p.data, false)), Vec::new()),
+                (true, Some(Ok(Some(bytes)))) => (Some((bytes, true)), p.data),
+                // Compression did not shrink it: stored raw, no copy.
+                (true, Some(Ok(None))) => (Some((p.data, false)), Vec::new()),
+                (true, Some(Err(e))) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            done.push(Done {
+                node: p.node,
+                file_offset: p.file_offset,
+                size,
+                digest,
+                crc,
+                stored,
+                spare,
+            });
+        }
+        let msg = match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        };
+        let stop = msg.is_err();
+        if tx.send(msg).is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// What the hashing thread is sent.
+enum ToHash {
+    Bytes(Vec<u8>),
+    /// Reply with the digest of everything so far.
+    Snapshot(mpsc::Sender<[u8; 32]>),
+}
+
+/// The blob's sha256, computed on its own thread so that hashing overlaps reading and writing.
+struct Hasher {
+    tx: Option<mpsc::Sender<ToHash>>,
+    handle: Option<std::thread::JoinHandle<[u8; 32]>>,
+}
+
+impl Hasher {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel::<ToHash>();
+        let handle = std::thread::Builder::new()
+            .name("blob-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for m in rx {
+                    match m {
+                        ToHash::Bytes(b) => h.update(&b),
+                        ToHash::Snapshot(reply) => {
+                            let _ = reply.send(h.clone().finalize().into());
+                        }
+                    }
+                }
+                h.finalize().into()
+            })
+            .ok();
+        Hasher {
+            tx: Some(tx),
+            handle,
+        }
+    }
+
+    fn send(&self, m: ToHash) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(m).ok())
+            .ok_or_else(|| io::Error::other("the blob hashing thread has stopped"))
+    }
+
+    fn snapshot(&self) -> io::Result<[u8; 32]> {
+        let (tx, rx) = mpsc::channel();
+        self.send(ToHash::Snapshot(tx))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the blob hashing thread has stopped"))
+    }
+
+    fn finish(mut self) -> io::Result<[u8; 32]> {
+        self.tx = None;
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .ok_or_else(|| io::Error::other("the blob hashing thread has stopped"))
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Builds the data part of one blob, streaming it to `out`.
+///
+/// Reading (the caller), digesting and compressing (a worker thread and its helpers) and writing
+/// (the caller again, with the blob's sha256) overlap: a full batch goes to the worker, and
+/// finished batches are written, in order, while the next is read.
 pub struct BlobWriter<W: Write> {
     out: W,
-    hasher: Sha256,
+    hasher: Hasher,
     opts: ChunkOptions,
     blob_index: u32,
     /// Bytes written so far (the compressed offset of the next chunk).
@@ -69,6 +258,9 @@ pub struct BlobWriter<W: Write> {
     pending: Vec<Pending>,
     pending_bytes: usize,
     stats: BlobStats,
+    worker: Worker,
+    in_flight: usize,
+    pool: Vec<Vec<u8>>,
 }
 
 impl<W: Write> BlobWriter<W> {
@@ -80,13 +272,21 @@ impl<W: Write> BlobWriter<W> {
         opts: ChunkOptions,
         dict: HashMap<[u8; 32], ChunkInfo>,
     ) -> Self {
+        let opts = ChunkOptions {
+            threads: opts.threads.max(1),
+            ..opts
+        };
+        let (tx, work_rx) = mpsc::channel();
+        let (done_tx, rx) = mpsc::channel();
+        let seen: HashSet<[u8; 32]> = dict.keys().copied().collect();
+        let handle = std::thread::Builder::new()
+            .name("blob-worker".into())
+            .spawn(move || work(work_rx, done_tx, opts, seen))
+            .ok();
         BlobWriter {
             out,
-            hasher: Sha256::new(),
-            opts: ChunkOptions {
-                threads: opts.threads.max(1),
-                ..opts
-            },
+            hasher: Hasher::new(),
+            opts,
             blob_index,
             pos: 0,
             uncompressed_end: 0,
@@ -95,6 +295,13 @@ impl<W: Write> BlobWriter<W> {
             pending: Vec::new(),
             pending_bytes: 0,
             stats: BlobStats::default(),
+            worker: Worker {
+                tx: Some(tx),
+                rx,
+                handle,
+            },
+            in_flight: 0,
+            pool: Vec::new(),
         }
     }
 
@@ -104,7 +311,7 @@ impl<W: Write> BlobWriter<W> {
     }
 
     /// Queues chunk data of file `node` at `file_offset`; the chunk lands in the node's chunk
-    /// list (in file order) when the batch is flushed. `data` is at most one chunk.
+    /// list (in file order) once it is written. `data` is at most one chunk.
     pub fn add_chunk(
         &mut self,
         tree: &mut Tree,
@@ -120,9 +327,9 @@ impl<W: Write> BlobWriter<W> {
             data,
         });
         // Enough work for every thread, bounded memory (a few chunks per thread).
-        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 4;
+        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 16;
         if self.pending_bytes >= limit || self.pending.len() >= 4096 {
-            self.flush(tree)?;
+            self.submit(tree)?;
         }
         Ok(())
     }
@@ -140,8 +347,25 @@ impl<W: Write> BlobWriter<W> {
         let mut off = 0u64;
         while off < size {
             let want = (size - off).min(cs) as usize;
-            let mut buf = vec![0u8; want];
-            reader.read_exact(&mut buf)?;
+            // Whole chunks reuse pooled buffers; a file's short tail gets its own.
+            let mut buf = if want == cs as usize {
+                self.pool.pop().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            buf.clear();
+            buf.reserve_exact(want);
+            // read_to_end into spare capacity: no zero-fill of a reused buffer.
+            io::Read::take(&mut *reader, want as u64).read_to_end(&mut buf)?;
+            if buf.len() != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file ended at {} of its {size} bytes",
+                        off + buf.len() as u64
+                    ),
+                ));
+            }
             self.add_chunk(tree, node, off, buf)?;
             off += want as u64;
         }
@@ -155,62 +379,100 @@ impl<W: Write> BlobWriter<W> {
         Ok(())
     }
 
-    /// Processes queued chunks: digests and CRCs in parallel, dedup, compression of new chunks in
-    /// parallel, then writes in order.
-    pub fn flush(&mut self, tree: &mut Tree) -> io::Result<()> {
+    /// Hands the batch being filled to the worker, first writing finished batches so that at
+    /// most [`MAX_IN_FLIGHT`] are queued.
+    fn submit(&mut self, tree: &mut Tree) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        while self.in_flight >= MAX_IN_FLIGHT {
+            self.receive(tree, true)?;
+        }
+        let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let digester = self.opts.digester;
-        let sums: Vec<([u8; 32], u32)> = par_map(&pending, self.opts.threads, |p| {
-            (
-                codec::digest(digester, &p.data),
-                codec::chunk_crc32(&p.data),
-            )
-        });
-        // Which chunks are new (first of their digest in this batch and not known before).
-        let mut first_in_batch: HashMap<[u8; 32], usize> = HashMap::new();
-        let mut new: Vec<usize> = Vec::new();
-        for (i, (digest, _)) in sums.iter().enumerate() {
-            if self.known.contains_key(digest) || first_in_batch.contains_key(digest) {
-                continue;
-            }
-            first_in_batch.insert(*digest, i);
-            new.push(i);
+        let tx = self
+            .worker
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the blob worker has stopped"))?;
+        if tx.send(batch).is_err() {
+            // The worker stopped: its last message says why.
+            return self
+                .receive(tree, true)
+                .and(Err(io::Error::other("the blob worker has stopped")));
         }
-        let compressor = self.opts.compressor;
-        let compressed: Vec<io::Result<(Vec<u8>, bool)>> = par_map(&new, self.opts.threads, |&i| {
-            codec::compress(compressor, &pending[i].data).map_err(io::Error::other)
-        });
-        let mut stored: HashMap<usize, (Vec<u8>, bool)> = HashMap::with_capacity(new.len());
-        for (i, r) in new.iter().zip(compressed) {
-            stored.insert(*i, r?);
-        }
-        for (i, p) in pending.into_iter().enumerate() {
-            let (digest, crc) = sums[i];
-            self.stats.chunks_referenced += 1;
-            let info = if let Some(data) = stored.remove(&i) {
-                self.store(digest, crc, p.data.len() as u32, data)?
-            } else {
-                self.stats.chunks_deduplicated += 1;
-                self.known[&digest]
-            };
-            let mut info = info;
-            info.file_offset = p.file_offset;
-            if let Kind::File { chunks, .. } = &mut tree.node_mut(p.node).kind {
-                chunks.push(info);
+        self.in_flight += 1;
+        // Write whatever is ready without waiting.
+        while self.in_flight > 0 {
+            if !self.receive(tree, false)? {
+                break;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)?;
-        self.hasher.update(bytes);
-        self.pos += bytes.len() as u64;
+    /// Writes one finished batch; waits for it if `block`. Returns whether one was written.
+    fn receive(&mut self, tree: &mut Tree, block: bool) -> io::Result<bool> {
+        let msg = if block {
+            match self.worker.rx.recv() {
+                Ok(m) => m,
+                Err(_) => return Err(io::Error::other("the blob worker has stopped")),
+            }
+        } else {
+            match self.worker.rx.try_recv() {
+                Ok(m) => m,
+                Err(mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(io::Error::other("the blob worker has stopped"))
+                }
+            }
+        };
+        self.in_flight -= 1;
+        for d in msg? {
+            self.stats.chunks_referenced += 1;
+            let mut info = match d.stored {
+                Some(data) => self.store(d.digest, d.crc, d.size, data)?,
+                None => {
+                    self.stats.chunks_deduplicated += 1;
+                    *self.known.get(&d.digest).ok_or_else(|| {
+                        io::Error::other("a duplicate chunk came before its first copy")
+                    })?
+                }
+            };
+            self.recycle(d.spare);
+            info.file_offset = d.file_offset;
+            if let Kind::File { chunks, .. } = &mut tree.node_mut(d.node).kind {
+                chunks.push(info);
+            }
+        }
+        Ok(true)
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        let cs = self.opts.chunk_size as usize;
+        if buf.capacity() == cs && self.pool.len() < (POOL_BYTES / cs.max(1)).max(2) {
+            self.pool.push(buf);
+        }
+    }
+
+    /// Processes every queued chunk and writes it.
+    pub fn flush(&mut self, tree: &mut Tree) -> io::Result<()> {
+        self.submit(tree)?;
+        while self.in_flight > 0 {
+            self.receive(tree, true)?;
+        }
         Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_owned(bytes.to_vec())
+    }
+
+    /// Writes `bytes`, then hands them to the hashing thread.
+    fn write_owned(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        self.out.write_all(&bytes)?;
+        self.pos += bytes.len() as u64;
+        self.hasher.send(ToHash::Bytes(bytes))
     }
 
     fn store(
@@ -248,10 +510,11 @@ impl<W: Write> BlobWriter<W> {
             index,
             crc32: if crc != 0 { crc } else { 0 },
         };
-        self.write(&data)?;
+        let stored = data.len() as u64;
+        self.write_owned(data)?;
         self.uncompressed_end += u64::from(size).div_ceil(ALIGN) * ALIGN;
         self.stats.chunks_stored += 1;
-        self.stats.bytes_stored += data.len() as u64;
+        self.stats.bytes_stored += stored;
         self.chunks.push(info);
         self.known.insert(digest, info);
         Ok(info)
@@ -288,8 +551,8 @@ impl<W: Write> BlobWriter<W> {
     }
 
     /// sha256 of the bytes written so far.
-    pub fn hash_so_far(&self) -> [u8; 32] {
-        self.hasher.clone().finalize().into()
+    pub fn hash_so_far(&self) -> io::Result<[u8; 32]> {
+        self.hasher.snapshot()
     }
 
     /// Current size of the blob.
@@ -300,7 +563,8 @@ impl<W: Write> BlobWriter<W> {
     /// Finishes: the blob id (sha256 of every byte written, hex) and the writer.
     pub fn finish(mut self) -> io::Result<(String, W)> {
         self.out.flush()?;
-        Ok((hex(&self.hasher.finalize()), self.out))
+        let digest = self.hasher.finish()?;
+        Ok((hex(&digest), self.out))
     }
 }
 
@@ -325,6 +589,47 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// `f` over `items` on one thread per state (each thread with its own state), results in input
+/// order.
+fn par_map_with<S: Send, T: Sync, R: Send>(
+    states: &mut [S],
+    items: &[T],
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    if states.len() <= 1 || items.len() <= 1 {
+        return match states.first_mut() {
+            Some(s) => items.iter().map(|i| f(s, i)).collect(),
+            None => Vec::new(),
+        };
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (next, f) = (&next, &f);
+    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = states
+            .iter_mut()
+            .take(items.len())
+            .map(|state| {
+                sc.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, f(state, item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut all: Vec<(usize, R)> = parts.drain(..).flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
 }
 
 /// `f` over `items` on up to `threads` threads, results in input order.

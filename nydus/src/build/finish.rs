@@ -86,7 +86,7 @@ pub(super) fn finish_blob<W: Write>(
         entries.push(TocEntry::new(
             toc::TOC_ENTRY_BLOB_RAW,
             Compressor::None,
-            writer.hash_so_far(),
+            writer.hash_so_far().map_err(io)?,
             0,
             data.compressed_size,
             data.uncompressed_size,
