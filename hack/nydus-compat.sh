@@ -13,6 +13,9 @@
 # 2. A merged image of ours (three layers) mounts under nydusd and shows what our unpack shows.
 # 3. Images made by Nydus's `nydus-image create` pass our `check` and `unpack` to the source tree.
 # 4. Nydus's `nydus-image merge` accepts our layer bootstraps.
+# 5. An image our nydusify converted in a registry passes Nydus's `nydus-image check`, and
+#    Nydus's `nydusd` mounts it with its registry backend and shows the OCI image's tree
+#    (integration/tests/nydusify.rs, upstream_nydus_checks_and_mounts_a_converted_image).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${NYDUS_BIN_DIR:?set NYDUS_BIN_DIR to a directory with Nydus 2.4 nydus-image and nydusd}"
@@ -20,7 +23,7 @@ NI="$NYDUS_BIN_DIR/nydus-image"
 ND="$NYDUS_BIN_DIR/nydusd"
 [[ -x $NI && -x $ND ]] || { echo "no nydus-image/nydusd in $NYDUS_BIN_DIR"; exit 2; }
 [[ $(id -u) == 0 ]] || { echo "run as root"; exit 2; }
-cargo build -q -p nydus --bin nydus-image
+cargo build -q -p nydus --bins
 OURS=$PWD/target/debug/nydus-image
 W=$(mktemp -d /tmp/dfrs-nydus-compat.XXXXXX)
 NYDUSD_PID=
@@ -199,6 +202,15 @@ if "$NI" merge -B "$out/merged.boot" "${ids[@]}" >"$out/merge.log" 2>&1 && "$OUR
   pass "nydus-image merge of our layers equals our merge"
 else
   fail "nydus-image merge of our layers (see $out/merge.log, $out/diff)"
+fi
+
+# 5. nydusify's images under Nydus's tools, from a registry.
+if NYDUS_BIN_DIR="$NYDUS_BIN_DIR" cargo test -q -p integration --test nydusify -- --ignored \
+  --exact upstream_nydus_checks_and_mounts_a_converted_image >"$W/nydusify.log" 2>&1; then
+  pass "nydusify convert: Nydus's check and nydusd (registry backend) accept the image"
+else
+  cat "$W/nydusify.log"
+  fail "nydusify convert: Nydus's tools refused the image (see above)"
 fi
 
 if ((FAILED)); then echo "some checks FAILED"; exit 1; fi

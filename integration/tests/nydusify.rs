@@ -1092,3 +1092,190 @@ async fn chunk_dict_conversion_stores_only_new_chunks_and_reverses() {
     );
     ok(check(&dst, Some(&rev)));
 }
+
+/// Nydus's own tools accept what `convert` writes: Nydus's `nydus-image check` passes the merged
+/// bootstrap, and Nydus's `nydusd` mounts the image with its registry backend (chunks fetched
+/// from the registry by range) and shows the OCI image's tree. Needs Nydus's binaries, so it
+/// runs only under `NYDUS_BIN_DIR=... hack/nydus-compat.sh` (ignored by `hack/test.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Nydus's nydus-image and nydusd: NYDUS_BIN_DIR=... hack/nydus-compat.sh"]
+async fn upstream_nydus_checks_and_mounts_a_converted_image() {
+    let bin_dir = PathBuf::from(std::env::var("NYDUS_BIN_DIR").expect(
+        "NYDUS_BIN_DIR must name a directory with Nydus's nydus-image and nydusd (see hack/nydus-compat.sh)",
+    ));
+    let (ni, nd) = (bin_dir.join("nydus-image"), bin_dir.join("nydusd"));
+    assert!(
+        ni.is_file() && nd.is_file(),
+        "no nydus-image and nydusd in {}",
+        bin_dir.display()
+    );
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci"]);
+    let dir = TestDir::new("nydusify-upstream").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    let layers = feature_image_layers_with(FeatureImageOptions {
+        big_layer_bytes: 24 << 20,
+        cross_layer_hardlink: false,
+    })
+    .expect("layers");
+    let img = reg.push_image("src/up", "v1", &layers).await.expect("push");
+    let dst = format!("{}/nydus/up:v1", reg.addr());
+    ok(convert(&img.reference, &dst, dir.path(), &[]));
+    let m = manifest_json(&reg, "nydus/up", "v1").await;
+    let ls = m["layers"].as_array().unwrap();
+    let gz = reg
+        .client()
+        .get_blob("nydus/up", ls.last().unwrap()["digest"].as_str().unwrap())
+        .await
+        .unwrap();
+    let boot = dir.join("image.boot");
+    std::fs::write(
+        &boot,
+        nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).unwrap(),
+    )
+    .unwrap();
+
+    // Nydus's check.
+    let o = Command::new(&ni)
+        .args(["check", "--bootstrap"])
+        .arg(&boot)
+        .arg("-J")
+        .arg(dir.join("check.json"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "Nydus's nydus-image check: {}",
+        text(&o)
+    );
+
+    // Nydus's nydusd, registry backend.
+    let mnt = dir.join("mnt");
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let cfg = dir.join("nydusd.json");
+    std::fs::write(
+        &cfg,
+        json!({
+            "device": {
+                "backend": {"type": "registry", "config": {
+                    "scheme": "http", "host": reg.addr(), "repo": "nydus/up", "timeout": 30
+                }},
+                "cache": {"type": "blobcache", "config": {"work_dir": cache}},
+            },
+            "mode": "direct",
+            "digest_validate": false,
+            "enable_xattr": true,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(&nd);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("--mountpoint")
+        .arg(&mnt)
+        .arg("--bootstrap")
+        .arg(&boot)
+        .args(["--log-level", "warn"]);
+    let nydusd = integration::process::ChildProcess::spawn(&dir, "nydusd", cmd).expect("nydusd");
+    let mnt_s = format!(" {} fuse", mnt.display());
+    integration::wait_for(
+        std::time::Duration::from_secs(20),
+        "nydusd's FUSE mount",
+        || async { std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.contains(&mnt_s)) },
+    )
+    .await
+    .expect("nydusd mounts the image");
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    let (a, b) = (oci_root.clone(), mnt.clone());
+    let compared = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| {
+            assert_same_tree(
+                &a,
+                &b,
+                Compare {
+                    root_meta: false,
+                    ..Compare::ALL
+                },
+            )
+        })
+    })
+    .await
+    .unwrap();
+    let _ = Command::new("umount").arg(&mnt).status();
+    drop(nydusd);
+    if let Err(e) = compared {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardlinks_across_layers_convert_check_and_reverse_exactly() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "tar"]);
+    let dir = TestDir::new("nydusify-cross-links").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    // Layer 4 holds /upper/to-lower, a hardlink to /lower/shared.txt of layer 1.
+    let layers = feature_image_layers_with(FeatureImageOptions {
+        big_layer_bytes: 1 << 20,
+        cross_layer_hardlink: true,
+    })
+    .expect("layers");
+    let img = reg
+        .push_image("src/links", "v1", &layers)
+        .await
+        .expect("push");
+    let dst = format!("{}/nydus/links:v1", reg.addr());
+    ok(convert(&img.reference, &dst, dir.path(), &[]));
+    ok(check(&dst, Some(&img.reference)));
+
+    // umoci links the two names; so does the Nydus image (one inode, same bytes).
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    let m = manifest_json(&reg, "nydus/links", "v1").await;
+    let nydus_root = unpack_nydus(&reg, "nydus/links", &m, &dir.join("nydus-unpack")).await;
+    use std::os::unix::fs::MetadataExt;
+    let ino = |root: &Path, p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+    assert_eq!(
+        ino(&nydus_root, "upper/to-lower"),
+        ino(&nydus_root, "lower/shared.txt")
+    );
+    assert_same_tree(
+        &oci_root,
+        &nydus_root,
+        Compare {
+            root_meta: false,
+            ..Compare::ALL
+        },
+    );
+
+    // Reversing an image that is not a Nydus image says so and writes nothing.
+    let not_nydus = format!("{}/reversed/oci:v1", reg.addr());
+    let o = reverse(&img.reference, &not_nydus, dir.path(), &[]);
+    assert_fails_with(&o, "is not a Nydus image");
+    assert!(!manifest_exists(&reg, "reversed/oci", "v1").await);
+
+    // Reversed, layer 4 holds the hardlink to the lower file again: umoci unpacks the original.
+    let rev = format!("{}/reversed/links:v1", reg.addr());
+    ok(reverse(&dst, &rev, dir.path(), &[]));
+    ok(check(&dst, Some(&rev)));
+    let layout = dir.join("reversed-layout");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{rev}"))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo: {}", text(&o));
+    let rev_root = integration::unpack_with_umoci(&layout, "v1", &dir.join("umoci-rev"))
+        .expect("umoci unpack of the reversed image");
+    assert_same_tree(
+        &oci_root,
+        &rev_root,
+        Compare {
+            root_meta: false,
+            ..Compare::ALL
+        },
+    );
+}

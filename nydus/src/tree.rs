@@ -434,11 +434,37 @@ impl Tree {
     /// `.wh.name` deletes `name` below, `.wh..wh..opq` hides everything the lower layers put in its
     /// directory, a directory on a directory merges (the upper metadata wins), anything else
     /// replaces. Whiteout entries do not appear in the result. Hardlinks inside `upper` stay
-    /// hardlinks.
-    pub fn apply_layer(&mut self, upper: &Tree) {
+    /// hardlinks; a hardlink to a file of a lower layer (a [`LOWER_HARDLINK_XATTR`] placeholder)
+    /// becomes another name of that file, and fails if no lower layer has it.
+    pub fn apply_layer(&mut self, upper: &Tree) -> Result<(), TreeError> {
         let mut copied: HashMap<NodeId, NodeId> = HashMap::new();
         self.nodes[Self::ROOT].meta = upper.nodes[Tree::ROOT].meta.clone();
         self.merge_dir(Self::ROOT, upper, Tree::ROOT, &mut copied);
+        if !upper.nodes.iter().any(|n| lower_hardlink_of(n).is_some()) {
+            return Ok(());
+        }
+        let placeholders: Vec<(Vec<u8>, Vec<u8>)> = self
+            .walk()
+            .filter_map(|(path, id)| lower_hardlink_of(&self.nodes[id]).map(|t| (path, t.to_vec())))
+            .collect();
+        for (path, target) in placeholders {
+            let bad = |reason| TreeError::BadLink {
+                path: display(&path),
+                target: display(&target),
+                reason,
+            };
+            let id = self
+                .lookup(&target)
+                .filter(|id| lower_hardlink_of(&self.nodes[*id]).is_none())
+                .ok_or_else(|| bad("hardlink target in no lower layer"))?;
+            self.link_id(&path, id)?;
+        }
+        Ok(())
+    }
+
+    /// The target of node `id` if it stands for a hardlink to a file of a lower layer.
+    pub fn lower_hardlink(&self, id: NodeId) -> Option<&[u8]> {
+        self.nodes.get(id).and_then(lower_hardlink_of)
     }
 
     fn merge_dir(
@@ -520,6 +546,20 @@ impl Tree {
                 }
             }
         }
+    }
+}
+
+/// Xattr of the placeholder a layer tar's hardlink to a file of a lower layer becomes in the
+/// layer's own tree (the OCI image spec allows such links; the layer alone does not have the
+/// file): an empty regular file whose xattr value is the link target. [`Tree::apply_layer`]
+/// resolves it against the lower layers and reversing a layer writes it back as the tar
+/// hardlink; it never reaches a merged image.
+pub const LOWER_HARDLINK_XATTR: &[u8] = b"trusted.dragonfly-rs.lower-hardlink";
+
+fn lower_hardlink_of(n: &Node) -> Option<&[u8]> {
+    match n.kind {
+        Kind::File { .. } => n.meta.xattrs.get(LOWER_HARDLINK_XATTR).map(Vec::as_slice),
+        _ => None,
     }
 }
 
@@ -700,7 +740,7 @@ mod tests {
         upper.insert(b"b/2", file(2)).unwrap();
         upper.insert(b".wh.d", file(0)).unwrap();
         upper.insert(b"e/.wh.ghost", file(0)).unwrap();
-        lower.apply_layer(&upper);
+        lower.apply_layer(&upper).unwrap();
         assert_eq!(
             names(&lower),
             ["/", "/a", "/a/2", "/a/3", "/b", "/b/2", "/c", "/c/keep", "/e"]
@@ -716,7 +756,7 @@ mod tests {
         upper.insert(b"x", file(5)).unwrap();
         upper.insert(b"z/w", file(5)).unwrap();
         upper.link(b"z/w2", b"z/w").unwrap();
-        lower.apply_layer(&upper);
+        lower.apply_layer(&upper).unwrap();
         assert_eq!(names(&lower), ["/", "/x", "/z", "/z/w", "/z/w2"]);
         assert_eq!(lower.lookup(b"z/w"), lower.lookup(b"z/w2"));
     }

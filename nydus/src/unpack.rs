@@ -137,6 +137,15 @@ pub fn write_tar<S: ChunkSource + ?Sized>(
             summary.skipped_sockets.push(path);
             continue;
         }
+        if let (Some(target), None) = (tree.lower_hardlink(id), first_name.get(&id)) {
+            // A layer's hardlink to a file of a lower layer, back as the tar hardlink it was.
+            first_name.insert(id, rel.clone());
+            h.set_entry_type(tar::EntryType::Link);
+            ar.append_link(&mut h, bytes_path(&rel), bytes_path(target))
+                .map_err(|e| err(&path, e))?;
+            summary.entries += 1;
+            continue;
+        }
         if !n.kind.is_dir() {
             if let Some(first) = first_name.get(&id) {
                 h.set_entry_type(tar::EntryType::Link);

@@ -75,7 +75,7 @@ struct Done {
 const MAX_IN_FLIGHT: usize = 2;
 /// Bytes of whole-chunk read buffers kept for reuse (reusing them saves the page faults of fresh
 /// allocations).
-const POOL_BYTES: usize = 32 << 20;
+const POOL_BYTES: usize = 16 << 20;
 
 /// The background worker: digests, dedup decisions and compression of whole batches, in order.
 struct Worker {
@@ -327,7 +327,7 @@ impl<W: Write> BlobWriter<W> {
             data,
         });
         // Enough work for every thread, bounded memory (a few chunks per thread).
-        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 16;
+        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 4;
         if self.pending_bytes >= limit || self.pending.len() >= 4096 {
             self.submit(tree)?;
         }

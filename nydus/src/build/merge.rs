@@ -197,7 +197,8 @@ pub fn merge(layers: &[MergeLayer<'_>], opts: &MergeOptions<'_>) -> Result<Merge
         }
         // An index the layer's table lacks stays unknown: the renumbering below reports it.
         layer.map_blob_indexes(|i| map.get(i as usize).copied().unwrap_or(u32::MAX));
-        tree.apply_layer(&layer);
+        tree.apply_layer(&layer)
+            .map_err(|e| invalid(format!("layer {name}: {e}")))?;
     }
     let (chunk_size, digester) = shape
         .first

@@ -234,7 +234,7 @@ pub fn create<W: Write>(
         })?;
     let (tree, mut blobs) = match parent {
         Some(mut p) => {
-            p.tree.apply_layer(&layer);
+            p.tree.apply_layer(&layer)?;
             (p.tree, parent_blobs)
         }
         None => (layer, Vec::new()),

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::blob::BlobWriter;
 use super::tarstream::TarStream;
 use super::BuildError;
-use crate::tree::{display, Kind, Meta, Node, Tree};
+use crate::tree::{display, Kind, Meta, Node, Tree, LOWER_HARDLINK_XATTR};
 
 /// Largest xattr list or value read from disk (the Linux limit is 64 KiB).
 const XATTR_MAX: usize = 64 * 1024;
@@ -190,8 +190,9 @@ pub fn decompressed<'r>(reader: impl Read + 'r) -> Result<Box<dyn Read + 'r>, Bu
 /// Adds the entries of an OCI layer tar stream (plain, gzip or zstd) to `tree`, file data to
 /// `blob`. Whiteout files (`.wh.name`, `.wh..wh..opq`) are kept as entries, as Nydus keeps them
 /// in a layer's bootstrap; [`Tree::apply_layer`] interprets them. Entries are applied in stream
-/// order (a later entry replaces an earlier one at the same path); hardlinks must name an entry
-/// that came earlier in the same layer.
+/// order (a later entry replaces an earlier one at the same path); a hardlink names an entry that
+/// came earlier in the same layer, or else a file of a lower layer, kept as a
+/// [`LOWER_HARDLINK_XATTR`] placeholder that the merge resolves.
 pub fn from_tar<W: Write>(
     reader: impl Read,
     tree: &mut Tree,
@@ -237,7 +238,24 @@ pub fn from_tar<W: Write>(
             b'4' => Kind::BlockDev(dev()?),
             b'6' => Kind::Fifo,
             b'1' => {
-                tree.link(&path, &h.link)?;
+                if tree.lookup(&h.link).is_some() {
+                    tree.link(&path, &h.link)?;
+                } else {
+                    // A hardlink to a file of a lower layer: a placeholder the merge resolves.
+                    let mut meta = meta;
+                    meta.xattrs
+                        .insert(LOWER_HARDLINK_XATTR.to_vec(), h.link.clone());
+                    tree.insert(
+                        &path,
+                        Node {
+                            meta,
+                            kind: Kind::File {
+                                size: 0,
+                                chunks: Vec::new(),
+                            },
+                        },
+                    )?;
+                }
                 continue;
             }
             other => {
@@ -315,14 +333,15 @@ mod tests {
             panic!()
         };
         assert_eq!((*size, chunks.len()), (9000, 3));
-        // A hardlink to an entry the layer does not have is an error naming both.
+        // A hardlink to an entry the layer does not have is a placeholder naming the target.
         let mut ar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Link);
         h.set_size(0);
-        ar.append_link(&mut h, "x", "missing").unwrap();
-        let err = build(&ar.into_inner().unwrap()).unwrap_err().to_string();
-        assert!(err.contains("\"x\"") && err.contains("missing"), "{err}");
+        ar.append_link(&mut h, "x", "lower/y").unwrap();
+        let t = build(&ar.into_inner().unwrap()).unwrap();
+        let x = t.lookup(b"x").unwrap();
+        assert_eq!(t.lower_hardlink(x), Some(&b"lower/y"[..]));
         // Paths never leave the tree's root.
         let mut ar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
