@@ -830,6 +830,64 @@ fn merge_chunk_dict_marks_the_shared_blobs() {
     );
     assert!(table.contains(&ids(&blob_table(&base))[0]));
     ok(&["check", "-B", s(&merged), "-D", s(&blobs)], b"");
+
+    // create --chunk-dict (as nydus-snapshotter's converter runs it): a layer repeating a file
+    // of the dictionary stores none of its chunks, names the dictionary's blob in its table and
+    // holds only its own files.
+    let (name, data) = layers()[0]
+        .iter()
+        .find_map(|e| match e {
+            E::File(p, d) if d.len() > 1000 => Some((*p, d.clone())),
+            _ => None,
+        })
+        .expect("a file in layer 0");
+    let copy_tar = dir.join("copy.tar");
+    fs::write(&copy_tar, layer_tar(&[E::File("copy", data.clone())])).unwrap();
+    let (copy, copy_json) = (dir.join("copy.boot"), dir.join("copy.json"));
+    ok(
+        &[
+            "create",
+            "-t",
+            "tar-rafs",
+            "--chunk-dict",
+            &dict,
+            "-D",
+            s(&blobs),
+            "-B",
+            s(&copy),
+            "-J",
+            s(&copy_json),
+            s(&copy_tar),
+        ],
+        b"",
+    );
+    let j = read_json(&copy_json);
+    assert_eq!(j["chunks_stored"], 0, "{j}");
+    assert!(j["chunks_deduplicated"].as_u64().unwrap() >= 1, "{j}");
+    assert_eq!(
+        blob_table(&copy)[0].blob_id().unwrap(),
+        ids(&blob_table(&base))[0]
+    );
+    let tar = dir.join("copy-unpacked.tar");
+    ok(
+        &[
+            "unpack",
+            "-B",
+            s(&copy),
+            "-D",
+            s(&blobs),
+            "--output",
+            s(&tar),
+        ],
+        b"",
+    );
+    let items = tar_contents(&fs::read(&tar).unwrap());
+    assert_eq!(items.get("copy").map(|i| &i.data), Some(&data));
+    assert!(
+        !items.keys().any(|k| k.contains(name)),
+        "dictionary files leaked: {:?}",
+        items.keys()
+    );
 }
 
 /// Values this tool cannot honour fail, naming the flag, instead of building something else.
@@ -880,8 +938,9 @@ fn values_that_cannot_be_honoured_fail_naming_the_flag() {
         (&["--batch-size", "0x10000"][..], "--batch-size"),
         (
             &["--chunk-dict", "bootstrap=/nonexistent"][..],
-            "--chunk-dict",
+            "/nonexistent",
         ),
+        (&["--chunk-dict", "dir=/x"][..], "--chunk-dict"),
         (&["--encrypt"][..], "--encrypt"),
         (&["--fs-version", "5"][..], "--fs-version"),
         (&["--log-level", "loud"][..], "--log-level"),

@@ -579,13 +579,10 @@ fn create(a: CreateArgs) -> Result<(), Fail> {
         // `merge` to apply (a layer tar is built the same way by Nydus).
         WhiteoutSpec::Oci | WhiteoutSpec::None => {}
     }
-    if let Some(arg) = &a.chunk_dict {
-        let path = chunk_dict_path(arg)?;
-        // The library deduplicates only against a parent whose files it also stacks.
-        return Err(fail(format!(
-            "--chunk-dict bootstrap={}: building against a chunk dictionary is not supported by this nydus-image yet",
-            path.display()
-        )));
+    if a.chunk_dict.is_some() && a.parent_bootstrap.is_some() {
+        return Err(fail(
+            "--chunk-dict with --parent-bootstrap: give one (the parent's chunks are deduplicated against already)",
+        ));
     }
     let batch = parse_u32("--batch-size", &a.batch_size)?;
     if batch != 0 {
@@ -641,12 +638,21 @@ fn create(a: CreateArgs) -> Result<(), Fail> {
         prefetch: prefetch_list(a.prefetch_policy)?,
         share_xattrs: a.shared_xattrs,
     };
-    let parent = match &a.parent_bootstrap {
-        Some(p) => Some(
+    let parent = match (&a.parent_bootstrap, &a.chunk_dict) {
+        (Some(p), _) => Some(
             Parent::from_bootstrap(&read_file(p)?)
                 .map_err(|e| fail(format!("parent bootstrap {}: {e}", p.display())))?,
         ),
-        None => None,
+        // Chunks found in the dictionary point into its blobs (added to the blob table) instead
+        // of being stored again; its files are not part of the new image.
+        (None, Some(arg)) => {
+            let path = chunk_dict_path(arg)?;
+            Some(
+                Parent::chunk_dict(&load_v6(&path, "--chunk-dict")?)
+                    .map_err(|e| fail(format!("--chunk-dict {}: {e}", path.display())))?,
+            )
+        }
+        (None, None) => None,
     };
     let (out, file) = match (&a.blob, &a.blob_dir) {
         (Some(b), _) => Output::create(b)?,
