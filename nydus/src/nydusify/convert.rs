@@ -857,8 +857,18 @@ impl Ctx<'_> {
         let build = tokio::task::spawn_blocking(move || {
             let mut reader = ChannelReader::new(src_rx);
             let writer = UploadWriter::new(up_tx, written);
-            let created = build::create(Source::Tar(Box::new(&mut reader)), &opts, parent, writer)
-                .map_err(|e| e.to_string())?;
+            let created =
+                match build::create(Source::Tar(Box::new(&mut reader)), &opts, parent, writer) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Bytes that do not match the layer's digest are the likelier cause of
+                        // a broken tar: read the rest of the stream to tell.
+                        if let Err(d) = io::copy(&mut reader, &mut io::sink()) {
+                            return Err(format!("{d} (the builder stopped first: {e})"));
+                        }
+                        return Err(e.to_string());
+                    }
+                };
             // Read the source to its end so its digest is checked before the blob is committed.
             if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
                 created.blob.abort(e.to_string());
