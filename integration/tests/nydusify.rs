@@ -1037,16 +1037,21 @@ async fn chunk_dict_conversion_stores_only_new_chunks_and_reverses() {
     let dict = format!("{}/nydus/base:v1", reg.addr());
     ok(convert(&base.reference, &dict, dir.path(), &[]));
 
-    // The app has the same 8 MiB file in its own layer, plus a small new file.
+    // The app has the same 8 MiB file in its own layer, plus small new files; its second layer
+    // removes one of them and hardlinks another (whiteouts and lower-layer hardlinks must
+    // survive building against a dictionary).
     let app = reg
         .push_image(
             "src/app",
             "v1",
-            &[LayerSpec::random(31, SHARED, Compression::Zstd).file(
-                "etc/new.txt",
-                &b"only in the app\n"[..],
-                0o644,
-            )],
+            &[
+                LayerSpec::random(31, SHARED, Compression::Zstd)
+                    .file("etc/new.txt", &b"only in the app\n"[..], 0o644)
+                    .file("etc/gone.txt", &b"removed above\n"[..], 0o644),
+                LayerSpec::new(Compression::Gzip)
+                    .whiteout("etc/gone.txt")
+                    .hardlink("etc/link-to-new", "etc/new.txt"),
+            ],
         )
         .await
         .expect("push app");
@@ -1075,21 +1080,35 @@ async fn chunk_dict_conversion_stores_only_new_chunks_and_reverses() {
     let m = manifest_json(&reg, "nydus/app", "v1").await;
     let dm = manifest_json(&reg, "nydus/base", "v1").await;
     let ls = m["layers"].as_array().unwrap();
-    assert_eq!(ls.len(), 3, "own blob, dictionary blob, bootstrap: {m}");
-    assert_eq!(ls[1]["digest"], dm["layers"][0]["digest"]);
+    assert_eq!(
+        ls.len(),
+        4,
+        "two own blobs, dictionary blob, bootstrap: {m}"
+    );
+    assert_eq!(ls[2]["digest"], dm["layers"][0]["digest"]);
     ok(check(&dst, Some(&app.reference)));
+    let app_root = integration::unpack_with_umoci(&app.oci_dir, "v1", &dir.join("umoci-app"))
+        .expect("umoci unpack");
+    assert!(!app_root.join("etc/gone.txt").exists());
+    let nydus_root = unpack_nydus(&reg, "nydus/app", &m, &dir.join("nydus-unpack")).await;
+    assert_same_tree(&app_root, &nydus_root, ALL_BUT_ROOT);
 
     // Reversing reads the shared chunks from the dictionary's blob: one layer, the app's files.
     let rev = format!("{}/reversed/app:v1", reg.addr());
     ok(reverse(&dst, &rev, dir.path(), &["--compressor", "zstd"]));
     let rm = manifest_json(&reg, "reversed/app", "v1").await;
     let rl = rm["layers"].as_array().unwrap();
-    assert_eq!(rl.len(), 1, "{rm}");
+    assert_eq!(rl.len(), 2, "{rm}");
     assert_eq!(
         rl[0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
     ok(check(&dst, Some(&rev)));
+    assert_same_tree(
+        &app_root,
+        &umoci_tree(&rev, &dir.join("reversed")),
+        ALL_BUT_ROOT,
+    );
 }
 
 /// Nydus's own tools accept what `convert` writes: Nydus's `nydus-image check` passes the merged

@@ -437,26 +437,29 @@ impl Tree {
     /// hardlinks; a hardlink to a file of a lower layer (a [`LOWER_HARDLINK_XATTR`] placeholder)
     /// becomes another name of that file, and fails if no lower layer has it.
     pub fn apply_layer(&mut self, upper: &Tree) -> Result<(), TreeError> {
+        // Lower-layer hardlinks name files as the lower layers left them, before this layer's
+        // own entries replace or remove anything.
+        let mut links: Vec<(Vec<u8>, NodeId)> = Vec::new();
+        if upper.nodes.iter().any(|n| lower_hardlink_of(n).is_some()) {
+            for (path, uid) in upper.walk() {
+                let Some(target) = lower_hardlink_of(&upper.nodes[uid]) else {
+                    continue;
+                };
+                let id = self
+                    .lookup(target)
+                    .filter(|id| !self.nodes[*id].kind.is_dir())
+                    .ok_or_else(|| TreeError::BadLink {
+                        path: display(&path),
+                        target: display(target),
+                        reason: "hardlink target is no file of a lower layer",
+                    })?;
+                links.push((path, id));
+            }
+        }
         let mut copied: HashMap<NodeId, NodeId> = HashMap::new();
         self.nodes[Self::ROOT].meta = upper.nodes[Tree::ROOT].meta.clone();
         self.merge_dir(Self::ROOT, upper, Tree::ROOT, &mut copied);
-        if !upper.nodes.iter().any(|n| lower_hardlink_of(n).is_some()) {
-            return Ok(());
-        }
-        let placeholders: Vec<(Vec<u8>, Vec<u8>)> = self
-            .walk()
-            .filter_map(|(path, id)| lower_hardlink_of(&self.nodes[id]).map(|t| (path, t.to_vec())))
-            .collect();
-        for (path, target) in placeholders {
-            let bad = |reason| TreeError::BadLink {
-                path: display(&path),
-                target: display(&target),
-                reason,
-            };
-            let id = self
-                .lookup(&target)
-                .filter(|id| lower_hardlink_of(&self.nodes[*id]).is_none())
-                .ok_or_else(|| bad("hardlink target in no lower layer"))?;
+        for (path, id) in links {
             self.link_id(&path, id)?;
         }
         Ok(())
@@ -557,8 +560,10 @@ impl Tree {
 pub const LOWER_HARDLINK_XATTR: &[u8] = b"trusted.dragonfly-rs.lower-hardlink";
 
 fn lower_hardlink_of(n: &Node) -> Option<&[u8]> {
-    match n.kind {
-        Kind::File { .. } => n.meta.xattrs.get(LOWER_HARDLINK_XATTR).map(Vec::as_slice),
+    match &n.kind {
+        Kind::File { size: 0, chunks } if chunks.is_empty() => {
+            n.meta.xattrs.get(LOWER_HARDLINK_XATTR).map(Vec::as_slice)
+        }
         _ => None,
     }
 }
@@ -686,6 +691,45 @@ mod tests {
 
     fn names(t: &Tree) -> Vec<String> {
         t.walk().map(|(p, _)| display(&p)).collect()
+    }
+
+    fn placeholder(target: &str) -> Node {
+        let mut n = file(0);
+        n.meta
+            .xattrs
+            .insert(LOWER_HARDLINK_XATTR.to_vec(), target.as_bytes().to_vec());
+        n
+    }
+
+    #[test]
+    fn lower_hardlinks_name_the_lower_file_as_the_lower_layers_left_it() {
+        let mut lower = Tree::default();
+        let old = lower.insert(b"a", file(5)).unwrap();
+        lower.insert(b"gone", file(3)).unwrap();
+        // The upper layer links to `a`, then replaces `a` with a new file: the link keeps the
+        // old one (as extracting the tar in order does).
+        let mut upper = Tree::default();
+        upper.insert(b"x", placeholder("a")).unwrap();
+        upper.insert(b"a", file(9)).unwrap();
+        lower.apply_layer(&upper).unwrap();
+        assert_eq!(lower.lookup(b"x"), Some(old));
+        assert_ne!(lower.lookup(b"a"), Some(old));
+        assert_eq!(lower.lower_hardlink(old), None);
+        // No such lower file, or a directory: an error naming both.
+        for target in ["missing", "/"] {
+            let mut upper = Tree::default();
+            upper.insert(b"y", placeholder(target)).unwrap();
+            let err = lower.clone().apply_layer(&upper).unwrap_err().to_string();
+            assert!(err.contains("\"y\"") || err.contains("y"), "{err}");
+            assert!(err.contains("lower layer"), "{err}");
+        }
+        // A file with data is never a placeholder, whatever its xattrs.
+        let mut n = placeholder("a");
+        n.kind = Kind::File {
+            size: 1,
+            chunks: Vec::new(),
+        };
+        assert!(lower_hardlink_of(&n).is_none());
     }
 
     #[test]

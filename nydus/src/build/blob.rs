@@ -179,13 +179,14 @@ enum ToHash {
 
 /// The blob's sha256, computed on its own thread so that hashing overlaps reading and writing.
 struct Hasher {
-    tx: Option<mpsc::Sender<ToHash>>,
+    tx: Option<mpsc::SyncSender<ToHash>>,
     handle: Option<std::thread::JoinHandle<[u8; 32]>>,
 }
 
 impl Hasher {
     fn new() -> Self {
-        let (tx, rx) = mpsc::channel::<ToHash>();
+        // Bounded: the writer waits rather than queue the blob in memory when hashing is slower.
+        let (tx, rx) = mpsc::sync_channel::<ToHash>(16);
         let handle = std::thread::Builder::new()
             .name("blob-sha256".into())
             .spawn(move || {

@@ -58,8 +58,9 @@ pub fn blob_features(inline_meta: bool, toc: bool) -> BlobFeatures {
 /// (`--chunk-dict`: its chunks are reused, its files are not part of the new layer).
 #[derive(Debug, Clone)]
 pub struct Parent {
-    /// The parent's filesystem (empty for a chunk dictionary).
-    pub tree: Tree,
+    /// The parent's filesystem the layer is stacked on; `None` for a chunk dictionary (the layer
+    /// is then its own tree, whiteouts and lower-layer hardlinks kept for a later merge).
+    pub tree: Option<Tree>,
     /// The parent's blob table.
     pub blobs: Vec<BlobEntry>,
     /// The chunks a new layer may reuse, by digest.
@@ -73,7 +74,7 @@ impl Parent {
         let tree = b.to_tree()?;
         let dict = chunks_by_digest(&tree);
         Ok(Parent {
-            tree,
+            tree: Some(tree),
             blobs: b.blobs().to_vec(),
             dict,
         })
@@ -83,7 +84,7 @@ impl Parent {
     /// reference (its blobs join the new bootstrap's blob table, its files do not).
     pub fn chunk_dict(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut p = Self::from_bootstrap(bytes)?;
-        p.tree = Tree::default();
+        p.tree = None;
         Ok(p)
     }
 }
@@ -233,10 +234,13 @@ pub fn create<W: Write>(
             source,
         })?;
     let (tree, mut blobs) = match parent {
-        Some(mut p) => {
-            p.tree.apply_layer(&layer)?;
-            (p.tree, parent_blobs)
+        Some(Parent {
+            tree: Some(mut t), ..
+        }) => {
+            t.apply_layer(&layer)?;
+            (t, parent_blobs)
         }
+        Some(Parent { tree: None, .. }) => (layer, parent_blobs),
         None => (layer, Vec::new()),
     };
     // A layer without file data still gets a blob when its bootstrap goes inside it (as Nydus

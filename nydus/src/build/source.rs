@@ -65,14 +65,27 @@ fn xattrs_of(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, BuildError> {
 }
 
 fn meta_of(path: &Path, md: &fs::Metadata) -> Result<Meta, BuildError> {
+    let xattrs = xattrs_of(path)?;
+    if xattrs.contains_key(LOWER_HARDLINK_XATTR) {
+        return Err(reserved_xattr(&path.display().to_string()));
+    }
     Ok(Meta {
         perm: md.mode() & 0o7777,
         uid: md.uid(),
         gid: md.gid(),
         mtime: md.mtime().max(0) as u64,
         mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-        xattrs: xattrs_of(path)?,
+        xattrs,
     })
+}
+
+/// The error for a source entry carrying the xattr this builder reserves for lower-layer
+/// hardlink placeholders (accepting it would turn the file into a hardlink at merge).
+fn reserved_xattr(what: &str) -> BuildError {
+    BuildError::Invalid(format!(
+        "{what}: xattr {} is reserved for hardlinks to lower layers",
+        display(LOWER_HARDLINK_XATTR)
+    ))
 }
 
 /// Adds everything under directory `root` (not following symlinks) to `tree`, file data to
@@ -207,6 +220,9 @@ pub fn from_tar<W: Write>(
         let path = h.path.clone();
         let bad =
             |what: &str| BuildError::Invalid(format!("tar entry {:?}: {what}", display(&path)));
+        if h.xattrs.contains_key(LOWER_HARDLINK_XATTR) {
+            return Err(reserved_xattr(&format!("tar entry {:?}", display(&path))));
+        }
         let meta = Meta {
             perm: h.mode & 0o7777,
             uid: u32::try_from(h.uid).map_err(|_| bad("uid above 2^32"))?,
@@ -342,6 +358,18 @@ mod tests {
         let t = build(&ar.into_inner().unwrap()).unwrap();
         let x = t.lookup(b"x").unwrap();
         assert_eq!(t.lower_hardlink(x), Some(&b"lower/y"[..]));
+        // The placeholder's xattr cannot come from a tar.
+        let mut ar = tar::Builder::new(Vec::new());
+        ar.append_pax_extensions([(
+            "SCHILY.xattr.trusted.dragonfly-rs.lower-hardlink",
+            &b"/etc/passwd"[..],
+        )])
+        .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        ar.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        let err = build(&ar.into_inner().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("is reserved"), "{err}");
         // Paths never leave the tree's root.
         let mut ar = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();

@@ -862,8 +862,12 @@ impl Ctx<'_> {
                     Ok(c) => c,
                     Err(e) => {
                         // Bytes that do not match the layer's digest are the likelier cause of
-                        // a broken tar: read the rest of the stream to tell.
-                        if let Err(d) = io::copy(&mut reader, &mut io::sink()) {
+                        // a broken tar: read the rest of the stream to tell (not when the upload
+                        // stopped: the layer is built again from a new stream).
+                        let upload_stopped = e.to_string().contains("the upload stopped");
+                        if let (false, Err(d)) =
+                            (upload_stopped, io::copy(&mut reader, &mut io::sink()))
+                        {
                             return Err(format!("{d} (the builder stopped first: {e})"));
                         }
                         return Err(e.to_string());

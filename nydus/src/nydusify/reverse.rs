@@ -91,12 +91,25 @@ pub async fn reverse(
         .manifest(source.reference())
         .await?
         .ok_or_else(|| bad(format!("source {}", opts.source), "no such image"))?;
-    let work = opts
-        .work_dir
-        .join(format!("reverse-{}", std::process::id()));
-    tokio::fs::create_dir_all(&work).await.map_err(|e| {
-        ConvertError::Other(format!("creating work directory {}: {e}", work.display()))
-    })?;
+    tokio::fs::create_dir_all(&opts.work_dir)
+        .await
+        .map_err(|e| {
+            ConvertError::Other(format!(
+                "creating work directory {}: {e}",
+                opts.work_dir.display()
+            ))
+        })?;
+    // Removed when dropped, whatever happens (an error, a cancelled future).
+    let work_dir = tempfile::Builder::new()
+        .prefix("reverse-")
+        .tempdir_in(&opts.work_dir)
+        .map_err(|e| {
+            ConvertError::Other(format!(
+                "creating a directory in {}: {e}",
+                opts.work_dir.display()
+            ))
+        })?;
+    let work = work_dir.path().to_path_buf();
     let ctx = Ctx {
         opts,
         source: &source,
@@ -107,8 +120,7 @@ pub async fn reverse(
         counters: Arc::default(),
     };
     let result = ctx.run(&body, &src_digest, &src_mt).await;
-    // Downloaded blobs go whatever happened.
-    let _ = tokio::fs::remove_dir_all(&work).await;
+    drop(work_dir);
     let (tag_body, tag_mt, manifests) = result?;
     target
         .push_manifest(target.reference(), tag_body.clone(), &tag_mt)
