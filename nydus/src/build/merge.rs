@@ -180,6 +180,9 @@ pub fn merge(layers: &[MergeLayer<'_>], opts: &MergeOptions<'_>) -> Result<Merge
             if own.first() == Some(&k) {
                 l.blob.apply(name, &mut entry)?;
             }
+            // In a merged image no blob holds *this* bootstrap: Nydus clears the flag (nydusd
+            // would otherwise name the blob after the bootstrap's file).
+            entry.features.remove(BlobFeatures::INLINED_FS_META);
             if entry.blob_id().map_err(layer_err)? == finish::PLACEHOLDER_BLOB_ID {
                 return Err(invalid(format!(
                     "layer {name}: blob {k} of its table has the placeholder id of an inline bootstrap, and nothing names it: give the blobs' digests (--blob-digests) or ids (--original-blob-ids), or name the bootstrap file by the blob id"

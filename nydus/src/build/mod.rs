@@ -73,9 +73,14 @@ impl Parent {
         let b = Bootstrap::parse(bytes)?;
         let tree = b.to_tree()?;
         let dict = chunks_by_digest(&tree);
+        // As in a merge: the new bootstrap is inlined in none of the parent's blobs.
+        let mut blobs = b.blobs().to_vec();
+        for e in &mut blobs {
+            e.features.remove(BlobFeatures::INLINED_FS_META);
+        }
         Ok(Parent {
             tree: Some(tree),
-            blobs: b.blobs().to_vec(),
+            blobs,
             dict,
         })
     }
