@@ -230,10 +230,21 @@ pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
         })
 }
 
+/// What one manifest GET gave.
+enum Fetched {
+    Body(Bytes, String),
+    Missing,
+    TooLarge(u64),
+    Invalid(String),
+}
+
 /// A repository of a registry, authenticated.
 #[derive(Clone)]
 pub struct Remote {
     client: Client,
+    /// For the requests oci-client cannot bound (manifests).
+    http: reqwest::Client,
+    insecure: bool,
     reference: Reference,
     auth: RegistryAuth,
     retry: Retry,
@@ -305,8 +316,19 @@ impl Remote {
             }
             Err(e) => return Err(e),
         }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("nydusify-rs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(300))
+            .build()
+            .map_err(|e| RegistryError::Invalid {
+                what: format!("{registry}: building the HTTP client"),
+                msg: e.to_string(),
+            })?;
         Ok(Remote {
             client,
+            http,
+            insecure: opts.insecure,
             reference,
             auth,
             retry,
@@ -356,8 +378,8 @@ impl Remote {
         }
     }
 
-    /// Fetches a manifest or index (at most [`MAX_MANIFEST_SIZE`]): its bytes, digest and
-    /// media type. `None` if the registry does not have it.
+    /// Fetches a manifest or index (at most [`MAX_MANIFEST_SIZE`], never holding more of the
+    /// response): its bytes, digest and media type. `None` if the registry does not have it.
     pub async fn manifest(
         &self,
         reference: &Reference,
@@ -365,30 +387,102 @@ impl Remote {
         let what = format!("manifest {reference}");
         let r = self
             .retry
-            .run(&what, || {
-                self.client
-                    .pull_manifest_raw(reference, &self.auth, MANIFEST_MEDIA_TYPES)
-            })
+            .run(&what, || self.fetch_manifest(reference))
             .await;
         let (body, digest) = match r {
-            Ok(v) => v,
-            Err(RegistryError::Op { source, .. }) if is_not_found(&source) => return Ok(None),
+            Ok(Fetched::Body(body, digest)) => (body, digest),
+            Ok(Fetched::Missing) => return Ok(None),
+            Ok(Fetched::TooLarge(size)) => {
+                return Err(RegistryError::TooLarge {
+                    what,
+                    size,
+                    limit: MAX_MANIFEST_SIZE as u64,
+                })
+            }
+            Ok(Fetched::Invalid(msg)) => return Err(RegistryError::Invalid { what, msg }),
             Err(RegistryError::Op { source, .. }) => return Err(self.unauthorized(source, &what)),
             Err(e) => return Err(e),
         };
-        if body.len() > MAX_MANIFEST_SIZE {
-            return Err(RegistryError::TooLarge {
-                what,
-                size: body.len() as u64,
-                limit: MAX_MANIFEST_SIZE as u64,
-            });
-        }
         let media_type =
             super::manifest::media_type_of(&body).map_err(|msg| RegistryError::Invalid {
                 what: what.clone(),
                 msg,
             })?;
         Ok(Some((body, digest, media_type)))
+    }
+
+    /// One GET of a manifest, its body read up to [`MAX_MANIFEST_SIZE`] (oci-client would read
+    /// any size whole). Authenticates through oci-client (its Bearer token, or Basic).
+    async fn fetch_manifest(&self, reference: &Reference) -> Result<Fetched, OciDistributionError> {
+        let token = self
+            .client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await?;
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            if self.insecure { "http" } else { "https" },
+            reference.resolve_registry(),
+            reference.repository(),
+            reference
+                .digest()
+                .or_else(|| reference.tag())
+                .unwrap_or("latest")
+        );
+        let mut req = self
+            .http
+            .get(&url)
+            .header(http::header::ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
+        req = match (&token, &self.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            _ => req,
+        };
+        let mut res = req.send().await?;
+        let status = res.status();
+        match status.as_u16() {
+            200..=299 => {}
+            404 => return Ok(Fetched::Missing),
+            401 | 403 => return Err(OciDistributionError::UnauthorizedError { url }),
+            code => {
+                return Err(OciDistributionError::ServerError {
+                    code,
+                    url,
+                    message: status.canonical_reason().unwrap_or("").to_string(),
+                })
+            }
+        }
+        if let Some(len) = res
+            .content_length()
+            .filter(|l| *l > MAX_MANIFEST_SIZE as u64)
+        {
+            return Ok(Fetched::TooLarge(len));
+        }
+        let header_digest = res
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await? {
+            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+                return Ok(Fetched::TooLarge((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let digest = super::manifest::sha256_digest(&body);
+        // A digest reference must match what came back; a tag's digest header, when the
+        // registry sends one for sha256, too.
+        if let Some(want) = reference.digest().or(header_digest
+            .as_deref()
+            .filter(|d| d.starts_with("sha256:")))
+        {
+            if want != digest {
+                return Ok(Fetched::Invalid(format!(
+                    "the registry sent bytes whose digest is {digest}, not {want}"
+                )));
+            }
+        }
+        Ok(Fetched::Body(body.freeze(), digest))
     }
 
     /// Reads a small blob (a config) whole, at most `limit` bytes, verified against its digest.
