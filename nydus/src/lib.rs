@@ -26,6 +26,7 @@ pub mod flags;
 pub mod image;
 mod le;
 pub mod nydusify;
+pub mod reader;
 pub mod toc;
 pub mod tree;
 pub mod unpack;

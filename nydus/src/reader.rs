@@ -1,0 +1,432 @@
+//! Reading file data of a RAFS image on demand: a byte range of a file → the chunks that cover
+//! it → as few range reads of the blobs as the chunks' layout allows → decompressed, checked
+//! bytes.
+//!
+//! Where the bytes come from is a [`BlobReader`]: local blob files here ([`LocalBlobs`]), the
+//! piece store of dfdaemon or a registry elsewhere. Every chunk is checked before any of its bytes
+//! is returned: its CRC32C when it has one (whatever blob.meta version the image has), else its
+//! digest. A chunk that fails is read once more with `fresh` set, which tells the source to drop
+//! what it kept and fetch the bytes again (from the origin if they came from a peer); if it fails
+//! again, the read fails with [`io::ErrorKind::InvalidData`] naming the blob and the chunk, and no
+//! byte of it is handed out.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::image::{check_chunk, ImageBlob};
+use crate::{codec, ChunkInfo, Compressor};
+
+/// A source of blob bytes.
+pub trait BlobReader: Send + Sync {
+    /// Reads exactly `len` bytes of blob number `blob` (its index in the image's blob table) at
+    /// `offset`. With `fresh`, bytes returned before failed their check: read them from the
+    /// source again instead of from any copy kept (and replace that copy).
+    fn read_range(&self, blob: u32, offset: u64, len: u64, fresh: bool) -> io::Result<Vec<u8>>;
+}
+
+/// Blob files on local disk, in blob-table order.
+pub struct LocalBlobs {
+    files: Vec<(File, u64)>,
+}
+
+impl LocalBlobs {
+    /// Opens `<dir>/<blob id>` for every blob of the table.
+    pub fn open_dir(dir: &Path, blobs: &[ImageBlob]) -> io::Result<Self> {
+        let mut files = Vec::with_capacity(blobs.len());
+        for b in blobs {
+            // The id comes from the image: only a plain file name may be looked up.
+            if b.id.is_empty() || b.id == "." || b.id == ".." || b.id.contains(['/', '\0']) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("blob id {:?} is not a file name", b.id),
+                ));
+            }
+            let p = dir.join(&b.id);
+            let f = File::open(&p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+            let len = f.metadata()?.len();
+            files.push((f, len));
+        }
+        Ok(LocalBlobs { files })
+    }
+}
+
+impl BlobReader for LocalBlobs {
+    fn read_range(&self, blob: u32, offset: u64, len: u64, _fresh: bool) -> io::Result<Vec<u8>> {
+        let (f, size) = self
+            .files
+            .get(blob as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no blob {blob}")))?;
+        if offset.checked_add(len).is_none_or(|end| end > *size) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{len} bytes at {offset} lie beyond the {size}-byte blob {blob}"),
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+/// Counters of a [`ChunkReader`].
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// Range reads asked of the blob reader.
+    pub range_reads: AtomicU64,
+    /// Bytes those reads returned.
+    pub bytes_fetched: AtomicU64,
+    /// Chunks decompressed and checked.
+    pub chunks: AtomicU64,
+    /// Chunks that failed their check (each then read once more, fresh).
+    pub check_failures: AtomicU64,
+}
+
+/// Reads file data of one image through a [`BlobReader`].
+pub struct ChunkReader<R: BlobReader> {
+    blobs: Vec<ImageBlob>,
+    source: R,
+    /// Largest range read made of several chunks (a single larger chunk is read whole).
+    max_merge: u64,
+    /// Counters.
+    pub stats: ReadStats,
+}
+
+impl<R: BlobReader> ChunkReader<R> {
+    /// A reader of the image whose blob table is `blobs`, reading from `source`.
+    pub fn new(blobs: Vec<ImageBlob>, source: R) -> Self {
+        ChunkReader {
+            blobs,
+            source,
+            max_merge: 4 << 20,
+            stats: ReadStats::default(),
+        }
+    }
+
+    /// Sets the largest range read made of several chunks.
+    pub fn with_max_merge(mut self, bytes: u64) -> Self {
+        self.max_merge = bytes.max(1);
+        self
+    }
+
+    /// The blob reader.
+    pub fn source(&self) -> &R {
+        &self.source
+    }
+
+    /// Reads up to `len` bytes at `offset` of a file of `size` bytes whose chunks are `chunks`
+    /// (in file order, as the bootstrap lists them); fewer at the end of the file, none past
+    /// it. Holes between chunks read as zeros.
+    pub fn read(
+        &self,
+        chunks: &[ChunkInfo],
+        size: u64,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let first = chunks.partition_point(|c| {
+            c.file_offset.saturating_add(u64::from(c.uncompressed_size)) <= offset
+        });
+        let wanted: Vec<&ChunkInfo> = chunks[first..]
+            .iter()
+            .take_while(|c| c.file_offset < end)
+            .collect();
+        let mut i = 0;
+        while i < wanted.len() {
+            // One range read for chunks stored back to back in the same blob.
+            let mut j = i + 1;
+            let mut run = u64::from(wanted[i].compressed_size);
+            while j < wanted.len() {
+                let (p, c) = (wanted[j - 1], wanted[j]);
+                let next = run + u64::from(c.compressed_size);
+                if c.blob_index != p.blob_index
+                    || Some(c.compressed_offset)
+                        != p.compressed_offset
+                            .checked_add(u64::from(p.compressed_size))
+                    || next > self.max_merge
+                {
+                    break;
+                }
+                run = next;
+                j += 1;
+            }
+            let datas = self.fetch_run(&wanted[i..j])?;
+            for (c, data) in wanted[i..j].iter().zip(datas) {
+                copy_overlap(&mut out, offset, c.file_offset, &data);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Reads, decompresses and checks a run of chunks stored back to back; reads it fresh once
+    /// if a chunk fails.
+    fn fetch_run(&self, run: &[&ChunkInfo]) -> io::Result<Vec<Vec<u8>>> {
+        let first = run[0];
+        let blob = self.blobs.get(first.blob_index as usize).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "chunk {} names blob {}, which the image does not have",
+                    first.index, first.blob_index
+                ),
+            )
+        })?;
+        let len: u64 = run.iter().map(|c| u64::from(c.compressed_size)).sum();
+        let mut last_err = None;
+        for fresh in [false, true] {
+            let raw = self
+                .source
+                .read_range(first.blob_index, first.compressed_offset, len, fresh)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "blob {}: {len} bytes at {}: {e}",
+                            blob.id, first.compressed_offset
+                        ),
+                    )
+                })?;
+            self.stats.range_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_fetched
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            if raw.len() as u64 != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "blob {}: asked {len} bytes at {}, got {}",
+                        blob.id,
+                        first.compressed_offset,
+                        raw.len()
+                    ),
+                ));
+            }
+            match self.decode_run(blob, run, &raw) {
+                Ok(datas) => return Ok(datas),
+                Err(e) => {
+                    self.stats.check_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("{e}; reading it again from the source");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("chunk check failed")))
+    }
+
+    fn decode_run(
+        &self,
+        blob: &ImageBlob,
+        run: &[&ChunkInfo],
+        raw: &[u8],
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(run.len());
+        let mut at = 0usize;
+        for c in run {
+            let n = c.compressed_size as usize;
+            let stored = raw.get(at..at + n).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "chunk past the bytes read")
+            })?;
+            at += n;
+            let algo = if c.is_compressed() {
+                blob.compressor
+            } else {
+                Compressor::None
+            };
+            let mut data = Vec::with_capacity(c.uncompressed_size as usize);
+            codec::decompress(algo, stored, c.uncompressed_size as usize, &mut data).map_err(
+                |e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("blob {}: chunk {}: {e}", blob.id, c.index),
+                    )
+                },
+            )?;
+            check_chunk(&blob.id, blob.digester, c, &data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+            out.push(data);
+        }
+        Ok(out)
+    }
+}
+
+/// Copies the part of chunk data at file offset `at` that falls in `out` (which starts at file
+/// offset `start`).
+fn copy_overlap(out: &mut [u8], start: u64, at: u64, data: &[u8]) {
+    let end = start + out.len() as u64;
+    let from = at.max(start);
+    let to = at.saturating_add(data.len() as u64).min(end);
+    if from >= to {
+        return;
+    }
+    let src = &data[(from - at) as usize..(to - at) as usize];
+    out[(from - start) as usize..(to - start) as usize].copy_from_slice(src);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{self, ChunkOptions, CreateOptions, Source};
+    use crate::tree::Kind;
+    use crate::Digester;
+    use std::sync::Mutex;
+
+    /// One blob in memory; counts reads; serves flipped bytes until `fresh` (if `heal`) or
+    /// forever.
+    struct MemBlob {
+        data: Vec<u8>,
+        corrupt_at: Option<u64>,
+        heal: bool,
+        reads: Mutex<Vec<(u64, u64, bool)>>,
+    }
+
+    impl BlobReader for MemBlob {
+        fn read_range(&self, blob: u32, off: u64, len: u64, fresh: bool) -> io::Result<Vec<u8>> {
+            assert_eq!(blob, 0);
+            self.reads.lock().unwrap().push((off, len, fresh));
+            let end = off
+                .checked_add(len)
+                .filter(|e| *e <= self.data.len() as u64)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let mut v = self.data[off as usize..end as usize].to_vec();
+            if let Some(at) = self.corrupt_at {
+                if (off..end).contains(&at) && !(self.heal && fresh) {
+                    v[(at - off) as usize] ^= 0xff;
+                }
+            }
+            Ok(v)
+        }
+    }
+
+    /// An image of one file `f` (200 KiB, 16 KiB chunks, zstd) and its blob.
+    fn image() -> (crate::image::Image, Vec<u8>, Vec<u8>) {
+        let content: Vec<u8> = (0..200_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 7000) as u8)
+            .collect();
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        ar.append_data(&mut h, "f", &content[..]).unwrap();
+        let tar = ar.into_inner().unwrap();
+        let opts = CreateOptions {
+            chunk: ChunkOptions {
+                chunk_size: 0x4000,
+                compressor: Compressor::Zstd,
+                digester: Digester::Blake3,
+                threads: 2,
+            },
+            inline_meta: false,
+            toc: false,
+            prefetch: Vec::new(),
+            share_xattrs: false,
+        };
+        let created =
+            build::create(Source::Tar(Box::new(&tar[..])), &opts, None, Vec::new()).unwrap();
+        let img = crate::image::from_bytes(created.bootstrap, None, "test").unwrap();
+        (img, created.blob, content)
+    }
+
+    fn file_chunks(img: &crate::image::Image) -> (Vec<ChunkInfo>, u64) {
+        let id = img.tree.lookup(b"f").unwrap();
+        match &img.tree.node(id).kind {
+            Kind::File { size, chunks } => (chunks.clone(), *size),
+            _ => panic!("not a file"),
+        }
+    }
+
+    fn reader(
+        corrupt_at: Option<u64>,
+        heal: bool,
+    ) -> (ChunkReader<MemBlob>, Vec<ChunkInfo>, u64, Vec<u8>) {
+        let (img, blob, content) = image();
+        let (chunks, size) = file_chunks(&img);
+        let r = ChunkReader::new(
+            img.blobs.clone(),
+            MemBlob {
+                data: blob,
+                corrupt_at,
+                heal,
+                reads: Mutex::new(Vec::new()),
+            },
+        );
+        (r, chunks, size, content)
+    }
+
+    #[test]
+    fn any_range_reads_the_file_bytes_with_one_read_per_contiguous_run() {
+        let (r, chunks, size, content) = reader(None, false);
+        assert_eq!(chunks.len(), 13);
+        for (off, len) in [
+            (0u64, 10usize),
+            (16_383, 2),
+            (1000, 50_000),
+            (0, 200_000),
+            (199_990, 100),
+            (250_000, 10),
+        ] {
+            let got = r.read(&chunks, size, off, len).unwrap();
+            let end = (off as usize + len).min(content.len());
+            let want = content.get(off as usize..end).unwrap_or(&[]);
+            assert_eq!(got, want, "read {off}+{len}");
+        }
+        // The whole file: 13 chunks back to back, one range read.
+        r.source().reads.lock().unwrap().clear();
+        r.read(&chunks, size, 0, 200_000).unwrap();
+        assert_eq!(r.source().reads.lock().unwrap().len(), 1);
+        // Merges stop at the limit.
+        let r = r.with_max_merge(1);
+        r.source().reads.lock().unwrap().clear();
+        r.read(&chunks, size, 0, 200_000).unwrap();
+        assert_eq!(r.source().reads.lock().unwrap().len(), 13);
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_read_fresh_once_and_never_handed_out() {
+        // Healed on the fresh read: the bytes are right, one failure counted.
+        let (img, _, _) = image();
+        let (chunks, _) = file_chunks(&img);
+        let at = chunks[3].compressed_offset + 5;
+        let (r, chunks, size, content) = reader(Some(at), true);
+        let got = r.read(&chunks, size, 0, 200_000).unwrap();
+        assert_eq!(got, content);
+        assert_eq!(r.stats.check_failures.load(Ordering::Relaxed), 1);
+        let reads = r.source().reads.lock().unwrap().clone();
+        assert_eq!(reads.iter().filter(|x| x.2).count(), 1, "{reads:?}");
+        // Still bad when read fresh: an error naming the chunk, no bytes.
+        let (r, chunks, size, _) = reader(Some(at), false);
+        let err = r.read(&chunks, size, 0, 200_000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("chunk 3"), "{err}");
+        // A read that does not touch the bad chunk is fine.
+        let got = r.read(&chunks, size, 0, 16_384).unwrap();
+        assert_eq!(got.len(), 16_384);
+    }
+
+    #[test]
+    fn holes_read_as_zeros_and_bad_chunk_lists_are_errors() {
+        let (r, chunks, _, content) = reader(None, false);
+        // A file of 300 KiB whose chunks stop at 200 KB: the rest is a hole.
+        let got = r.read(&chunks, 300_000, 199_000, 2000).unwrap();
+        assert_eq!(&got[..1000], &content[199_000..]);
+        assert!(got[1000..].iter().all(|b| *b == 0));
+        // A chunk naming a blob the image lacks.
+        let mut bad = chunks.clone();
+        bad[0].blob_index = 7;
+        let err = r.read(&bad, 200_000, 0, 10).unwrap_err();
+        assert!(err.to_string().contains("blob 7"), "{err}");
+        // A chunk past the end of the blob.
+        let mut bad = chunks.clone();
+        bad[0].compressed_offset = u64::MAX - 10;
+        assert!(r.read(&bad, 200_000, 0, 10).is_err());
+    }
+}
