@@ -10,11 +10,13 @@
 //! again, the read fails with [`io::ErrorKind::InvalidData`] naming the blob and the chunk, and no
 //! byte of it is handed out.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::image::{check_chunk, ImageBlob};
 use crate::{codec, ChunkInfo, Compressor};
@@ -72,6 +74,74 @@ impl BlobReader for LocalBlobs {
     }
 }
 
+/// Blobs in a registry repository (a Nydus image's blob layers), read by HTTP range requests
+/// with the repository's authentication (token or basic, as `nydusify` reaches registries).
+/// Blocking: for worker threads outside the runtime that `handle` names.
+pub struct RegistryBlobs {
+    remote: crate::nydusify::registry::Remote,
+    handle: tokio::runtime::Handle,
+    /// The blob layer of each blob of the table, by index.
+    layers: Vec<oci_client::manifest::OciDescriptor>,
+}
+
+impl RegistryBlobs {
+    /// Blob `i` of the table is the layer whose digest is `sha256:<id of blob i>`; every blob
+    /// must be a layer of `manifest`.
+    pub fn new(
+        remote: crate::nydusify::registry::Remote,
+        handle: tokio::runtime::Handle,
+        blobs: &[ImageBlob],
+        manifest: &oci_client::manifest::OciImageManifest,
+    ) -> io::Result<Self> {
+        let mut layers = Vec::with_capacity(blobs.len());
+        for b in blobs {
+            let d = manifest
+                .layers
+                .iter()
+                .find(|l| l.digest.strip_prefix("sha256:") == Some(b.id.as_str()))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("blob {} of the bootstrap is not a layer of the image", b.id),
+                    )
+                })?;
+            layers.push(d.clone());
+        }
+        Ok(RegistryBlobs {
+            remote,
+            handle,
+            layers,
+        })
+    }
+}
+
+impl BlobReader for RegistryBlobs {
+    fn read_range(&self, blob: u32, offset: u64, len: u64, _fresh: bool) -> io::Result<Vec<u8>> {
+        let d = self
+            .layers
+            .get(blob as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no blob {blob}")))?;
+        let size = d.size.max(0) as u64;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{len} bytes at {offset} lie beyond the {size}-byte blob {}",
+                    d.digest
+                ),
+            ));
+        }
+        // Nothing is kept here, so a fresh read is an ordinary one.
+        self.handle
+            .block_on(self.remote.blob_range(d, offset, len, MAX_RANGE))
+            .map(|b| b.to_vec())
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// Largest single range read of a registry blob.
+const MAX_RANGE: u64 = 64 << 20;
+
 /// Counters of a [`ChunkReader`].
 #[derive(Debug, Default)]
 pub struct ReadStats {
@@ -91,6 +161,7 @@ pub struct ChunkReader<R: BlobReader> {
     source: R,
     /// Largest range read made of several chunks (a single larger chunk is read whole).
     max_merge: u64,
+    cache: ChunkCache,
     /// Counters.
     pub stats: ReadStats,
 }
@@ -102,8 +173,15 @@ impl<R: BlobReader> ChunkReader<R> {
             blobs,
             source,
             max_merge: 4 << 20,
+            cache: ChunkCache::new(32 << 20),
             stats: ReadStats::default(),
         }
+    }
+
+    /// Sets how many bytes of decompressed chunks are kept for the reads that follow (0: none).
+    pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache = ChunkCache::new(bytes);
+        self
     }
 
     /// Sets the largest range read made of several chunks.
@@ -139,12 +217,20 @@ impl<R: BlobReader> ChunkReader<R> {
             .iter()
             .take_while(|c| c.file_offset < end)
             .collect();
+        // Chunks already decompressed (a file read in small pieces asks for one chunk many
+        // times) come from the cache; the others are fetched in runs.
+        let cached: Vec<Option<Arc<Vec<u8>>>> = wanted.iter().map(|c| self.cache.get(c)).collect();
         let mut i = 0;
         while i < wanted.len() {
-            // One range read for chunks stored back to back in the same blob.
+            if let Some(data) = &cached[i] {
+                copy_overlap(&mut out, offset, wanted[i].file_offset, data);
+                i += 1;
+                continue;
+            }
+            // One range read for uncached chunks stored back to back in the same blob.
             let mut j = i + 1;
             let mut run = u64::from(wanted[i].compressed_size);
-            while j < wanted.len() {
+            while j < wanted.len() && cached[j].is_none() {
                 let (p, c) = (wanted[j - 1], wanted[j]);
                 let next = run + u64::from(c.compressed_size);
                 if c.blob_index != p.blob_index
@@ -161,6 +247,7 @@ impl<R: BlobReader> ChunkReader<R> {
             let datas = self.fetch_run(&wanted[i..j])?;
             for (c, data) in wanted[i..j].iter().zip(datas) {
                 copy_overlap(&mut out, offset, c.file_offset, &data);
+                self.cache.put(c, data);
             }
             i = j;
         }
@@ -259,6 +346,68 @@ impl<R: BlobReader> ChunkReader<R> {
     }
 }
 
+/// Recently read chunks, decompressed and checked, by (blob, chunk index); least recently used
+/// out first, bounded in bytes.
+struct ChunkCache {
+    limit: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<(u32, u32), (Arc<Vec<u8>>, u64)>,
+    /// Use stamp → key, oldest first.
+    order: BTreeMap<u64, (u32, u32)>,
+    next: u64,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    fn new(limit: usize) -> Self {
+        ChunkCache {
+            limit,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn get(&self, c: &ChunkInfo) -> Option<Arc<Vec<u8>>> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *g;
+        let key = (c.blob_index, c.index);
+        let (data, stamp) = inner.map.get_mut(&key)?;
+        inner.order.remove(stamp);
+        *stamp = inner.next;
+        inner.order.insert(inner.next, key);
+        inner.next += 1;
+        Some(Arc::clone(data))
+    }
+
+    fn put(&self, c: &ChunkInfo, data: Vec<u8>) {
+        if data.len() > self.limit {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *g;
+        let key = (c.blob_index, c.index);
+        if let Some((old, stamp)) = inner.map.remove(&key) {
+            inner.order.remove(&stamp);
+            inner.bytes -= old.len();
+        }
+        while inner.bytes + data.len() > self.limit {
+            let Some((_, k)) = inner.order.pop_first() else {
+                break;
+            };
+            if let Some((old, _)) = inner.map.remove(&k) {
+                inner.bytes -= old.len();
+            }
+        }
+        inner.bytes += data.len();
+        inner.map.insert(key, (Arc::new(data), inner.next));
+        inner.order.insert(inner.next, key);
+        inner.next += 1;
+    }
+}
+
 /// Copies the part of chunk data at file offset `at` that falls in `out` (which starts at file
 /// offset `start`).
 fn copy_overlap(out: &mut [u8], start: u64, at: u64, data: &[u8]) {
@@ -278,7 +427,6 @@ mod tests {
     use crate::build::{self, ChunkOptions, CreateOptions, Source};
     use crate::tree::Kind;
     use crate::Digester;
-    use std::sync::Mutex;
 
     /// One blob in memory; counts reads; serves flipped bytes until `fresh` (if `heal`) or
     /// forever.
@@ -358,7 +506,8 @@ mod tests {
                 heal,
                 reads: Mutex::new(Vec::new()),
             },
-        );
+        )
+        .with_cache_bytes(0);
         (r, chunks, size, content)
     }
 
@@ -388,6 +537,22 @@ mod tests {
         r.source().reads.lock().unwrap().clear();
         r.read(&chunks, size, 0, 200_000).unwrap();
         assert_eq!(r.source().reads.lock().unwrap().len(), 13);
+        // With a cache, a file read in 4 KiB pieces fetches each chunk once.
+        let r = r.with_cache_bytes(1 << 20).with_max_merge(4 << 20);
+        r.source().reads.lock().unwrap().clear();
+        let mut back = Vec::new();
+        for off in (0..size).step_by(4096) {
+            back.extend(r.read(&chunks, size, off, 4096).unwrap());
+        }
+        assert_eq!(back, content);
+        assert_eq!(r.source().reads.lock().unwrap().len(), 13);
+        // A cache smaller than two chunks keeps one: reading chunk 0 again after chunk 1 fetches.
+        let r = r.with_cache_bytes(20_000);
+        r.source().reads.lock().unwrap().clear();
+        for off in [0u64, 16_384, 0, 0] {
+            r.read(&chunks, size, off, 10).unwrap();
+        }
+        assert_eq!(r.source().reads.lock().unwrap().len(), 3);
     }
 
     #[test]
