@@ -1166,7 +1166,31 @@ async fn upstream_nydus_checks_and_mounts_a_converted_image() {
         text(&o)
     );
 
-    // Nydus's nydusd, registry backend.
+    // Nydus's nydusd, registry backend. mtimes aside: for compact inodes (mtime 0, as these
+    // layers have) nydusd reports the time it mounted, where the kernel's EROFS reports 0.
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    let cmp = Compare {
+        mtime: false,
+        ..ALL_BUT_ROOT
+    };
+    serve_and_compare(&dir, &reg, &nd, "nydus/up", &boot, &oci_root, cmp, |_| {}).await;
+}
+
+/// Mounts the image of bootstrap `boot` (repository `repo` of `reg`) with the `nydusd` binary
+/// `nydusd` (registry backend, Nydus's v1 config), runs `before` on the mountpoint, then compares
+/// the mount with `expected`; unmounts and stops nydusd whatever happens.
+#[allow(clippy::too_many_arguments)]
+async fn serve_and_compare(
+    dir: &TestDir,
+    reg: &Registry,
+    nydusd: &Path,
+    repo: &str,
+    boot: &Path,
+    expected: &Path,
+    cmp: Compare,
+    before: impl FnOnce(&Path) + Send + 'static,
+) {
     let mnt = dir.join("mnt");
     let cache = dir.join("cache");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -1177,7 +1201,7 @@ async fn upstream_nydus_checks_and_mounts_a_converted_image() {
         json!({
             "device": {
                 "backend": {"type": "registry", "config": {
-                    "scheme": "http", "host": reg.addr(), "repo": "nydus/up", "timeout": 30
+                    "scheme": "http", "host": reg.addr(), "repo": repo, "timeout": 30
                 }},
                 "cache": {"type": "blobcache", "config": {"work_dir": cache}},
             },
@@ -1188,16 +1212,16 @@ async fn upstream_nydus_checks_and_mounts_a_converted_image() {
         .to_string(),
     )
     .unwrap();
-    let mut cmd = Command::new(&nd);
+    let mut cmd = Command::new(nydusd);
     cmd.arg("--config")
         .arg(&cfg)
         .arg("--mountpoint")
         .arg(&mnt)
         .arg("--bootstrap")
-        .arg(&boot)
+        .arg(boot)
         // Not raising the open-files limit (refused in some sandboxes).
         .args(["--rlimit-nofile", "0", "--log-level", "warn"]);
-    let nydusd = integration::process::ChildProcess::spawn(&dir, "nydusd", cmd).expect("nydusd");
+    let nydusd = integration::process::ChildProcess::spawn(dir, "nydusd", cmd).expect("nydusd");
     let mnt_s = format!(" {} fuse", mnt.display());
     integration::wait_for(
         std::time::Duration::from_secs(20),
@@ -1209,31 +1233,116 @@ async fn upstream_nydus_checks_and_mounts_a_converted_image() {
         let log = std::fs::read_to_string(dir.logs_dir().join("nydusd.log")).unwrap_or_default();
         panic!("nydusd did not mount the image ({e}); its log:\n{log}")
     });
-    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
-        .expect("umoci unpack");
-    let (a, b) = (oci_root.clone(), mnt.clone());
+    let (a, b) = (expected.to_path_buf(), mnt.clone());
     let compared = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(|| {
-            // mtimes aside: for compact inodes (mtime 0, as these layers have) nydusd reports
-            // the time it mounted, where the kernel's EROFS reports the superblock's 0.
-            assert_same_tree(
-                &a,
-                &b,
-                Compare {
-                    root_meta: false,
-                    mtime: false,
-                    ..Compare::ALL
-                },
-            )
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            before(&b);
+            assert_same_tree(&a, &b, cmp)
+        }))
     })
     .await
     .unwrap();
     let _ = Command::new("umount").arg(&mnt).status();
     drop(nydusd);
     if let Err(e) = compared {
+        let log = std::fs::read_to_string(dir.logs_dir().join("nydusd.log")).unwrap_or_default();
+        eprintln!("nydusd's log:\n{log}");
         std::panic::resume_unwind(e);
     }
+}
+
+/// Our `nydusd` serves a converted image from the registry (Nydus's config and command line):
+/// before anything is read only the bootstrap is local, reading one small file fetches its
+/// chunk and not the big layer, and the mount shows umoci's tree of the source exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_nydusd_serves_a_converted_image_lazily_from_the_registry() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("nydusd-registry").expect("test dir");
+    let reg = Registry::start(&dir).await.expect("registry");
+    let layers = feature_image_layers_with(FeatureImageOptions {
+        big_layer_bytes: 24 << 20,
+        cross_layer_hardlink: false,
+    })
+    .expect("layers");
+    let img = reg
+        .push_image("src/lazy", "v1", &layers)
+        .await
+        .expect("push");
+    let dst = format!("{}/nydus/lazy:v1", reg.addr());
+    ok(convert(&img.reference, &dst, dir.path(), &[]));
+    let m = manifest_json(&reg, "nydus/lazy", "v1").await;
+    let ls = m["layers"].as_array().unwrap();
+    let gz = reg
+        .client()
+        .get_blob("nydus/lazy", ls.last().unwrap()["digest"].as_str().unwrap())
+        .await
+        .unwrap();
+    let boot = dir.join("image.boot");
+    std::fs::write(
+        &boot,
+        nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).unwrap(),
+    )
+    .unwrap();
+    // The big layer's blob (the 5th layer): not read until /big/random.bin is.
+    let big = ls[4]["digest"].as_str().unwrap().to_string();
+    let gets = |reg: &Registry, d: &str| {
+        reg.blob_requests(d)
+            .iter()
+            .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+            .count()
+    };
+    let big_before = gets(&reg, &big);
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    // Reading /etc/replaced.txt fetches from the blob of layer 3 and not from the big one.
+    let small = ls[2]["digest"].as_str().unwrap().to_string();
+    let small_before = gets(&reg, &small);
+    let log_path = reg.log_path().to_path_buf();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((String::new(), usize::MAX)));
+    let s2 = seen.clone();
+    let big2 = big.clone();
+    serve_and_compare(
+        &dir,
+        &reg,
+        &bin("nydusd"),
+        "nydus/lazy",
+        &boot,
+        &oci_root,
+        ALL_BUT_ROOT,
+        move |mnt| {
+            let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+            let count = |d: &str| {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                integration::registry::parse_access_log(&log)
+                    .iter()
+                    .filter(|r| {
+                        r.method == "GET" && r.path.ends_with(d) && (200..300).contains(&r.status)
+                    })
+                    .count()
+            };
+            // Wait for the small read's GET to be logged, then count the big blob's.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while count(&small) <= small_before && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert!(
+                count(&small) > small_before,
+                "the small file's blob was never read"
+            );
+            *s2.lock().unwrap() = (text, count(&big2));
+        },
+    )
+    .await;
+    let (text, big_after_small) = seen.lock().unwrap().clone();
+    assert_eq!(text, "v2, from layer 3\n");
+    assert_eq!(
+        big_after_small, big_before,
+        "reading a small file fetched the big blob"
+    );
+    assert!(
+        gets(&reg, &big) > big_before,
+        "the tree comparison never read the big file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

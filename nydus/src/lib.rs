@@ -23,6 +23,7 @@ pub mod chunk;
 pub mod codec;
 mod error;
 pub mod flags;
+pub mod fusefs;
 pub mod image;
 mod le;
 pub mod nydusify;

@@ -56,6 +56,20 @@ impl LocalBlobs {
     }
 }
 
+impl LocalBlobs {
+    /// Opens the given files as blobs 0, 1, ... of the table.
+    pub fn open_files(paths: &[std::path::PathBuf]) -> io::Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        for p in paths {
+            let f = File::open(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+            let len = f.metadata()?.len();
+            files.push((f, len));
+        }
+        Ok(LocalBlobs { files })
+    }
+}
+
 impl BlobReader for LocalBlobs {
     fn read_range(&self, blob: u32, offset: u64, len: u64, _fresh: bool) -> io::Result<Vec<u8>> {
         let (f, size) = self
@@ -112,6 +126,33 @@ impl RegistryBlobs {
             handle,
             layers,
         })
+    }
+}
+
+impl RegistryBlobs {
+    /// Blob `i` of the table is `sha256:<id of blob i>` of the repository, of the size the
+    /// table gives (for a reader that has the bootstrap but not the manifest, as nydusd).
+    pub fn from_blob_table(
+        remote: crate::nydusify::registry::Remote,
+        handle: tokio::runtime::Handle,
+        blobs: &[ImageBlob],
+    ) -> Self {
+        let layers = blobs
+            .iter()
+            .map(|b| {
+                crate::nydusify::manifest::descriptor(
+                    crate::nydusify::manifest::NYDUS_BLOB,
+                    &format!("sha256:{}", b.id),
+                    b.compressed_size,
+                    Default::default(),
+                )
+            })
+            .collect();
+        RegistryBlobs {
+            remote,
+            handle,
+            layers,
+        }
     }
 }
 

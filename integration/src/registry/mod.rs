@@ -149,6 +149,11 @@ impl Registry {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The registry's log (its access log lines included).
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+
     /// The registry's directory (config, storage, token key and cert).
     pub fn dir(&self) -> &Path {
         &self.dir
