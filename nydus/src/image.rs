@@ -3,12 +3,17 @@
 //! Every chunk read here is checked before its bytes are handed out: against its CRC32C when it
 //! carries one (Nydus 2.4 images), otherwise against its digest, so wrong bytes never reach a
 //! caller.
+//!
+//! An image is loaded with [`load`] (or [`from_bytes`]), its blob files opened with
+//! [`open_blobs`], and checked with [`check_blob_meta`] and [`check_chunks`].
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::blobmeta::BlobMeta;
 use crate::codec;
+use crate::tree::{Kind, Tree};
 use crate::v6::BlobEntry;
 use crate::{ChunkInfo, Compressor, Digester, FormatError};
 
@@ -526,5 +531,391 @@ pub fn from_bytes(
         })
     } else {
         Err(ImageError::NotAnImage(what.to_string()))
+    }
+}
+
+/// Why the blob files of an image could not be opened ([`open_blobs`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenBlobsError {
+    /// Blob `index` uses a feature whose data layout this crate cannot read yet
+    /// ([`ImageBlob::unsupported_feature`]).
+    #[error("blob {index} ({id}) uses {feature}, which cannot be read yet")]
+    Unsupported {
+        index: usize,
+        id: String,
+        feature: &'static str,
+    },
+    /// A single blob file was given for an image of `blobs` blobs.
+    #[error("the image has {blobs} blobs; one blob file cannot hold them")]
+    NotSingleBlob { blobs: usize },
+    /// Blob `index` has an id that is not a plain file name, so it is not looked up in the blob
+    /// directory.
+    #[error("blob {index} has id {id:?}, which is not a file name")]
+    BadId { index: usize, id: String },
+    /// No blob file nor blob directory was given, and the bootstrap is not inlined in its blob.
+    #[error("no blob file or blob directory given")]
+    NoBlobs,
+    /// Opening blob `index` at `path` failed.
+    #[error("blob {index} ({}): {source}", path.display())]
+    Open {
+        index: usize,
+        path: PathBuf,
+        #[source]
+        source: ChunkError,
+    },
+}
+
+/// Opens every blob of `img`, in blob table order: the blob the bootstrap was inlined in, or
+/// `blob` for a single-blob image, else `<blob_dir>/<id>`.
+pub fn open_blobs(
+    img: &Image,
+    blob_dir: Option<&Path>,
+    blob: Option<&Path>,
+) -> Result<Vec<BlobFile>, OpenBlobsError> {
+    let blobs = &img.blobs;
+    let mut out = Vec::with_capacity(blobs.len());
+    for (i, e) in blobs.iter().enumerate() {
+        if let Some(feature) = e.unsupported_feature() {
+            return Err(OpenBlobsError::Unsupported {
+                index: i,
+                id: e.id.clone(),
+                feature,
+            });
+        }
+        let last = i + 1 == blobs.len();
+        let path = match (blob, blob_dir, &img.inline_blob) {
+            // A layer's own blob is the last in its table.
+            (None, _, Some(b)) if last && (e.has_placeholder_id() || blob_dir.is_none()) => {
+                b.clone()
+            }
+            (Some(b), _, _) if blobs.len() == 1 => b.to_path_buf(),
+            (Some(_), _, _) => {
+                return Err(OpenBlobsError::NotSingleBlob { blobs: blobs.len() });
+            }
+            (None, Some(d), _) => {
+                // The id comes from the image: only a plain file name may be looked up.
+                if e.id.is_empty() || e.id == "." || e.id == ".." || e.id.contains(['/', '\0']) {
+                    return Err(OpenBlobsError::BadId {
+                        index: i,
+                        id: e.id.clone(),
+                    });
+                }
+                d.join(&e.id)
+            }
+            (None, None, _) => return Err(OpenBlobsError::NoBlobs),
+        };
+        let f = BlobFile::open_with(&e.id, e.compressor, e.digester, &path).map_err(|source| {
+            OpenBlobsError::Open {
+                index: i,
+                path: path.clone(),
+                source,
+            }
+        })?;
+        out.push(f);
+    }
+    Ok(out)
+}
+
+impl Image {
+    /// The chunk compressor the superblock names (`None`: a v6 superblock naming none).
+    pub fn compressor(&self) -> Result<Option<Compressor>, FormatError> {
+        if self.version == 5 {
+            let b = crate::v5::BootstrapV5::parse(&self.bootstrap)?;
+            return Ok(Some(b.compressor()));
+        }
+        let b = crate::v6::Bootstrap::parse(&self.bootstrap)?;
+        Ok(b.ext_superblock().flags.compressor())
+    }
+}
+
+/// Checks blob.meta of the v6 blob `blob` (number `index` of the blob table, whose entry is
+/// `entry`) against the chunk infos `tree` holds for it: the header against the blob table, the
+/// entry count, and every chunk a file uses. Returns one message per problem, each starting
+/// with `blob <id> blob.meta: `; none for a blob without blob.meta.
+pub fn check_blob_meta(blob: &BlobFile, entry: &BlobEntry, index: u32, tree: &Tree) -> Vec<String> {
+    if entry.ci_compressed_size == 0 && entry.ci_uncompressed_size == 0 {
+        return Vec::new();
+    }
+    let what = |m: String| format!("blob {} blob.meta: {m}", blob.id);
+    let meta = blob
+        .read_at(
+            entry.ci_offset,
+            entry
+                .ci_compressed_size
+                .saturating_add(crate::blobmeta::BLOB_META_HEADER_SIZE as u64),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|section| {
+            let meta = BlobMeta::parse_from_section(&section).map_err(|e| e.to_string())?;
+            let h = meta.header();
+            if h.ci_offset != entry.ci_offset
+                || h.ci_compressed_size != entry.ci_compressed_size
+                || h.ci_compressor != entry.ci_compressor
+            {
+                return Err(format!(
+                    "header says CI at {:#x} ({} bytes, compressor {}), the blob table says {:#x} ({} bytes, compressor {})",
+                    h.ci_offset, h.ci_compressed_size, h.ci_compressor, entry.ci_offset, entry.ci_compressed_size, entry.ci_compressor
+                ));
+            }
+            Ok(meta)
+        });
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => return vec![what(e)],
+    };
+    let mut problems = Vec::new();
+    let chunks = meta.chunks();
+    if chunks.len() != entry.chunk_count as usize {
+        problems.push(what(format!(
+            "{} entries, the blob table says {}",
+            chunks.len(),
+            entry.chunk_count
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for id in tree.bfs().ids() {
+        let Kind::File { chunks: fc, .. } = &tree.node(id).kind else {
+            continue;
+        };
+        for c in fc.iter().filter(|c| c.blob_index == index) {
+            if !seen.insert(c.index) {
+                continue;
+            }
+            let Some(m) = chunks.get(c.index as usize) else {
+                problems.push(what(format!("no entry for chunk {}", c.index)));
+                continue;
+            };
+            if m.compressed_offset != c.compressed_offset
+                || m.compressed_size != c.compressed_size
+                || m.uncompressed_offset != c.uncompressed_offset
+                || m.uncompressed_size != c.uncompressed_size
+                || (m.crc32().is_some() && m.crc32() != c.crc32())
+            {
+                problems.push(what(format!(
+                    "chunk {} is described differently than in the bootstrap ({m:?} vs {c:?})",
+                    c.index
+                )));
+            }
+        }
+    }
+    problems
+}
+
+/// What is wrong with a chunk [`check_chunks`] read.
+#[derive(Debug)]
+pub enum ChunkFault {
+    /// The chunk names a blob the image has not.
+    NoSuchBlob,
+    /// Reading the chunk from blob `blob` failed, or its data did not check out.
+    Read { blob: String, error: ChunkError },
+}
+
+/// A chunk of a file that failed [`check_chunks`].
+#[derive(Debug)]
+pub struct ChunkProblem {
+    /// The file (its first path, for a file with hardlinks).
+    pub path: Vec<u8>,
+    /// The chunk's position among the file's chunks.
+    pub chunk: usize,
+    /// The chunk.
+    pub info: ChunkInfo,
+    /// What is wrong.
+    pub fault: ChunkFault,
+}
+
+/// What [`check_chunks`] found.
+#[derive(Debug, Default)]
+pub struct ChunkCheck {
+    /// Regular files in the tree, each counted once (hardlinks share their chunks).
+    pub files: u64,
+    /// Chunks read and checked.
+    pub chunks_checked: u64,
+    /// The chunks that failed, in breadth-first file order.
+    pub problems: Vec<ChunkProblem>,
+}
+
+/// Reads and checks ([`BlobFile::read_chunk`]) every chunk of every regular file of `tree`, each
+/// file once, from `blobs` (the image's blobs in blob table order, as [`open_blobs`] gives
+/// them). With `blobs` `None` the files are only counted.
+pub fn check_chunks(tree: &Tree, blobs: Option<&[BlobFile]>) -> ChunkCheck {
+    let mut out = ChunkCheck::default();
+    for (path, id) in tree.bfs().iter() {
+        let Kind::File { chunks, .. } = &tree.node(id).kind else {
+            continue;
+        };
+        out.files += 1;
+        let Some(blobs) = blobs else {
+            continue;
+        };
+        for (k, c) in chunks.iter().enumerate() {
+            out.chunks_checked += 1;
+            let fault = match blobs.get(c.blob_index as usize) {
+                None => ChunkFault::NoSuchBlob,
+                Some(bf) => match bf.read_chunk(c) {
+                    Ok(_) => continue,
+                    Err(error) => ChunkFault::Read {
+                        blob: bf.id.clone(),
+                        error,
+                    },
+                },
+            };
+            out.problems.push(ChunkProblem {
+                path: path.clone(),
+                chunk: k,
+                info: *c,
+                fault,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{self, ChunkOptions, CreateOptions, Source};
+
+    /// An image of one file `f` (200 KiB, 16 KiB chunks, zstd) and its blob, written as
+    /// `<dir>/<blob id>`.
+    fn image(dir: &Path) -> Image {
+        let content: Vec<u8> = (0..200_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 7000) as u8)
+            .collect();
+        let mut ar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        ar.append_data(&mut h, "f", &content[..]).unwrap();
+        let tar = ar.into_inner().unwrap();
+        let opts = CreateOptions {
+            chunk: ChunkOptions {
+                chunk_size: 0x4000,
+                compressor: Compressor::Zstd,
+                digester: Digester::Blake3,
+                threads: 2,
+            },
+            inline_meta: false,
+            toc: false,
+            prefetch: Vec::new(),
+            share_xattrs: false,
+        };
+        let created =
+            build::create(Source::Tar(Box::new(&tar[..])), &opts, None, Vec::new()).unwrap();
+        let img = from_bytes(created.bootstrap, None, "test").unwrap();
+        assert_eq!(img.blobs.len(), 1);
+        std::fs::write(dir.join(&img.blobs[0].id), &created.blob).unwrap();
+        img
+    }
+
+    #[test]
+    fn open_blobs_finds_each_blob_by_id_or_as_the_single_blob_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let by_dir = open_blobs(&img, Some(dir.path()), None).unwrap();
+        assert_eq!(by_dir.len(), 1);
+        assert_eq!(by_dir[0].id, img.blobs[0].id);
+        assert_eq!(by_dir[0].path, dir.path().join(&img.blobs[0].id));
+        let file = dir.path().join(&img.blobs[0].id);
+        let single = open_blobs(&img, None, Some(&file)).unwrap();
+        assert_eq!(single[0].path, file);
+        assert_eq!(img.compressor().unwrap(), Some(Compressor::Zstd));
+    }
+
+    #[test]
+    fn open_blobs_says_why_a_blob_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = image(dir.path());
+        assert!(matches!(
+            open_blobs(&img, None, None),
+            Err(OpenBlobsError::NoBlobs)
+        ));
+        let missing = tempfile::tempdir().unwrap();
+        match open_blobs(&img, Some(missing.path()), None) {
+            Err(OpenBlobsError::Open { index: 0, path, .. }) => {
+                assert_eq!(path, missing.path().join(&img.blobs[0].id))
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut second = img.blobs[0].clone();
+        second.id = "../escape".to_string();
+        img.blobs.push(second);
+        let file = dir.path().join(&img.blobs[0].id);
+        assert!(matches!(
+            open_blobs(&img, None, Some(&file)),
+            Err(OpenBlobsError::NotSingleBlob { blobs: 2 })
+        ));
+        match open_blobs(&img, Some(dir.path()), None) {
+            Err(OpenBlobsError::BadId { index: 1, id }) => assert_eq!(id, "../escape"),
+            other => panic!("{other:?}"),
+        }
+        img.blobs[0].features = crate::BlobFeatures::ZRAN;
+        match open_blobs(&img, Some(dir.path()), None) {
+            Err(e @ OpenBlobsError::Unsupported { index: 0, .. }) => {
+                assert!(e.to_string().contains("ZRAN (an OCI gzip layer as data)"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_blob_meta_compares_blob_meta_with_the_blob_table_and_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let blobs = open_blobs(&img, Some(dir.path()), None).unwrap();
+        let entry = img.blobs[0].v6.unwrap();
+        assert!(entry.ci_compressed_size > 0);
+        assert_eq!(
+            check_blob_meta(&blobs[0], &entry, 0, &img.tree),
+            Vec::<String>::new()
+        );
+        let mut more = entry;
+        more.chunk_count += 1;
+        let problems = check_blob_meta(&blobs[0], &more, 0, &img.tree);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(&format!("blob {} blob.meta: ", blobs[0].id))
+                && problems[0].ends_with(&format!(
+                    "{} entries, the blob table says {}",
+                    entry.chunk_count, more.chunk_count
+                )),
+            "{problems:?}"
+        );
+        let mut moved = entry;
+        moved.ci_offset -= 1;
+        let problems = check_blob_meta(&blobs[0], &moved, 0, &img.tree);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn check_chunks_reads_every_chunk_once_and_names_the_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let counted = check_chunks(&img.tree, None);
+        assert_eq!((counted.files, counted.chunks_checked), (1, 0));
+        assert!(counted.problems.is_empty());
+        let blobs = open_blobs(&img, Some(dir.path()), None).unwrap();
+        let clean = check_chunks(&img.tree, Some(&blobs));
+        assert_eq!((clean.files, clean.chunks_checked), (1, 13));
+        assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+        assert_eq!(check_chunks(&img.tree, Some(&[])).problems.len(), 13);
+
+        // Flip a byte inside the third chunk's stored data.
+        let id = img.tree.lookup(b"f").unwrap();
+        let Kind::File { chunks, .. } = &img.tree.node(id).kind else {
+            panic!("not a file");
+        };
+        let third = chunks[2];
+        let path = dir.path().join(&img.blobs[0].id);
+        let mut data = std::fs::read(&path).unwrap();
+        data[third.compressed_offset as usize + 1] ^= 0xff;
+        std::fs::write(&path, data).unwrap();
+        let blobs = open_blobs(&img, Some(dir.path()), None).unwrap();
+        let damaged = check_chunks(&img.tree, Some(&blobs));
+        assert_eq!(damaged.chunks_checked, 13);
+        assert_eq!(damaged.problems.len(), 1, "{:?}", damaged.problems);
+        let p = &damaged.problems[0];
+        assert_eq!((p.path.as_slice(), p.chunk), (&b"/f"[..], 2));
+        assert_eq!(p.info, third);
+        assert!(matches!(&p.fault, ChunkFault::Read { blob, .. } if *blob == img.blobs[0].id));
     }
 }

@@ -394,9 +394,12 @@ struct ChunkCache {
     inner: Mutex<CacheInner>,
 }
 
+/// A cached chunk's data and its use stamp, by (blob, chunk index).
+type CacheMap = HashMap<(u32, u32), (Arc<Vec<u8>>, u64)>;
+
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<(u32, u32), (Arc<Vec<u8>>, u64)>,
+    map: CacheMap,
     /// Use stamp → key, oldest first.
     order: BTreeMap<u64, (u32, u32)>,
     next: u64,
