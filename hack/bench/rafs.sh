@@ -82,7 +82,11 @@ t() { # seconds taken by "$@" (best of 3)
   for _ in 1 2 3; do
     local s e
     s=$(date +%s.%N)
-    "$@" >/dev/null 2>&1
+    if ! "$@" >/dev/null 2>"$W/step.err"; then
+      echo "failed: $*" >&2
+      cat "$W/step.err" >&2
+      exit 1
+    fi
     e=$(date +%s.%N)
     local d
     d=$(awk -v a="$e" -v b="$s" 'BEGIN { printf "%.3f", a - b }')
@@ -106,7 +110,7 @@ T_CREATE_NONE=$(t create_none)
 T_UNPACK=$(t unpack)
 T_TARX=$(t tar_x)
 if [[ -n ${NYDUS_BIN_DIR:-} ]]; then
-  upstream() { rm -f "$W/up.blob" "$W/up.boot" && "$NYDUS_BIN_DIR/nydus-image" create --fs-version 6 --compressor zstd --blob "$W/up.blob" --bootstrap "$W/up.boot" "$W/src"; }
+  upstream() { rm -rf "$W/up" "$W/up.boot" && mkdir -p "$W/up" && "$NYDUS_BIN_DIR/nydus-image" create --fs-version 6 --compressor zstd --blob-dir "$W/up" --bootstrap "$W/up.boot" "$W/src"; }
   T_UPSTREAM=$(t upstream)
 fi
 STAT=$("$BIN" stat -B "$W/boot" --json)

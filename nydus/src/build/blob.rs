@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read as _, Write};
 use std::sync::mpsc;
 
+use rayon::prelude::*;
+
 use sha2::{Digest as _, Sha256};
 
 use crate::codec;
@@ -70,12 +72,13 @@ struct Done {
     spare: Vec<u8>,
 }
 
-/// Batches being processed at once (besides the one being filled): enough to keep the reader,
-/// the worker and the writer busy together, few enough to bound memory.
-const MAX_IN_FLIGHT: usize = 2;
+/// Batches being processed at once (besides the one being filled): the caller reads the next
+/// batch and writes the last one while the worker processes this one; memory stays at two
+/// batches.
+const MAX_IN_FLIGHT: usize = 1;
 /// Bytes of whole-chunk read buffers kept for reuse (reusing them saves the page faults of fresh
 /// allocations).
-const POOL_BYTES: usize = 16 << 20;
+const POOL_BYTES: usize = 8 << 20;
 
 /// The background worker: digests, dedup decisions and compression of whole batches, in order.
 struct Worker {
@@ -103,16 +106,32 @@ fn work(
     opts: ChunkOptions,
     mut seen: HashSet<[u8; 32]>,
 ) {
-    // One compressor per thread, kept across batches.
-    let mut compressors: Vec<Result<codec::ChunkCompressor, codec::CodecError>> = (0..opts.threads)
-        .map(|_| codec::ChunkCompressor::new(opts.compressor))
-        .collect();
+    // Long-lived threads (fresh threads per batch cost more than the work they share out:
+    // allocator arenas and page faults), each with its own compressor.
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .thread_name(|i| format!("blob-chunk-{i}"))
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(Err(io::Error::other(format!(
+                "starting the chunk threads: {e}"
+            ))));
+            return;
+        }
+    };
     for batch in rx {
-        let sums: Vec<([u8; 32], u32)> = par_map(&batch, opts.threads, |p| {
-            (
-                codec::digest(opts.digester, &p.data),
-                codec::chunk_crc32(&p.data),
-            )
+        let sums: Vec<([u8; 32], u32)> = pool.install(|| {
+            batch
+                .par_iter()
+                .map(|p| {
+                    (
+                        codec::digest(opts.digester, &p.data),
+                        codec::chunk_crc32(&p.data),
+                    )
+                })
+                .collect()
         });
         let new: Vec<bool> = sums.iter().map(|(d, _)| seen.insert(*d)).collect();
         let compressed: Vec<Option<io::Result<Option<Vec<u8>>>>> =
@@ -122,9 +141,10 @@ fn work(
                 let idx: Vec<usize> = (0..batch.len()).filter(|i| new[*i]).collect();
                 let mut out: Vec<Option<io::Result<Option<Vec<u8>>>>> =
                     batch.iter().map(|_| None).collect();
-                let results = par_map_with(&mut compressors, &idx, |c, &i| match c {
-                    Ok(c) => c.compress(&batch[i].data).map_err(io::Error::other),
-                    Err(e) => Err(io::Error::other(e.to_string())),
+                let results: Vec<io::Result<Option<Vec<u8>>>> = pool.install(|| {
+                    idx.par_iter()
+                        .map(|&i| compress_here(opts.compressor, &batch[i].data))
+                        .collect()
                 });
                 for (i, r) in idx.into_iter().zip(results) {
                     out[i] = Some(r);
@@ -327,8 +347,9 @@ impl<W: Write> BlobWriter<W> {
             file_offset,
             data,
         });
-        // Enough work for every thread, bounded memory (a few chunks per thread).
-        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 4;
+        // Enough work for every thread that the per-batch barriers (digests, then compression)
+        // cost little; two batches in memory.
+        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 8;
         if self.pending_bytes >= limit || self.pending.len() >= 4096 {
             self.submit(tree)?;
         }
@@ -592,51 +613,28 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// `f` over `items` on one thread per state (each thread with its own state), results in input
-/// order.
-fn par_map_with<S: Send, T: Sync, R: Send>(
-    states: &mut [S],
-    items: &[T],
-    f: impl Fn(&mut S, &T) -> R + Sync,
-) -> Vec<R> {
-    if states.len() <= 1 || items.len() <= 1 {
-        return match states.first_mut() {
-            Some(s) => items.iter().map(|i| f(s, i)).collect(),
-            None => Vec::new(),
-        };
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (next, f) = (&next, &f);
-    let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = states
-            .iter_mut()
-            .take(items.len())
-            .map(|state| {
-                sc.spawn(move || {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        out.push((i, f(state, item)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    let mut all: Vec<(usize, R)> = parts.drain(..).flatten().collect();
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
+thread_local! {
+    /// This thread's chunk compressors, kept between chunks (zstd's context is costly to set up).
+    static COMPRESSORS: std::cell::RefCell<Vec<(Compressor, codec::ChunkCompressor)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `f` over `items` on up to `threads` threads, results in input order.
-fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let mut states = vec![(); threads.max(1)];
-    par_map_with(&mut states, items, |_, item| f(item))
+/// Compresses one chunk with this thread's compressor for `algo`.
+fn compress_here(algo: Compressor, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    COMPRESSORS.with(|cell| {
+        let mut v = cell.borrow_mut();
+        let pos = match v.iter().position(|(a, _)| *a == algo) {
+            Some(p) => p,
+            None => {
+                v.push((
+                    algo,
+                    codec::ChunkCompressor::new(algo).map_err(io::Error::other)?,
+                ));
+                v.len() - 1
+            }
+        };
+        v[pos].1.compress(data).map_err(io::Error::other)
+    })
 }
 
 #[cfg(test)]
