@@ -72,13 +72,13 @@ struct Done {
     spare: Vec<u8>,
 }
 
-/// Batches being processed at once (besides the one being filled): the caller reads the next
-/// batch and writes the last one while the worker processes this one; memory stays at two
-/// batches.
-const MAX_IN_FLIGHT: usize = 1;
+/// Batches being processed at once (besides the one being filled): enough to keep the reader,
+/// the worker and the writer busy together, few enough to bound memory (`nydusify` builds
+/// several layers at once).
+const MAX_IN_FLIGHT: usize = 2;
 /// Bytes of whole-chunk read buffers kept for reuse (reusing them saves the page faults of fresh
 /// allocations).
-const POOL_BYTES: usize = 8 << 20;
+const POOL_BYTES: usize = 16 << 20;
 
 /// The background worker: digests, dedup decisions and compression of whole batches, in order.
 struct Worker {
@@ -347,9 +347,8 @@ impl<W: Write> BlobWriter<W> {
             file_offset,
             data,
         });
-        // Enough work for every thread that the per-batch barriers (digests, then compression)
-        // cost little; two batches in memory.
-        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 8;
+        // Enough work for every thread, bounded memory (a few chunks per thread).
+        let limit = (self.opts.chunk_size as usize).max(1 << 20) * self.opts.threads * 4;
         if self.pending_bytes >= limit || self.pending.len() >= 4096 {
             self.submit(tree)?;
         }
