@@ -18,6 +18,7 @@ mod http_client;
 mod http_server;
 pub mod image;
 mod mounts;
+pub mod nydusd;
 pub mod origin;
 mod ports;
 mod prereq;
