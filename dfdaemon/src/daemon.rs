@@ -204,9 +204,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
     let svc = DownloadService::new(engine.clone(), host_id.clone()).into_server();
+    let runtime = crate::runtime::Runtime::new(engine.clone(), cfg.runtime.clone());
+    let runtime_svc = crate::runtime::grpc::RuntimeService::new(runtime.clone()).into_server();
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(svc)
+            .add_service(runtime_svc)
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds))
             .await;
         if let Err(e) = r {
@@ -297,6 +300,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutting down");
+    runtime.shutdown().await;
     let _ = store.sync_metadata().await;
     let _ = std::fs::remove_file(&sock);
     Ok(())

@@ -109,6 +109,8 @@ pub struct Engine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: EngineConfig,
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    /// Tasks open for range reads, so every reader of a task shares one.
+    pub(crate) lazy: tokio::sync::Mutex<HashMap<String, std::sync::Weak<crate::lazy::LazyTask>>>,
     /// Shared download rate limit.
     pub(crate) limiter: crate::rate_limit::RateLimiter,
     /// Scheduler client when P2P is configured.
@@ -148,6 +150,7 @@ impl Engine {
             metrics,
             config,
             inflight: Mutex::new(HashMap::new()),
+            lazy: tokio::sync::Mutex::new(HashMap::new()),
             quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
             limiter,
@@ -174,6 +177,14 @@ impl Engine {
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    /// Whether a whole-task download of `task_id` is running.
+    pub fn is_downloading(&self, task_id: &str) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(task_id)
     }
 
     /// Starts (or joins) the download of a task and returns once its content
@@ -299,23 +310,7 @@ impl Engine {
         use dragonfly_api::scheduler::v2::announce_peer_request::Request as R;
         use dragonfly_api::scheduler::v2::*;
         let peer_id = format!("{}-{:032x}", sched.host_id(), rand::random::<u128>());
-        let download = dragonfly_api::common::v2::Download {
-            url: req.url.clone(),
-            digest: req.digest.as_ref().map(|d| d.to_string()),
-            piece_length: req.piece_length,
-            request_header: req
-                .headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-                .collect(),
-            need_back_to_source: req.need_back_to_source,
-            disable_back_to_source: req.disable_back_to_source,
-            enable_task_id_based_blob_digest: req
-                .digest
-                .as_ref()
-                .is_some_and(|d| d.encoded == req.task_id),
-            ..Default::default()
-        };
+        let download = announced_download(req);
         let mut session = match sched.register_peer(&req.task_id, &peer_id, download).await {
             Ok(s) => s,
             Err(e) => {
@@ -577,7 +572,7 @@ impl Engine {
         self.create_task_with(req, total, existing, content_type, None)
     }
 
-    fn create_task_with(
+    pub(crate) fn create_task_with(
         &self,
         req: &DownloadRequest,
         total: u64,
@@ -698,6 +693,10 @@ impl Engine {
                         n
                     };
                     let Some(number) = next else { return Ok(()) };
+                    if task.has_piece(number) {
+                        // A range reader completed it meanwhile.
+                        continue;
+                    }
                     if let Err(e) = engine.fetch_piece(&req, &task, number).await {
                         stop.store(true, Ordering::Release);
                         return Err(e);
@@ -981,14 +980,35 @@ impl Engine {
     }
 }
 
+/// The `Download` a peer registers with the scheduler for `req`.
+pub(crate) fn announced_download(req: &DownloadRequest) -> dragonfly_api::common::v2::Download {
+    dragonfly_api::common::v2::Download {
+        url: req.url.clone(),
+        digest: req.digest.as_ref().map(|d| d.to_string()),
+        piece_length: req.piece_length,
+        request_header: req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        need_back_to_source: req.need_back_to_source,
+        disable_back_to_source: req.disable_back_to_source,
+        enable_task_id_based_blob_digest: req
+            .digest
+            .as_ref()
+            .is_some_and(|d| d.encoded == req.task_id),
+        ..Default::default()
+    }
+}
+
 /// SHA-256 or SHA-512, fed from the content file.
-enum ContentHasher {
+pub(crate) enum ContentHasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl ContentHasher {
-    fn new(algorithm: &str) -> Self {
+    pub(crate) fn new(algorithm: &str) -> Self {
         if algorithm == "sha512" {
             ContentHasher::Sha512(sha2::Sha512::new())
         } else {
@@ -997,7 +1017,7 @@ impl ContentHasher {
     }
 
     /// Hashes `len` bytes at `off` of the task's content (blocking).
-    fn update_from(
+    pub(crate) fn update_from(
         &mut self,
         task: &Task,
         off: u64,
@@ -1017,7 +1037,7 @@ impl ContentHasher {
         Ok(())
     }
 
-    fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         match self {
             ContentHasher::Sha256(h) => hex::encode(h.finalize()),
             ContentHasher::Sha512(h) => hex::encode(h.finalize()),
@@ -1052,7 +1072,7 @@ fn spawn_piece_reporter(
 }
 
 /// Sends `DownloadPiece[BackToSource]FinishedRequest` for stored pieces not yet in `sent`.
-async fn report_pieces(
+pub(crate) async fn report_pieces(
     task: &Task,
     reporter: &crate::scheduler_client::PeerReporter,
     back_to_source: bool,

@@ -251,6 +251,88 @@ impl Board {
     }
 }
 
+/// The parents of a task read by ranges ([`crate::lazy`]): what each
+/// announces over `SyncPieces`, their load, and which failed. Feeds stop when
+/// the set is dropped.
+pub(crate) struct ParentSet {
+    board: Arc<Mutex<Board>>,
+    changed: Arc<tokio::sync::Notify>,
+    syncs: Mutex<tokio::task::JoinSet<()>>,
+    task_id: String,
+    pieces: Vec<u32>,
+}
+
+impl ParentSet {
+    /// Parents of `task_id` announcing any of `pieces`.
+    pub(crate) fn new(task_id: &str, pieces: Vec<u32>) -> ParentSet {
+        ParentSet {
+            board: Arc::new(Mutex::new(Board::new(Instant::now()))),
+            changed: Arc::new(tokio::sync::Notify::new()),
+            syncs: Mutex::new(tokio::task::JoinSet::new()),
+            task_id: task_id.to_string(),
+            pieces,
+        }
+    }
+
+    /// Adds parents not seen before and starts their feeds (in a runtime).
+    pub(crate) fn join(&self, parents: &[Parent]) {
+        let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = lock(&self.board);
+        for p in parents {
+            if let Some(i) = b.add(p) {
+                spawn_feeds(
+                    &mut syncs,
+                    &self.board,
+                    &self.changed,
+                    i,
+                    p,
+                    &self.task_id,
+                    &self.pieces,
+                );
+            }
+        }
+    }
+
+    /// A live parent holding piece `number`, from the least avoided tier,
+    /// drawn by idle upload bandwidth.
+    pub(crate) fn holder(&self, number: u32) -> Option<usize> {
+        let b = lock(&self.board);
+        let live = b.holders(number, |p| b.live(p));
+        let best = live.iter().map(|p| b.tier(*p)).min()?;
+        let holders: Vec<usize> = live.into_iter().filter(|p| b.tier(*p) == best).collect();
+        let weights: Vec<u64> = b.slots.iter().map(|s| s.load.weight()).collect();
+        choose_weighted(&holders, &weights, rand::random::<f64>())
+    }
+
+    /// Parent number `index`.
+    pub(crate) fn parent(&self, index: usize) -> Option<Parent> {
+        lock(&self.board).slots.get(index).map(|s| s.parent.clone())
+    }
+
+    /// Parent `index` failed or sent a bad piece: it is not asked again.
+    /// True the first time.
+    pub(crate) fn fail(&self, index: usize) -> bool {
+        lock(&self.board).failed.insert(index)
+    }
+
+    /// Counts a piece fetched from parent `index`.
+    pub(crate) fn fetched(&self, index: usize) {
+        if let Some(s) = lock(&self.board).slots.get_mut(index) {
+            s.fetched += 1;
+        }
+    }
+
+    /// Pieces fetched from each parent (for the log).
+    pub(crate) fn fetched_by_parent(&self) -> Vec<(String, u32)> {
+        lock(&self.board)
+            .slots
+            .iter()
+            .map(|s| (s.parent.id.clone(), s.fetched))
+            .collect()
+    }
+
+}
+
 /// Writes a piece's bytes into the task's content file as they arrive; the
 /// piece counts only once committed after its CRC-32 matched.
 struct TaskSink {
@@ -493,7 +575,12 @@ impl Engine {
     }
 
     /// One piece from one parent; false if the parent failed or sent a bad piece.
-    async fn fetch_piece_from(&self, task: &Arc<Task>, number: u32, parent: &Parent) -> bool {
+    pub(crate) async fn fetch_piece_from(
+        &self,
+        task: &Arc<Task>,
+        number: u32,
+        parent: &Parent,
+    ) -> bool {
         let (offset, length) =
             common::piece::piece_range(number, task.content_length(), task.piece_length());
         self.limiter.acquire(length).await;

@@ -23,6 +23,27 @@ use crate::tree::{Kind, NodeId, Tree};
 /// How long the kernel may cache entries and attributes (the image never changes).
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The FUSE options of an image mount with `threads` workers: read-only, `rafs` as its
+/// filesystem name and type. As root, other users (containers' processes) may read it and it is
+/// unmounted when the serving process goes.
+pub fn mount_config(threads: usize) -> fuser::Config {
+    use fuser::MountOption;
+    use std::os::unix::fs::MetadataExt;
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("rafs".into()),
+        MountOption::Subtype("rafs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        c.acl = fuser::SessionACL::All;
+        c.mount_options.push(MountOption::AutoUnmount);
+    }
+    c.n_threads = Some(threads.clamp(1, 64));
+    c
+}
+
 /// A mounted image.
 pub struct RafsFs<R: BlobReader> {
     tree: Tree,

@@ -29,6 +29,12 @@ pub trait BlobReader: Send + Sync {
     fn read_range(&self, blob: u32, offset: u64, len: u64, fresh: bool) -> io::Result<Vec<u8>>;
 }
 
+impl<T: BlobReader + ?Sized> BlobReader for Arc<T> {
+    fn read_range(&self, blob: u32, offset: u64, len: u64, fresh: bool) -> io::Result<Vec<u8>> {
+        (**self).read_range(blob, offset, len, fresh)
+    }
+}
+
 /// Blob files on local disk, in blob-table order.
 pub struct LocalBlobs {
     files: Vec<(File, u64)>,
@@ -194,6 +200,8 @@ pub struct ReadStats {
     pub chunks: AtomicU64,
     /// Chunks that failed their check (each then read once more, fresh).
     pub check_failures: AtomicU64,
+    /// File bytes returned by reads.
+    pub bytes_read: AtomicU64,
 }
 
 /// Reads file data of one image through a [`BlobReader`].
@@ -203,8 +211,8 @@ pub struct ChunkReader<R: BlobReader> {
     /// Largest range read made of several chunks (a single larger chunk is read whole).
     max_merge: u64,
     cache: ChunkCache,
-    /// Counters.
-    pub stats: ReadStats,
+    /// Counters (shared, so they can be read while a mount owns the reader).
+    pub stats: Arc<ReadStats>,
 }
 
 impl<R: BlobReader> ChunkReader<R> {
@@ -215,7 +223,7 @@ impl<R: BlobReader> ChunkReader<R> {
             source,
             max_merge: 4 << 20,
             cache: ChunkCache::new(32 << 20),
-            stats: ReadStats::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -292,6 +300,9 @@ impl<R: BlobReader> ChunkReader<R> {
             }
             i = j;
         }
+        self.stats
+            .bytes_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 

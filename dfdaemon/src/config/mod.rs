@@ -7,6 +7,7 @@ mod gc;
 mod host;
 mod metrics;
 mod proxy;
+mod runtime;
 mod storage;
 mod upload;
 
@@ -16,6 +17,7 @@ pub use gc::{Gc, GcPolicy};
 pub use host::Host;
 pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyRule, ProxyServer, RegistryMirror};
+pub use runtime::{Runtime, RuntimeMode};
 pub use storage::{Storage, StorageServer};
 pub use upload::{Upload, UploadServer};
 
@@ -96,6 +98,8 @@ pub struct Config {
     pub seed_peer: SeedPeer,
     /// Manager (control plane).
     pub manager: Manager,
+    /// Lazy-loading runtime (Nydus image mounts).
+    pub runtime: Runtime,
     /// Faults to inject, for tests. Only in builds with the `fault-injection`
     /// feature (hack/test.sh); other builds reject the key.
     #[cfg(feature = "fault-injection")]
@@ -153,6 +157,7 @@ impl Config {
         self.proxy.validate(&mut p);
         self.backend.validate(&mut p);
         self.metrics.validate(&mut p);
+        self.runtime.validate(&mut p);
         for (i, a) in self.scheduler.addrs.iter().enumerate() {
             if !is_host_port(a, true) {
                 p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));

@@ -147,6 +147,12 @@ impl Task {
         self.lock().meta.pieces.contains_key(&number)
     }
 
+    /// Whether the task was removed from the store (its file is gone or
+    /// belongs to a newer task of the same ID).
+    pub fn is_removed(&self) -> bool {
+        self.lock().removed
+    }
+
     /// The failure reason, if the task failed.
     pub fn failure(&self) -> Option<String> {
         self.lock().failed.clone()
@@ -550,6 +556,25 @@ impl Store {
             let mut s = task.lock();
             s.meta.pieces.insert(number, piece);
             s.meta.accessed_at = now_millis();
+            s.meta.clone()
+        };
+        self.metadata.put(snapshot);
+        task.notify();
+    }
+
+    /// Forgets pieces whose bytes failed a check, so they are fetched again;
+    /// a complete task becomes partial.
+    pub fn drop_pieces(&self, task: &Task, numbers: &[u32]) {
+        if numbers.is_empty() {
+            return;
+        }
+        let snapshot = {
+            let mut s = task.lock();
+            for n in numbers {
+                s.meta.pieces.remove(n);
+            }
+            s.complete = false;
+            s.meta.status = TaskStatus::Running;
             s.meta.clone()
         };
         self.metadata.put(snapshot);

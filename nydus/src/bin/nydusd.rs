@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use clap::Parser;
-use fuser::{Config, MountOption};
+use fuser::Config;
 use nydus::fusefs::RafsFs;
 use nydus::image::{self, Image};
 use nydus::nydusify::registry::{Credentials, Remote, RemoteOptions, Retry};
@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let config = mount_config(cli.thread_num);
+    let config = nydus::fusefs::mount_config(cli.thread_num);
     match backend {
         Backend::Local { dir, blob_file } => {
             let blobs = match (dir, blob_file) {
@@ -154,25 +154,6 @@ fn serve<R: nydus::reader::BlobReader + 'static>(
     tracing::info!("serving at {}", mountpoint.display());
     fuser::mount(fs, mountpoint, config)
         .map_err(|e| anyhow::anyhow!("mounting at {}: {e}", mountpoint.display()))
-}
-
-fn mount_config(threads: usize) -> Config {
-    let mut c = Config::default();
-    c.mount_options = vec![
-        MountOption::RO,
-        MountOption::FSName("rafs".into()),
-        MountOption::Subtype("rafs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    // As root: other users (containers' processes) may read it, and it is unmounted when
-    // this process goes.
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        c.acl = fuser::SessionACL::All;
-        c.mount_options.push(MountOption::AutoUnmount);
-    }
-    c.n_threads = Some(threads.clamp(1, 64));
-    c
 }
 
 /// Top-level keys of Nydus's v1 and v2 configs that this nydusd accepts without using.

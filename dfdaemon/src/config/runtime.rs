@@ -1,0 +1,78 @@
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// How an image is mounted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeMode {
+    /// The best mode the kernel and the image allow (FUSE today).
+    #[default]
+    Auto,
+    /// A FUSE filesystem serves metadata and data.
+    Fuse,
+    /// The kernel mounts the bootstrap as EROFS, blobs served by FUSE. Not
+    /// available yet: refused with a message.
+    Erofs,
+}
+
+impl RuntimeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeMode::Auto => "auto",
+            RuntimeMode::Fuse => "fuse",
+            RuntimeMode::Erofs => "erofs",
+        }
+    }
+}
+
+/// The lazy-loading runtime (Nydus images mounted through the piece store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Runtime {
+    /// Where images are mounted when a mount request names no mountpoint.
+    /// Default: /var/lib/dragonfly/mounts.
+    pub mount_root: PathBuf,
+    /// auto | fuse | erofs. Default: auto.
+    pub mode: RuntimeMode,
+    /// FUSE worker threads per mount. Default: 4.
+    pub threads: usize,
+    /// Decompressed chunks kept in memory per mount. Default: 32MiB.
+    pub chunk_cache_size: bytesize::ByteSize,
+    /// Largest blob read made of several chunks of one file read. Default: 4MiB.
+    pub max_merge_size: bytesize::ByteSize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            mount_root: PathBuf::from("/var/lib/dragonfly/mounts"),
+            mode: RuntimeMode::Auto,
+            threads: 4,
+            chunk_cache_size: bytesize::ByteSize::mib(32),
+            max_merge_size: bytesize::ByteSize::mib(4),
+        }
+    }
+}
+
+impl Runtime {
+    pub(crate) fn validate(&self, p: &mut Vec<String>) {
+        if !self.mount_root.is_absolute() {
+            p.push("runtime.mountRoot: must be an absolute path".into());
+        }
+        if self.mode == RuntimeMode::Erofs {
+            p.push(
+                "runtime.mode: erofs (kernel EROFS mounts) is not available yet; use auto or fuse"
+                    .into(),
+            );
+        }
+        if !(1..=64).contains(&self.threads) {
+            p.push("runtime.threads: must be 1-64".into());
+        }
+        if self.chunk_cache_size.as_u64() > 4 << 30 {
+            p.push("runtime.chunkCacheSize: at most 4GiB".into());
+        }
+        if !(4096..=(64 << 20)).contains(&self.max_merge_size.as_u64()) {
+            p.push("runtime.maxMergeSize: must be 4KiB-64MiB".into());
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The lazy-loading runtime: Nydus (RAFS) images mounted by dfdaemon, their
+//! file data read on demand through the piece store ([`crate::lazy`]), every
+//! chunk checked (CRC32C or digest) before the kernel sees it.
+//!
+//! One mount per (bootstrap, repository): mounting the same image again
+//! returns the existing mount. Mounts end with [`Runtime::unmount`] or when
+//! dfdaemon stops.
+
+pub mod grpc;
+
+use crate::config::{self, RuntimeMode};
+use crate::download::Engine;
+use crate::lazy::blobs::StoreBlobs;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::Digest;
+use nydus::reader::{ChunkReader, ReadStats};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// What to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountSpec {
+    /// The image's bootstrap file.
+    pub bootstrap_path: PathBuf,
+    /// Where to mount (else under `runtime.mountRoot`).
+    pub mountpoint: Option<PathBuf>,
+    /// `host[:port]/name` of the repository holding the blobs.
+    pub repository: String,
+    /// `https` (default) or `http`.
+    pub scheme: Option<String>,
+    /// Headers for blob requests.
+    pub headers: Vec<(String, String)>,
+    /// Mode (else `runtime.mode`).
+    pub mode: Option<RuntimeMode>,
+}
+
+/// A mounted image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mountpoint: PathBuf,
+    pub bootstrap_path: PathBuf,
+    pub repository: String,
+    pub mode: &'static str,
+    pub blob_ids: Vec<String>,
+    /// File bytes returned to readers.
+    pub read_bytes: u64,
+    /// Blob bytes fetched from the origin and from parents, over the image's blob tasks.
+    pub origin_bytes: u64,
+    pub parent_bytes: u64,
+    /// Chunks that failed their check.
+    pub chunk_check_failures: u64,
+}
+
+/// Errors of the runtime, each naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("bootstrap {path}: {message}")]
+    Image { path: PathBuf, message: String },
+    #[error("{mountpoint} is already a mount of another image")]
+    AlreadyMounted { mountpoint: PathBuf },
+    #[error("{0} is not an image mount of this dfdaemon")]
+    NotMounted(PathBuf),
+    #[error("mounting at {mountpoint}: {message}")]
+    Mount { mountpoint: PathBuf, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+struct Mounted {
+    info: MountInfo,
+    session: Option<fuser::BackgroundSession>,
+    blobs: Arc<StoreBlobs>,
+    stats: Arc<ReadStats>,
+}
+
+/// The mounts of this dfdaemon.
+pub struct Runtime {
+    engine: Arc<Engine>,
+    config: config::Runtime,
+    mounts: tokio::sync::Mutex<BTreeMap<PathBuf, Mounted>>,
+    /// Serialises mounts, so one image is never mounted twice.
+    stopping: Mutex<bool>,
+}
+
+impl Runtime {
+    pub fn new(engine: Arc<Engine>, config: config::Runtime) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            engine,
+            config,
+            mounts: tokio::sync::Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(false),
+        })
+    }
+
+    /// Mounts an image (or returns its existing mount).
+    pub async fn mount(&self, spec: MountSpec) -> Result<MountInfo, RuntimeError> {
+        let invalid = RuntimeError::InvalidArgument;
+        let mode = spec.mode.unwrap_or(self.config.mode);
+        let mode = match mode {
+            RuntimeMode::Auto | RuntimeMode::Fuse => "fuse",
+            RuntimeMode::Erofs => {
+                return Err(invalid(
+                    "mode erofs (kernel EROFS mounts) is not available yet; use auto or fuse"
+                        .into(),
+                ))
+            }
+        };
+        let scheme = spec.scheme.as_deref().unwrap_or("https");
+        if scheme != "https" && scheme != "http" {
+            return Err(invalid(format!(
+                "scheme {scheme:?}: must be https or http"
+            )));
+        }
+        let (host, name) = parse_repository(&spec.repository).map_err(invalid)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &spec.headers {
+            let n = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| invalid(format!("header name {k:?} is invalid")))?;
+            let v = HeaderValue::from_str(v)
+                .map_err(|_| invalid(format!("header {k}: the value is invalid")))?;
+            headers.append(n, v);
+        }
+        if !spec.bootstrap_path.is_absolute() {
+            return Err(invalid(format!(
+                "bootstrap path {} must be absolute",
+                spec.bootstrap_path.display()
+            )));
+        }
+        if let Some(m) = &spec.mountpoint {
+            if !m.is_absolute() {
+                return Err(invalid(format!(
+                    "mountpoint {} must be absolute",
+                    m.display()
+                )));
+            }
+        }
+        if *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(RuntimeError::Unavailable("dfdaemon is stopping".into()));
+        }
+
+        let mut mounts = self.mounts.lock().await;
+        if let Some(m) = mounts.values().find(|m| {
+            m.info.bootstrap_path == spec.bootstrap_path && m.info.repository == spec.repository
+        }) {
+            if spec
+                .mountpoint
+                .as_ref()
+                .is_none_or(|p| *p == m.info.mountpoint)
+            {
+                return Ok(self.info(m));
+            }
+        }
+        let path = spec.bootstrap_path.clone();
+        let img = tokio::task::spawn_blocking(move || nydus::image::load(&path))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .map_err(|e| RuntimeError::Image {
+                path: spec.bootstrap_path.clone(),
+                message: e.to_string(),
+            })?;
+        for b in &img.blobs {
+            if let Some(f) = b.unsupported_feature() {
+                return Err(RuntimeError::Image {
+                    path: spec.bootstrap_path.clone(),
+                    message: format!("blob {}: {f} is not supported", b.id),
+                });
+            }
+        }
+        let mountpoint = match &spec.mountpoint {
+            Some(m) => m.clone(),
+            None => self
+                .config
+                .mount_root
+                .join(&hex::encode(sha2::Sha256::digest(&img.bootstrap))[..16]),
+        };
+        if mounts.contains_key(&mountpoint) {
+            return Err(RuntimeError::AlreadyMounted { mountpoint });
+        }
+        std::fs::create_dir_all(&mountpoint).map_err(|e| RuntimeError::Mount {
+            mountpoint: mountpoint.clone(),
+            message: e.to_string(),
+        })?;
+        let repo_url = format!("{scheme}://{host}/v2/{name}");
+        let sources = StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers).map_err(|e| {
+            RuntimeError::Image {
+                path: spec.bootstrap_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let blobs = Arc::new(StoreBlobs::new(
+            self.engine.clone(),
+            tokio::runtime::Handle::current(),
+            sources,
+        ));
+        let blob_ids: Vec<String> = img.blobs.iter().map(|b| b.id.clone()).collect();
+        let reader = ChunkReader::new(img.blobs.clone(), blobs.clone())
+            .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
+            .with_max_merge(self.config.max_merge_size.as_u64());
+        let stats = reader.stats.clone();
+        let fs = nydus::fusefs::RafsFs::new(img, reader);
+        let options = nydus::fusefs::mount_config(self.config.threads);
+        let mp = mountpoint.clone();
+        let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mp, &options))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .map_err(|e| RuntimeError::Mount {
+                mountpoint: mountpoint.clone(),
+                message: e.to_string(),
+            })?;
+        let m = Mounted {
+            info: MountInfo {
+                mountpoint: mountpoint.clone(),
+                bootstrap_path: spec.bootstrap_path.clone(),
+                repository: spec.repository.clone(),
+                mode,
+                blob_ids,
+                read_bytes: 0,
+                origin_bytes: 0,
+                parent_bytes: 0,
+                chunk_check_failures: 0,
+            },
+            session: Some(session),
+            blobs,
+            stats,
+        };
+        tracing::info!(mountpoint = %mountpoint.display(), bootstrap = %spec.bootstrap_path.display(),
+            repository = %spec.repository, mode, "image mounted");
+        let info = self.info(&m);
+        mounts.insert(mountpoint, m);
+        Ok(info)
+    }
+
+    fn info(&self, m: &Mounted) -> MountInfo {
+        let mut info = m.info.clone();
+        info.read_bytes = m.stats.bytes_read.load(Ordering::Relaxed);
+        info.chunk_check_failures = m.stats.check_failures.load(Ordering::Relaxed);
+        for i in 0..info.blob_ids.len() {
+            if let Some(t) = m.blobs.opened(i as u32) {
+                info.origin_bytes += t.stats.origin_bytes.load(Ordering::Relaxed);
+                info.parent_bytes += t.stats.parent_bytes.load(Ordering::Relaxed);
+            }
+        }
+        info
+    }
+
+    /// Unmounts an image.
+    pub async fn unmount(&self, mountpoint: &Path) -> Result<(), RuntimeError> {
+        let mut mounts = self.mounts.lock().await;
+        let mut m = mounts
+            .remove(mountpoint)
+            .ok_or_else(|| RuntimeError::NotMounted(mountpoint.to_path_buf()))?;
+        let Some(session) = m.session.take() else {
+            return Ok(());
+        };
+        let r = tokio::task::spawn_blocking(move || session.umount_and_join())
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        match r {
+            Ok(()) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "image unmounted");
+                Ok(())
+            }
+            Err(e) => Err(RuntimeError::Mount {
+                mountpoint: mountpoint.to_path_buf(),
+                message: format!("unmount: {e}"),
+            }),
+        }
+    }
+
+    /// The mounted images.
+    pub async fn list(&self) -> Vec<MountInfo> {
+        let mounts = self.mounts.lock().await;
+        mounts.values().map(|m| self.info(m)).collect()
+    }
+
+    /// Unmounts everything (dfdaemon stops).
+    pub async fn shutdown(&self) {
+        *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        let all: Vec<PathBuf> = self.mounts.lock().await.keys().cloned().collect();
+        for m in all {
+            if let Err(e) = self.unmount(&m).await {
+                tracing::warn!(mountpoint = %m.display(), error = %e, "unmount at shutdown failed");
+            }
+        }
+    }
+}
+
+/// `host[:port]/name` → (host[:port], name), both checked.
+fn parse_repository(r: &str) -> Result<(&str, &str), String> {
+    let bad = |why: &str| format!("repository {r:?}: {why} (want host[:port]/name)");
+    let (host, name) = r.split_once('/').ok_or_else(|| bad("no name"))?;
+    if !crate::config::is_host_port(host, false) {
+        return Err(bad("the host is invalid"));
+    }
+    let ok_component = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c != "."
+            && c != ".."
+    };
+    if !name.split('/').all(ok_component) {
+        return Err(bad("the name is invalid"));
+    }
+    Ok((host, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_are_checked() {
+        assert_eq!(
+            parse_repository("127.0.0.1:5000/library/app").unwrap(),
+            ("127.0.0.1:5000", "library/app")
+        );
+        for bad in [
+            "noname",
+            "host/",
+            "host/../x",
+            "host/a//b",
+            "host/UPPER",
+            "ho st/x",
+            "host/x?y",
+        ] {
+            assert!(parse_repository(bad).is_err(), "{bad}");
+        }
+    }
+}
