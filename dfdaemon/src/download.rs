@@ -111,6 +111,8 @@ pub struct Engine {
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
     /// Tasks open for range reads, so every reader of a task shares one.
     pub(crate) lazy: tokio::sync::Mutex<HashMap<String, std::sync::Weak<crate::lazy::LazyTask>>>,
+    /// Background piece completions of range-read tasks run one at a time.
+    pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
     pub(crate) limiter: crate::rate_limit::RateLimiter,
     /// Scheduler client when P2P is configured.
@@ -151,6 +153,7 @@ impl Engine {
             config,
             inflight: Mutex::new(HashMap::new()),
             lazy: tokio::sync::Mutex::new(HashMap::new()),
+            background_fill: tokio::sync::Semaphore::new(1),
             quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
             limiter,

@@ -170,6 +170,10 @@ struct Slot {
     load: Load,
     /// Pieces fetched from it.
     fetched: u32,
+    /// It announced a piece (its first answer to SyncPieces came).
+    heard: bool,
+    /// When it joined.
+    joined: Instant,
 }
 
 struct Board {
@@ -207,6 +211,8 @@ impl Board {
             ended: false,
             load: Load::default(),
             fetched: 0,
+            heard: false,
+            joined: Instant::now(),
         });
         Some(self.slots.len() - 1)
     }
@@ -235,6 +241,9 @@ impl Board {
     /// Records that parent `p` has piece `number`.
     fn announce(&mut self, p: usize, number: u32, now: Instant) {
         self.available.entry(number).or_default().push(p);
+        if let Some(s) = self.slots.get_mut(p) {
+            s.heard = true;
+        }
         match self.tier(p) {
             0 => self.progress = [now, now],
             TIER_BUSY => self.progress[1] = now,
@@ -322,6 +331,24 @@ impl ParentSet {
         }
     }
 
+    /// While a parent that joined less than [`PATIENCE`] ago has announced
+    /// nothing yet (its SyncPieces answer may be on its way), how much longer
+    /// to wait for it before going elsewhere.
+    pub(crate) fn settling(&self) -> Option<Duration> {
+        let b = lock(&self.board);
+        let now = Instant::now();
+        (0..b.slots.len())
+            .filter(|i| b.live(*i) && !b.slots[*i].heard && !b.slots[*i].ended)
+            .map(|i| PATIENCE.saturating_sub(now.saturating_duration_since(b.slots[i].joined)))
+            .filter(|d| !d.is_zero())
+            .max()
+    }
+
+    /// Woken when a parent announces a piece or its stream ends.
+    pub(crate) fn changed(&self) -> &Arc<tokio::sync::Notify> {
+        &self.changed
+    }
+
     /// Pieces fetched from each parent (for the log).
     pub(crate) fn fetched_by_parent(&self) -> Vec<(String, u32)> {
         lock(&self.board)
@@ -330,7 +357,6 @@ impl ParentSet {
             .map(|s| (s.parent.id.clone(), s.fetched))
             .collect()
     }
-
 }
 
 /// Writes a piece's bytes into the task's content file as they arrive; the

@@ -66,6 +66,7 @@ pub struct Agent {
     pub config_path: PathBuf,
     pub proxy_port: u16,
     pub metrics_port: u16,
+    pub upload_port: u16,
     process: Option<ChildProcess>,
     log_path: PathBuf,
 }
@@ -78,11 +79,12 @@ impl Agent {
         let socket = dir.join(format!("{name}.sock"));
         let proxy_port = free_port();
         let metrics_port = free_port();
+        let upload_port = free_port();
         let mut cfg = serde_json::json!({
             "storage": {"dir": store_dir, "server": {"ip": "127.0.0.1", "tcpPort": free_port(), "quicPort": free_port()}},
             "proxy": {"server": {"ip": "127.0.0.1", "port": proxy_port}},
             "metrics": {"server": {"ip": "127.0.0.1", "port": metrics_port}},
-            "upload": {"server": {"ip": "127.0.0.1", "port": free_port()}},
+            "upload": {"server": {"ip": "127.0.0.1", "port": upload_port}},
             "download": {"server": {"socketPath": socket}},
         });
         if !extra_yaml.trim().is_empty() {
@@ -111,6 +113,10 @@ impl Agent {
             config_path,
             proxy_port,
             metrics_port,
+            upload_port: cfg["upload"]["server"]["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(upload_port),
             process: None,
             log_path: dir.logs_dir().join(format!("{name}.log")),
         };
@@ -246,6 +252,73 @@ impl Agent {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run dfget: {e}"))
+    }
+
+    /// A client of the daemon's runtime service (image mounts), on its download socket.
+    pub fn runtime(
+        &self,
+    ) -> dfdaemon::runtime::grpc::proto::runtime_client::RuntimeClient<tonic::transport::Channel>
+    {
+        let path = self.socket.clone();
+        // The URI is required by tonic but unused: the connector always dials the socket.
+        let channel = tonic::transport::Endpoint::from_static("http://[::1]:50051")
+            .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }));
+        dfdaemon::runtime::grpc::proto::runtime_client::RuntimeClient::new(channel)
+    }
+
+    /// Waits until this daemon announces every one of `pieces` of `task_id` to children
+    /// (its upload service's `SyncPieces`, as a child watches it).
+    pub async fn wait_pieces(
+        &self,
+        task_id: &str,
+        pieces: &[u32],
+        timeout: Duration,
+    ) -> Result<()> {
+        use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
+        use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
+        let fail = |m: String| Error::malformed("dfdaemon harness", m);
+        let url = format!("http://127.0.0.1:{}", self.upload_port);
+        let watch = async {
+            let mut c = DfdaemonUploadClient::connect(url.clone())
+                .await
+                .map_err(|e| fail(format!("{url}: {e}")))?;
+            let mut s = c
+                .sync_pieces(SyncPiecesRequest {
+                    host_id: String::new(),
+                    task_id: task_id.to_string(),
+                    interested_piece_numbers: pieces.to_vec(),
+                })
+                .await
+                .map_err(|e| fail(format!("SyncPieces {task_id}: {e}")))?
+                .into_inner();
+            let mut left: std::collections::BTreeSet<u32> = pieces.iter().copied().collect();
+            while !left.is_empty() {
+                match s.message().await {
+                    Ok(Some(m)) => {
+                        left.remove(&m.number);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(fail(format!("SyncPieces {task_id}: {e}"))),
+                }
+            }
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(fail(format!("{task_id}: pieces {left:?} never announced")))
+            }
+        };
+        tokio::time::timeout(timeout, watch).await.map_err(|_| {
+            fail(format!(
+                "{task_id}: pieces {pieces:?} not announced in {timeout:?}"
+            ))
+        })?
     }
 
     /// The content file of a task in this daemon's store.

@@ -24,9 +24,10 @@ use crate::tree::{Kind, NodeId, Tree};
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The FUSE options of an image mount with `threads` workers: read-only, `rafs` as its
-/// filesystem name and type. As root, other users (containers' processes) may read it and it is
-/// unmounted when the serving process goes.
-pub fn mount_config(threads: usize) -> fuser::Config {
+/// filesystem name and type. As root, other users (containers' processes) may read it, and with
+/// `auto_unmount` it is unmounted when the serving process goes (through a `fusermount3` helper
+/// that watches it; a daemon that unmounts itself does without).
+pub fn mount_config(threads: usize, auto_unmount: bool) -> fuser::Config {
     use fuser::MountOption;
     use std::os::unix::fs::MetadataExt;
     let mut c = fuser::Config::default();
@@ -38,7 +39,9 @@ pub fn mount_config(threads: usize) -> fuser::Config {
     ];
     if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
         c.acl = fuser::SessionACL::All;
-        c.mount_options.push(MountOption::AutoUnmount);
+        if auto_unmount {
+            c.mount_options.push(MountOption::AutoUnmount);
+        }
     }
     c.n_threads = Some(threads.clamp(1, 64));
     c

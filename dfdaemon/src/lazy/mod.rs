@@ -82,6 +82,8 @@ pub struct LazyTask {
     reporter: Option<(PeerReporter, bool)>,
     reported: tokio::sync::Mutex<BTreeSet<u32>>,
     verifying: AtomicBool,
+    /// Pieces being completed in the background.
+    filling: Mutex<BTreeSet<u32>>,
     decisions: Option<tokio::task::JoinHandle<()>>,
     handle: tokio::runtime::Handle,
     /// Counters.
@@ -326,6 +328,7 @@ impl LazyTask {
             reporter,
             reported: tokio::sync::Mutex::new(BTreeSet::new()),
             verifying: AtomicBool::new(false),
+            filling: Mutex::new(BTreeSet::new()),
             decisions,
             handle: tokio::runtime::Handle::current(),
             stats: LazyStats::default(),
@@ -443,6 +446,17 @@ impl LazyTask {
                     task.want(n);
                 }
             } else {
+                if !fresh {
+                    // Parents that just joined may not have said what they hold yet:
+                    // give them a moment before going to the origin.
+                    if let Some(p) = &self.parents {
+                        if let Some(wait) = p.settling() {
+                            let notified = p.changed().notified();
+                            let _ = tokio::time::timeout(wait, notified).await;
+                            continue;
+                        }
+                    }
+                }
                 let plan = self.lock().plan(
                     start,
                     end,
@@ -476,18 +490,31 @@ impl LazyTask {
         match f {
             Fetch::Range { start, end } => {
                 let r = self.fetch_range(start, end).await;
-                let covered = self.lock().range_done(start, end, r.is_ok());
+                let (covered, touched) = {
+                    let mut pl = self.lock();
+                    (pl.range_done(start, end, r.is_ok()), pl.pieces(start, end))
+                };
                 self.bump();
                 if r.is_ok() {
                     self.stats
                         .origin_bytes
                         .fetch_add(end - start, Ordering::Relaxed);
                     self.commit(covered).await?;
+                    if self.reporter.is_some() {
+                        // With P2P, pieces are what peers exchange: complete the ones
+                        // this read touched, so the next node gets them from us.
+                        for n in touched {
+                            self.complete_piece(n);
+                        }
+                    }
                 }
                 r
             }
             Fetch::Piece { number, parent } => {
-                let p = self.parents.as_ref().and_then(|s| Some((s, s.parent(parent)?)));
+                let p = self
+                    .parents
+                    .as_ref()
+                    .and_then(|s| Some((s, s.parent(parent)?)));
                 let ok = match &p {
                     Some((_, q)) => self.engine.fetch_piece_from(&self.task, number, q).await,
                     None => false,
@@ -634,7 +661,11 @@ impl LazyTask {
             }
         }
         if pos != end {
-            return Err(format!("the origin sent {} of {} bytes", pos - start, end - start));
+            return Err(format!(
+                "the origin sent {} of {} bytes",
+                pos - start,
+                end - start
+            ));
         }
         Ok(())
     }
@@ -672,6 +703,32 @@ impl LazyTask {
         Ok(())
     }
 
+    /// Fetches the rest of piece `number` in the background, one piece at a
+    /// time per engine so on-demand reads keep the bandwidth.
+    fn complete_piece(self: &Arc<Self>, number: u32) {
+        if self.task.has_piece(number)
+            || !self
+                .filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(number)
+        {
+            return;
+        }
+        let t = self.clone();
+        tokio::spawn(async move {
+            let _permit = t.engine.background_fill.acquire().await;
+            let (off, len) = piece_range(number, t.task.content_length(), t.task.piece_length());
+            if let Err(e) = t.fill(off, off + len, false).await {
+                tracing::debug!(task_id = %t.task.id, piece = number, error = %e, "completing a piece failed");
+            }
+            t.filling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&number);
+        });
+    }
+
     /// Announces committed pieces to the scheduler.
     async fn report(&self) {
         if let Some((r, back_to_source)) = &self.reporter {
@@ -707,7 +764,8 @@ impl LazyTask {
             let t = task.clone();
             let got = tokio::task::spawn_blocking(move || {
                 let mut h = ContentHasher::new(&algorithm);
-                h.update_from(&t, 0, t.content_length()).map(|()| h.finish())
+                h.update_from(&t, 0, t.content_length())
+                    .map(|()| h.finish())
             })
             .await
             .map_err(|e| StoreError::Io {
@@ -733,7 +791,9 @@ impl LazyTask {
         if let Some((r, back_to_source)) = &self.reporter {
             self.report().await;
             r.send(if *back_to_source {
-                R::DownloadPeerBackToSourceFinishedRequest(DownloadPeerBackToSourceFinishedRequest {})
+                R::DownloadPeerBackToSourceFinishedRequest(
+                    DownloadPeerBackToSourceFinishedRequest {},
+                )
             } else {
                 R::DownloadPeerFinishedRequest(DownloadPeerFinishedRequest {})
             })

@@ -33,7 +33,9 @@ impl RuntimeService {
 fn status(e: RuntimeError) -> Status {
     let m = e.to_string();
     match e {
-        RuntimeError::InvalidArgument(_) | RuntimeError::Image { .. } => Status::invalid_argument(m),
+        RuntimeError::InvalidArgument(_) | RuntimeError::Image { .. } => {
+            Status::invalid_argument(m)
+        }
         RuntimeError::AlreadyMounted { .. } => Status::already_exists(m),
         RuntimeError::NotMounted(_) => Status::not_found(m),
         RuntimeError::Mount { .. } => Status::failed_precondition(m),

@@ -12,8 +12,8 @@ use crate::config::{self, RuntimeMode};
 use crate::download::Engine;
 use crate::lazy::blobs::StoreBlobs;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use sha2::Digest;
 use nydus::reader::{ChunkReader, ReadStats};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -65,7 +65,10 @@ pub enum RuntimeError {
     #[error("{0} is not an image mount of this dfdaemon")]
     NotMounted(PathBuf),
     #[error("mounting at {mountpoint}: {message}")]
-    Mount { mountpoint: PathBuf, message: String },
+    Mount {
+        mountpoint: PathBuf,
+        message: String,
+    },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -111,9 +114,7 @@ impl Runtime {
         };
         let scheme = spec.scheme.as_deref().unwrap_or("https");
         if scheme != "https" && scheme != "http" {
-            return Err(invalid(format!(
-                "scheme {scheme:?}: must be https or http"
-            )));
+            return Err(invalid(format!("scheme {scheme:?}: must be https or http")));
         }
         let (host, name) = parse_repository(&spec.repository).map_err(invalid)?;
         let mut headers = HeaderMap::new();
@@ -185,12 +186,13 @@ impl Runtime {
             message: e.to_string(),
         })?;
         let repo_url = format!("{scheme}://{host}/v2/{name}");
-        let sources = StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers).map_err(|e| {
-            RuntimeError::Image {
-                path: spec.bootstrap_path.clone(),
-                message: e.to_string(),
-            }
-        })?;
+        let sources =
+            StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers).map_err(|e| {
+                RuntimeError::Image {
+                    path: spec.bootstrap_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
         let blobs = Arc::new(StoreBlobs::new(
             self.engine.clone(),
             tokio::runtime::Handle::current(),
@@ -202,7 +204,7 @@ impl Runtime {
             .with_max_merge(self.config.max_merge_size.as_u64());
         let stats = reader.stats.clone();
         let fs = nydus::fusefs::RafsFs::new(img, reader);
-        let options = nydus::fusefs::mount_config(self.config.threads);
+        let options = nydus::fusefs::mount_config(self.config.threads, false);
         let mp = mountpoint.clone();
         let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mp, &options))
             .await

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let config = nydus::fusefs::mount_config(cli.thread_num);
+    let config = nydus::fusefs::mount_config(cli.thread_num, true);
     match backend {
         Backend::Local { dir, blob_file } => {
             let blobs = match (dir, blob_file) {

@@ -1,0 +1,472 @@
+//! dfdaemon's lazy-loading runtime against a real docker-registry and real FUSE mounts: Nydus
+//! images converted by our `nydusify` are mounted through the Runtime gRPC service and read on
+//! demand through the piece store.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use dfdaemon::runtime::grpc::proto::{ListMountsRequest, MountRequest, UnmountRequest};
+use integration::agent::{bin, Agent};
+use integration::cluster::{peer_yaml, Scheduler};
+use integration::fstree::{assert_same_tree, Compare};
+use integration::{
+    feature_image_layers_with, require_root_and_tools, FeatureImageOptions, Registry, TestDir,
+};
+use nydus::image::Image;
+use nydus::tree::Kind;
+
+const MIB: u64 = 1 << 20;
+
+/// Every property but the root directory's own metadata (layers do not agree on it).
+const ALL_BUT_ROOT: Compare = Compare {
+    root_meta: false,
+    ..Compare::ALL
+};
+
+/// A Nydus image in the registry, its bootstrap on disk and the source's tree.
+struct Fixture {
+    repo: &'static str,
+    boot: PathBuf,
+    image: Image,
+    oci_root: PathBuf,
+}
+
+/// The feature image (big layer of `big` bytes) converted to Nydus as `nydus/app:v1`.
+async fn fixture(dir: &TestDir, reg: &Registry, big: u64) -> Fixture {
+    let layers = feature_image_layers_with(FeatureImageOptions {
+        big_layer_bytes: big,
+        cross_layer_hardlink: true,
+    })
+    .expect("layers");
+    let img = reg.push_image("src/app", "v1", &layers).await.unwrap();
+    let dst = format!("{}/nydus/app:v1", reg.addr());
+    let o = Command::new(bin("nydusify"))
+        .args(["convert", "--no-progress", "--source", &img.reference])
+        .args(["--target", &dst, "--source-insecure", "--target-insecure"])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "nydusify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (body, _, _) = reg.client().get_manifest("nydus/app", "v1").await.unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let boot_digest = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gz = reg
+        .client()
+        .get_blob("nydus/app", &boot_digest)
+        .await
+        .unwrap();
+    let bytes = nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).unwrap();
+    let boot = dir.join("image.boot");
+    std::fs::write(&boot, &bytes).unwrap();
+    let image = nydus::image::from_bytes(bytes, None, "bootstrap").unwrap();
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    Fixture {
+        repo: "nydus/app",
+        boot,
+        image,
+        oci_root,
+    }
+}
+
+impl Fixture {
+    /// (blob index, compressed byte ranges) of the chunks of `path`.
+    fn chunks(&self, path: &str) -> (u32, Vec<(u64, u64)>) {
+        let id = self.image.tree.lookup(path.as_bytes()).expect(path);
+        let Kind::File { chunks, .. } = &self.image.tree.node(id).kind else {
+            panic!("{path} is not a file");
+        };
+        let blob = chunks[0].blob_index;
+        let ranges = chunks
+            .iter()
+            .map(|c| {
+                (
+                    c.compressed_offset,
+                    c.compressed_offset + u64::from(c.compressed_size),
+                )
+            })
+            .collect();
+        (blob, ranges)
+    }
+
+    /// Index of the first chunk of `path`.
+    fn first_chunk(&self, path: &str) -> u32 {
+        let id = self.image.tree.lookup(path.as_bytes()).expect(path);
+        let Kind::File { chunks, .. } = &self.image.tree.node(id).kind else {
+            panic!("{path} is not a file");
+        };
+        chunks[0].index
+    }
+
+    fn blob_digest(&self, blob: u32) -> String {
+        format!("sha256:{}", self.image.blobs[blob as usize].id)
+    }
+}
+
+fn mount_request(f: &Fixture, reg: &Registry, mnt: &Path) -> MountRequest {
+    MountRequest {
+        bootstrap_path: f.boot.display().to_string(),
+        mountpoint: mnt.display().to_string(),
+        repository: format!("{}/{}", reg.addr(), f.repo),
+        scheme: "http".into(),
+        ..Default::default()
+    }
+}
+
+/// Successful GETs of `digest` the registry logged, and their bytes.
+fn served(reg: &Registry, digest: &str) -> (usize, u64) {
+    let gets: Vec<_> = reg
+        .blob_requests(digest)
+        .into_iter()
+        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+        .collect();
+    (gets.len(), gets.iter().map(|r| r.bytes.unwrap_or(0)).sum())
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.display().to_string();
+    m.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// Mount, read one small file (no other blob fetched), read part of the big file (only its
+/// chunks fetched, by ranges), then pull the big blob through the mirror: only the pieces the
+/// lazy reads did not complete come from the registry, and the blob is intact. The whole mount
+/// then equals the source's tree; unmount removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-runtime").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 24 * MIB).await;
+    let agent = Agent::start(
+        &dir,
+        "agent",
+        &format!("runtime:\n  mountRoot: {}\n", dir.join("mounts").display()),
+    )
+    .await
+    .unwrap();
+    let mut rt = agent.runtime();
+    let mnt = dir.join("mnt");
+    let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+
+    // Bad requests name what is wrong.
+    let mut bad = mount_request(&f, &reg, &mnt);
+    bad.repository = "no-name".into();
+    let e = rt.mount(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("repository"), "{e}");
+    let mut bad = mount_request(&f, &reg, &mnt);
+    bad.bootstrap_path = dir.join("nope.boot").display().to_string();
+    let e = rt.mount(bad).await.unwrap_err();
+    assert!(e.message().contains("nope.boot"), "{e}");
+
+    let r = rt
+        .mount(mount_request(&f, &reg, &mnt))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, "fuse");
+    assert_eq!(r.blob_ids.len(), f.image.blobs.len());
+    assert!(is_mounted(&mnt));
+    // Mounting it again returns the same mount.
+    let again = rt
+        .mount(mount_request(&f, &reg, &mnt))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.mountpoint, r.mountpoint);
+
+    let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+    assert_eq!(text, "v2, from layer 3\n");
+    let (small_blob, small_chunks) = f.chunks("etc/replaced.txt");
+    let (big_blob, _) = f.chunks("big/random.bin");
+    let small_digest = f.blob_digest(small_blob);
+    integration::wait_for(Duration::from_secs(10), "the small read's GET", || async {
+        served(&reg, &small_digest).0 > before[small_blob as usize].0
+    })
+    .await
+    .unwrap();
+    for b in 0..f.image.blobs.len() as u32 {
+        let now = served(&reg, &f.blob_digest(b));
+        let was = before[b as usize];
+        if b == small_blob {
+            // The probe of the blob's length (1 byte) and the chunk's bytes.
+            let chunk: u64 = small_chunks.iter().map(|(s, e)| e - s).sum();
+            assert_eq!(now.1 - was.1, 1 + chunk, "bytes of blob {b}");
+        } else {
+            assert_eq!(
+                now, was,
+                "blob {b} was fetched for a file of blob {small_blob}"
+            );
+        }
+    }
+
+    // 9 MiB of the big file: only its chunks, by ranges.
+    let expected = std::fs::read(f.oci_root.join("big/random.bin")).unwrap();
+    let got = read_at(&mnt.join("big/random.bin"), 0, 9 * MIB as usize).unwrap();
+    assert!(
+        got == expected[..9 * MIB as usize],
+        "big/random.bin differs"
+    );
+    let big_digest = f.blob_digest(big_blob);
+    let blob_size = f.image.blobs[big_blob as usize].compressed_size;
+    integration::wait_for(Duration::from_secs(10), "the big reads' GETs", || async {
+        served(&reg, &big_digest).1 >= before[big_blob as usize].1 + 9 * MIB
+    })
+    .await
+    .unwrap();
+    let lazily = served(&reg, &big_digest).1 - before[big_blob as usize].1;
+    assert!(
+        lazily < 11 * MIB,
+        "reading 9 MiB fetched {lazily} bytes of the {blob_size}-byte blob"
+    );
+
+    // The mirror pull of the blob: the two pieces (4 MiB each) the lazy reads completed are
+    // not fetched again, every other piece is, whole. (The kernel's readahead may still fetch a
+    // chunk lazily meanwhile: those GETs are chunk-sized, never a whole piece.)
+    let piece = 4 * MIB;
+    let gets_before_pull = reg.blob_requests(&big_digest).len();
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(agent.proxy_url()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("{}/v2/{}/blobs/{big_digest}", reg.url(), f.repo);
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        integration::sha256_digest(&body),
+        big_digest,
+        "blob through the mirror"
+    );
+    let whole = blob_size / piece;
+    integration::wait_for(Duration::from_secs(10), "the pull's GETs", || async {
+        reg.blob_requests(&big_digest)[gets_before_pull..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.bytes == Some(piece))
+            .count() as u64
+            >= whole - 2
+    })
+    .await
+    .unwrap();
+    let pull: Vec<u64> = reg.blob_requests(&big_digest)[gets_before_pull..]
+        .iter()
+        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+        .map(|r| r.bytes.unwrap_or(0))
+        .collect();
+    assert_eq!(
+        pull.iter().filter(|b| **b == piece).count() as u64,
+        whole - 2,
+        "pieces fetched by the pull (GET sizes {pull:?}): the {whole} whole pieces but the two stored"
+    );
+    assert!(
+        pull.iter().sum::<u64>() < blob_size - 2 * piece + 2 * MIB,
+        "the pull fetched {pull:?}"
+    );
+
+    // Everything, compared with the source (reads every file).
+    let mnt2 = mnt.clone();
+    let root = f.oci_root.clone();
+    tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
+        .await
+        .unwrap();
+    let list = rt
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.mounts.len(), 1);
+    let m = &list.mounts[0];
+    assert!(m.read_bytes >= expected.len() as u64, "{m:?}");
+    assert!(m.origin_bytes > 0 && m.parent_bytes == 0, "{m:?}");
+    assert_eq!(m.chunk_check_failures, 0, "{m:?}");
+
+    rt.unmount(UnmountRequest {
+        mountpoint: mnt.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(!is_mounted(&mnt));
+    let e = rt
+        .unmount(UnmountRequest {
+            mountpoint: mnt.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+}
+
+/// A byte of a chunk flipped at the registry: the read fails with EIO and nothing wrong is
+/// returned; the log names the chunk. Once the registry is fixed, the same read succeeds on the
+/// same mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_corrupted_at_the_registry_is_eio_until_fixed() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-corrupt").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 0).await;
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mut rt = agent.runtime();
+    let mnt = dir.join("mnt");
+    rt.mount(mount_request(&f, &reg, &mnt)).await.unwrap();
+
+    let (blob, chunks) = f.chunks("etc/hello.txt");
+    let hex = &f.image.blobs[blob as usize].id;
+    let data = reg
+        .dir()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let good = std::fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    bad[((chunks[0].0 + chunks[0].1) / 2) as usize] ^= 0x5a;
+    std::fs::write(&data, &bad).unwrap();
+
+    let path = mnt.join("etc/hello.txt");
+    let err = std::fs::read(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    let chunk = format!("chunk {}", f.first_chunk("etc/hello.txt"));
+    assert!(
+        agent.log().contains(&chunk),
+        "the log does not name {chunk}:\n{}",
+        agent.log_tail(30)
+    );
+    std::fs::write(&data, &good).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, "hello-from-image\n");
+    let list = rt
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.mounts[0].chunk_check_failures >= 2,
+        "{:?}",
+        list.mounts
+    );
+    rt.unmount(UnmountRequest {
+        mountpoint: mnt.display().to_string(),
+    })
+    .await
+    .unwrap();
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+/// Two nodes with a scheduler: node A reads files lazily (and completes the pieces it touched,
+/// so peers can fetch them); node B reading the same files gets every chunk from A: the
+/// registry sees no GET of those blobs from B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_reads_lazily_from_the_first() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-p2p").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 12 * MIB).await;
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let a = Agent::start(&dir, "node-a", &peer_yaml("node-a", sched.port, false))
+        .await
+        .unwrap();
+    let b = Agent::start(&dir, "node-b", &peer_yaml("node-b", sched.port, false))
+        .await
+        .unwrap();
+    sched.wait_hosts(2).await.unwrap();
+    let files = ["etc/hello.txt", "etc/replaced.txt", "big/random.bin"];
+
+    let mnt_a = dir.join("mnt-a");
+    let mut rt_a = a.runtime();
+    rt_a.mount(mount_request(&f, &reg, &mnt_a)).await.unwrap();
+    for p in files {
+        let got = std::fs::read(mnt_a.join(p)).unwrap();
+        assert!(
+            got == std::fs::read(f.oci_root.join(p)).unwrap(),
+            "{p} on A"
+        );
+    }
+    // Wait until A announces every piece holding those files (it completes them in the
+    // background), watched through A's SyncPieces as a child would.
+    for p in files {
+        let (blob, ranges) = f.chunks(p);
+        let task_id = f.image.blobs[blob as usize].id.clone();
+        let pieces: std::collections::BTreeSet<u32> = ranges
+            .iter()
+            .flat_map(|(s, e)| (s / (4 * MIB)) as u32..=((e - 1) / (4 * MIB)) as u32)
+            .collect();
+        a.wait_pieces(
+            &task_id,
+            &pieces.into_iter().collect::<Vec<_>>(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{p}: {e}\n{}", a.log_tail(30)));
+    }
+    let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+
+    let mnt_b = dir.join("mnt-b");
+    let mut rt_b = b.runtime();
+    rt_b.mount(mount_request(&f, &reg, &mnt_b)).await.unwrap();
+    for p in files {
+        let got = std::fs::read(mnt_b.join(p)).unwrap();
+        assert!(
+            got == std::fs::read(f.oci_root.join(p)).unwrap(),
+            "{p} on B"
+        );
+    }
+    let list = rt_b
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let m = &list.mounts[0];
+    assert!(m.parent_bytes > 0, "{m:?}");
+    assert_eq!(m.origin_bytes, 0, "B fetched from the registry: {m:?}");
+    // B's reads are done (their bytes are in hand); the registry logged nothing more.
+    for (blob, was) in before.iter().enumerate() {
+        assert_eq!(
+            served(&reg, &f.blob_digest(blob as u32)),
+            *was,
+            "blob {blob} was fetched from the registry while B read\n{}",
+            b.log_tail(30)
+        );
+    }
+    rt_b.unmount(UnmountRequest {
+        mountpoint: mnt_b.display().to_string(),
+    })
+    .await
+    .unwrap();
+    rt_a.unmount(UnmountRequest {
+        mountpoint: mnt_a.display().to_string(),
+    })
+    .await
+    .unwrap();
+}
