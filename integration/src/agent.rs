@@ -86,6 +86,7 @@ impl Agent {
             "metrics": {"server": {"ip": "127.0.0.1", "port": metrics_port}},
             "upload": {"server": {"ip": "127.0.0.1", "port": upload_port}},
             "download": {"server": {"socketPath": socket}},
+            "runtime": {"mountRoot": dir.join(format!("{name}-mounts"))},
         });
         if !extra_yaml.trim().is_empty() {
             let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml).map_err(|e| {

@@ -134,9 +134,18 @@ fn served(reg: &Registry, digest: &str) -> (usize, u64) {
 }
 
 fn is_mounted(p: &Path) -> bool {
+    fstype(p).is_some()
+}
+
+/// The filesystem type of the mount at `p` (from /proc/self/mountinfo).
+fn fstype(p: &Path) -> Option<String> {
     let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let p = p.display().to_string();
-    m.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    m.lines()
+        .find(|l| l.split(' ').nth(4) == Some(p.as_str()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|t| t.split(' ').next())
+        .map(str::to_string)
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
@@ -181,20 +190,19 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
     let e = rt.mount(bad).await.unwrap_err();
     assert!(e.message().contains("nope.boot"), "{e}");
 
-    let r = rt
-        .mount(mount_request(&f, &reg, &mnt))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut req = mount_request(&f, &reg, &mnt);
+    req.mode = "fuse".into();
+    let r = rt.mount(req.clone()).await.unwrap().into_inner();
     assert_eq!(r.mode, "fuse");
+    assert!(
+        fstype(&mnt).is_some_and(|t| t.starts_with("fuse")),
+        "{:?}",
+        fstype(&mnt)
+    );
     assert_eq!(r.blob_ids.len(), f.image.blobs.len());
     assert!(is_mounted(&mnt));
     // Mounting it again returns the same mount.
-    let again = rt
-        .mount(mount_request(&f, &reg, &mnt))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = rt.mount(req).await.unwrap().into_inner();
     assert_eq!(again.mountpoint, r.mountpoint);
 
     let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
@@ -320,6 +328,90 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+}
+
+/// Kernel EROFS mode (the default for v6 images): the kernel mounts the bootstrap and reads
+/// file data from the blobs' uncompressed views, served over FUSE through the piece store.
+/// Reading a small file fetches only its blob; the whole mount equals the source's tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erofs_mode_mounts_the_bootstrap_in_the_kernel() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-erofs").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 8 * MIB).await;
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mut rt = agent.runtime();
+    let mnt = dir.join("mnt");
+    let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    let r = rt
+        .mount(mount_request(&f, &reg, &mnt))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, "erofs", "auto picks kernel EROFS for a v6 image");
+    assert_eq!(fstype(&mnt).as_deref(), Some("erofs"));
+    // Listing the whole tree reads only the bootstrap: no blob is fetched.
+    let n = walkdir_count(&mnt);
+    assert!(n > 20, "{n} entries");
+    for b in 0..f.image.blobs.len() as u32 {
+        assert_eq!(
+            served(&reg, &f.blob_digest(b)),
+            before[b as usize],
+            "blob {b} after a walk"
+        );
+    }
+    let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+    assert_eq!(text, "v2, from layer 3\n");
+    let (small_blob, _) = f.chunks("etc/replaced.txt");
+    let small_digest = f.blob_digest(small_blob);
+    integration::wait_for(Duration::from_secs(10), "the small read's GET", || async {
+        served(&reg, &small_digest).0 > before[small_blob as usize].0
+    })
+    .await
+    .unwrap();
+    let (big_blob, _) = f.chunks("big/random.bin");
+    assert_eq!(
+        served(&reg, &f.blob_digest(big_blob)),
+        before[big_blob as usize],
+        "the big blob was fetched for a small file"
+    );
+    let mnt2 = mnt.clone();
+    let root = f.oci_root.clone();
+    tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
+        .await
+        .unwrap();
+    rt.unmount(UnmountRequest {
+        mountpoint: mnt.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(!is_mounted(&mnt));
+    let blob_views = dir.join("agent-mounts/.blobs");
+    let left: Vec<_> = std::fs::read_dir(&blob_views)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|p| !is_mounted(p)),
+        "blob views still mounted: {left:?}"
+    );
+}
+
+fn walkdir_count(root: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            n += 1;
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
 }
 
 /// A byte of a chunk flipped at the registry: the read fails with EIO and nothing wrong is

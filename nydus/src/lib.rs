@@ -17,6 +17,7 @@
 //! enough bytes are present; the `validate` methods check the values the way Nydus does when it
 //! loads a bootstrap. All integers are little-endian.
 
+pub mod blobfs;
 pub mod blobmeta;
 pub mod build;
 pub mod chunk;

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeMode {
-    /// The best mode the kernel and the image allow (FUSE today).
+    /// Kernel EROFS for RAFS v6 images where the kernel can mount it, FUSE
+    /// otherwise (and for v5 images).
     #[default]
     Auto,
     /// A FUSE filesystem serves metadata and data.
     Fuse,
-    /// The kernel mounts the bootstrap as EROFS, blobs served by FUSE. Not
-    /// available yet: refused with a message.
+    /// The kernel mounts the bootstrap as EROFS (file-backed, Linux ≥ 6.12);
+    /// the blobs' uncompressed views are served by FUSE. v6 images only.
     Erofs,
 }
 
@@ -58,12 +59,6 @@ impl Runtime {
     pub(crate) fn validate(&self, p: &mut Vec<String>) {
         if !self.mount_root.is_absolute() {
             p.push("runtime.mountRoot: must be an absolute path".into());
-        }
-        if self.mode == RuntimeMode::Erofs {
-            p.push(
-                "runtime.mode: erofs (kernel EROFS mounts) is not available yet; use auto or fuse"
-                    .into(),
-            );
         }
         if !(1..=64).contains(&self.threads) {
             p.push("runtime.threads: must be 1-64".into());

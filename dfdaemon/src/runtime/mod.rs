@@ -73,9 +73,21 @@ pub enum RuntimeError {
     Unavailable(String),
 }
 
+/// How a mount is served.
+enum MountKind {
+    /// A FUSE filesystem serves metadata and data.
+    Fuse(fuser::BackgroundSession),
+    /// The kernel mounts the bootstrap (EROFS); a FUSE filesystem at `blob_dir` serves the
+    /// blobs' uncompressed views as its devices.
+    Erofs {
+        blobs: fuser::BackgroundSession,
+        blob_dir: PathBuf,
+    },
+}
+
 struct Mounted {
     info: MountInfo,
-    session: Option<fuser::BackgroundSession>,
+    kind: Option<MountKind>,
     blobs: Arc<StoreBlobs>,
     stats: Arc<ReadStats>,
 }
@@ -103,15 +115,6 @@ impl Runtime {
     pub async fn mount(&self, spec: MountSpec) -> Result<MountInfo, RuntimeError> {
         let invalid = RuntimeError::InvalidArgument;
         let mode = spec.mode.unwrap_or(self.config.mode);
-        let mode = match mode {
-            RuntimeMode::Auto | RuntimeMode::Fuse => "fuse",
-            RuntimeMode::Erofs => {
-                return Err(invalid(
-                    "mode erofs (kernel EROFS mounts) is not available yet; use auto or fuse"
-                        .into(),
-                ))
-            }
-        };
         let scheme = spec.scheme.as_deref().unwrap_or("https");
         if scheme != "https" && scheme != "http" {
             return Err(invalid(format!("scheme {scheme:?}: must be https or http")));
@@ -185,6 +188,13 @@ impl Runtime {
             mountpoint: mountpoint.clone(),
             message: e.to_string(),
         })?;
+        if mode == RuntimeMode::Erofs && img.version != 6 {
+            return Err(invalid(format!(
+                "mode erofs needs a RAFS v6 image; {} is v{}",
+                spec.bootstrap_path.display(),
+                img.version
+            )));
+        }
         let repo_url = format!("{scheme}://{host}/v2/{name}");
         let sources =
             StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers).map_err(|e| {
@@ -199,20 +209,44 @@ impl Runtime {
             sources,
         ));
         let blob_ids: Vec<String> = img.blobs.iter().map(|b| b.id.clone()).collect();
-        let reader = ChunkReader::new(img.blobs.clone(), blobs.clone())
-            .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
-            .with_max_merge(self.config.max_merge_size.as_u64());
-        let stats = reader.stats.clone();
-        let fs = nydus::fusefs::RafsFs::new(img, reader);
-        let options = nydus::fusefs::mount_config(self.config.threads, false);
-        let mp = mountpoint.clone();
-        let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mp, &options))
-            .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-            .map_err(|e| RuntimeError::Mount {
-                mountpoint: mountpoint.clone(),
-                message: e.to_string(),
-            })?;
+        let new_reader = || {
+            ChunkReader::new(img.blobs.clone(), blobs.clone())
+                .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
+                .with_max_merge(self.config.max_merge_size.as_u64())
+        };
+        let mut served = None;
+        if mode != RuntimeMode::Fuse && img.version == 6 {
+            match self
+                .mount_erofs(&img, new_reader(), &spec.bootstrap_path, &mountpoint)
+                .await
+            {
+                Ok(m) => served = Some(m),
+                Err(e) if mode == RuntimeMode::Erofs => return Err(e),
+                Err(e) => {
+                    tracing::warn!(mountpoint = %mountpoint.display(), error = %e,
+                        "kernel EROFS mode failed; serving the image over FUSE");
+                }
+            }
+        }
+        let (kind, stats, mode) = match served {
+            Some((kind, stats)) => (kind, stats, "erofs"),
+            None => {
+                let reader = new_reader();
+                let stats = reader.stats.clone();
+                let fs = nydus::fusefs::RafsFs::new(img, reader);
+                let options = nydus::fusefs::mount_config(self.config.threads, false);
+                let mp = mountpoint.clone();
+                let session =
+                    tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mp, &options))
+                        .await
+                        .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                        .map_err(|e| RuntimeError::Mount {
+                            mountpoint: mountpoint.clone(),
+                            message: e.to_string(),
+                        })?;
+                (MountKind::Fuse(session), stats, "fuse")
+            }
+        };
         let m = Mounted {
             info: MountInfo {
                 mountpoint: mountpoint.clone(),
@@ -225,7 +259,7 @@ impl Runtime {
                 parent_bytes: 0,
                 chunk_check_failures: 0,
             },
-            session: Some(session),
+            kind: Some(kind),
             blobs,
             stats,
         };
@@ -249,28 +283,95 @@ impl Runtime {
         info
     }
 
-    /// Unmounts an image.
-    pub async fn unmount(&self, mountpoint: &Path) -> Result<(), RuntimeError> {
-        let mut mounts = self.mounts.lock().await;
-        let mut m = mounts
-            .remove(mountpoint)
-            .ok_or_else(|| RuntimeError::NotMounted(mountpoint.to_path_buf()))?;
-        let Some(session) = m.session.take() else {
-            return Ok(());
+    /// Serves the blob views of `img` over FUSE under `runtime.mountRoot` and mounts the
+    /// bootstrap with them as kernel EROFS at `mountpoint`.
+    async fn mount_erofs(
+        &self,
+        img: &nydus::image::Image,
+        reader: ChunkReader<Arc<StoreBlobs>>,
+        bootstrap: &Path,
+        mountpoint: &Path,
+    ) -> Result<(MountKind, Arc<ReadStats>), RuntimeError> {
+        let mount_err = |message: String| RuntimeError::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            message,
         };
-        let r = tokio::task::spawn_blocking(move || session.umount_and_join())
+        let stats = reader.stats.clone();
+        let fs = nydus::blobfs::BlobFs::new(img, reader).map_err(|e| RuntimeError::Image {
+            path: bootstrap.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let key = hex::encode(sha2::Sha256::digest(
+            mountpoint.as_os_str().as_encoded_bytes(),
+        ));
+        let blob_dir = self.config.mount_root.join(".blobs").join(&key[..16]);
+        std::fs::create_dir_all(&blob_dir)
+            .map_err(|e| mount_err(format!("{}: {e}", blob_dir.display())))?;
+        let devices = fs.device_paths(&blob_dir);
+        let options = nydus::blobfs::blobfs_config(self.config.threads);
+        let dir = blob_dir.clone();
+        let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &dir, &options))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .map_err(|e| mount_err(format!("blob views at {}: {e}", blob_dir.display())))?;
+        let (b, m) = (bootstrap.to_path_buf(), mountpoint.to_path_buf());
+        let r = tokio::task::spawn_blocking(move || nydus::blobfs::mount_erofs(&b, &m, &devices))
             .await
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         match r {
-            Ok(()) => {
-                tracing::info!(mountpoint = %mountpoint.display(), "image unmounted");
-                Ok(())
+            Ok(()) => Ok((
+                MountKind::Erofs {
+                    blobs: session,
+                    blob_dir,
+                },
+                stats,
+            )),
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
+                let _ = std::fs::remove_dir(&blob_dir);
+                Err(mount_err(e.to_string()))
             }
-            Err(e) => Err(RuntimeError::Mount {
-                mountpoint: mountpoint.to_path_buf(),
-                message: format!("unmount: {e}"),
-            }),
         }
+    }
+
+    /// Unmounts an image.
+    pub async fn unmount(&self, mountpoint: &Path) -> Result<(), RuntimeError> {
+        let mut mounts = self.mounts.lock().await;
+        let m = mounts
+            .get_mut(mountpoint)
+            .ok_or_else(|| RuntimeError::NotMounted(mountpoint.to_path_buf()))?;
+        let unmount_err = |e: String| RuntimeError::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            message: format!("unmount: {e}"),
+        };
+        match m.kind.take() {
+            None => {}
+            Some(MountKind::Fuse(session)) => {
+                tokio::task::spawn_blocking(move || session.umount_and_join())
+                    .await
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                    .map_err(|e| unmount_err(e.to_string()))?;
+            }
+            Some(MountKind::Erofs { blobs, blob_dir }) => {
+                // The filesystem first (it may be busy: then nothing changes), its devices after.
+                let mp = mountpoint.to_path_buf();
+                let r = tokio::task::spawn_blocking(move || nydus::blobfs::unmount(&mp))
+                    .await
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+                if let Err(e) = r {
+                    m.kind = Some(MountKind::Erofs { blobs, blob_dir });
+                    return Err(unmount_err(e.to_string()));
+                }
+                tokio::task::spawn_blocking(move || blobs.umount_and_join())
+                    .await
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                    .map_err(|e| unmount_err(e.to_string()))?;
+                let _ = std::fs::remove_dir(&blob_dir);
+            }
+        }
+        mounts.remove(mountpoint);
+        tracing::info!(mountpoint = %mountpoint.display(), "image unmounted");
+        Ok(())
     }
 
     /// The mounted images.
