@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Where downloaded bytes came from.
@@ -38,6 +39,35 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Where bytes of range reads (lazy loading) came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `origin`, `parent` (fetched) or `local` (returned from the store).
+    pub source: &'static str,
+}
+
+/// A FUSE request kind of a mount mode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FuseOpLabels {
+    /// `lookup`, `getattr`, `read`, ...
+    pub op: &'static str,
+    /// `fuse` (the image's filesystem) or `erofs` (the blob views under a kernel EROFS mount).
+    pub mode: &'static str,
+}
+
+/// An image (its repository).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabels {
+    pub image: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn fuse_histogram() -> Histogram {
+    // 50 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.00005, 4.0, 10))
+}
+
 /// All dfdaemon metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -65,6 +95,14 @@ pub struct Metrics {
     pub upload_traffic: Family<ProtocolLabels, Counter>,
     /// Metadata writes queued but not yet committed to disk.
     pub metadata_pending_writes: Gauge,
+    /// Range-read (lazy loading) bytes by source.
+    pub lazy_traffic: Family<SourceLabels, Counter>,
+    /// Chunks that failed their CRC32C or digest check.
+    pub chunk_check_failures: Counter,
+    /// FUSE request durations of image mounts.
+    pub fuse_requests: HistogramFamily<FuseOpLabels>,
+    /// Bytes read from each mounted image.
+    pub image_read_bytes: Family<ImageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +126,10 @@ impl Metrics {
             gc_runs: Counter::default(),
             upload_traffic: Family::default(),
             metadata_pending_writes: Gauge::default(),
+            lazy_traffic: Family::default(),
+            chunk_check_failures: Counter::default(),
+            fuse_requests: Family::new_with_constructor(fuse_histogram as fn() -> Histogram),
+            image_read_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,7 +175,30 @@ impl Metrics {
             "Metadata writes queued but not yet committed to disk",
             m.metadata_pending_writes.clone(),
         );
+        registry.register(
+            "lazy_traffic_bytes",
+            "Range-read (lazy loading) bytes: fetched from the origin, from parents, or returned from the store (local)",
+            m.lazy_traffic.clone(),
+        );
+        registry.register(
+            "chunk_check_failures",
+            "Image chunks that failed their CRC32C or digest check",
+            m.chunk_check_failures.clone(),
+        );
+        registry.register(
+            "fuse_request_duration_seconds",
+            "FUSE request durations of image mounts, by request kind and mount mode",
+            m.fuse_requests.clone(),
+        );
+        registry.register(
+            "image_read_bytes",
+            "Bytes read from each mounted image (file data in fuse mode, blob data in erofs mode)",
+            m.image_read_bytes.clone(),
+        );
         // Pre-create the label sets users look for, so they read 0 rather than absent.
+        for source in ["origin", "parent", "local"] {
+            let _ = m.lazy_traffic.get_or_create(&SourceLabels { source });
+        }
         for t in ["back_to_source", "local_cache", "remote_peer"] {
             let _ = m
                 .download_traffic
@@ -145,6 +210,13 @@ impl Metrics {
     pub fn traffic(&self, source: &'static str, bytes: u64) {
         self.download_traffic
             .get_or_create(&TrafficLabels { r#type: source })
+            .inc_by(bytes);
+    }
+
+    /// Counts range-read bytes from `source`.
+    pub fn lazy(&self, source: &'static str, bytes: u64) {
+        self.lazy_traffic
+            .get_or_create(&SourceLabels { source })
             .inc_by(bytes);
     }
 

@@ -314,6 +314,21 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
     assert!(m.read_bytes >= expected.len() as u64, "{m:?}");
     assert!(m.origin_bytes > 0 && m.parent_bytes == 0, "{m:?}");
     assert_eq!(m.chunk_check_failures, 0, "{m:?}");
+    let text = agent.metrics_text().await.unwrap();
+    let reads = integration::agent::sum_metric(
+        &text,
+        "dragonfly_dfdaemon_fuse_request_duration_seconds_count{op=\"read\",mode=\"fuse\"}",
+    );
+    assert!(reads > 0.0, "no FUSE read observed:\n{text}");
+    let image = integration::agent::sum_metric(
+        &text,
+        &format!(
+            "dragonfly_dfdaemon_image_read_bytes_total{{image=\"{}/{}\"}}",
+            reg.addr(),
+            f.repo
+        ),
+    );
+    assert_eq!(image, m.read_bytes as f64, "{text}");
 
     rt.unmount(UnmountRequest {
         mountpoint: mnt.display().to_string(),
@@ -382,6 +397,13 @@ async fn erofs_mode_mounts_the_bootstrap_in_the_kernel() {
     tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
         .await
         .unwrap();
+    let reads = agent
+        .metric(
+            "dragonfly_dfdaemon_fuse_request_duration_seconds_count{op=\"read\",mode=\"erofs\"}",
+        )
+        .await
+        .unwrap();
+    assert!(reads > 0.0, "the blob views served no read");
     rt.unmount(UnmountRequest {
         mountpoint: mnt.display().to_string(),
     })
@@ -463,6 +485,13 @@ async fn a_chunk_corrupted_at_the_registry_is_eio_until_fixed() {
         "{:?}",
         list.mounts
     );
+    assert!(
+        agent
+            .metric("dragonfly_dfdaemon_chunk_check_failures_total")
+            .await
+            .unwrap()
+            >= 2.0
+    );
     rt.unmount(UnmountRequest {
         mountpoint: mnt.display().to_string(),
     })
@@ -542,6 +571,15 @@ async fn a_second_node_reads_lazily_from_the_first() {
     let m = &list.mounts[0];
     assert!(m.parent_bytes > 0, "{m:?}");
     assert_eq!(m.origin_bytes, 0, "B fetched from the registry: {m:?}");
+    let lazy = |source: &str| {
+        format!("dragonfly_dfdaemon_lazy_traffic_bytes_total{{source=\"{source}\"}}")
+    };
+    assert_eq!(b.metric(&lazy("origin")).await.unwrap(), 0.0);
+    assert_eq!(
+        b.metric(&lazy("parent")).await.unwrap(),
+        m.parent_bytes as f64
+    );
+    assert!(b.metric(&lazy("local")).await.unwrap() > 0.0);
     // B's reads are done (their bytes are in hand); the registry logged nothing more.
     for (blob, was) in before.iter().enumerate() {
         assert_eq!(

@@ -17,6 +17,7 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
+use crate::fusefs::{Observer, Timer};
 use crate::image::Image;
 use crate::reader::{BlobReader, ChunkReader};
 use crate::tree::Kind;
@@ -49,6 +50,7 @@ pub enum ErofsError {
 pub struct BlobFs<R: BlobReader> {
     views: Vec<View>,
     reader: ChunkReader<R>,
+    observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
 impl<R: BlobReader + 'static> BlobFs<R> {
@@ -100,7 +102,21 @@ impl<R: BlobReader + 'static> BlobFs<R> {
                 size,
             });
         }
-        Ok(BlobFs { views, reader })
+        Ok(BlobFs {
+            views,
+            reader,
+            observer: None,
+        })
+    }
+
+    /// Reports every request to `observer`.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn timer(&self, op: &'static str) -> Timer<'_> {
+        Timer::new(self.observer.as_deref(), op)
     }
 
     /// The chunk reader (for its counters).
@@ -145,6 +161,7 @@ impl<R: BlobReader + 'static> BlobFs<R> {
 
 impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.timer("lookup");
         if parent.0 != 1 {
             return reply.error(Errno::ENOENT);
         }
@@ -160,6 +177,7 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.timer("getattr");
         match self.attr(ino) {
             Some(a) => reply.attr(&TTL, &a),
             None => reply.error(Errno::ENOENT),
@@ -167,6 +185,7 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timer("open");
         match self.view(ino) {
             Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             None if ino.0 == 1 => reply.error(Errno::EISDIR),
@@ -185,11 +204,17 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.timer("read");
         let Some(v) = self.view(ino) else {
             return reply.error(Errno::ENOENT);
         };
         match self.reader.read(&v.chunks, v.size, offset, size as usize) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                if let Some(o) = &self.observer {
+                    o.read(data.len() as u64);
+                }
+                reply.data(&data)
+            }
             Err(e) => {
                 tracing::error!("read of blob view {} at {offset}+{size}: {e}", v.name);
                 reply.error(Errno::EIO)
@@ -205,6 +230,7 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.timer("readdir");
         if ino.0 != 1 {
             return reply.error(Errno::ENOTDIR);
         }

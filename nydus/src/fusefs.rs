@@ -47,6 +47,39 @@ pub fn mount_config(threads: usize, auto_unmount: bool) -> fuser::Config {
     c
 }
 
+/// Watches a mount's FUSE requests (for metrics).
+pub trait Observer: Send + Sync {
+    /// A request of kind `op` (`lookup`, `read`, ...) was answered after `elapsed`.
+    fn request(&self, op: &'static str, elapsed: Duration);
+    /// `bytes` of data were returned by a read.
+    fn read(&self, bytes: u64);
+}
+
+/// Reports a request's duration to an [`Observer`] when dropped.
+pub struct Timer<'a> {
+    observer: Option<&'a dyn Observer>,
+    op: &'static str,
+    start: std::time::Instant,
+}
+
+impl<'a> Timer<'a> {
+    pub fn new(observer: Option<&'a dyn Observer>, op: &'static str) -> Self {
+        Timer {
+            observer,
+            op,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = self.observer {
+            o.request(self.op, self.start.elapsed());
+        }
+    }
+}
+
 /// A mounted image.
 pub struct RafsFs<R: BlobReader> {
     tree: Tree,
@@ -56,6 +89,7 @@ pub struct RafsFs<R: BlobReader> {
     reader: ChunkReader<R>,
     files: u64,
     bytes: u64,
+    observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
 impl<R: BlobReader + 'static> RafsFs<R> {
@@ -89,7 +123,18 @@ impl<R: BlobReader + 'static> RafsFs<R> {
             reader,
             files,
             bytes,
+            observer: None,
         }
+    }
+
+    /// Reports every request to `observer`.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn timer(&self, op: &'static str) -> Timer<'_> {
+        Timer::new(self.observer.as_deref(), op)
     }
 
     /// The chunk reader (for its counters).
@@ -140,6 +185,7 @@ impl<R: BlobReader + 'static> RafsFs<R> {
 
 impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.timer("lookup");
         let Some(pid) = self.id(parent) else {
             return reply.error(Errno::ENOENT);
         };
@@ -153,6 +199,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.timer("getattr");
         match self.id(ino) {
             Some(id) => reply.attr(&TTL, &self.attr(id)),
             None => reply.error(Errno::ENOENT),
@@ -160,6 +207,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.timer("readlink");
         match self.id(ino).map(|id| &self.tree.node(id).kind) {
             Some(Kind::Symlink(t)) => reply.data(t),
             Some(_) => reply.error(Errno::EINVAL),
@@ -168,6 +216,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timer("open");
         match self.id(ino).map(|id| &self.tree.node(id).kind) {
             Some(Kind::File { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
@@ -187,6 +236,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.timer("read");
         let Some(id) = self.id(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -198,7 +248,12 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
             return reply.error(Errno::EINVAL);
         };
         match self.reader.read(chunks, *file_size, offset, size as usize) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                if let Some(o) = &self.observer {
+                    o.read(data.len() as u64);
+                }
+                reply.data(&data)
+            }
             Err(e) => {
                 tracing::error!("read of inode {} at {offset}+{size}: {e}", ino.0);
                 reply.error(Errno::EIO)
@@ -214,6 +269,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.timer("readdir");
         let Some(id) = self.id(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -243,6 +299,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.timer("statfs");
         reply.statfs(
             self.bytes.div_ceil(4096),
             0,
@@ -256,6 +313,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.timer("getxattr");
         let Some(id) = self.id(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -268,6 +326,7 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.timer("listxattr");
         let Some(id) = self.id(ino) else {
             return reply.error(Errno::ENOENT);
         };

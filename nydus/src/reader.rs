@@ -213,6 +213,7 @@ pub struct ChunkReader<R: BlobReader> {
     cache: ChunkCache,
     /// Counters (shared, so they can be read while a mount owns the reader).
     pub stats: Arc<ReadStats>,
+    on_check_failure: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl<R: BlobReader> ChunkReader<R> {
@@ -224,7 +225,14 @@ impl<R: BlobReader> ChunkReader<R> {
             max_merge: 4 << 20,
             cache: ChunkCache::new(32 << 20),
             stats: Arc::default(),
+            on_check_failure: None,
         }
+    }
+
+    /// Calls `f` with the message of every chunk check failure (for metrics).
+    pub fn on_check_failure(mut self, f: Arc<dyn Fn(&str) + Send + Sync>) -> Self {
+        self.on_check_failure = Some(f);
+        self
     }
 
     /// Sets how many bytes of decompressed chunks are kept for the reads that follow (0: none).
@@ -353,6 +361,9 @@ impl<R: BlobReader> ChunkReader<R> {
                 Ok(datas) => return Ok(datas),
                 Err(e) => {
                     self.stats.check_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = &self.on_check_failure {
+                        f(&e.to_string());
+                    }
                     tracing::warn!("{e}; reading it again from the source");
                     last_err = Some(e);
                 }

@@ -413,6 +413,7 @@ impl LazyTask {
         self.stats
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.engine.metrics.lazy("local", data.len() as u64);
         Ok(data)
     }
 
@@ -499,6 +500,7 @@ impl LazyTask {
                     self.stats
                         .origin_bytes
                         .fetch_add(end - start, Ordering::Relaxed);
+                    self.engine.metrics.lazy("origin", end - start);
                     self.commit(covered).await?;
                     if self.reporter.is_some() {
                         // With P2P, pieces are what peers exchange: complete the ones
@@ -536,6 +538,7 @@ impl LazyTask {
                     if ok {
                         set.fetched(parent);
                         self.stats.parent_bytes.fetch_add(len, Ordering::Relaxed);
+                        self.engine.metrics.lazy("parent", len);
                         self.report().await;
                         self.maybe_complete();
                     } else if set.fail(parent) {

@@ -92,6 +92,34 @@ struct Mounted {
     stats: Arc<ReadStats>,
 }
 
+/// Feeds a mount's requests into the metrics.
+struct MountObserver {
+    metrics: Arc<crate::metrics::Metrics>,
+    image: String,
+    mode: &'static str,
+}
+
+impl nydus::fusefs::Observer for MountObserver {
+    fn request(&self, op: &'static str, elapsed: std::time::Duration) {
+        self.metrics
+            .fuse_requests
+            .get_or_create(&crate::metrics::FuseOpLabels {
+                op,
+                mode: self.mode,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn read(&self, bytes: u64) {
+        self.metrics
+            .image_read_bytes
+            .get_or_create(&crate::metrics::ImageLabels {
+                image: self.image.clone(),
+            })
+            .inc_by(bytes);
+    }
+}
+
 /// The mounts of this dfdaemon.
 pub struct Runtime {
     engine: Arc<Engine>,
@@ -209,15 +237,33 @@ impl Runtime {
             sources,
         ));
         let blob_ids: Vec<String> = img.blobs.iter().map(|b| b.id.clone()).collect();
+        let metrics = self.engine.metrics().clone();
         let new_reader = || {
+            let m = metrics.clone();
             ChunkReader::new(img.blobs.clone(), blobs.clone())
                 .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
                 .with_max_merge(self.config.max_merge_size.as_u64())
+                .on_check_failure(Arc::new(move |_| {
+                    m.chunk_check_failures.inc();
+                }))
+        };
+        let observer = |mode: &'static str| {
+            Arc::new(MountObserver {
+                metrics: metrics.clone(),
+                image: spec.repository.clone(),
+                mode,
+            }) as Arc<dyn nydus::fusefs::Observer>
         };
         let mut served = None;
         if mode != RuntimeMode::Fuse && img.version == 6 {
             match self
-                .mount_erofs(&img, new_reader(), &spec.bootstrap_path, &mountpoint)
+                .mount_erofs(
+                    &img,
+                    new_reader(),
+                    observer("erofs"),
+                    &spec.bootstrap_path,
+                    &mountpoint,
+                )
                 .await
             {
                 Ok(m) => served = Some(m),
@@ -233,7 +279,7 @@ impl Runtime {
             None => {
                 let reader = new_reader();
                 let stats = reader.stats.clone();
-                let fs = nydus::fusefs::RafsFs::new(img, reader);
+                let fs = nydus::fusefs::RafsFs::new(img, reader).with_observer(observer("fuse"));
                 let options = nydus::fusefs::mount_config(self.config.threads, false);
                 let mp = mountpoint.clone();
                 let session =
@@ -289,6 +335,7 @@ impl Runtime {
         &self,
         img: &nydus::image::Image,
         reader: ChunkReader<Arc<StoreBlobs>>,
+        observer: Arc<dyn nydus::fusefs::Observer>,
         bootstrap: &Path,
         mountpoint: &Path,
     ) -> Result<(MountKind, Arc<ReadStats>), RuntimeError> {
@@ -297,10 +344,12 @@ impl Runtime {
             message,
         };
         let stats = reader.stats.clone();
-        let fs = nydus::blobfs::BlobFs::new(img, reader).map_err(|e| RuntimeError::Image {
-            path: bootstrap.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let fs = nydus::blobfs::BlobFs::new(img, reader)
+            .map_err(|e| RuntimeError::Image {
+                path: bootstrap.to_path_buf(),
+                message: e.to_string(),
+            })?
+            .with_observer(observer);
         let key = hex::encode(sha2::Sha256::digest(
             mountpoint.as_os_str().as_encoded_bytes(),
         ));
