@@ -204,6 +204,9 @@ pub struct ReadStats {
     pub bytes_read: AtomicU64,
 }
 
+/// Called with the message of a chunk check failure.
+pub type CheckFailureHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Reads file data of one image through a [`BlobReader`].
 pub struct ChunkReader<R: BlobReader> {
     blobs: Vec<ImageBlob>,
@@ -213,7 +216,7 @@ pub struct ChunkReader<R: BlobReader> {
     cache: ChunkCache,
     /// Counters (shared, so they can be read while a mount owns the reader).
     pub stats: Arc<ReadStats>,
-    on_check_failure: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    on_check_failure: Option<CheckFailureHook>,
 }
 
 impl<R: BlobReader> ChunkReader<R> {
@@ -230,7 +233,7 @@ impl<R: BlobReader> ChunkReader<R> {
     }
 
     /// Calls `f` with the message of every chunk check failure (for metrics).
-    pub fn on_check_failure(mut self, f: Arc<dyn Fn(&str) + Send + Sync>) -> Self {
+    pub fn on_check_failure(mut self, f: CheckFailureHook) -> Self {
         self.on_check_failure = Some(f);
         self
     }
