@@ -436,6 +436,74 @@ fn walkdir_count(root: &Path) -> usize {
     n
 }
 
+/// Hostile bootstraps are refused with an error naming the file and what is wrong: cut short,
+/// a directory that contains itself, a chunk past the end of its blob (as the blob table gives
+/// it). Nothing is mounted and the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bootstraps_are_refused() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-hostile").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 0).await;
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mut rt = agent.runtime();
+    let good = std::fs::read(&f.boot).unwrap();
+
+    let truncated = good[..good.len() / 2].to_vec();
+
+    // The root's entry "etc" points at the root itself: the dirents holding /etc's nid.
+    let boot = nydus::v6::Bootstrap::parse(&good).unwrap();
+    let etc = boot.lookup(b"/etc").unwrap().unwrap().nid.to_le_bytes();
+    let root = boot.root_nid().to_le_bytes();
+    let at: Vec<usize> = (0..good.len() - 12)
+        .filter(|p| good[*p..*p + 8] == etc && good[p + 10] == 2 && good[p + 11] == 0)
+        .collect();
+    // The root's "etc" and /etc's own "." (which walks skip): point both at the root.
+    assert_eq!(at.len(), 2, "the dirents of /etc");
+    let mut cyclic = good.clone();
+    for p in at {
+        cyclic[p..p + 8].copy_from_slice(&root);
+    }
+
+    // The blob table says the blob of /etc/hello.txt is 100 bytes long.
+    let (blob, _) = f.chunks("etc/hello.txt");
+    let table = u64::from_le_bytes(good[1152 + 8..1152 + 16].try_into().unwrap()) as usize;
+    let mut short = good.clone();
+    let size_at = table + blob as usize * 256 + 88;
+    short[size_at..size_at + 8].copy_from_slice(&100u64.to_le_bytes());
+
+    for (name, bytes, says) in [
+        ("truncated.boot", truncated, "truncated.boot"),
+        ("cyclic.boot", cyclic, "reached again"),
+        ("short.boot", short, "lies beyond the 100-byte blob"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let mnt = dir.join(format!("mnt-{name}"));
+        let mut req = mount_request(&f, &reg, &mnt);
+        req.bootstrap_path = path.display().to_string();
+        let e = rt.mount(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name}: {e}");
+        assert!(e.message().contains(says), "{name}: {}", e.message());
+        assert!(e.message().contains(name), "{name}: {}", e.message());
+        assert!(!is_mounted(&mnt), "{name} was mounted");
+    }
+    let list = rt
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.mounts.is_empty());
+    // The good one still mounts.
+    rt.mount(mount_request(&f, &reg, &dir.join("mnt")))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mnt/etc/hello.txt")).unwrap(),
+        "hello-from-image\n"
+    );
+}
+
 /// A byte of a chunk flipped at the registry: the read fails with EIO and nothing wrong is
 /// returned; the log names the chunk. Once the registry is fixed, the same read succeeds on the
 /// same mount.

@@ -734,6 +734,46 @@ pub struct ChunkCheck {
     pub problems: Vec<ChunkProblem>,
 }
 
+/// Checks that every chunk of every file of `image` lies where the image's own blob table says
+/// its blob is: a blob that exists, stored bytes inside the blob's size, sizes of at most
+/// 16 MiB. A hostile bootstrap whose chunks point past their blob is refused before mounting.
+pub fn check_chunk_addresses(image: &Image) -> Result<(), String> {
+    for (path, id) in image.tree.bfs().iter() {
+        let Kind::File { chunks, .. } = &image.tree.node(id).kind else {
+            continue;
+        };
+        let path = String::from_utf8_lossy(&path).into_owned();
+        for c in chunks {
+            let Some(b) = image.blobs.get(c.blob_index as usize) else {
+                return Err(format!(
+                    "{path}: chunk {} names blob {}, the image has {}",
+                    c.index,
+                    c.blob_index,
+                    image.blobs.len()
+                ));
+            };
+            if c.compressed_size > crate::chunk::RAFS_MAX_CHUNK_SIZE
+                || c.uncompressed_size > crate::chunk::RAFS_MAX_CHUNK_SIZE
+            {
+                return Err(format!(
+                    "{path}: chunk {} of blob {} is larger than 16 MiB",
+                    c.index, b.id
+                ));
+            }
+            let end = c
+                .compressed_offset
+                .checked_add(u64::from(c.compressed_size));
+            if end.is_none_or(|e| e > b.compressed_size) {
+                return Err(format!(
+                    "{path}: chunk {} at {}+{} lies beyond the {}-byte blob {}",
+                    c.index, c.compressed_offset, c.compressed_size, b.compressed_size, b.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads and checks ([`BlobFile::read_chunk`]) every chunk of every regular file of `tree`, each
 /// file once, from `blobs` (the image's blobs in blob table order, as [`open_blobs`] gives
 /// them). With `blobs` `None` the files are only counted.

@@ -194,6 +194,10 @@ impl Runtime {
                 path: spec.bootstrap_path.clone(),
                 message: e.to_string(),
             })?;
+        nydus::image::check_chunk_addresses(&img).map_err(|message| RuntimeError::Image {
+            path: spec.bootstrap_path.clone(),
+            message,
+        })?;
         for b in &img.blobs {
             if let Some(f) = b.unsupported_feature() {
                 return Err(RuntimeError::Image {

@@ -89,6 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let backend = backend_of(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
     let img: Image = image::load(&cli.bootstrap)
         .map_err(|e| anyhow::anyhow!("bootstrap {}: {e}", cli.bootstrap.display()))?;
+    image::check_chunk_addresses(&img)
+        .map_err(|e| anyhow::anyhow!("bootstrap {}: {e}", cli.bootstrap.display()))?;
     for b in &img.blobs {
         if let Some(f) = b.unsupported_feature() {
             anyhow::bail!("blob {} uses {f}, which this nydusd cannot serve", b.id);
