@@ -34,6 +34,11 @@ struct Fixture {
 
 /// The feature image (big layer of `big` bytes) converted to Nydus as `nydus/app:v1`.
 async fn fixture(dir: &TestDir, reg: &Registry, big: u64) -> Fixture {
+    fixture_with(dir, reg, big, None).await
+}
+
+/// [`fixture`] with `prefetch` (paths, one per line) given to `nydusify --prefetch-patterns`.
+async fn fixture_with(dir: &TestDir, reg: &Registry, big: u64, prefetch: Option<&str>) -> Fixture {
     let layers = feature_image_layers_with(FeatureImageOptions {
         big_layer_bytes: big,
         cross_layer_hardlink: true,
@@ -41,14 +46,24 @@ async fn fixture(dir: &TestDir, reg: &Registry, big: u64) -> Fixture {
     .expect("layers");
     let img = reg.push_image("src/app", "v1", &layers).await.unwrap();
     let dst = format!("{}/nydus/app:v1", reg.addr());
-    let o = Command::new(bin("nydusify"))
-        .args(["convert", "--no-progress", "--source", &img.reference])
+    let mut cmd = Command::new(bin("nydusify"));
+    cmd.args(["convert", "--no-progress", "--source", &img.reference])
         .args(["--target", &dst, "--source-insecure", "--target-insecure"])
         .arg("--work-dir")
         .arg(dir.join("work"))
         .env("DOCKER_CONFIG", "/nonexistent-docker-config")
-        .output()
-        .unwrap();
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if prefetch.is_some() {
+        cmd.arg("--prefetch-patterns")
+            .stdin(std::process::Stdio::piped());
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(p) = prefetch {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(p.as_bytes()).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
     assert!(
         o.status.success(),
         "nydusify: {}",
@@ -434,6 +449,96 @@ fn walkdir_count(root: &Path) -> usize {
         }
     }
     n
+}
+
+/// Prefetch: the files of the image's prefetch table are fetched right after mounting (and
+/// nothing else); with `prefetch.all` every blob is then fetched whole, completes as a task
+/// (digest checked), and reading the whole mount afterwards fetches nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fetches_the_table_then_everything() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-prefetch").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture_with(&dir, &reg, 6 * MIB, Some("/etc/replaced.txt\n")).await;
+    let blobs = f.image.blobs.len() as u32;
+    let (small_blob, small_chunks) = f.chunks("etc/replaced.txt");
+    let before: Vec<(usize, u64)> = (0..blobs)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+
+    // The table only.
+    let a = Agent::start(&dir, "table", "").await.unwrap();
+    let mnt = dir.join("mnt-table");
+    // FUSE mode: the read below asks for the file's bytes only (in EROFS mode the kernel reads
+    // the blob view by pages and reads ahead).
+    let mut req = mount_request(&f, &reg, &mnt);
+    req.mode = "fuse".into();
+    a.runtime().mount(req).await.unwrap();
+    let chunk: u64 = small_chunks.iter().map(|(s, e)| e - s).sum();
+    integration::wait_for(Duration::from_secs(20), "the prefetch GET", || async {
+        served(&reg, &f.blob_digest(small_blob)).1 >= before[small_blob as usize].1 + 1 + chunk
+    })
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+    assert_eq!(text, "v2, from layer 3\n");
+    for b in 0..blobs {
+        let (now, was) = (served(&reg, &f.blob_digest(b)), before[b as usize]);
+        if b == small_blob {
+            assert_eq!(
+                now.1 - was.1,
+                1 + chunk,
+                "blob {b}: the probe and the prefetched chunk"
+            );
+        } else {
+            assert_eq!(now, was, "blob {b} was fetched");
+        }
+    }
+    drop(a);
+
+    // Everything.
+    let before: Vec<(usize, u64)> = (0..blobs)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    let all = Agent::start(&dir, "all", "runtime:\n  prefetch:\n    all: true\n")
+        .await
+        .unwrap();
+    let mnt = dir.join("mnt-all");
+    all.runtime()
+        .mount(mount_request(&f, &reg, &mnt))
+        .await
+        .unwrap();
+    integration::wait_for(Duration::from_secs(60), "every blob complete", || async {
+        all.metric("dragonfly_dfdaemon_tasks{state=\"succeeded\"}")
+            .await
+            .unwrap_or(0.0)
+            == f64::from(blobs)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", all.log_tail(30)));
+    let fetched: Vec<(usize, u64)> = (0..blobs)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    for b in 0..blobs as usize {
+        let size = f.image.blobs[b].compressed_size;
+        assert!(
+            fetched[b].1 - before[b].1 >= size,
+            "blob {b}: {} of {size} bytes fetched",
+            fetched[b].1 - before[b].1
+        );
+    }
+    let mnt2 = mnt.clone();
+    let root = f.oci_root.clone();
+    tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
+        .await
+        .unwrap();
+    for b in 0..blobs {
+        assert_eq!(
+            served(&reg, &f.blob_digest(b)),
+            fetched[b as usize],
+            "blob {b} was fetched again after the prefetch"
+        );
+    }
 }
 
 /// Hostile bootstraps are refused with an error naming the file and what is wrong: cut short,

@@ -26,6 +26,27 @@ impl RuntimeMode {
     }
 }
 
+/// What a mount fetches before it is read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Prefetch {
+    /// Fetch the files the image's prefetch table lists, in the background,
+    /// right after mounting. Default: true.
+    pub enable: bool,
+    /// Then fetch every blob of the image whole, in the background (each
+    /// completes as a task: a P2P source and a mirror cache hit). Default: false.
+    pub all: bool,
+}
+
+impl Default for Prefetch {
+    fn default() -> Self {
+        Prefetch {
+            enable: true,
+            all: false,
+        }
+    }
+}
+
 /// The lazy-loading runtime (Nydus images mounted through the piece store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -41,6 +62,9 @@ pub struct Runtime {
     pub chunk_cache_size: bytesize::ByteSize,
     /// Largest blob read made of several chunks of one file read. Default: 4MiB.
     pub max_merge_size: bytesize::ByteSize,
+    /// Background fetches after mounting. Background fetches run one at a
+    /// time per node, beside on-demand reads, never instead of them.
+    pub prefetch: Prefetch,
 }
 
 impl Default for Runtime {
@@ -51,6 +75,7 @@ impl Default for Runtime {
             threads: 4,
             chunk_cache_size: bytesize::ByteSize::mib(32),
             max_merge_size: bytesize::ByteSize::mib(4),
+            prefetch: Prefetch::default(),
         }
     }
 }

@@ -96,6 +96,31 @@ impl StoreBlobs {
         self.blobs.get(blob as usize)?.open.get()
     }
 
+    /// Fetches bytes `start..end` of blob `blob` in the background
+    /// ([`LazyTask::prefetch`]); `end` past the blob stops at its end (the
+    /// blob's real end: its metadata after the data the blob table counts
+    /// included).
+    pub async fn prefetch(&self, blob: u32, start: u64, end: u64) -> Result<(), LazyError> {
+        let Some(b) = self.blobs.get(blob as usize) else {
+            return Ok(());
+        };
+        let t = b
+            .open
+            .get_or_try_init(|| self.engine.open_lazy(b.request.clone()))
+            .await?;
+        t.prefetch(start, end).await
+    }
+
+    /// Number of blobs.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether the image has no blob.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
     async fn read(
         &self,
         b: &BlobSource,

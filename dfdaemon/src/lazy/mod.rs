@@ -706,6 +706,20 @@ impl LazyTask {
         Ok(())
     }
 
+    /// Fetches bytes `start..end` in the background: 16 MiB at a time, one
+    /// background fetch at a time per engine, beside on-demand reads.
+    pub async fn prefetch(self: &Arc<Self>, start: u64, end: u64) -> Result<(), LazyError> {
+        let end = end.min(self.task.content_length());
+        let mut pos = start;
+        while pos < end {
+            let to = end.min(pos + MAX_RANGE);
+            let _permit = self.engine.background_fill.acquire().await;
+            self.fill(pos, to, false).await?;
+            pos = to;
+        }
+        Ok(())
+    }
+
     /// Fetches the rest of piece `number` in the background, one piece at a
     /// time per engine so on-demand reads keep the bandwidth.
     fn complete_piece(self: &Arc<Self>, number: u32) {

@@ -88,6 +88,8 @@ enum MountKind {
 struct Mounted {
     info: MountInfo,
     kind: Option<MountKind>,
+    /// Background fetches, stopped when the image is unmounted.
+    prefetch: Option<tokio::task::JoinHandle<()>>,
     blobs: Arc<StoreBlobs>,
     stats: Arc<ReadStats>,
 }
@@ -241,6 +243,14 @@ impl Runtime {
             sources,
         ));
         let blob_ids: Vec<String> = img.blobs.iter().map(|b| b.id.clone()).collect();
+        let prefetch = if self.config.prefetch.enable {
+            nydus::image::prefetch_ranges(&img).map_err(|e| RuntimeError::Image {
+                path: spec.bootstrap_path.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            Default::default()
+        };
         let metrics = self.engine.metrics().clone();
         let new_reader = || {
             let m = metrics.clone();
@@ -312,10 +322,17 @@ impl Runtime {
             kind: Some(kind),
             blobs,
             stats,
+            prefetch: None,
         };
         tracing::info!(mountpoint = %mountpoint.display(), bootstrap = %spec.bootstrap_path.display(),
             repository = %spec.repository, mode, "image mounted");
         let info = self.info(&m);
+        let background = (!prefetch.is_empty() || self.config.prefetch.all)
+            .then(|| spawn_prefetch(m.blobs.clone(), prefetch, self.config.prefetch.all));
+        let m = Mounted {
+            prefetch: background,
+            ..m
+        };
         mounts.insert(mountpoint, m);
         Ok(info)
     }
@@ -422,7 +439,9 @@ impl Runtime {
                 let _ = std::fs::remove_dir(&blob_dir);
             }
         }
-        mounts.remove(mountpoint);
+        if let Some(p) = mounts.remove(mountpoint).and_then(|m| m.prefetch) {
+            p.abort();
+        }
         tracing::info!(mountpoint = %mountpoint.display(), "image unmounted");
         Ok(())
     }
@@ -443,6 +462,31 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Fetches the prefetch table's ranges, then (with `all`) every blob whole.
+fn spawn_prefetch(
+    blobs: Arc<StoreBlobs>,
+    ranges: BTreeMap<u32, Vec<(u64, u64)>>,
+    all: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for (blob, rs) in ranges {
+            for (s, e) in rs {
+                if let Err(e) = blobs.prefetch(blob, s, e).await {
+                    tracing::warn!(blob, error = %e, "prefetch failed");
+                }
+            }
+        }
+        if all {
+            for blob in 0..blobs.len() as u32 {
+                if let Err(e) = blobs.prefetch(blob, 0, u64::MAX).await {
+                    tracing::warn!(blob, error = %e, "prefetch of the whole blob failed");
+                }
+            }
+        }
+        tracing::info!("prefetch done");
+    })
 }
 
 /// `host[:port]/name` → (host[:port], name), both checked.
