@@ -111,6 +111,9 @@ pub struct Engine {
     inflight: Mutex<HashMap<String, Arc<Inflight>>>,
     /// Tasks open for range reads, so every reader of a task shares one.
     pub(crate) lazy: tokio::sync::Mutex<HashMap<String, std::sync::Weak<crate::lazy::LazyTask>>>,
+    /// Bytes of uncommitted pieces that range reads stored, by task ID (with the task's
+    /// creation time), kept while no reader has the task open.
+    pub(crate) lazy_partial: Mutex<HashMap<String, (u64, crate::lazy::plan::Ranges)>>,
     /// Background piece completions of range-read tasks run one at a time.
     pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
@@ -154,6 +157,7 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             lazy: tokio::sync::Mutex::new(HashMap::new()),
             background_fill: tokio::sync::Semaphore::new(1),
+            lazy_partial: Mutex::new(HashMap::new()),
             quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
             limiter,

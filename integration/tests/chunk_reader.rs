@@ -83,6 +83,7 @@ async fn files_read_on_demand_fetch_only_their_chunks_and_corruption_is_never_re
                 delay: Duration::from_millis(10),
             },
             side: "source",
+            proxy: None,
         },
         RegistryOperation::Pull,
     )

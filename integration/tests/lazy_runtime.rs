@@ -541,6 +541,87 @@ async fn prefetch_fetches_the_table_then_everything() {
     }
 }
 
+/// Our `nydusd` with Nydus's `proxy.url` reads blobs through a dfdaemon: a small file costs
+/// the registry exactly its chunk (the dfdaemon's proxy answers Range requests with range reads,
+/// not whole-blob downloads), and a second nydusd reading the same file is served from the
+/// dfdaemon's store with no registry GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nydusd_reads_through_a_dfdaemon_proxy() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-nydusd-proxy").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 8 * MIB).await;
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let (blob, chunks) = f.chunks("etc/replaced.txt");
+    let digest = f.blob_digest(blob);
+    let chunk: u64 = chunks.iter().map(|(s, e)| e - s).sum();
+    let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    for (i, expect_registry) in [(0, 1 + chunk), (1, 0)] {
+        let mnt = dir.join(format!("mnt-{i}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let cfg = dir.join(format!("nydusd-{i}.json"));
+        std::fs::write(
+            &cfg,
+            serde_json::json!({"device": {"backend": {"type": "registry", "config": {
+                "scheme": "http", "host": reg.addr(), "repo": f.repo,
+                "proxy": {"url": agent.proxy_url(), "fallback": false},
+            }}}})
+            .to_string(),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("nydusd"));
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("--bootstrap")
+            .arg(&f.boot)
+            .arg("--mountpoint")
+            .arg(&mnt);
+        let _nydusd = integration::ChildProcess::spawn(&dir, &format!("nydusd-{i}"), cmd).unwrap();
+        let m = mnt.clone();
+        integration::wait_for(Duration::from_secs(20), "nydusd's mount", || {
+            let m = m.clone();
+            async move { is_mounted(&m) }
+        })
+        .await
+        .unwrap();
+        let was = served(&reg, &digest);
+        let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+        assert_eq!(text, "v2, from layer 3\n");
+        if expect_registry > 0 {
+            integration::wait_for(Duration::from_secs(10), "the chunk's GET", || async {
+                served(&reg, &digest).1 >= was.1 + expect_registry
+            })
+            .await
+            .unwrap();
+        }
+        // The read is complete, its bytes were in hand: anything it fetched is logged.
+        assert_eq!(
+            served(&reg, &digest).1 - was.1,
+            expect_registry,
+            "nydusd {i}: registry bytes of the small file's blob"
+        );
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    for b in 0..f.image.blobs.len() as u32 {
+        if b != blob {
+            assert_eq!(
+                served(&reg, &f.blob_digest(b)),
+                before[b as usize],
+                "blob {b}"
+            );
+        }
+    }
+    assert!(
+        agent
+            .metric("dragonfly_dfdaemon_proxy_requests_total{outcome=\"range_read\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
 /// Hostile bootstraps are refused with an error naming the file and what is wrong: cut short,
 /// a directory that contains itself, a chunk past the end of its blob (as the blob table gives
 /// it). Nothing is mounted and the daemon keeps serving.

@@ -99,6 +99,8 @@ impl BlobReader for LocalBlobs {
 /// Blocking: for worker threads outside the runtime that `handle` names.
 pub struct RegistryBlobs {
     remote: crate::nydusify::registry::Remote,
+    /// Where to read when `remote` (through a proxy) fails.
+    fallback: Option<crate::nydusify::registry::Remote>,
     handle: tokio::runtime::Handle,
     /// The blob layer of each blob of the table, by index.
     layers: Vec<oci_client::manifest::OciDescriptor>,
@@ -129,6 +131,7 @@ impl RegistryBlobs {
         }
         Ok(RegistryBlobs {
             remote,
+            fallback: None,
             handle,
             layers,
         })
@@ -156,9 +159,18 @@ impl RegistryBlobs {
             .collect();
         RegistryBlobs {
             remote,
+            fallback: None,
             handle,
             layers,
         }
+    }
+}
+
+impl RegistryBlobs {
+    /// Reads that fail through `self`'s remote (a proxy) are made again through `direct`.
+    pub fn with_fallback(mut self, direct: crate::nydusify::registry::Remote) -> Self {
+        self.fallback = Some(direct);
+        self
     }
 }
 
@@ -179,10 +191,19 @@ impl BlobReader for RegistryBlobs {
             ));
         }
         // Nothing is kept here, so a fresh read is an ordinary one.
-        self.handle
-            .block_on(self.remote.blob_range(d, offset, len, MAX_RANGE))
-            .map(|b| b.to_vec())
-            .map_err(|e| io::Error::other(e.to_string()))
+        let read = |r: &crate::nydusify::registry::Remote| {
+            self.handle
+                .block_on(r.blob_range(d, offset, len, MAX_RANGE))
+                .map(|b| b.to_vec())
+                .map_err(|e| io::Error::other(e.to_string()))
+        };
+        match (read(&self.remote), &self.fallback) {
+            (Err(e), Some(direct)) => {
+                tracing::warn!("{e}; reading from the registry directly");
+                read(direct)
+            }
+            (r, _) => r,
+        }
     }
 }
 

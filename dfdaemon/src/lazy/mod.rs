@@ -92,6 +92,17 @@ pub struct LazyTask {
 
 impl Drop for LazyTask {
     fn drop(&mut self) {
+        // The partial bytes stay known for the next reader of the task.
+        if !self.task.is_complete() && !self.task.is_removed() {
+            let partial = self.lock().partial().clone();
+            if partial.total() > 0 {
+                self.engine
+                    .lazy_partial
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(self.task.id.clone(), (self.task.meta().created_at, partial));
+            }
+        }
         if let Some(d) = &self.decisions {
             d.abort();
         }
@@ -287,7 +298,17 @@ impl LazyTask {
         task: Arc<Task>,
         scheduled: Option<Scheduled>,
     ) -> Arc<LazyTask> {
-        let planner = Planner::new(task.content_length(), task.piece_length(), MAX_RANGE);
+        let created = task.meta().created_at;
+        let kept = engine
+            .lazy_partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task.id)
+            .filter(|(at, _)| *at == created)
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        let planner =
+            Planner::new(task.content_length(), task.piece_length(), MAX_RANGE).with_partial(kept);
         let (parents, reporter, decisions) = match scheduled {
             Some(s) => {
                 let parents = (!s.back_to_source).then(|| {

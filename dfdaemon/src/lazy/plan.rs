@@ -300,6 +300,17 @@ impl Planner {
         self.partial.remove(start, end);
     }
 
+    /// Bytes stored outside committed pieces, to hand to the next planner of the same task.
+    pub fn partial(&self) -> &Ranges {
+        &self.partial
+    }
+
+    /// Starts from the partial bytes a previous planner of the same task knew.
+    pub fn with_partial(mut self, partial: Ranges) -> Planner {
+        self.partial = partial;
+        self
+    }
+
     /// Bytes stored outside committed pieces.
     pub fn partial_bytes(&self) -> u64 {
         self.partial.total()

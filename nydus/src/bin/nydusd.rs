@@ -57,6 +57,9 @@ enum Backend {
     },
     /// `registry`: the image's repository.
     Registry {
+        /// `proxy.url`: blob reads go through this HTTP proxy (a dfdaemon), and with
+        /// `proxy.fallback` (default true) to the registry directly when it fails.
+        proxy: Option<(String, bool)>,
         insecure: bool,
         host: String,
         repo: String,
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(img, blobs, &cli.mountpoint, &config)
         }
         Backend::Registry {
+            proxy,
             insecure,
             host,
             repo,
@@ -131,15 +135,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     delay: Duration::from_millis(200),
                 },
                 side: "source",
+                proxy: None,
             };
             let reference = format!("{host}/{repo}:latest");
-            let remote = runtime.block_on(Remote::connect(
-                &reference,
-                &opts,
-                oci_client::RegistryOperation::Pull,
-            ))?;
-            let blobs =
-                RegistryBlobs::from_blob_table(remote, runtime.handle().clone(), &img.blobs);
+            let connect = |opts: &RemoteOptions| {
+                runtime.block_on(Remote::connect(
+                    &reference,
+                    opts,
+                    oci_client::RegistryOperation::Pull,
+                ))
+            };
+            let direct = connect(&opts)?;
+            let blobs = match proxy {
+                None => {
+                    RegistryBlobs::from_blob_table(direct, runtime.handle().clone(), &img.blobs)
+                }
+                Some((url, fallback)) => {
+                    tracing::info!("blob reads go through the proxy {url}");
+                    let through = connect(&RemoteOptions {
+                        proxy: Some(url),
+                        ..opts
+                    })?;
+                    let b = RegistryBlobs::from_blob_table(
+                        through,
+                        runtime.handle().clone(),
+                        &img.blobs,
+                    );
+                    if fallback {
+                        b.with_fallback(direct)
+                    } else {
+                        b
+                    }
+                }
+            };
             serve(img, blobs, &cli.mountpoint, &config)
         }
     }
@@ -156,6 +184,18 @@ fn serve<R: nydus::reader::BlobReader + 'static>(
     tracing::info!("serving at {}", mountpoint.display());
     fuser::mount(fs, mountpoint, config)
         .map_err(|e| anyhow::anyhow!("mounting at {}: {e}", mountpoint.display()))
+}
+
+/// A proxy URL must be `http(s)://host[:port]`.
+fn url_check(u: &str) -> Result<(), String> {
+    let (scheme, rest) = u.split_once("://").ok_or("not a URL")?;
+    if scheme != "http" && scheme != "https" {
+        return Err("not http(s)".into());
+    }
+    if rest.trim_end_matches('/').is_empty() || rest.contains(char::is_whitespace) {
+        return Err("no host".into());
+    }
+    Ok(())
 }
 
 /// Top-level keys of Nydus's v1 and v2 configs that this nydusd accepts without using.
@@ -253,10 +293,20 @@ fn backend_of(cfg: &Value) -> Result<Backend, String> {
                 }
                 None => None,
             };
-            if conf.get("proxy").and_then(|p| p.get("url")).is_some() {
-                tracing::warn!("backend registry: proxy.url is not used by this nydusd yet");
-            }
+            let proxy = conf.get("proxy");
+            let proxy = match proxy.and_then(|p| p.get("url")).and_then(Value::as_str) {
+                Some(u) if !u.is_empty() => {
+                    url_check(u).map_err(|e| format!("backend registry: proxy.url {u:?}: {e}"))?;
+                    let fallback = proxy
+                        .and_then(|p| p.get("fallback"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true);
+                    Some((u.to_string(), fallback))
+                }
+                _ => None,
+            };
             Ok(Backend::Registry {
+                proxy,
                 insecure,
                 host,
                 repo,

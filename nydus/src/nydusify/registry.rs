@@ -219,6 +219,8 @@ pub struct RemoteOptions {
     pub retry: Retry,
     /// `source` or `target`, for messages.
     pub side: &'static str,
+    /// An HTTP proxy every request goes through (e.g. a dfdaemon's proxy).
+    pub proxy: Option<String>,
 }
 
 /// Parses an image reference as Docker does (`busybox` → `docker.io/library/busybox:latest`).
@@ -292,6 +294,8 @@ impl Remote {
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(300)),
             user_agent: concat!("nydusify-rs/", env!("CARGO_PKG_VERSION")),
+            http_proxy: opts.proxy.clone(),
+            https_proxy: opts.proxy.clone(),
             ..ClientConfig::default()
         };
         let client = Client::try_from(config)

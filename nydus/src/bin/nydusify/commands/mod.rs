@@ -98,6 +98,7 @@ fn remote_options(
         credentials,
         retry,
         side,
+        proxy: None,
     })
 }
 
