@@ -854,3 +854,60 @@ async fn a_second_node_reads_lazily_from_the_first() {
     .await
     .unwrap();
 }
+
+/// A blob shorter than the bootstrap says (cut at the registry): the files whose chunks lie past
+/// its end fail with EIO, with no foreign byte handed out, the others read, and the daemon
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_cut_short_at_the_registry_gives_eio_past_its_end() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-short").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 8 * MIB).await;
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mut rt = agent.runtime();
+    let (blob, chunks) = f.chunks("big/random.bin");
+    let hex = &f.image.blobs[blob as usize].id;
+    let data = reg
+        .dir()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    // Cut the blob in the middle of the big file's data.
+    let cut = chunks[chunks.len() / 2].0;
+    let f2 = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    f2.set_len(cut).unwrap();
+    drop(f2);
+    let mnt = dir.join("mnt");
+    let mut req = mount_request(&f, &reg, &mnt);
+    req.mode = "fuse".into();
+    rt.mount(req).await.unwrap();
+    let expected = std::fs::read(f.oci_root.join("big/random.bin")).unwrap();
+    // The first half reads; past the cut is EIO.
+    let first = read_at(&mnt.join("big/random.bin"), 0, MIB as usize).unwrap();
+    assert!(first == expected[..MIB as usize]);
+    let err = read_at(
+        &mnt.join("big/random.bin"),
+        expected.len() as u64 - MIB,
+        MIB as usize,
+    )
+    .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    // Other files and the daemon are fine.
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/hello.txt")).unwrap(),
+        "hello-from-image\n"
+    );
+    let list = rt
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.mounts.len(), 1);
+    assert!(
+        agent.log().contains("lie beyond"),
+        "the log names the short blob:\n{}",
+        agent.log_tail(20)
+    );
+}
