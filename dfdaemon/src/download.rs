@@ -114,6 +114,9 @@ pub struct Engine {
     /// Bytes of uncommitted pieces that range reads stored, by task ID (with the task's
     /// creation time), kept while no reader has the task open.
     pub(crate) lazy_partial: Mutex<HashMap<String, (u64, crate::lazy::plan::Ranges)>>,
+    /// Range-read tasks opened lately, kept open a while so that a client reading a blob by
+    /// many Range requests (Nydus's nydusd through the proxy) keeps one peer session.
+    pub(crate) lazy_recent: Mutex<Vec<(std::time::Instant, Arc<crate::lazy::LazyTask>)>>,
     /// Background piece completions of range-read tasks run one at a time.
     pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
@@ -158,6 +161,7 @@ impl Engine {
             lazy: tokio::sync::Mutex::new(HashMap::new()),
             background_fill: tokio::sync::Semaphore::new(1),
             lazy_partial: Mutex::new(HashMap::new()),
+            lazy_recent: Mutex::new(Vec::new()),
             quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
             limiter,

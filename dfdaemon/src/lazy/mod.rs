@@ -31,6 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// How long a range-read task stays open after it was last opened.
+const KEEP_OPEN: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most range-read tasks kept open that way.
+const KEEP_OPEN_MAX: usize = 64;
+
 /// Largest origin range fetched by one GET.
 const MAX_RANGE: u64 = 16 << 20;
 /// Bytes buffered before one write to the content file.
@@ -134,12 +139,29 @@ impl Engine {
         open.retain(|_, w| w.strong_count() > 0);
         if let Some(t) = open.get(&req.task_id).and_then(|w| w.upgrade()) {
             if !t.task.is_removed() {
+                self.keep_open(&t);
                 return Ok(t);
             }
         }
         let t = self.open_lazy_new(req).await?;
         open.insert(t.req.task_id.clone(), Arc::downgrade(&t));
+        self.keep_open(&t);
         Ok(t)
+    }
+
+    /// Keeps `t` open for [`KEEP_OPEN`] after its last opening (at most [`KEEP_OPEN_MAX`]
+    /// tasks), so the readers of a blob by separate Range requests share its state and its
+    /// peer session instead of registering anew each time.
+    fn keep_open(&self, t: &Arc<LazyTask>) {
+        let now = std::time::Instant::now();
+        let mut recent = self.lazy_recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|(at, r)| {
+            now.duration_since(*at) < KEEP_OPEN && !Arc::ptr_eq(r, t) && !r.task.is_removed()
+        });
+        if recent.len() >= KEEP_OPEN_MAX {
+            recent.remove(0);
+        }
+        recent.push((now, t.clone()));
     }
 
     async fn open_lazy_new(
