@@ -733,7 +733,7 @@ impl Engine {
         }
     }
 
-    /// GETs one piece's range, retrying with exponential backoff.
+    /// GETs one piece's range, retrying with exponential backoff, and commits it.
     async fn fetch_piece(
         &self,
         req: &DownloadRequest,
@@ -741,6 +741,24 @@ impl Engine {
         number: u32,
     ) -> Result<(), DownloadError> {
         let (off, len) = piece_range(number, task.content_length(), task.piece_length());
+        let crc = self
+            .fetch_origin_range(req, task, off, off + len, &format!("piece {number}"))
+            .await?;
+        self.commit_fetched_piece(task, number, len, crc);
+        Ok(())
+    }
+
+    /// GETs bytes `start..end` of `task` from the origin into its content file, retrying
+    /// with exponential backoff; the CRC-32 of the bytes. `what` names them in errors.
+    pub(crate) async fn fetch_origin_range(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        start: u64,
+        end: u64,
+        what: &str,
+    ) -> Result<u32, DownloadError> {
+        let length = task.content_length();
         let mut attempt = 0;
         loop {
             let r = async {
@@ -750,18 +768,18 @@ impl Engine {
                         &req.task_id,
                         &req.url,
                         &req.headers,
-                        Some((off, off + len - 1)),
+                        Some((start, end - 1)),
                         Some(self.config.piece_timeout),
                     )
                     .await
                     .map_err(|e| (true, e.to_string()))?;
                 let status = resp.status();
-                let whole = status == StatusCode::OK && off == 0 && len == task.content_length();
+                let whole = status == StatusCode::OK && start == 0 && end == length;
                 if status != StatusCode::PARTIAL_CONTENT && !whole {
                     let retry = status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT;
-                    return Err((retry, format!("piece {number}: origin answered {status}")));
+                    return Err((retry, format!("{what}: origin answered {status}")));
                 }
                 if status == StatusCode::PARTIAL_CONTENT {
                     let cr = resp
@@ -769,24 +787,24 @@ impl Engine {
                         .get(http::header::CONTENT_RANGE)
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_content_range);
-                    if cr != Some((Some((off, off + len - 1)), task.content_length())) {
+                    if cr != Some((Some((start, end - 1)), length)) {
                         return Err((
                             false,
-                            format!("piece {number}: origin sent a different range ({cr:?})"),
+                            format!("{what}: origin sent a different range ({cr:?})"),
                         ));
                     }
                 }
-                self.store_piece_body(task, number, resp)
+                self.store_body(task, start, end, resp, what)
                     .await
                     .map_err(|e| (true, e.to_string()))
             }
             .await;
             match r {
-                Ok(()) => return Ok(()),
+                Ok(crc) => return Ok(crc),
                 Err((retry, message)) => {
                     if retry && attempt < self.config.max_retries {
                         attempt += 1;
-                        tracing::debug!(task_id = %task.id, piece = number, attempt, %message, "retrying piece");
+                        tracing::debug!(task_id = %task.id, start, end, attempt, %message, "retrying range");
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }
@@ -799,7 +817,7 @@ impl Engine {
         }
     }
 
-    /// Streams a response body (exactly one piece) into the store.
+    /// Streams a response body (exactly one piece) into the store and commits the piece.
     async fn store_piece_body(
         &self,
         task: &Arc<Task>,
@@ -807,13 +825,37 @@ impl Engine {
         resp: reqwest::Response,
     ) -> Result<(), DownloadError> {
         let (off, len) = piece_range(number, task.content_length(), task.piece_length());
+        let crc = self
+            .store_body(task, off, off + len, resp, &format!("piece {number}"))
+            .await?;
+        self.commit_fetched_piece(task, number, len, crc);
+        Ok(())
+    }
+
+    fn commit_fetched_piece(&self, task: &Task, number: u32, length: u64, crc32: u32) {
+        self.store
+            .commit_piece(task, number, PieceMeta { length, crc32 });
+        self.piece_fetched(length);
+    }
+
+    /// Streams a response body (exactly bytes `start..end`) into the content file; the
+    /// CRC-32 of the bytes.
+    async fn store_body(
+        &self,
+        task: &Arc<Task>,
+        start: u64,
+        end: u64,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<u32, DownloadError> {
+        let len = end - start;
         let mut stream = resp.bytes_stream();
         let mut crc = crc32fast::Hasher::new();
         let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
         let mut written = 0u64;
         let fail = |m: String| DownloadError::Failed {
             task_id: task.id.clone(),
-            reason: format!("piece {number}: {m}"),
+            reason: format!("{what}: {m}"),
         };
         loop {
             let chunk = tokio::time::timeout(self.config.piece_timeout, stream.next())
@@ -832,7 +874,7 @@ impl Engine {
                 let data = buf.split().freeze();
                 crc.update(&data);
                 let t = task.clone();
-                let at = off + written;
+                let at = start + written;
                 written += data.len() as u64;
                 tokio::task::spawn_blocking(move || t.write_at(at, &data))
                     .await
@@ -845,16 +887,7 @@ impl Engine {
         if written != len {
             return Err(fail(format!("origin sent {written} of {len} bytes")));
         }
-        self.store.commit_piece(
-            task,
-            number,
-            PieceMeta {
-                length: len,
-                crc32: crc.finalize(),
-            },
-        );
-        self.piece_fetched(len);
-        Ok(())
+        Ok(crc.finalize())
     }
 
     fn piece_fetched(&self, len: u64) {

@@ -14,16 +14,14 @@
 pub mod blobs;
 pub mod plan;
 
-use crate::backend::{error_chain, parse_content_range};
+use crate::backend::parse_content_range;
 use crate::download::{ContentHasher, DownloadError, DownloadRequest, Engine, Started};
 use crate::p2p::ParentSet;
 use crate::scheduler_client::PeerReporter;
 use crate::storage::{PieceMeta, StoreError, Task, TaskUse};
-use bytes::BytesMut;
 use common::piece::piece_range;
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as R;
 use dragonfly_api::scheduler::v2::*;
-use futures_util::StreamExt;
 use http::StatusCode;
 use plan::{Fetch, Planner};
 use std::collections::BTreeSet;
@@ -38,8 +36,6 @@ const KEEP_OPEN_MAX: usize = 64;
 
 /// Largest origin range fetched by one GET.
 const MAX_RANGE: u64 = 16 << 20;
-/// Bytes buffered before one write to the content file.
-const WRITE_CHUNK: usize = 1 << 20;
 
 /// Errors of a range read.
 #[derive(Debug, thiserror::Error)]
@@ -602,117 +598,15 @@ impl LazyTask {
 
     /// GETs bytes `start..end` from the origin into the content file, with retries.
     async fn fetch_range(&self, start: u64, end: u64) -> Result<(), LazyError> {
-        let e = &self.engine;
-        let req = &self.req;
-        let length = self.task.content_length();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let r = async {
-                let resp = e
-                    .backend()
-                    .get(
-                        &req.task_id,
-                        &req.url,
-                        &req.headers,
-                        Some((start, end - 1)),
-                        Some(e.config.piece_timeout),
-                    )
-                    .await
-                    .map_err(|e| (true, e.to_string()))?;
-                let status = resp.status();
-                let whole = status == StatusCode::OK && start == 0 && end == length;
-                if status != StatusCode::PARTIAL_CONTENT && !whole {
-                    let retry = status.is_server_error()
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT;
-                    return Err((retry, format!("bytes {start}..{end}: origin answered {status}")));
-                }
-                if status == StatusCode::PARTIAL_CONTENT {
-                    let cr = resp
-                        .headers()
-                        .get(http::header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_content_range);
-                    if cr != Some((Some((start, end - 1)), length)) {
-                        return Err((
-                            false,
-                            format!("bytes {start}..{end}: origin sent another range or length ({cr:?})"),
-                        ));
-                    }
-                }
-                self.store_body(start, end, resp)
-                    .await
-                    .map_err(|m| (true, m))
-            }
-            .await;
-            match r {
-                Ok(()) => {
-                    e.metrics.traffic("back_to_source", end - start);
-                    return Ok(());
-                }
-                Err((retryable, message)) => {
-                    match plan::retry_after(attempt, e.config.max_retries, retryable) {
-                        Some(d) => {
-                            tracing::debug!(task_id = %self.task.id, start, end, attempt, %message, "retrying range");
-                            tokio::time::sleep(d).await;
-                        }
-                        None => {
-                            return Err(LazyError::Origin {
-                                url: req.url.clone(),
-                                message,
-                            })
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Streams a response body (exactly bytes `start..end`) into the content file.
-    async fn store_body(
-        &self,
-        start: u64,
-        end: u64,
-        resp: reqwest::Response,
-    ) -> Result<(), String> {
-        let timeout = self.engine.config.piece_timeout;
-        let mut stream = resp.bytes_stream();
-        let mut buf = BytesMut::new();
-        let mut pos = start;
-        loop {
-            let chunk = tokio::time::timeout(timeout, stream.next())
-                .await
-                .map_err(|_| "the origin stalled".to_string())?;
-            let done = chunk.is_none();
-            if let Some(c) = chunk {
-                let c = c.map_err(|e| error_chain(&e))?;
-                self.engine.limiter.acquire(c.len() as u64).await;
-                if pos + (buf.len() + c.len()) as u64 > end {
-                    return Err("the origin sent more bytes than asked".into());
-                }
-                buf.extend_from_slice(&c);
-            }
-            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
-                let data = buf.split().freeze();
-                let (t, at) = (self.task.clone(), pos);
-                pos += data.len() as u64;
-                tokio::task::spawn_blocking(move || t.write_at(at, &data))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
-            if done {
-                break;
-            }
-        }
-        if pos != end {
-            return Err(format!(
-                "the origin sent {} of {} bytes",
-                pos - start,
-                end - start
-            ));
-        }
+        let what = format!("bytes {start}..{end}");
+        self.engine
+            .fetch_origin_range(&self.req, &self.task, start, end, &what)
+            .await
+            .map_err(|e| match e {
+                DownloadError::Origin { url, message } => LazyError::Origin { url, message },
+                e => e.into(),
+            })?;
+        self.engine.metrics.traffic("back_to_source", end - start);
         Ok(())
     }
 
