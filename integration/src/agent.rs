@@ -67,8 +67,26 @@ pub struct Agent {
     pub proxy_port: u16,
     pub metrics_port: u16,
     pub upload_port: u16,
+    /// `runtime.mountRoot`.
+    pub mount_root: PathBuf,
     process: Option<ChildProcess>,
     log_path: PathBuf,
+}
+
+impl Drop for Agent {
+    /// Stops the daemon, then the process that keeps its mounts' FUSE descriptors (it outlives
+    /// a `kill -9` of the daemon by design; a later daemon of the same mount root uses it).
+    fn drop(&mut self) {
+        drop(self.process.take());
+        if let Some(pid) = self.holder_pid() {
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -118,6 +136,10 @@ impl Agent {
                 .as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(upload_port),
+            mount_root: cfg["runtime"]["mountRoot"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.join(format!("{name}-mounts"))),
             process: None,
             log_path: dir.logs_dir().join(format!("{name}.log")),
         };
@@ -173,6 +195,21 @@ impl Agent {
             let _ = p.kill9();
             p.wait_exit(Duration::from_secs(10)).await;
         }
+    }
+
+    /// PID of the live process keeping this daemon's FUSE descriptors (`dfdaemon --fd-holder`,
+    /// from `<mountRoot>/.fd-holder.pid`), if any.
+    pub fn holder_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.mount_root.join(".fd-holder.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // A zombie is not running.
+        let state = stat.rsplit(") ").next()?.split(' ').next()?;
+        (state != "Z" && cmdline.split(|b| *b == 0).any(|a| a == b"--fd-holder")).then_some(pid)
     }
 
     /// PID of the running daemon.

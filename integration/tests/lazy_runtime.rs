@@ -911,3 +911,243 @@ async fn a_blob_cut_short_at_the_registry_gives_eio_past_its_end() {
         agent.log_tail(20)
     );
 }
+
+/// Regular files of `root` (relative path, content), largest first.
+fn regular_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+                out.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort_by_key(|(p, b)| (std::cmp::Reverse(b.len()), p.clone()));
+    out
+}
+
+/// Drops the page cache of every file below `dir` (so the next read reaches the FUSE server).
+fn drop_page_cache(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+}
+
+/// What a reader loop saw.
+#[derive(Default)]
+struct ReaderLog {
+    passes: std::sync::atomic::AtomicU64,
+    reads: std::sync::atomic::AtomicU64,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+/// Reads every file of `files` under `mnt` again and again (each time with its page cache, and
+/// those of the files in `also_drop`, dropped first), comparing the bytes, until `stop`.
+fn reader_loop(
+    mnt: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    also_drop: PathBuf,
+    log: std::sync::Arc<ReaderLog>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        for (rel, want) in &files {
+            let path = mnt.join(rel);
+            drop_page_cache(&path);
+            if let Ok(d) = std::fs::read_dir(&also_drop) {
+                for e in d.flatten() {
+                    if let Ok(inner) = std::fs::read_dir(e.path()) {
+                        for b in inner.flatten() {
+                            drop_page_cache(&b.path());
+                        }
+                    }
+                }
+            }
+            match std::fs::read(&path) {
+                Ok(got) if got == *want => {}
+                Ok(got) => log.errors.lock().unwrap().push(format!(
+                    "{}: {} bytes differ from the source's {}",
+                    rel.display(),
+                    got.len(),
+                    want.len()
+                )),
+                Err(e) => log
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .push(format!("{}: {e}", rel.display())),
+            }
+            log.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        log.passes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// dfdaemon is SIGKILLed while a loop reads every file of the mount (page caches dropped, so
+/// reads reach the FUSE server), and started again: the mount stays (its FUSE descriptor was
+/// kept by the holder process), the new dfdaemon takes it over, requests in flight are resent,
+/// and the loop goes on with every read returning the source's bytes.
+async fn survives_kill9(mode: &str) {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    use std::sync::atomic::Ordering;
+    let dir = TestDir::new(&format!("lazy-kill9-{mode}")).unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 8 * MIB).await;
+    let mut agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mnt = dir.join("mnt");
+    let r = agent
+        .runtime()
+        .mount(MountRequest {
+            mode: mode.into(),
+            ..mount_request(&f, &reg, &mnt)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, mode);
+    let files = regular_files(&f.oci_root);
+    assert!(files.len() > 10, "{} files", files.len());
+    let log = std::sync::Arc::new(ReaderLog::default());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (mnt, log, stop) = (mnt.clone(), log.clone(), stop.clone());
+        let blob_views = agent.mount_root.join(".blobs");
+        std::thread::spawn(move || reader_loop(mnt, files, blob_views, log, stop))
+    };
+    integration::wait_for(
+        Duration::from_secs(60),
+        "a first pass of the reader",
+        || {
+            let log = log.clone();
+            async move { log.passes.load(Ordering::Relaxed) >= 1 }
+        },
+    )
+    .await
+    .unwrap();
+    let holder = agent
+        .holder_pid()
+        .expect("a holder process keeps the mount's descriptor");
+
+    agent.kill9().await;
+    assert!(is_mounted(&mnt), "the mount went with the killed dfdaemon");
+    let reads_at_kill = log.reads.load(Ordering::Relaxed);
+    agent.restart().await.unwrap();
+    assert_eq!(
+        agent.holder_pid(),
+        Some(holder),
+        "the restarted dfdaemon uses the same holder"
+    );
+    let passes_at_restart = log.passes.load(Ordering::Relaxed);
+    integration::wait_for(
+        Duration::from_secs(120),
+        "two more passes of the reader",
+        || {
+            let log = log.clone();
+            async move { log.passes.load(Ordering::Relaxed) >= passes_at_restart + 2 }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let errors = log.errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} reads failed, the first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(log.reads.load(Ordering::Relaxed) > reads_at_kill);
+    assert!(
+        agent.log().contains("image mount taken over"),
+        "{}",
+        agent.log_tail(30)
+    );
+    // The new dfdaemon served the reads since its start.
+    let served_reads = agent
+        .metric(&format!(
+            "dragonfly_dfdaemon_fuse_request_duration_seconds_count{{op=\"read\",mode=\"{mode}\"}}"
+        ))
+        .await
+        .unwrap();
+    assert!(served_reads > 0.0, "the new dfdaemon served no read");
+    let listed = agent
+        .runtime()
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.mounts.len(), 1);
+    assert_eq!(listed.mounts[0].mountpoint, mnt.display().to_string());
+    agent
+        .runtime()
+        .unmount(UnmountRequest {
+            mountpoint: mnt.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(!is_mounted(&mnt));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuse_mounts_survive_kill9_of_dfdaemon() {
+    survives_kill9("fuse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erofs_mounts_survive_kill9_of_dfdaemon() {
+    survives_kill9("erofs").await;
+}
+
+/// With `recoverPolicy: restart`, a mount whose dfdaemon was SIGKILLed is mounted again by the
+/// next dfdaemon at the same path (what was left there is detached), and reads work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_restart_mounts_again_after_kill9() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-kill9-restart").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, MIB).await;
+    let mut agent = Agent::start(&dir, "agent", "runtime: {recoverPolicy: restart}")
+        .await
+        .unwrap();
+    let mnt = dir.join("mnt");
+    agent
+        .runtime()
+        .mount(mount_request(&f, &reg, &mnt))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/hello.txt")).unwrap(),
+        std::fs::read_to_string(f.oci_root.join("etc/hello.txt")).unwrap()
+    );
+    assert_eq!(
+        agent.holder_pid(),
+        None,
+        "policy restart keeps no descriptors"
+    );
+    agent.kill9().await;
+    // The mount is left without a server (EROFS: its blob device answers EIO; FUSE: ENOTCONN).
+    let dead = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap_err();
+    assert!(matches!(dead.raw_os_error(), Some(5 | 107)), "{dead}");
+    agent.restart().await.unwrap();
+    let listed = agent
+        .runtime()
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.mounts.len(), 1, "{}", agent.log_tail(20));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap(),
+        "v2, from layer 3\n"
+    );
+    assert!(agent.log().contains("image mounted again"));
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
 };
 
 use crate::fusefs::{Observer, Timer};
@@ -184,10 +184,27 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
         }
     }
 
+    /// Nothing to write back. Files are opened with `FOPEN_NOFLUSH`, so only kernels before 5.16
+    /// ask; ENOSYS makes them stop. (A close that waits for the server would hang while
+    /// dfdaemon restarts, e.g. in a process that forks and execs then.)
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.timer("open");
         match self.view(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
             None if ino.0 == 1 => reply.error(Errno::EISDIR),
             None => reply.error(Errno::ENOENT),
         }

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::image::Image;
@@ -215,12 +215,29 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
         }
     }
 
+    /// Nothing to write back. Files are opened with `FOPEN_NOFLUSH`, so only kernels before 5.16
+    /// ask; ENOSYS makes them stop. (A close that waits for the server would hang while
+    /// dfdaemon restarts, e.g. in a process that forks and execs then.)
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.timer("open");
         match self.id(ino).map(|id| &self.tree.node(id).kind) {
-            Some(Kind::File { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(Kind::File { .. }) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_NOFLUSH),
             None => reply.error(Errno::ENOENT),
         }
     }

@@ -29,6 +29,7 @@ pub mod image;
 mod le;
 pub mod nydusify;
 pub mod reader;
+pub mod takeover;
 pub mod toc;
 pub mod tree;
 pub mod unpack;

@@ -24,6 +24,10 @@ struct Args {
     /// Log filter (also RUST_LOG), e.g. info or dfdaemon=debug.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Internal: keep image mounts' FUSE descriptors for the next dfdaemon (started by
+    /// dfdaemon itself, its listening socket as stdin).
+    #[arg(long, hide = true)]
+    fd_holder: bool,
 }
 
 /// glibc raises its mmap threshold to the size of a freed large block, after which large zeroed
@@ -50,6 +54,15 @@ fn fix_mmap_threshold() {}
 fn main() -> ExitCode {
     fix_mmap_threshold();
     let args = Args::parse();
+    if args.fd_holder {
+        return match dfdaemon::runtime::holder::serve_holder() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dfdaemon --fd-holder: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.print_default_config {
         print!("{}", Config::default_yaml());
         return ExitCode::SUCCESS;

@@ -17,7 +17,7 @@ pub use gc::{Gc, GcPolicy};
 pub use host::Host;
 pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyRule, ProxyServer, RegistryMirror};
-pub use runtime::{Prefetch, Runtime, RuntimeMode};
+pub use runtime::{Prefetch, RecoverPolicy, Runtime, RuntimeMode};
 pub use storage::{Storage, StorageServer};
 pub use upload::{Upload, UploadServer};
 

@@ -26,6 +26,21 @@ impl RuntimeMode {
     }
 }
 
+/// What happens to image mounts when dfdaemon stops or dies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoverPolicy {
+    /// Mounts stay while dfdaemon is down (their FUSE descriptors are kept by systemd's file
+    /// descriptor store or a holder process); the next dfdaemon serves them again, and reads
+    /// in flight are resent (Linux >= 6.9): readers wait, they see no error.
+    #[default]
+    Failover,
+    /// Mounts end when dfdaemon stops; the next dfdaemon mounts them again at the same paths.
+    Restart,
+    /// Mounts end when dfdaemon stops and are not mounted again.
+    None,
+}
+
 /// What a mount fetches before it is read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -65,6 +80,8 @@ pub struct Runtime {
     /// Background fetches after mounting. Background fetches run one at a
     /// time per node, beside on-demand reads, never instead of them.
     pub prefetch: Prefetch,
+    /// failover | restart | none. Default: failover.
+    pub recover_policy: RecoverPolicy,
 }
 
 impl Default for Runtime {
@@ -76,6 +93,7 @@ impl Default for Runtime {
             chunk_cache_size: bytesize::ByteSize::mib(32),
             max_merge_size: bytesize::ByteSize::mib(4),
             prefetch: Prefetch::default(),
+            recover_policy: RecoverPolicy::Failover,
         }
     }
 }

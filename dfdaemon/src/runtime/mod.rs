@@ -7,8 +7,9 @@
 //! dfdaemon stops.
 
 pub mod grpc;
+pub mod holder;
 
-use crate::config::{self, RuntimeMode};
+use crate::config::{self, RecoverPolicy, RuntimeMode};
 use crate::download::Engine;
 use crate::lazy::blobs::StoreBlobs;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -85,8 +86,39 @@ enum MountKind {
     },
 }
 
+/// A mount as recorded in `<mountRoot>/.mounts.json`, to serve it again after a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SavedMount {
+    mountpoint: PathBuf,
+    bootstrap_path: PathBuf,
+    repository: String,
+    scheme: String,
+    headers: Vec<(String, String)>,
+    /// How it is served: `fuse` or `erofs`.
+    mode: String,
+}
+
+impl SavedMount {
+    fn spec(&self) -> MountSpec {
+        MountSpec {
+            bootstrap_path: self.bootstrap_path.clone(),
+            mountpoint: Some(self.mountpoint.clone()),
+            repository: self.repository.clone(),
+            scheme: Some(self.scheme.clone()),
+            headers: self.headers.clone(),
+            mode: Some(if self.mode == "erofs" {
+                RuntimeMode::Erofs
+            } else {
+                RuntimeMode::Fuse
+            }),
+        }
+    }
+}
+
 struct Mounted {
     info: MountInfo,
+    saved: SavedMount,
     kind: Option<MountKind>,
     /// Background fetches, stopped when the image is unmounted.
     prefetch: Option<tokio::task::JoinHandle<()>>,
@@ -122,13 +154,26 @@ impl nydus::fusefs::Observer for MountObserver {
     }
 }
 
+/// An image checked and ready to be served.
+struct Prepared {
+    /// Taken by the filesystem that serves it.
+    img: Option<nydus::image::Image>,
+    version: u32,
+    blob_table: Vec<nydus::image::ImageBlob>,
+    blobs: Arc<StoreBlobs>,
+    prefetch: BTreeMap<u32, Vec<(u64, u64)>>,
+    saved: SavedMount,
+}
+
 /// The mounts of this dfdaemon.
 pub struct Runtime {
     engine: Arc<Engine>,
     config: config::Runtime,
-    mounts: tokio::sync::Mutex<BTreeMap<PathBuf, Mounted>>,
     /// Serialises mounts, so one image is never mounted twice.
+    mounts: tokio::sync::Mutex<BTreeMap<PathBuf, Mounted>>,
     stopping: Mutex<bool>,
+    /// Keeps the mounts' FUSE descriptors while dfdaemon is down (policy `failover`).
+    keeper: std::sync::OnceLock<holder::Keeper>,
 }
 
 impl Runtime {
@@ -138,13 +183,113 @@ impl Runtime {
             config,
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Mutex::new(false),
+            keeper: std::sync::OnceLock::new(),
         })
     }
 
-    /// Mounts an image (or returns its existing mount).
-    pub async fn mount(&self, spec: MountSpec) -> Result<MountInfo, RuntimeError> {
+    fn state_path(&self) -> PathBuf {
+        self.config.mount_root.join(".mounts.json")
+    }
+
+    /// Serves again the mounts an earlier dfdaemon left (`<mountRoot>/.mounts.json`): with
+    /// policy `failover`, the ones whose FUSE descriptors were kept are taken over where they
+    /// are (readers saw a delay); the others are unmounted and, unless the policy is `none`,
+    /// mounted again. Call once, before serving the API. Fails only when another dfdaemon
+    /// serves the mounts under `runtime.mountRoot`.
+    pub async fn recover(&self) -> Result<(), RuntimeError> {
+        let policy = self.config.recover_policy;
+        let mut kept = BTreeMap::new();
+        if policy == RecoverPolicy::Failover {
+            let root = self.config.mount_root.clone();
+            match tokio::task::spawn_blocking(move || holder::Keeper::open(&root)).await {
+                Ok(Ok((keeper, fds))) => {
+                    tracing::info!(keeper = %keeper.describe(), kept = fds.len(),
+                        "image mounts survive restarts of dfdaemon");
+                    kept = fds;
+                    let _ = self.keeper.set(keeper);
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(RuntimeError::Unavailable(e.to_string()));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e,
+                    "no descriptor keeper: image mounts will end when dfdaemon does"),
+                Err(e) => tracing::warn!(error = %e, "descriptor keeper"),
+            }
+        }
+        let path = self.state_path();
+        let saved: Vec<SavedMount> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "mount state unreadable; earlier mounts are not served again");
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "mount state unreadable");
+                Vec::new()
+            }
+        };
+        for s in saved {
+            let name = fd_name(&s.mountpoint);
+            if let Some(fd) = kept.remove(&name) {
+                match self.adopt(&s, fd).await {
+                    Ok(()) => continue,
+                    Err(e) => tracing::warn!(mountpoint = %s.mountpoint.display(), error = %e,
+                        "cannot take the mount over; mounting it again"),
+                }
+            }
+            // Its server is gone: what is left at the mountpoint only answers errors.
+            detach(&s.mountpoint);
+            if s.mode == "erofs" {
+                detach(&self.blob_dir(&s.mountpoint));
+            }
+            if policy == RecoverPolicy::None {
+                continue;
+            }
+            match self.mount(s.spec()).await {
+                Ok(_) => {
+                    tracing::info!(mountpoint = %s.mountpoint.display(), "image mounted again")
+                }
+                Err(e) => tracing::error!(mountpoint = %s.mountpoint.display(), error = %e,
+                    "cannot mount the image again"),
+            }
+        }
+        if let Some(k) = self.keeper.get() {
+            for name in kept.keys() {
+                let _ = k.remove(name);
+            }
+        }
+        self.save(&*self.mounts.lock().await);
+        Ok(())
+    }
+
+    /// Writes the mount state (atomically, mode 0600: it holds the mounts' request headers).
+    fn save(&self, mounts: &BTreeMap<PathBuf, Mounted>) {
+        let saved: Vec<&SavedMount> = mounts.values().map(|m| &m.saved).collect();
+        let path = self.state_path();
+        let r = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::create_dir_all(&self.config.mount_root)?;
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = r {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the mount state");
+        }
+    }
+
+    /// Checks a mount request and loads its image.
+    async fn prepare(&self, spec: &MountSpec) -> Result<Prepared, RuntimeError> {
         let invalid = RuntimeError::InvalidArgument;
-        let mode = spec.mode.unwrap_or(self.config.mode);
         let scheme = spec.scheme.as_deref().unwrap_or("https");
         if scheme != "https" && scheme != "http" {
             return Err(invalid(format!("scheme {scheme:?}: must be https or http")));
@@ -172,10 +317,101 @@ impl Runtime {
                 )));
             }
         }
+        let image_err = |message: String| RuntimeError::Image {
+            path: spec.bootstrap_path.clone(),
+            message,
+        };
+        let path = spec.bootstrap_path.clone();
+        let img = tokio::task::spawn_blocking(move || nydus::image::load(&path))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+            .map_err(|e| image_err(e.to_string()))?;
+        nydus::image::check_chunk_addresses(&img).map_err(image_err)?;
+        for b in &img.blobs {
+            if let Some(f) = b.unsupported_feature() {
+                return Err(image_err(format!("blob {}: {f} is not supported", b.id)));
+            }
+        }
+        let mountpoint = match &spec.mountpoint {
+            Some(m) => m.clone(),
+            None => self
+                .config
+                .mount_root
+                .join(&hex::encode(sha2::Sha256::digest(&img.bootstrap))[..16]),
+        };
+        let repo_url = format!("{scheme}://{host}/v2/{name}");
+        let sources = StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers)
+            .map_err(|e| image_err(e.to_string()))?;
+        let blobs = Arc::new(StoreBlobs::new(
+            self.engine.clone(),
+            tokio::runtime::Handle::current(),
+            sources,
+        ));
+        let prefetch = if self.config.prefetch.enable {
+            nydus::image::prefetch_ranges(&img).map_err(|e| image_err(e.to_string()))?
+        } else {
+            Default::default()
+        };
+        Ok(Prepared {
+            version: img.version,
+            blob_table: img.blobs.clone(),
+            img: Some(img),
+            blobs,
+            prefetch,
+            saved: SavedMount {
+                mountpoint,
+                bootstrap_path: spec.bootstrap_path.clone(),
+                repository: spec.repository.clone(),
+                scheme: scheme.to_string(),
+                headers: spec.headers.clone(),
+                mode: String::new(),
+            },
+        })
+    }
+
+    fn reader(&self, p: &Prepared) -> ChunkReader<Arc<StoreBlobs>> {
+        let m = self.engine.metrics().clone();
+        ChunkReader::new(p.blob_table.clone(), p.blobs.clone())
+            .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
+            .with_max_merge(self.config.max_merge_size.as_u64())
+            .on_check_failure(Arc::new(move |_| {
+                m.chunk_check_failures.inc();
+            }))
+    }
+
+    fn observer(&self, p: &Prepared, mode: &'static str) -> Arc<dyn nydus::fusefs::Observer> {
+        Arc::new(MountObserver {
+            metrics: self.engine.metrics().clone(),
+            image: p.saved.repository.clone(),
+            mode,
+        })
+    }
+
+    /// Where the blob views of an EROFS mount at `mountpoint` are served.
+    fn blob_dir(&self, mountpoint: &Path) -> PathBuf {
+        let key = hex::encode(sha2::Sha256::digest(
+            mountpoint.as_os_str().as_encoded_bytes(),
+        ));
+        self.config.mount_root.join(".blobs").join(&key[..16])
+    }
+
+    /// Hands a mount's `/dev/fuse` descriptor to the keeper, so the mount outlives this process.
+    fn keep(&self, mountpoint: &Path, dev: std::os::fd::OwnedFd) {
+        if let Some(k) = self.keeper.get() {
+            if let Err(e) = k.put(&fd_name(mountpoint), std::os::fd::AsFd::as_fd(&dev)) {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %e,
+                    "the mount will end when dfdaemon does");
+            }
+        }
+    }
+
+    /// Mounts an image (or returns its existing mount).
+    pub async fn mount(&self, spec: MountSpec) -> Result<MountInfo, RuntimeError> {
+        let mode = spec.mode.unwrap_or(self.config.mode);
+        let mut p = self.prepare(&spec).await?;
         if *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(RuntimeError::Unavailable("dfdaemon is stopping".into()));
         }
-
         let mut mounts = self.mounts.lock().await;
         if let Some(m) = mounts.values().find(|m| {
             m.info.bootstrap_path == spec.bootstrap_path && m.info.repository == spec.repository
@@ -188,33 +424,7 @@ impl Runtime {
                 return Ok(self.info(m));
             }
         }
-        let path = spec.bootstrap_path.clone();
-        let img = tokio::task::spawn_blocking(move || nydus::image::load(&path))
-            .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-            .map_err(|e| RuntimeError::Image {
-                path: spec.bootstrap_path.clone(),
-                message: e.to_string(),
-            })?;
-        nydus::image::check_chunk_addresses(&img).map_err(|message| RuntimeError::Image {
-            path: spec.bootstrap_path.clone(),
-            message,
-        })?;
-        for b in &img.blobs {
-            if let Some(f) = b.unsupported_feature() {
-                return Err(RuntimeError::Image {
-                    path: spec.bootstrap_path.clone(),
-                    message: format!("blob {}: {f} is not supported", b.id),
-                });
-            }
-        }
-        let mountpoint = match &spec.mountpoint {
-            Some(m) => m.clone(),
-            None => self
-                .config
-                .mount_root
-                .join(&hex::encode(sha2::Sha256::digest(&img.bootstrap))[..16]),
-        };
+        let mountpoint = p.saved.mountpoint.clone();
         if mounts.contains_key(&mountpoint) {
             return Err(RuntimeError::AlreadyMounted { mountpoint });
         }
@@ -222,64 +432,16 @@ impl Runtime {
             mountpoint: mountpoint.clone(),
             message: e.to_string(),
         })?;
-        if mode == RuntimeMode::Erofs && img.version != 6 {
-            return Err(invalid(format!(
+        if mode == RuntimeMode::Erofs && p.version != 6 {
+            return Err(RuntimeError::InvalidArgument(format!(
                 "mode erofs needs a RAFS v6 image; {} is v{}",
                 spec.bootstrap_path.display(),
-                img.version
+                p.version
             )));
         }
-        let repo_url = format!("{scheme}://{host}/v2/{name}");
-        let sources =
-            StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers).map_err(|e| {
-                RuntimeError::Image {
-                    path: spec.bootstrap_path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        let blobs = Arc::new(StoreBlobs::new(
-            self.engine.clone(),
-            tokio::runtime::Handle::current(),
-            sources,
-        ));
-        let blob_ids: Vec<String> = img.blobs.iter().map(|b| b.id.clone()).collect();
-        let prefetch = if self.config.prefetch.enable {
-            nydus::image::prefetch_ranges(&img).map_err(|e| RuntimeError::Image {
-                path: spec.bootstrap_path.clone(),
-                message: e.to_string(),
-            })?
-        } else {
-            Default::default()
-        };
-        let metrics = self.engine.metrics().clone();
-        let new_reader = || {
-            let m = metrics.clone();
-            ChunkReader::new(img.blobs.clone(), blobs.clone())
-                .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
-                .with_max_merge(self.config.max_merge_size.as_u64())
-                .on_check_failure(Arc::new(move |_| {
-                    m.chunk_check_failures.inc();
-                }))
-        };
-        let observer = |mode: &'static str| {
-            Arc::new(MountObserver {
-                metrics: metrics.clone(),
-                image: spec.repository.clone(),
-                mode,
-            }) as Arc<dyn nydus::fusefs::Observer>
-        };
         let mut served = None;
-        if mode != RuntimeMode::Fuse && img.version == 6 {
-            match self
-                .mount_erofs(
-                    &img,
-                    new_reader(),
-                    observer("erofs"),
-                    &spec.bootstrap_path,
-                    &mountpoint,
-                )
-                .await
-            {
+        if mode != RuntimeMode::Fuse && p.version == 6 {
+            match self.mount_erofs(&p).await {
                 Ok(m) => served = Some(m),
                 Err(e) if mode == RuntimeMode::Erofs => return Err(e),
                 Err(e) => {
@@ -291,50 +453,127 @@ impl Runtime {
         let (kind, stats, mode) = match served {
             Some((kind, stats)) => (kind, stats, "erofs"),
             None => {
-                let reader = new_reader();
+                let reader = self.reader(&p);
                 let stats = reader.stats.clone();
-                let fs = nydus::fusefs::RafsFs::new(img, reader).with_observer(observer("fuse"));
+                let img = p.img.take().ok_or_else(|| {
+                    RuntimeError::Unavailable("the image was already served".into())
+                })?;
+                let fs = nydus::fusefs::RafsFs::new(img, reader)
+                    .with_observer(self.observer(&p, "fuse"));
                 let options = nydus::fusefs::mount_config(self.config.threads, false);
                 let mp = mountpoint.clone();
-                let session =
-                    tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &mp, &options))
+                let (session, dev) =
+                    tokio::task::spawn_blocking(move || nydus::takeover::mount(fs, &mp, &options))
                         .await
                         .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
                         .map_err(|e| RuntimeError::Mount {
                             mountpoint: mountpoint.clone(),
                             message: e.to_string(),
                         })?;
+                self.keep(&mountpoint, dev);
                 (MountKind::Fuse(session), stats, "fuse")
             }
         };
+        tracing::info!(mountpoint = %mountpoint.display(), bootstrap = %spec.bootstrap_path.display(),
+            repository = %spec.repository, mode, "image mounted");
+        let info = self.insert(&mut mounts, p, kind, stats, mode);
+        self.save(&mounts);
+        Ok(info)
+    }
+
+    /// Records a served mount and starts its prefetch.
+    fn insert(
+        &self,
+        mounts: &mut BTreeMap<PathBuf, Mounted>,
+        p: Prepared,
+        kind: MountKind,
+        stats: Arc<ReadStats>,
+        mode: &'static str,
+    ) -> MountInfo {
+        let background = (!p.prefetch.is_empty() || self.config.prefetch.all)
+            .then(|| spawn_prefetch(p.blobs.clone(), p.prefetch, self.config.prefetch.all));
         let m = Mounted {
             info: MountInfo {
-                mountpoint: mountpoint.clone(),
-                bootstrap_path: spec.bootstrap_path.clone(),
-                repository: spec.repository.clone(),
+                mountpoint: p.saved.mountpoint.clone(),
+                bootstrap_path: p.saved.bootstrap_path.clone(),
+                repository: p.saved.repository.clone(),
                 mode,
-                blob_ids,
+                blob_ids: p.blob_table.iter().map(|b| b.id.clone()).collect(),
                 read_bytes: 0,
                 origin_bytes: 0,
                 parent_bytes: 0,
                 chunk_check_failures: 0,
             },
+            saved: SavedMount {
+                mode: mode.to_string(),
+                ..p.saved
+            },
             kind: Some(kind),
-            blobs,
+            blobs: p.blobs,
             stats,
-            prefetch: None,
-        };
-        tracing::info!(mountpoint = %mountpoint.display(), bootstrap = %spec.bootstrap_path.display(),
-            repository = %spec.repository, mode, "image mounted");
-        let info = self.info(&m);
-        let background = (!prefetch.is_empty() || self.config.prefetch.all)
-            .then(|| spawn_prefetch(m.blobs.clone(), prefetch, self.config.prefetch.all));
-        let m = Mounted {
             prefetch: background,
-            ..m
         };
-        mounts.insert(mountpoint, m);
-        Ok(info)
+        let info = self.info(&m);
+        mounts.insert(info.mountpoint.clone(), m);
+        info
+    }
+
+    /// Serves a mount an earlier dfdaemon left, on its kept descriptor `dev`.
+    async fn adopt(&self, s: &SavedMount, dev: std::os::fd::OwnedFd) -> Result<(), RuntimeError> {
+        let spec = s.spec();
+        let mut p = self.prepare(&spec).await?;
+        let img = p
+            .img
+            .take()
+            .ok_or_else(|| RuntimeError::Unavailable("the image was already served".into()))?;
+        let mountpoint = s.mountpoint.clone();
+        let unavailable = |e: std::io::Error| RuntimeError::Mount {
+            mountpoint: mountpoint.clone(),
+            message: format!("taking over: {e}"),
+        };
+        let resend = dev.try_clone().map_err(unavailable)?;
+        let reader = self.reader(&p);
+        let stats = reader.stats.clone();
+        let (kind, mode) = if s.mode == "erofs" {
+            let fs = nydus::blobfs::BlobFs::new(&img, reader)
+                .map_err(|e| RuntimeError::Image {
+                    path: s.bootstrap_path.clone(),
+                    message: e.to_string(),
+                })?
+                .with_observer(self.observer(&p, "erofs"));
+            let options = nydus::blobfs::blobfs_config(self.config.threads);
+            let session =
+                tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
+                    .await
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                    .map_err(unavailable)?;
+            (
+                MountKind::Erofs {
+                    blobs: session,
+                    blob_dir: self.blob_dir(&mountpoint),
+                },
+                "erofs",
+            )
+        } else {
+            let fs =
+                nydus::fusefs::RafsFs::new(img, reader).with_observer(self.observer(&p, "fuse"));
+            let options = nydus::fusefs::mount_config(self.config.threads, false);
+            let session =
+                tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
+                    .await
+                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                    .map_err(unavailable)?;
+            (MountKind::Fuse(session), "fuse")
+        };
+        // Requests the dead dfdaemon had read but not answered.
+        if let Err(e) = nydus::takeover::resend(std::os::fd::AsFd::as_fd(&resend)) {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e,
+                "the kernel did not resend requests in flight (Linux >= 6.9 does): their readers get an error");
+        }
+        let mut mounts = self.mounts.lock().await;
+        self.insert(&mut mounts, p, kind, stats, mode);
+        tracing::info!(mountpoint = %mountpoint.display(), mode, "image mount taken over");
+        Ok(())
     }
 
     fn info(&self, m: &Mounted) -> MountInfo {
@@ -350,52 +589,53 @@ impl Runtime {
         info
     }
 
-    /// Serves the blob views of `img` over FUSE under `runtime.mountRoot` and mounts the
-    /// bootstrap with them as kernel EROFS at `mountpoint`.
-    async fn mount_erofs(
-        &self,
-        img: &nydus::image::Image,
-        reader: ChunkReader<Arc<StoreBlobs>>,
-        observer: Arc<dyn nydus::fusefs::Observer>,
-        bootstrap: &Path,
-        mountpoint: &Path,
-    ) -> Result<(MountKind, Arc<ReadStats>), RuntimeError> {
+    /// Serves the blob views of the image over FUSE under `runtime.mountRoot` and mounts the
+    /// bootstrap with them as kernel EROFS at its mountpoint.
+    async fn mount_erofs(&self, p: &Prepared) -> Result<(MountKind, Arc<ReadStats>), RuntimeError> {
+        let mountpoint = &p.saved.mountpoint;
+        let bootstrap = &p.saved.bootstrap_path;
         let mount_err = |message: String| RuntimeError::Mount {
             mountpoint: mountpoint.to_path_buf(),
             message,
         };
+        let img = p
+            .img
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Unavailable("the image was already served".into()))?;
+        let reader = self.reader(p);
         let stats = reader.stats.clone();
         let fs = nydus::blobfs::BlobFs::new(img, reader)
             .map_err(|e| RuntimeError::Image {
                 path: bootstrap.to_path_buf(),
                 message: e.to_string(),
             })?
-            .with_observer(observer);
-        let key = hex::encode(sha2::Sha256::digest(
-            mountpoint.as_os_str().as_encoded_bytes(),
-        ));
-        let blob_dir = self.config.mount_root.join(".blobs").join(&key[..16]);
+            .with_observer(self.observer(p, "erofs"));
+        let blob_dir = self.blob_dir(mountpoint);
         std::fs::create_dir_all(&blob_dir)
             .map_err(|e| mount_err(format!("{}: {e}", blob_dir.display())))?;
         let devices = fs.device_paths(&blob_dir);
         let options = nydus::blobfs::blobfs_config(self.config.threads);
         let dir = blob_dir.clone();
-        let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &dir, &options))
-            .await
-            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-            .map_err(|e| mount_err(format!("blob views at {}: {e}", blob_dir.display())))?;
+        let (session, dev) =
+            tokio::task::spawn_blocking(move || nydus::takeover::mount(fs, &dir, &options))
+                .await
+                .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                .map_err(|e| mount_err(format!("blob views at {}: {e}", blob_dir.display())))?;
         let (b, m) = (bootstrap.to_path_buf(), mountpoint.to_path_buf());
         let r = tokio::task::spawn_blocking(move || nydus::blobfs::mount_erofs(&b, &m, &devices))
             .await
             .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
         match r {
-            Ok(()) => Ok((
-                MountKind::Erofs {
-                    blobs: session,
-                    blob_dir,
-                },
-                stats,
-            )),
+            Ok(()) => {
+                self.keep(mountpoint, dev);
+                Ok((
+                    MountKind::Erofs {
+                        blobs: session,
+                        blob_dir,
+                    },
+                    stats,
+                ))
+            }
             Err(e) => {
                 let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
                 let _ = std::fs::remove_dir(&blob_dir);
@@ -406,6 +646,11 @@ impl Runtime {
 
     /// Unmounts an image.
     pub async fn unmount(&self, mountpoint: &Path) -> Result<(), RuntimeError> {
+        self.end(mountpoint, true).await
+    }
+
+    /// Unmounts an image; with `forget`, it is also removed from the saved state.
+    async fn end(&self, mountpoint: &Path, forget: bool) -> Result<(), RuntimeError> {
         let mut mounts = self.mounts.lock().await;
         let m = mounts
             .get_mut(mountpoint)
@@ -414,33 +659,50 @@ impl Runtime {
             mountpoint: mountpoint.to_path_buf(),
             message: format!("unmount: {e}"),
         };
-        match m.kind.take() {
-            None => {}
-            Some(MountKind::Fuse(session)) => {
-                tokio::task::spawn_blocking(move || session.umount_and_join())
-                    .await
-                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-                    .map_err(|e| unmount_err(e.to_string()))?;
-            }
+        // The kernel's mount first (it may be busy: then nothing changes); that ends the FUSE
+        // connection, and the session's threads with it.
+        let mp = mountpoint.to_path_buf();
+        let r = tokio::task::spawn_blocking(move || nydus::blobfs::unmount(&mp))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
+        if let Err(e) = r {
+            return Err(unmount_err(e.to_string()));
+        }
+        let (session, blob_dir) = match m.kind.take() {
+            None => (None, None),
+            Some(MountKind::Fuse(session)) => (Some(session), None),
             Some(MountKind::Erofs { blobs, blob_dir }) => {
-                // The filesystem first (it may be busy: then nothing changes), its devices after.
-                let mp = mountpoint.to_path_buf();
-                let r = tokio::task::spawn_blocking(move || nydus::blobfs::unmount(&mp))
+                let dir = blob_dir.clone();
+                let r = tokio::task::spawn_blocking(move || nydus::blobfs::unmount(&dir))
                     .await
                     .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
                 if let Err(e) = r {
-                    m.kind = Some(MountKind::Erofs { blobs, blob_dir });
-                    return Err(unmount_err(e.to_string()));
+                    tracing::warn!(dir = %blob_dir.display(), error = %e, "unmounting the blob views");
                 }
-                tokio::task::spawn_blocking(move || blobs.umount_and_join())
-                    .await
-                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-                    .map_err(|e| unmount_err(e.to_string()))?;
-                let _ = std::fs::remove_dir(&blob_dir);
+                (Some(blobs), Some(blob_dir))
+            }
+        };
+        // The session ends when the kernel ends its connection (the unmounts above).
+        if let Some(session) = session {
+            tokio::task::spawn_blocking(move || session.join())
+                .await
+                .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
+                .map_err(|e| unmount_err(e.to_string()))?;
+        }
+        if let Some(dir) = blob_dir {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        if let Some(k) = self.keeper.get() {
+            if let Err(e) = k.remove(&fd_name(mountpoint)) {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %e,
+                    "the descriptor keeper did not drop the mount's descriptor");
             }
         }
         if let Some(p) = mounts.remove(mountpoint).and_then(|m| m.prefetch) {
             p.abort();
+        }
+        if forget {
+            self.save(&mounts);
         }
         tracing::info!(mountpoint = %mountpoint.display(), "image unmounted");
         Ok(())
@@ -452,15 +714,50 @@ impl Runtime {
         mounts.values().map(|m| self.info(m)).collect()
     }
 
-    /// Unmounts everything (dfdaemon stops).
+    /// dfdaemon stops. With policy `failover` and a descriptor keeper, mounts stay (the next
+    /// dfdaemon serves them); otherwise they are unmounted (`restart`: and mounted again by the
+    /// next dfdaemon).
     pub async fn shutdown(&self) {
         *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        let policy = self.config.recover_policy;
+        if policy == RecoverPolicy::Failover {
+            if let Some(k) = self.keeper.get() {
+                let mounts = self.mounts.lock().await;
+                for m in mounts.values() {
+                    if let Some(p) = &m.prefetch {
+                        p.abort();
+                    }
+                }
+                if !mounts.is_empty() {
+                    tracing::info!(mounts = mounts.len(), keeper = %k.describe(),
+                        "leaving the image mounts to the next dfdaemon");
+                }
+                return;
+            }
+        }
         let all: Vec<PathBuf> = self.mounts.lock().await.keys().cloned().collect();
         for m in all {
-            if let Err(e) = self.unmount(&m).await {
+            if let Err(e) = self.end(&m, policy != RecoverPolicy::Restart).await {
                 tracing::warn!(mountpoint = %m.display(), error = %e, "unmount at shutdown failed");
             }
         }
+    }
+}
+
+/// The keeper's name for a mount's descriptor.
+fn fd_name(mountpoint: &Path) -> String {
+    let h = hex::encode(sha2::Sha256::digest(
+        mountpoint.as_os_str().as_encoded_bytes(),
+    ));
+    format!("mount-{}", &h[..16])
+}
+
+/// Lazily unmounts whatever is mounted at `path` (a mount whose server is gone).
+fn detach(path: &Path) {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => tracing::info!(path = %path.display(), "unmounted a mount whose server was gone"),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot unmount"),
     }
 }
 

@@ -1,0 +1,111 @@
+//! FUSE sessions that outlive the process serving them.
+//!
+//! A FUSE mount lives as long as some process holds its `/dev/fuse` descriptor. If the serving
+//! process hands a duplicate of that descriptor to another process (a holder, or systemd's file
+//! descriptor store) and then dies, the mount stays: requests wait in the kernel, and a new
+//! process that receives the descriptor can [`adopt`] it and serve them. Requests the dead
+//! process had read but not answered are queued again with [`resend`] (Linux ≥ 6.9), so a reader
+//! sees a delay, not an error.
+//!
+//! `fuser` has no call that serves a connection whose INIT was already negotiated:
+//! `Session::from_fd` waits for an INIT request first. [`adopt`] satisfies that handshake from a
+//! socket pair holding one synthetic INIT request, then puts the real device under the same
+//! descriptor number (`dup3`) before the session's loop reads from it. The kernel's side keeps
+//! what was negotiated at mount time; a filesystem whose `init` changes its own state is not
+//! supported by this (ours keep none).
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use fuser::Filesystem;
+
+/// `FUSE_INIT`.
+const OP_INIT: u32 = 26;
+/// `FUSE_NOTIFY_RESEND`.
+const NOTIFY_RESEND: i32 = 7;
+
+/// Mounts `fs` at `mountpoint` and serves it in the background, like `fuser::spawn_mount`, and
+/// also returns a duplicate of the mount's `/dev/fuse` descriptor (the same open file), to keep
+/// the mount alive beyond this process.
+pub fn mount<FS: Filesystem + Send + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &fuser::Config,
+) -> io::Result<(fuser::BackgroundSession, OwnedFd)> {
+    let session = fuser::Session::new(fs, mountpoint, config)?;
+    let dev = session.as_fd().try_clone_to_owned()?;
+    Ok((session.spawn()?, dev))
+}
+
+/// Serves `fs` on `dev`, the `/dev/fuse` descriptor of a mount whose INIT was answered by an
+/// earlier process. The mount is not unmounted when the returned session ends.
+pub fn adopt<FS: Filesystem + Send + 'static>(
+    fs: FS,
+    dev: OwnedFd,
+    config: &fuser::Config,
+) -> io::Result<fuser::BackgroundSession> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::io::write(&ours, &init_request())?;
+    let number = theirs.as_raw_fd();
+    let session = fuser::Session::from_fd(fs, theirs, config.acl, config.clone())?;
+    // SAFETY: `number` is the descriptor the session now owns (it was `theirs`); this borrows
+    // it as an `OwnedFd` only to replace what it refers to, and never closes it.
+    let mut slot = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(number) });
+    rustix::io::dup3(&dev, &mut slot, rustix::io::DupFlags::CLOEXEC)?;
+    drop(dev);
+    session.spawn()
+}
+
+/// Asks the kernel to queue again the requests of this connection that were read but not
+/// answered (by a process that died). Linux ≥ 6.9; older kernels answer an error.
+pub fn resend(dev: BorrowedFd<'_>) -> io::Result<()> {
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&NOTIFY_RESEND.to_ne_bytes());
+    // unique = 0: a notification.
+    let n = rustix::io::write(dev, &msg)?;
+    if n != msg.len() {
+        return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
+    }
+    Ok(())
+}
+
+/// Whether `dev` still belongs to a live FUSE connection (not unmounted or aborted).
+pub fn is_connected(dev: BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&dev, PollFlags::empty())];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(0) => true,
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL),
+        Err(_) => false,
+    }
+}
+
+/// A FUSE INIT request (header + `fuse_init_in`, ABI 7.31, no capabilities).
+fn init_request() -> [u8; 104] {
+    let mut m = [0u8; 104];
+    let put =
+        |m: &mut [u8; 104], at: usize, v: u32| m[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    put(&mut m, 0, 104); // len
+    put(&mut m, 4, OP_INIT); // opcode
+    m[8..16].copy_from_slice(&1u64.to_ne_bytes()); // unique
+                                                   // nodeid, uid, gid, pid, padding: 0
+    put(&mut m, 40, 7); // major
+    put(&mut m, 44, 31); // minor
+    put(&mut m, 48, 128 * 1024); // max_readahead
+    m
+}
