@@ -39,6 +39,17 @@ async fn fixture(dir: &TestDir, reg: &Registry, big: u64) -> Fixture {
 
 /// [`fixture`] with `prefetch` (paths, one per line) given to `nydusify --prefetch-patterns`.
 async fn fixture_with(dir: &TestDir, reg: &Registry, big: u64, prefetch: Option<&str>) -> Fixture {
+    fixture_args(dir, reg, big, prefetch, &[]).await
+}
+
+/// [`fixture_with`], `extra` given to `nydusify convert`.
+async fn fixture_args(
+    dir: &TestDir,
+    reg: &Registry,
+    big: u64,
+    prefetch: Option<&str>,
+    extra: &[&str],
+) -> Fixture {
     let layers = feature_image_layers_with(FeatureImageOptions {
         big_layer_bytes: big,
         cross_layer_hardlink: true,
@@ -51,6 +62,7 @@ async fn fixture_with(dir: &TestDir, reg: &Registry, big: u64, prefetch: Option<
         .args(["--target", &dst, "--source-insecure", "--target-insecure"])
         .arg("--work-dir")
         .arg(dir.join("work"))
+        .args(extra)
         .env("DOCKER_CONFIG", "/nonexistent-docker-config")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -1150,4 +1162,96 @@ async fn policy_restart_mounts_again_after_kill9() {
         "v2, from layer 3\n"
     );
     assert!(agent.log().contains("image mounted again"));
+}
+
+/// An uncompressed image (`--compressor none`: our builder lays every chunk at its uncompressed
+/// offset) whose blobs are complete in the store is mounted in EROFS mode with the store's own
+/// files as its devices: the whole mount equals umoci's tree, no read goes through the blob
+/// views' FUSE filesystem, and the registry serves nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erofs_mode_reads_complete_uncompressed_blobs_from_the_store_files() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-erofs-store").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture_args(&dir, &reg, 4 * MIB, None, &["--compressor", "none"]).await;
+    let agent = Agent::start(&dir, "agent", "runtime: {prefetch: {all: true}}")
+        .await
+        .unwrap();
+    let mnt = dir.join("mnt");
+    let r = agent
+        .runtime()
+        .mount(MountRequest {
+            mode: "erofs".into(),
+            ..mount_request(&f, &reg, &mnt)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, "erofs");
+    // Prefetch (all) completes every blob in the store.
+    integration::wait_for(Duration::from_secs(60), "prefetch of every blob", || {
+        let log = agent.log();
+        async move { log.contains("prefetch done") }
+    })
+    .await
+    .unwrap();
+    agent
+        .runtime()
+        .unmount(UnmountRequest {
+            mountpoint: mnt.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !agent
+            .log()
+            .contains("blob device: the store's complete file"),
+        "the blobs were not in the store at the first mount"
+    );
+    // Mounted again, the blobs complete in the store.
+    let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    let r = agent
+        .runtime()
+        .mount(MountRequest {
+            mode: "erofs".into(),
+            ..mount_request(&f, &reg, &mnt)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, "erofs");
+    let from_store = agent
+        .log()
+        .matches("blob device: the store's complete file")
+        .count();
+    assert_eq!(from_store, f.image.blobs.len(), "{}", agent.log_tail(20));
+    let mnt2 = mnt.clone();
+    let root = f.oci_root.clone();
+    tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
+        .await
+        .unwrap();
+    let fuse_reads = agent
+        .metric(
+            "dragonfly_dfdaemon_fuse_request_duration_seconds_count{op=\"read\",mode=\"erofs\"}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(fuse_reads, 0.0, "reads went through the blob views");
+    for b in 0..f.image.blobs.len() as u32 {
+        assert_eq!(
+            served(&reg, &f.blob_digest(b)),
+            before[b as usize],
+            "blob {b}"
+        );
+    }
+    agent
+        .runtime()
+        .unmount(UnmountRequest {
+            mountpoint: mnt.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(!is_mounted(&mnt));
 }

@@ -32,6 +32,9 @@ struct View {
     /// Chunks sorted by uncompressed offset, `file_offset` set to it.
     chunks: Vec<ChunkInfo>,
     size: u64,
+    /// Whether the blob's own bytes are this view: uncompressed, every chunk stored at its
+    /// uncompressed offset.
+    is_blob: bool,
 }
 
 /// Why an image cannot be mounted in kernel EROFS mode.
@@ -96,10 +99,16 @@ impl<R: BlobReader + 'static> BlobFs<R> {
                 .map(|c| c.uncompressed_offset + u64::from(c.uncompressed_size))
                 .unwrap_or(0);
             let size = end.max(blob.uncompressed_size).div_ceil(BLOCK) * BLOCK;
+            let is_blob = blob.compressor == crate::Compressor::None
+                && chunks.iter().all(|c| {
+                    c.compressed_offset == c.uncompressed_offset
+                        && c.compressed_size == c.uncompressed_size
+                });
             views.push(View {
                 name: i.to_string(),
                 chunks,
                 size,
+                is_blob,
             });
         }
         Ok(BlobFs {
@@ -127,6 +136,13 @@ impl<R: BlobReader + 'static> BlobFs<R> {
     /// Paths of the blob views under the mountpoint `at`, in blob-table order.
     pub fn device_paths(&self, at: &Path) -> Vec<PathBuf> {
         self.views.iter().map(|v| at.join(&v.name)).collect()
+    }
+
+    /// Whether blob `blob`'s own bytes are its uncompressed view (an uncompressed blob whose
+    /// chunks our builder laid at their uncompressed offsets): then the kernel can read the blob
+    /// file itself as the device.
+    pub fn blob_is_its_view(&self, blob: usize) -> bool {
+        self.views.get(blob).is_some_and(|v| v.is_blob)
     }
 
     fn view(&self, ino: INodeNo) -> Option<&View> {

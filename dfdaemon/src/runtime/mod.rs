@@ -83,6 +83,8 @@ enum MountKind {
     Erofs {
         blobs: fuser::BackgroundSession,
         blob_dir: PathBuf,
+        /// Complete tasks whose content files are devices of the mount (kept from GC).
+        pinned: Vec<crate::storage::TaskUse>,
     },
 }
 
@@ -541,16 +543,25 @@ impl Runtime {
                     message: e.to_string(),
                 })?
                 .with_observer(self.observer(&p, "erofs"));
+            let fs_probe = (0..p.blob_table.len())
+                .map(|i| fs.blob_is_its_view(i))
+                .collect::<Vec<bool>>();
             let options = nydus::blobfs::blobfs_config(self.config.threads);
             let session =
                 tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
                     .await
                     .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
                     .map_err(unavailable)?;
+            // The kernel's mount kept its devices; the store files among them stay pinned.
+            let pinned = (0..p.blob_table.len())
+                .filter_map(|i| self.store_file(&p, &fs_probe, i))
+                .map(|t| t.use_task())
+                .collect();
             (
                 MountKind::Erofs {
                     blobs: session,
                     blob_dir: self.blob_dir(&mountpoint),
+                    pinned,
                 },
                 "erofs",
             )
@@ -613,7 +624,16 @@ impl Runtime {
         let blob_dir = self.blob_dir(mountpoint);
         std::fs::create_dir_all(&blob_dir)
             .map_err(|e| mount_err(format!("{}: {e}", blob_dir.display())))?;
-        let devices = fs.device_paths(&blob_dir);
+        let mut devices = fs.device_paths(&blob_dir);
+        let mut pinned = Vec::new();
+        for (i, device) in devices.iter_mut().enumerate() {
+            if let Some(task) = self.store_file(p, &fs, i) {
+                tracing::info!(blob = %p.blob_table[i].id, file = %task.path().display(),
+                    "blob device: the store's complete file, read by the kernel directly");
+                *device = task.path().to_path_buf();
+                pinned.push(task.use_task());
+            }
+        }
         let options = nydus::blobfs::blobfs_config(self.config.threads);
         let dir = blob_dir.clone();
         let (session, dev) =
@@ -632,6 +652,7 @@ impl Runtime {
                     MountKind::Erofs {
                         blobs: session,
                         blob_dir,
+                        pinned,
                     },
                     stats,
                 ))
@@ -642,6 +663,21 @@ impl Runtime {
                 Err(mount_err(e.to_string()))
             }
         }
+    }
+
+    /// The complete task of blob `i` whose content file can be the blob's EROFS device (its
+    /// bytes are its uncompressed view, see [`BlobIsView`]), if the store has it.
+    fn store_file<V: BlobIsView>(
+        &self,
+        p: &Prepared,
+        view: &V,
+        i: usize,
+    ) -> Option<Arc<crate::storage::Task>> {
+        if !view.blob_is_its_view(i) {
+            return None;
+        }
+        let task = self.engine.store().get(&p.blob_table.get(i)?.id)?;
+        task.is_complete().then_some(task)
     }
 
     /// Unmounts an image.
@@ -668,10 +704,14 @@ impl Runtime {
         if let Err(e) = r {
             return Err(unmount_err(e.to_string()));
         }
-        let (session, blob_dir) = match m.kind.take() {
-            None => (None, None),
-            Some(MountKind::Fuse(session)) => (Some(session), None),
-            Some(MountKind::Erofs { blobs, blob_dir }) => {
+        let (session, blob_dir, pinned) = match m.kind.take() {
+            None => (None, None, Vec::new()),
+            Some(MountKind::Fuse(session)) => (Some(session), None, Vec::new()),
+            Some(MountKind::Erofs {
+                blobs,
+                blob_dir,
+                pinned,
+            }) => {
                 let dir = blob_dir.clone();
                 let r = tokio::task::spawn_blocking(move || nydus::blobfs::unmount(&dir))
                     .await
@@ -679,7 +719,7 @@ impl Runtime {
                 if let Err(e) = r {
                     tracing::warn!(dir = %blob_dir.display(), error = %e, "unmounting the blob views");
                 }
-                (Some(blobs), Some(blob_dir))
+                (Some(blobs), Some(blob_dir), pinned)
             }
         };
         // The session ends when the kernel ends its connection (the unmounts above).
@@ -689,6 +729,8 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
                 .map_err(|e| unmount_err(e.to_string()))?;
         }
+        // The kernel no longer reads the store files it had as devices.
+        drop(pinned);
         if let Some(dir) = blob_dir {
             let _ = std::fs::remove_dir(&dir);
         }
@@ -741,6 +783,23 @@ impl Runtime {
                 tracing::warn!(mountpoint = %m.display(), error = %e, "unmount at shutdown failed");
             }
         }
+    }
+}
+
+/// Which blobs' own bytes are their uncompressed views.
+trait BlobIsView {
+    fn blob_is_its_view(&self, blob: usize) -> bool;
+}
+
+impl<R: nydus::reader::BlobReader + 'static> BlobIsView for nydus::blobfs::BlobFs<R> {
+    fn blob_is_its_view(&self, blob: usize) -> bool {
+        nydus::blobfs::BlobFs::blob_is_its_view(self, blob)
+    }
+}
+
+impl BlobIsView for Vec<bool> {
+    fn blob_is_its_view(&self, blob: usize) -> bool {
+        self.get(blob).copied().unwrap_or(false)
     }
 }
 
