@@ -160,6 +160,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_retries: cfg.backend.max_retries,
             protocol: cfg.download.protocol,
             rate_limit: cfg.download.rate_limit.as_u64(),
+            background_rate_limit: cfg.download.background_rate_limit.as_u64(),
         },
     );
 

@@ -100,6 +100,8 @@ pub struct EngineConfig {
     pub protocol: crate::config::Protocol,
     /// Bytes per second downloaded, all tasks together (0: unlimited).
     pub rate_limit: u64,
+    /// Bytes per second fetched in the background for range-read tasks (0: unlimited).
+    pub background_rate_limit: u64,
 }
 
 /// The back-to-source engine.
@@ -121,6 +123,8 @@ pub struct Engine {
     pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
     pub(crate) limiter: crate::rate_limit::RateLimiter,
+    /// Rate limit of background fetches of range-read tasks.
+    pub(crate) background_limiter: crate::rate_limit::RateLimiter,
     /// Scheduler client when P2P is configured.
     pub(crate) scheduler: std::sync::OnceLock<Arc<crate::scheduler_client::SchedulerClient>>,
     /// QUIC client, created on first use.
@@ -152,6 +156,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Arc<Engine> {
         let limiter = crate::rate_limit::RateLimiter::new(config.rate_limit);
+        let background_limiter = crate::rate_limit::RateLimiter::new(config.background_rate_limit);
         Arc::new(Engine {
             store,
             backend,
@@ -160,6 +165,7 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             lazy: tokio::sync::Mutex::new(HashMap::new()),
             background_fill: tokio::sync::Semaphore::new(1),
+            background_limiter,
             lazy_partial: Mutex::new(HashMap::new()),
             lazy_recent: Mutex::new(Vec::new()),
             quic: std::sync::OnceLock::new(),

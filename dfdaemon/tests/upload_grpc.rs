@@ -53,6 +53,7 @@ async fn setup() -> (
             max_retries: 0,
             protocol: Default::default(),
             rate_limit: 0,
+            background_rate_limit: 0,
         },
     );
     let task = store

@@ -1255,3 +1255,68 @@ async fn erofs_mode_reads_complete_uncompressed_blobs_from_the_store_files() {
         .unwrap();
     assert!(!is_mounted(&mnt));
 }
+
+/// `download.backgroundRateLimit` paces prefetch but never on-demand reads: with a limit of one
+/// byte per second (a 64 KiB burst), `prefetch.all` fetches blobs until it has used the burst
+/// and then waits; a read of a file in a later blob is answered meanwhile, and the blobs after
+/// the stall that nobody read are not fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_fetches_keep_to_their_rate_limit_and_reads_do_not_wait() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-bg-limit").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, 6 * MIB).await;
+    let blobs = f.image.blobs.len();
+    // Prefetch takes blobs in table order; it stalls after the first that crosses the burst.
+    let mut total = 0;
+    let stall = (0..blobs)
+        .find(|&b| {
+            total += f.image.blobs[b].compressed_size;
+            total > 64 * 1024
+        })
+        .expect("the image is larger than the burst");
+    let (read_blob, _) = f.chunks("etc/replaced.txt");
+    let untouched: Vec<usize> = (stall + 1..blobs)
+        .filter(|&b| b != read_blob as usize)
+        .collect();
+    assert!(
+        read_blob as usize > stall && !untouched.is_empty(),
+        "fixture: blob sizes {:?}, the small file in blob {read_blob}",
+        f.image
+            .blobs
+            .iter()
+            .map(|b| b.compressed_size)
+            .collect::<Vec<_>>()
+    );
+    let before: Vec<(usize, u64)> = (0..blobs as u32)
+        .map(|b| served(&reg, &f.blob_digest(b)))
+        .collect();
+    let agent = Agent::start(
+        &dir,
+        "agent",
+        "download: {backgroundRateLimit: 1B}\nruntime: {prefetch: {all: true}}",
+    )
+    .await
+    .unwrap();
+    let mnt = dir.join("mnt");
+    let mut req = mount_request(&f, &reg, &mnt);
+    req.mode = "fuse".into();
+    agent.runtime().mount(req).await.unwrap();
+    let stall_size = f.image.blobs[stall].compressed_size;
+    integration::wait_for(
+        Duration::from_secs(30),
+        "prefetch up to the stall",
+        || async { served(&reg, &f.blob_digest(stall as u32)).1 >= before[stall].1 + stall_size },
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap();
+    assert_eq!(text, "v2, from layer 3\n");
+    for b in untouched {
+        assert_eq!(
+            served(&reg, &f.blob_digest(b as u32)),
+            before[b],
+            "blob {b} was prefetched beyond the rate limit"
+        );
+    }
+}

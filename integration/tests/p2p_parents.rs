@@ -50,6 +50,7 @@ impl Peer {
                 max_retries: 0,
                 protocol,
                 rate_limit: 0,
+                background_rate_limit: 0,
             },
         );
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -46,6 +46,10 @@ pub struct Download {
     /// Most bytes per second downloaded (origin and parents together), e.g.
     /// `200MiB`. Default: 0 (unlimited).
     pub rate_limit: bytesize::ByteSize,
+    /// Most bytes per second fetched in the background for range-read tasks
+    /// (the runtime's prefetch, completing pieces a read touched), within
+    /// `rateLimit`. Default: 0 (unlimited).
+    pub background_rate_limit: bytesize::ByteSize,
 }
 
 impl Default for Download {
@@ -56,6 +60,7 @@ impl Default for Download {
             piece_timeout: Duration::from_secs(120),
             protocol: Protocol::Tcp,
             rate_limit: bytesize::ByteSize(0),
+            background_rate_limit: bytesize::ByteSize(0),
         }
     }
 }

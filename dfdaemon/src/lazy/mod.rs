@@ -651,10 +651,26 @@ impl LazyTask {
         while pos < end {
             let to = end.min(pos + MAX_RANGE);
             let _permit = self.engine.background_fill.acquire().await;
-            self.fill(pos, to, false).await?;
+            self.background_fill(pos, to).await?;
             pos = to;
         }
         Ok(())
+    }
+
+    /// [`Self::fill`] in the background: the bytes it fetched are charged to
+    /// `download.backgroundRateLimit` afterwards (waiting there keeps the average).
+    async fn background_fill(self: &Arc<Self>, start: u64, end: u64) -> Result<(), LazyError> {
+        let fetched = || {
+            self.stats.origin_bytes.load(Ordering::Relaxed)
+                + self.stats.parent_bytes.load(Ordering::Relaxed)
+        };
+        let before = fetched();
+        let r = self.fill(start, end, false).await;
+        self.engine
+            .background_limiter
+            .acquire(fetched().saturating_sub(before))
+            .await;
+        r
     }
 
     /// Fetches the rest of piece `number` in the background, one piece at a
@@ -673,7 +689,7 @@ impl LazyTask {
         tokio::spawn(async move {
             let _permit = t.engine.background_fill.acquire().await;
             let (off, len) = piece_range(number, t.task.content_length(), t.task.piece_length());
-            if let Err(e) = t.fill(off, off + len, false).await {
+            if let Err(e) = t.background_fill(off, off + len).await {
                 tracing::debug!(task_id = %t.task.id, piece = number, error = %e, "completing a piece failed");
             }
             t.filling

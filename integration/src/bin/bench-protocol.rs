@@ -34,6 +34,7 @@ fn engine(dir: &TestDir, name: &str, protocol: Protocol) -> Arc<Engine> {
             max_retries: 0,
             protocol,
             rate_limit: 0,
+            background_rate_limit: 0,
         },
     )
 }
