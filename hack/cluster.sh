@@ -71,6 +71,7 @@ proxy: {server: {ip: 127.0.0.1, port: 4001}}
 metrics: {server: {ip: $2, port: 4002}}
 upload: {server: {ip: $2, port: 4000}, rateLimit: $upload_rate}
 download: {server: {socketPath: $d/dfdaemon.sock}}
+runtime: {mountRoot: $d/mounts}
 scheduler: {addrs: ['$NET.2:8002']}
 seedPeer: {enable: $3}
 YAML

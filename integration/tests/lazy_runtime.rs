@@ -1320,3 +1320,43 @@ async fn background_fetches_keep_to_their_rate_limit_and_reads_do_not_wait() {
         );
     }
 }
+
+/// A second dfdaemon given the mount root of a running one leaves its mounts alone: it starts
+/// and serves, and its mount requests answer UNAVAILABLE saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_dfdaemon_on_the_same_mount_root_keeps_its_runtime_off() {
+    require_root_and_tools(&["fusermount3"]);
+    let dir = TestDir::new("lazy-two-roots").unwrap();
+    let first = Agent::start(&dir, "first", "").await.unwrap();
+    assert!(first.holder_pid().is_some());
+    let second = Agent::start(
+        &dir,
+        "second",
+        &format!("runtime: {{mountRoot: {}}}", first.mount_root.display()),
+    )
+    .await
+    .unwrap();
+    let e = second
+        .runtime()
+        .mount(MountRequest {
+            bootstrap_path: "/nonexistent/image.boot".into(),
+            repository: "127.0.0.1:1/x/y".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(e.message().contains("another dfdaemon"), "{e}");
+    assert!(second.log().contains("the image runtime is off"));
+    // The first one's runtime still answers (here: the bootstrap is missing).
+    let e = first
+        .runtime()
+        .mount(MountRequest {
+            bootstrap_path: "/nonexistent/image.boot".into(),
+            repository: "127.0.0.1:1/x/y".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+}

@@ -7,8 +7,9 @@
 //!   `NotifyAccess=main`): descriptors are stored with
 //!   `FDSTORE=1`/`FDNAME=` and come back at the next start in `LISTEN_FDS`/`LISTEN_FDNAMES`.
 //! - **a holder process** otherwise: `dfdaemon --fd-holder`, started by dfdaemon on a unix
-//!   socket (SOCK_SEQPACKET, mode 0600) under `runtime.mountRoot`. It only keeps descriptors:
-//!   `PUT <name>` with one descriptor, `DEL <name>`, `LIST` (answered by `FD <name>` with each
+//!   socket (SOCK_SEQPACKET, mode 0600) under `runtime.mountRoot`. It only keeps descriptors.
+//!   It greets a connection with `HELLO` (or `BUSY`), then answers `PUT <name>` with one
+//!   descriptor, `DEL <name>`, `LIST` (answered by `FD <name>` with each
 //!   descriptor, then `END`). It serves one dfdaemon at a time (others get `BUSY`) and exits when
 //!   its dfdaemon disconnects holding nothing.
 
@@ -193,16 +194,10 @@ impl HolderClient {
 
     fn list(&self) -> io::Result<BTreeMap<String, OwnedFd>> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        send(conn.as_fd(), "LIST", None)?;
-        let mut out = BTreeMap::new();
-        loop {
-            let Some((text, mut fds)) = recv(conn.as_fd())? else {
-                return Err(self.closed());
-            };
-            if text == "END" {
-                return Ok(out);
-            }
-            if text == "BUSY" {
+        // The holder speaks first: HELLO, or BUSY when it serves another dfdaemon.
+        match recv(conn.as_fd())? {
+            Some((text, _)) if text == "HELLO" => {}
+            Some((text, _)) if text == "BUSY" => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
@@ -211,6 +206,18 @@ impl HolderClient {
                         self.socket.display()
                     ),
                 ));
+            }
+            Some((text, _)) => return Err(self.protocol(&text)),
+            None => return Err(self.closed()),
+        }
+        send(conn.as_fd(), "LIST", None)?;
+        let mut out = BTreeMap::new();
+        loop {
+            let Some((text, mut fds)) = recv(conn.as_fd())? else {
+                return Err(self.closed());
+            };
+            if text == "END" {
+                return Ok(out);
             }
             match (text.strip_prefix("FD "), fds.pop()) {
                 (Some(name), Some(fd)) if fds.is_empty() => {
@@ -291,7 +298,11 @@ pub fn serve_holder() -> io::Result<()> {
                 Ok(c) if client.is_some() => {
                     let _ = send(c.as_fd(), "BUSY", None);
                 }
-                Ok(c) => client = Some(c),
+                Ok(c) => {
+                    if send(c.as_fd(), "HELLO", None).is_ok() {
+                        client = Some(c);
+                    }
+                }
                 Err(_) => {}
             }
         }

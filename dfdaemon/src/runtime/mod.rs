@@ -128,6 +128,19 @@ struct Mounted {
     stats: Arc<ReadStats>,
 }
 
+impl Mounted {
+    /// Whether this is the mount `spec` asks for (same bootstrap and repository, at its
+    /// mountpoint if given).
+    fn serves(&self, spec: &MountSpec) -> bool {
+        self.info.bootstrap_path == spec.bootstrap_path
+            && self.info.repository == spec.repository
+            && spec
+                .mountpoint
+                .as_ref()
+                .is_none_or(|p| *p == self.info.mountpoint)
+    }
+}
+
 /// Feeds a mount's requests into the metrics.
 struct MountObserver {
     metrics: Arc<crate::metrics::Metrics>,
@@ -176,6 +189,8 @@ pub struct Runtime {
     stopping: Mutex<bool>,
     /// Keeps the mounts' FUSE descriptors while dfdaemon is down (policy `failover`).
     keeper: std::sync::OnceLock<holder::Keeper>,
+    /// Why the runtime is off (another dfdaemon serves `runtime.mountRoot`).
+    disabled: std::sync::OnceLock<String>,
 }
 
 impl Runtime {
@@ -186,6 +201,7 @@ impl Runtime {
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Mutex::new(false),
             keeper: std::sync::OnceLock::new(),
+            disabled: std::sync::OnceLock::new(),
         })
     }
 
@@ -196,8 +212,9 @@ impl Runtime {
     /// Serves again the mounts an earlier dfdaemon left (`<mountRoot>/.mounts.json`): with
     /// policy `failover`, the ones whose FUSE descriptors were kept are taken over where they
     /// are (readers saw a delay); the others are unmounted and, unless the policy is `none`,
-    /// mounted again. Call once, before serving the API. Fails only when another dfdaemon
-    /// serves the mounts under `runtime.mountRoot`.
+    /// mounted again. Call once, before serving the API. When another dfdaemon serves the
+    /// mounts under `runtime.mountRoot`, the runtime stays off (mount requests say why) and the
+    /// rest of dfdaemon works.
     pub async fn recover(&self) -> Result<(), RuntimeError> {
         let policy = self.config.recover_policy;
         let mut kept = BTreeMap::new();
@@ -211,7 +228,11 @@ impl Runtime {
                     let _ = self.keeper.set(keeper);
                 }
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    return Err(RuntimeError::Unavailable(e.to_string()));
+                    // Another dfdaemon owns these mounts: leave them (and the state) alone.
+                    let why = format!("{e}; give this dfdaemon its own runtime.mountRoot");
+                    tracing::error!(error = %why, "the image runtime is off");
+                    let _ = self.disabled.set(why);
+                    return Ok(());
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e,
                     "no descriptor keeper: image mounts will end when dfdaemon does"),
@@ -409,22 +430,23 @@ impl Runtime {
 
     /// Mounts an image (or returns its existing mount).
     pub async fn mount(&self, spec: MountSpec) -> Result<MountInfo, RuntimeError> {
+        if let Some(why) = self.disabled.get() {
+            return Err(RuntimeError::Unavailable(why.clone()));
+        }
         let mode = spec.mode.unwrap_or(self.config.mode);
+        // The image already mounted (one mount per image, shared by its containers): answered
+        // without reading its bootstrap again.
+        if let Some(info) = self.existing(&spec).await {
+            return Ok(info);
+        }
         let mut p = self.prepare(&spec).await?;
         if *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(RuntimeError::Unavailable("dfdaemon is stopping".into()));
         }
         let mut mounts = self.mounts.lock().await;
-        if let Some(m) = mounts.values().find(|m| {
-            m.info.bootstrap_path == spec.bootstrap_path && m.info.repository == spec.repository
-        }) {
-            if spec
-                .mountpoint
-                .as_ref()
-                .is_none_or(|p| *p == m.info.mountpoint)
-            {
-                return Ok(self.info(m));
-            }
+        // Mounted meanwhile (the lock is held from here on, so only once).
+        if let Some(m) = mounts.values().find(|m| m.serves(&spec)) {
+            return Ok(self.info(m));
         }
         let mountpoint = p.saved.mountpoint.clone();
         if mounts.contains_key(&mountpoint) {
@@ -481,6 +503,13 @@ impl Runtime {
         let info = self.insert(&mut mounts, p, kind, stats, mode);
         self.save(&mounts);
         Ok(info)
+    }
+
+    /// The mount of `spec`'s image (same bootstrap and repository, at its mountpoint if given).
+    async fn existing(&self, spec: &MountSpec) -> Option<MountInfo> {
+        let mounts = self.mounts.lock().await;
+        let m = mounts.values().find(|m| m.serves(spec))?;
+        Some(self.info(m))
     }
 
     /// Records a served mount and starts its prefetch.
