@@ -160,6 +160,18 @@ fn served(reg: &Registry, digest: &str) -> (usize, u64) {
     (gets.len(), gets.iter().map(|r| r.bytes.unwrap_or(0)).sum())
 }
 
+/// Unmounts `mnt` through `agent`'s runtime; it is gone from the mount table after.
+async fn unmount(agent: &Agent, mnt: &Path) {
+    agent
+        .runtime()
+        .unmount(UnmountRequest {
+            mountpoint: mnt.display().to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(!is_mounted(mnt));
+}
+
 fn is_mounted(p: &Path) -> bool {
     fstype(p).is_some()
 }
@@ -1099,14 +1111,7 @@ async fn survives_kill9(mode: &str) {
         .into_inner();
     assert_eq!(listed.mounts.len(), 1);
     assert_eq!(listed.mounts[0].mountpoint, mnt.display().to_string());
-    agent
-        .runtime()
-        .unmount(UnmountRequest {
-            mountpoint: mnt.display().to_string(),
-        })
-        .await
-        .unwrap();
-    assert!(!is_mounted(&mnt));
+    unmount(&agent, &mnt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1246,14 +1251,7 @@ async fn erofs_mode_reads_complete_uncompressed_blobs_from_the_store_files() {
             "blob {b}"
         );
     }
-    agent
-        .runtime()
-        .unmount(UnmountRequest {
-            mountpoint: mnt.display().to_string(),
-        })
-        .await
-        .unwrap();
-    assert!(!is_mounted(&mnt));
+    unmount(&agent, &mnt).await;
 }
 
 /// `download.backgroundRateLimit` paces prefetch but never on-demand reads: with a limit of one
