@@ -1358,3 +1358,69 @@ async fn a_second_dfdaemon_on_the_same_mount_root_keeps_its_runtime_off() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 }
+
+/// Images made by Nydus 2.4.4's own nydus-image, their blobs in the registry, mounted by
+/// dfdaemon's runtime: the RAFS v5 one in FUSE mode (`auto` picks it for v5), the v6 ones in
+/// kernel EROFS mode; each mount shows the tree the images were made from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nydus_made_v5_and_v6_images_mount_through_the_runtime() {
+    require_root_and_tools(&["docker-registry", "fusermount3", "tar"]);
+    let dir = TestDir::new("lazy-nydus-fixtures").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nydus/tests/fixtures/nydus-2.4.4");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let o = Command::new("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+        ])
+        .arg("-xpzf")
+        .arg(fixtures.join("source.tar.gz"))
+        .arg("-C")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let agent = Agent::start(&dir, "agent", "").await.unwrap();
+    for (case, mode) in [
+        ("v5-zstd-blake3", "fuse"),
+        ("v6-zstd-blake3", "erofs"),
+        ("v6-lz4_block-sha256", "erofs"),
+    ] {
+        let fx = fixtures.join(case);
+        for b in std::fs::read_dir(fx.join("blobs")).unwrap().flatten() {
+            let digest = reg
+                .push_blob("fixtures/app", std::fs::read(b.path()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                digest,
+                format!("sha256:{}", b.file_name().to_string_lossy()),
+                "{case}"
+            );
+        }
+        let mnt = dir.join(format!("mnt-{case}"));
+        let r = agent
+            .runtime()
+            .mount(MountRequest {
+                bootstrap_path: fx.join("bootstrap").display().to_string(),
+                mountpoint: mnt.display().to_string(),
+                repository: format!("{}/fixtures/app", reg.addr()),
+                scheme: "http".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"))
+            .into_inner();
+        assert_eq!(r.mode, mode, "{case}");
+        let (root, m) = (src.clone(), mnt.clone());
+        tokio::task::spawn_blocking(move || assert_same_tree(&root, &m, ALL_BUT_ROOT))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        unmount(&agent, &mnt).await;
+    }
+}
