@@ -206,10 +206,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     let svc = DownloadService::new(engine.clone(), host_id.clone()).into_server();
     let runtime = crate::runtime::Runtime::new(engine.clone(), cfg.runtime.clone());
-    runtime
-        .recover()
-        .await
-        .map_err(|e| anyhow::anyhow!("runtime.mountRoot: {e}"))?;
+    runtime.recover().await;
     let runtime_svc = crate::runtime::grpc::RuntimeService::new(runtime.clone()).into_server();
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()

@@ -1426,6 +1426,32 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
         .map_err(|e| Error::io("copy", dst, e))
 }
 
+/// Extracts the tar archive `archive` (plain or compressed) into `dest` (created) with `tar`,
+/// keeping modes, owners (numeric) and xattrs: the reference tree a mount is compared with.
+pub fn extract_tar(archive: &Path, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("create", dest, e))?;
+    let o = std::process::Command::new("tar")
+        .args([
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "--numeric-owner",
+        ])
+        .arg("-xpf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dest)
+        .output()
+        .map_err(|e| Error::io("run tar on", archive, e))?;
+    if !o.status.success() {
+        return Err(Error::malformed(
+            format!("tar -x {}", archive.display()),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ));
+    }
+    Ok(())
+}
+
 /// The final tree of image `tag` of the OCI layout `layout_dir`, unpacked by umoci (`umoci raw
 /// unpack --image <layout_dir>:<tag> <dest>`, run as root): an OCI implementation independent of
 /// this crate and of the code under test (Go's archive/tar plus umoci's own layer applier), which

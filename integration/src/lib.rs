@@ -32,10 +32,10 @@ pub use cri::{CriClient, CriImage};
 pub use error::{Error, Result};
 pub use http_client::{http_client, http_client_builder, install_crypto_provider};
 pub use image::{
-    build_oci_index, build_oci_layout, feature_image_layers, feature_image_layers_with, oci_arch,
-    random_bytes, sha256_digest, unpack_with_umoci, BuiltLayer, Compression, EntryMeta,
-    FeatureImageOptions, ImageConfig, ImageInfo, IndexInfo, LayerEntry, LayerSpec, OciImage,
-    OciIndex, PlatformImage, RandomReader, SparseReader,
+    build_oci_index, build_oci_layout, extract_tar, feature_image_layers,
+    feature_image_layers_with, oci_arch, random_bytes, sha256_digest, unpack_with_umoci,
+    BuiltLayer, Compression, EntryMeta, FeatureImageOptions, ImageConfig, ImageInfo, IndexInfo,
+    LayerEntry, LayerSpec, OciImage, OciIndex, PlatformImage, RandomReader, SparseReader,
 };
 pub use origin::{ObjectOptions, OriginRequest, TestOrigin};
 pub use ports::free_port;

@@ -151,12 +151,7 @@ async fn files_read_on_demand_fetch_only_their_chunks_and_corruption_is_never_re
     // the chunk and returns nothing; once the registry is fixed the same reader reads it.
     let (tchunks, tsize) = file(&image, "etc/text.txt");
     let hex = &image.blobs[0].id;
-    let data = reg
-        .dir()
-        .join("storage/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let data = reg.blob_data_path(hex);
     let good = std::fs::read(&data).unwrap();
     let at = tchunks[0].compressed_offset as usize + tchunks[0].compressed_size as usize / 2;
     let mut bad = good.clone();

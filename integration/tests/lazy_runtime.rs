@@ -150,6 +150,20 @@ fn mount_request(f: &Fixture, reg: &Registry, mnt: &Path) -> MountRequest {
     }
 }
 
+/// Mounts `f` at `mnt` through `agent`'s runtime in `mode`; the mount is served that way.
+async fn mount_in(agent: &Agent, f: &Fixture, reg: &Registry, mnt: &Path, mode: &str) {
+    let r = agent
+        .runtime()
+        .mount(MountRequest {
+            mode: mode.into(),
+            ..mount_request(f, reg, mnt)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.mode, mode);
+}
+
 /// Successful GETs of `digest` the registry logged, and their bytes.
 fn served(reg: &Registry, digest: &str) -> (usize, u64) {
     let gets: Vec<_> = reg
@@ -730,12 +744,7 @@ async fn a_chunk_corrupted_at_the_registry_is_eio_until_fixed() {
 
     let (blob, chunks) = f.chunks("etc/hello.txt");
     let hex = &f.image.blobs[blob as usize].id;
-    let data = reg
-        .dir()
-        .join("storage/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let data = reg.blob_data_path(hex);
     let good = std::fs::read(&data).unwrap();
     let mut bad = good.clone();
     bad[((chunks[0].0 + chunks[0].1) / 2) as usize] ^= 0x5a;
@@ -892,12 +901,7 @@ async fn a_blob_cut_short_at_the_registry_gives_eio_past_its_end() {
     let mut rt = agent.runtime();
     let (blob, chunks) = f.chunks("big/random.bin");
     let hex = &f.image.blobs[blob as usize].id;
-    let data = reg
-        .dir()
-        .join("storage/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data");
+    let data = reg.blob_data_path(hex);
     // Cut the blob in the middle of the big file's data.
     let cut = chunks[chunks.len() / 2].0;
     let f2 = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
@@ -1025,16 +1029,7 @@ async fn survives_kill9(mode: &str) {
     let f = fixture(&dir, &reg, 8 * MIB).await;
     let mut agent = Agent::start(&dir, "agent", "").await.unwrap();
     let mnt = dir.join("mnt");
-    let r = agent
-        .runtime()
-        .mount(MountRequest {
-            mode: mode.into(),
-            ..mount_request(&f, &reg, &mnt)
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.mode, mode);
+    mount_in(&agent, &f, &reg, &mnt, mode).await;
     let files = regular_files(&f.oci_root);
     assert!(files.len() > 10, "{} files", files.len());
     let log = std::sync::Arc::new(ReaderLog::default());
@@ -1183,16 +1178,7 @@ async fn erofs_mode_reads_complete_uncompressed_blobs_from_the_store_files() {
         .await
         .unwrap();
     let mnt = dir.join("mnt");
-    let r = agent
-        .runtime()
-        .mount(MountRequest {
-            mode: "erofs".into(),
-            ..mount_request(&f, &reg, &mnt)
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.mode, "erofs");
+    mount_in(&agent, &f, &reg, &mnt, "erofs").await;
     // Prefetch (all) completes every blob in the store.
     integration::wait_for(Duration::from_secs(60), "prefetch of every blob", || {
         let log = agent.log();
@@ -1217,16 +1203,7 @@ async fn erofs_mode_reads_complete_uncompressed_blobs_from_the_store_files() {
     let before: Vec<(usize, u64)> = (0..f.image.blobs.len() as u32)
         .map(|b| served(&reg, &f.blob_digest(b)))
         .collect();
-    let r = agent
-        .runtime()
-        .mount(MountRequest {
-            mode: "erofs".into(),
-            ..mount_request(&f, &reg, &mnt)
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.mode, "erofs");
+    mount_in(&agent, &f, &reg, &mnt, "erofs").await;
     let from_store = agent
         .log()
         .matches("blob device: the store's complete file")
@@ -1370,21 +1347,7 @@ async fn nydus_made_v5_and_v6_images_mount_through_the_runtime() {
     let fixtures =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../nydus/tests/fixtures/nydus-2.4.4");
     let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let o = Command::new("tar")
-        .args([
-            "--xattrs",
-            "--xattrs-include=*",
-            "--same-owner",
-            "--numeric-owner",
-        ])
-        .arg("-xpzf")
-        .arg(fixtures.join("source.tar.gz"))
-        .arg("-C")
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    integration::extract_tar(&fixtures.join("source.tar.gz"), &src).unwrap();
     let agent = Agent::start(&dir, "agent", "").await.unwrap();
     for (case, mode) in [
         ("v5-zstd-blake3", "fuse"),

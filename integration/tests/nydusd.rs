@@ -142,21 +142,7 @@ fn images_made_by_nydus_v5_and_v6_mount_and_show_their_source() {
     let fixtures =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../nydus/tests/fixtures/nydus-2.4.4");
     let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let o = Command::new("tar")
-        .args([
-            "--xattrs",
-            "--xattrs-include=*",
-            "--same-owner",
-            "--numeric-owner",
-            "-xpzf",
-        ])
-        .arg(fixtures.join("source.tar.gz"))
-        .arg("-C")
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    integration::extract_tar(&fixtures.join("source.tar.gz"), &src).unwrap();
     for case in ["v5-zstd-blake3", "v6-zstd-blake3", "v6-lz4_block-sha256"] {
         let fx = fixtures.join(case);
         let cfg = write_config(&dir, &fx.join("blobs"));

@@ -367,25 +367,7 @@ async fn unpack_nydus(reg: &Registry, repo: &str, m: &Value, at: &Path) -> PathB
         String::from_utf8_lossy(&o.stderr)
     );
     let root = at.join("rootfs");
-    std::fs::create_dir_all(&root).unwrap();
-    let o = Command::new("tar")
-        .args([
-            "--xattrs",
-            "--xattrs-include=*",
-            "--same-owner",
-            "--numeric-owner",
-            "-xpf",
-        ])
-        .arg(&tar)
-        .arg("-C")
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    integration::extract_tar(&tar, &root).unwrap();
     root
 }
 
@@ -529,12 +511,7 @@ async fn bad_sources_fail_clearly_and_push_no_target_tag() {
         .await
         .unwrap();
     let hex = img.layers[0].0.trim_start_matches("sha256:").to_string();
-    let data = reg
-        .dir()
-        .join("storage/docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(&hex)
-        .join("data");
+    let data = reg.blob_data_path(&hex);
     let mut bytes = std::fs::read(&data).expect("the registry's blob file");
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;

@@ -200,9 +200,7 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
         }
     }
 
-    /// Nothing to write back. Files are opened with `FOPEN_NOFLUSH`, so only kernels before 5.16
-    /// ask; ENOSYS makes them stop. (A close that waits for the server would hang while
-    /// dfdaemon restarts, e.g. in a process that forks and execs then.)
+    /// As [`crate::fusefs::RafsFs`]'s: no flush (files are opened with `FOPEN_NOFLUSH`).
     fn flush(
         &self,
         _req: &Request,

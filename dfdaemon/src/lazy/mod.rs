@@ -650,16 +650,17 @@ impl LazyTask {
         let mut pos = start;
         while pos < end {
             let to = end.min(pos + MAX_RANGE);
-            let _permit = self.engine.background_fill.acquire().await;
             self.background_fill(pos, to).await?;
             pos = to;
         }
         Ok(())
     }
 
-    /// [`Self::fill`] in the background: the bytes it fetched are charged to
-    /// `download.backgroundRateLimit` afterwards (waiting there keeps the average).
+    /// [`Self::fill`] in the background: one background fetch at a time per engine, the bytes
+    /// it fetched charged to `download.backgroundRateLimit` afterwards (waiting there keeps
+    /// the average).
     async fn background_fill(self: &Arc<Self>, start: u64, end: u64) -> Result<(), LazyError> {
+        let _permit = self.engine.background_fill.acquire().await;
         let fetched = || {
             self.stats.origin_bytes.load(Ordering::Relaxed)
                 + self.stats.parent_bytes.load(Ordering::Relaxed)
@@ -687,7 +688,6 @@ impl LazyTask {
         }
         let t = self.clone();
         tokio::spawn(async move {
-            let _permit = t.engine.background_fill.acquire().await;
             let (off, len) = piece_range(number, t.task.content_length(), t.task.piece_length());
             if let Err(e) = t.background_fill(off, off + len).await {
                 tracing::debug!(task_id = %t.task.id, piece = number, error = %e, "completing a piece failed");

@@ -98,7 +98,7 @@ struct SavedMount {
     scheme: String,
     headers: Vec<(String, String)>,
     /// How it is served: `fuse` or `erofs`.
-    mode: String,
+    mode: RuntimeMode,
 }
 
 impl SavedMount {
@@ -109,11 +109,7 @@ impl SavedMount {
             repository: self.repository.clone(),
             scheme: Some(self.scheme.clone()),
             headers: self.headers.clone(),
-            mode: Some(if self.mode == "erofs" {
-                RuntimeMode::Erofs
-            } else {
-                RuntimeMode::Fuse
-            }),
+            mode: Some(self.mode),
         }
     }
 }
@@ -215,7 +211,7 @@ impl Runtime {
     /// mounted again. Call once, before serving the API. When another dfdaemon serves the
     /// mounts under `runtime.mountRoot`, the runtime stays off (mount requests say why) and the
     /// rest of dfdaemon works.
-    pub async fn recover(&self) -> Result<(), RuntimeError> {
+    pub async fn recover(&self) {
         let policy = self.config.recover_policy;
         let mut kept = BTreeMap::new();
         if policy == RecoverPolicy::Failover {
@@ -232,7 +228,7 @@ impl Runtime {
                     let why = format!("{e}; give this dfdaemon its own runtime.mountRoot");
                     tracing::error!(error = %why, "the image runtime is off");
                     let _ = self.disabled.set(why);
-                    return Ok(());
+                    return;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e,
                     "no descriptor keeper: image mounts will end when dfdaemon does"),
@@ -263,7 +259,7 @@ impl Runtime {
             }
             // Its server is gone: what is left at the mountpoint only answers errors.
             detach(&s.mountpoint);
-            if s.mode == "erofs" {
+            if s.mode == RuntimeMode::Erofs {
                 detach(&self.blob_dir(&s.mountpoint));
             }
             if policy == RecoverPolicy::None {
@@ -283,7 +279,6 @@ impl Runtime {
             }
         }
         self.save(&*self.mounts.lock().await);
-        Ok(())
     }
 
     /// Writes the mount state (atomically, mode 0600: it holds the mounts' request headers).
@@ -387,7 +382,8 @@ impl Runtime {
                 repository: spec.repository.clone(),
                 scheme: scheme.to_string(),
                 headers: spec.headers.clone(),
-                mode: String::new(),
+                // Set to how it is served.
+                mode: RuntimeMode::Auto,
             },
         })
     }
@@ -475,7 +471,7 @@ impl Runtime {
             }
         }
         let (kind, stats, mode) = match served {
-            Some((kind, stats)) => (kind, stats, "erofs"),
+            Some((kind, stats)) => (kind, stats, RuntimeMode::Erofs),
             None => {
                 let reader = self.reader(&p);
                 let stats = reader.stats.clone();
@@ -495,11 +491,11 @@ impl Runtime {
                             message: e.to_string(),
                         })?;
                 self.keep(&mountpoint, dev);
-                (MountKind::Fuse(session), stats, "fuse")
+                (MountKind::Fuse(session), stats, RuntimeMode::Fuse)
             }
         };
         tracing::info!(mountpoint = %mountpoint.display(), bootstrap = %spec.bootstrap_path.display(),
-            repository = %spec.repository, mode, "image mounted");
+            repository = %spec.repository, mode = mode.as_str(), "image mounted");
         let info = self.insert(&mut mounts, p, kind, stats, mode);
         self.save(&mounts);
         Ok(info)
@@ -519,7 +515,7 @@ impl Runtime {
         p: Prepared,
         kind: MountKind,
         stats: Arc<ReadStats>,
-        mode: &'static str,
+        mode: RuntimeMode,
     ) -> MountInfo {
         let background = (!p.prefetch.is_empty() || self.config.prefetch.all)
             .then(|| spawn_prefetch(p.blobs.clone(), p.prefetch, self.config.prefetch.all));
@@ -528,17 +524,14 @@ impl Runtime {
                 mountpoint: p.saved.mountpoint.clone(),
                 bootstrap_path: p.saved.bootstrap_path.clone(),
                 repository: p.saved.repository.clone(),
-                mode,
+                mode: mode.as_str(),
                 blob_ids: p.blob_table.iter().map(|b| b.id.clone()).collect(),
                 read_bytes: 0,
                 origin_bytes: 0,
                 parent_bytes: 0,
                 chunk_check_failures: 0,
             },
-            saved: SavedMount {
-                mode: mode.to_string(),
-                ..p.saved
-            },
+            saved: SavedMount { mode, ..p.saved },
             kind: Some(kind),
             blobs: p.blobs,
             stats,
@@ -565,25 +558,21 @@ impl Runtime {
         let resend = dev.try_clone().map_err(unavailable)?;
         let reader = self.reader(&p);
         let stats = reader.stats.clone();
-        let (kind, mode) = if s.mode == "erofs" {
+        let (kind, mode) = if s.mode == RuntimeMode::Erofs {
             let fs = nydus::blobfs::BlobFs::new(&img, reader)
                 .map_err(|e| RuntimeError::Image {
                     path: s.bootstrap_path.clone(),
                     message: e.to_string(),
                 })?
                 .with_observer(self.observer(&p, "erofs"));
-            let fs_probe = (0..p.blob_table.len())
+            let is_view: Vec<bool> = (0..p.blob_table.len())
                 .map(|i| fs.blob_is_its_view(i))
-                .collect::<Vec<bool>>();
+                .collect();
             let options = nydus::blobfs::blobfs_config(self.config.threads);
-            let session =
-                tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
-                    .await
-                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-                    .map_err(unavailable)?;
+            let session = take_over(fs, dev, options).await?.map_err(unavailable)?;
             // The kernel's mount kept its devices; the store files among them stay pinned.
             let pinned = (0..p.blob_table.len())
-                .filter_map(|i| self.store_file(&p, &fs_probe, i))
+                .filter_map(|i| self.store_file(&p, is_view[i], i))
                 .map(|t| t.use_task())
                 .collect();
             (
@@ -592,18 +581,14 @@ impl Runtime {
                     blob_dir: self.blob_dir(&mountpoint),
                     pinned,
                 },
-                "erofs",
+                RuntimeMode::Erofs,
             )
         } else {
             let fs =
                 nydus::fusefs::RafsFs::new(img, reader).with_observer(self.observer(&p, "fuse"));
             let options = nydus::fusefs::mount_config(self.config.threads, false);
-            let session =
-                tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
-                    .await
-                    .map_err(|e| RuntimeError::Unavailable(e.to_string()))?
-                    .map_err(unavailable)?;
-            (MountKind::Fuse(session), "fuse")
+            let session = take_over(fs, dev, options).await?.map_err(unavailable)?;
+            (MountKind::Fuse(session), RuntimeMode::Fuse)
         };
         // Requests the dead dfdaemon had read but not answered.
         if let Err(e) = nydus::takeover::resend(std::os::fd::AsFd::as_fd(&resend)) {
@@ -612,7 +597,7 @@ impl Runtime {
         }
         let mut mounts = self.mounts.lock().await;
         self.insert(&mut mounts, p, kind, stats, mode);
-        tracing::info!(mountpoint = %mountpoint.display(), mode, "image mount taken over");
+        tracing::info!(mountpoint = %mountpoint.display(), mode = mode.as_str(), "image mount taken over");
         Ok(())
     }
 
@@ -656,7 +641,7 @@ impl Runtime {
         let mut devices = fs.device_paths(&blob_dir);
         let mut pinned = Vec::new();
         for (i, device) in devices.iter_mut().enumerate() {
-            if let Some(task) = self.store_file(p, &fs, i) {
+            if let Some(task) = self.store_file(p, fs.blob_is_its_view(i), i) {
                 tracing::info!(blob = %p.blob_table[i].id, file = %task.path().display(),
                     "blob device: the store's complete file, read by the kernel directly");
                 *device = task.path().to_path_buf();
@@ -694,15 +679,15 @@ impl Runtime {
         }
     }
 
-    /// The complete task of blob `i` whose content file can be the blob's EROFS device (its
-    /// bytes are its uncompressed view, see [`BlobIsView`]), if the store has it.
-    fn store_file<V: BlobIsView>(
+    /// The complete task of blob `i` whose content file can be the blob's EROFS device
+    /// (`is_view`: the blob's bytes are its uncompressed view), if the store has it.
+    fn store_file(
         &self,
         p: &Prepared,
-        view: &V,
+        is_view: bool,
         i: usize,
     ) -> Option<Arc<crate::storage::Task>> {
-        if !view.blob_is_its_view(i) {
+        if !is_view {
             return None;
         }
         let task = self.engine.store().get(&p.blob_table.get(i)?.id)?;
@@ -815,21 +800,15 @@ impl Runtime {
     }
 }
 
-/// Which blobs' own bytes are their uncompressed views.
-trait BlobIsView {
-    fn blob_is_its_view(&self, blob: usize) -> bool;
-}
-
-impl<R: nydus::reader::BlobReader + 'static> BlobIsView for nydus::blobfs::BlobFs<R> {
-    fn blob_is_its_view(&self, blob: usize) -> bool {
-        nydus::blobfs::BlobFs::blob_is_its_view(self, blob)
-    }
-}
-
-impl BlobIsView for Vec<bool> {
-    fn blob_is_its_view(&self, blob: usize) -> bool {
-        self.get(blob).copied().unwrap_or(false)
-    }
+/// Serves `fs` on the kept descriptor `dev` ([`nydus::takeover::adopt`]) on a blocking thread.
+async fn take_over<FS: fuser::Filesystem + Send + 'static>(
+    fs: FS,
+    dev: std::os::fd::OwnedFd,
+    options: fuser::Config,
+) -> Result<std::io::Result<fuser::BackgroundSession>, RuntimeError> {
+    tokio::task::spawn_blocking(move || nydus::takeover::adopt(fs, dev, &options))
+        .await
+        .map_err(|e| RuntimeError::Unavailable(e.to_string()))
 }
 
 /// The keeper's name for a mount's descriptor.

@@ -159,6 +159,16 @@ impl Registry {
         &self.dir
     }
 
+    /// The file in the registry's storage holding the blob whose sha256 is `hex` (to corrupt or
+    /// cut it under the registry).
+    pub fn blob_data_path(&self, hex: &str) -> PathBuf {
+        self.dir
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(hex.get(..2).unwrap_or(hex))
+            .join(hex)
+            .join("data")
+    }
+
     /// The registry process (to stop, kill or read its log).
     pub fn process(&mut self) -> &mut ChildProcess {
         &mut self.process
