@@ -11,7 +11,8 @@ use integration::agent::{bin, Agent};
 use integration::cluster::{peer_yaml, Scheduler};
 use integration::fstree::{assert_same_tree, Compare};
 use integration::{
-    feature_image_layers_with, require_root_and_tools, FeatureImageOptions, Registry, TestDir,
+    feature_image_layers_with, require_root_and_tools, Compression, FeatureImageOptions, LayerSpec,
+    Registry, TestDir,
 };
 use nydus::image::Image;
 use nydus::tree::Kind;
@@ -56,9 +57,31 @@ async fn fixture_args(
     })
     .expect("layers");
     let img = reg.push_image("src/app", "v1", &layers).await.unwrap();
-    let dst = format!("{}/nydus/app:v1", reg.addr());
+    let (boot, image) = convert(dir, reg, &img.reference, "nydus/app", prefetch, extra).await;
+    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
+        .expect("umoci unpack");
+    Fixture {
+        repo: "nydus/app",
+        boot,
+        image,
+        oci_root,
+    }
+}
+
+/// Converts `src` with our `nydusify` to `<repo>:v1` in `reg` (`prefetch`: paths, one per line,
+/// given to `--prefetch-patterns`; `extra`: more arguments); its bootstrap, written to
+/// `<dir>/image.boot`, and the image it holds.
+async fn convert(
+    dir: &TestDir,
+    reg: &Registry,
+    src: &str,
+    repo: &str,
+    prefetch: Option<&str>,
+    extra: &[&str],
+) -> (PathBuf, Image) {
+    let dst = format!("{}/{repo}:v1", reg.addr());
     let mut cmd = Command::new(bin("nydusify"));
-    cmd.args(["convert", "--no-progress", "--source", &img.reference])
+    cmd.args(["convert", "--no-progress", "--source", src])
         .args(["--target", &dst, "--source-insecure", "--target-insecure"])
         .arg("--work-dir")
         .arg(dir.join("work"))
@@ -81,29 +104,18 @@ async fn fixture_args(
         "nydusify: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let (body, _, _) = reg.client().get_manifest("nydus/app", "v1").await.unwrap();
+    let (body, _, _) = reg.client().get_manifest(repo, "v1").await.unwrap();
     let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let boot_digest = m["layers"].as_array().unwrap().last().unwrap()["digest"]
         .as_str()
         .unwrap()
         .to_string();
-    let gz = reg
-        .client()
-        .get_blob("nydus/app", &boot_digest)
-        .await
-        .unwrap();
+    let gz = reg.client().get_blob(repo, &boot_digest).await.unwrap();
     let bytes = nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).unwrap();
     let boot = dir.join("image.boot");
     std::fs::write(&boot, &bytes).unwrap();
     let image = nydus::image::from_bytes(bytes, None, "bootstrap").unwrap();
-    let oci_root = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("umoci"))
-        .expect("umoci unpack");
-    Fixture {
-        repo: "nydus/app",
-        boot,
-        image,
-        oci_root,
-    }
+    (boot, image)
 }
 
 impl Fixture {
@@ -219,10 +231,15 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
     let dir = TestDir::new("lazy-runtime").unwrap();
     let reg = Registry::start(&dir).await.unwrap();
     let f = fixture(&dir, &reg, 24 * MIB).await;
+    // No read-ahead: the reads below fetch exactly their chunks, so the pieces they complete
+    // are known (read-ahead has its own test).
     let agent = Agent::start(
         &dir,
         "agent",
-        &format!("runtime:\n  mountRoot: {}\n", dir.join("mounts").display()),
+        &format!(
+            "runtime:\n  mountRoot: {}\n  readAhead: 0\n",
+            dir.join("mounts").display()
+        ),
     )
     .await
     .unwrap();
@@ -368,11 +385,26 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
     assert!(m.origin_bytes > 0 && m.parent_bytes == 0, "{m:?}");
     assert_eq!(m.chunk_check_failures, 0, "{m:?}");
     let text = agent.metrics_text().await.unwrap();
-    let reads = integration::agent::sum_metric(
-        &text,
-        "dragonfly_dfdaemon_fuse_request_duration_seconds_count{op=\"read\",mode=\"fuse\"}",
-    );
+    let fuse_reads = |text: &str| {
+        integration::agent::sum_metric(
+            text,
+            "dragonfly_dfdaemon_fuse_request_duration_seconds_count{op=\"read\",mode=\"fuse\"}",
+        )
+    };
+    let reads = fuse_reads(&text);
     assert!(reads > 0.0, "no FUSE read observed:\n{text}");
+    // Every file again: the kernel kept their page cache across opens, dfdaemon sees no read.
+    let mnt2 = mnt.clone();
+    let root = f.oci_root.clone();
+    tokio::task::spawn_blocking(move || assert_same_tree(&root, &mnt2, ALL_BUT_ROOT))
+        .await
+        .unwrap();
+    let again = agent.metrics_text().await.unwrap();
+    assert_eq!(
+        fuse_reads(&again),
+        reads,
+        "a second read of every file reached dfdaemon"
+    );
     let image = integration::agent::sum_metric(
         &text,
         &format!(
@@ -396,6 +428,163 @@ async fn dfdaemon_mounts_lazily_and_a_mirror_pull_fetches_only_missing_pieces() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+}
+
+/// The budget: reading one 1 MiB file of a 300 MB image fetches from the registry the
+/// chunks that cover it and nothing else (read-ahead stays inside the file; no prefetch is
+/// configured), in FUSE mode and in EROFS mode (where the kernel's readahead of the blob view
+/// may add at most one neighbouring chunk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_of_a_300_mb_image_costs_its_chunks_and_nothing_more() {
+    require_root_and_tools(&["docker-registry", "skopeo", "fusermount3"]);
+    let dir = TestDir::new("lazy-300mb").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let tool = integration::random_bytes(7, MIB as usize);
+    let mut data = LayerSpec::new(Compression::Gzip);
+    for i in 0..9u64 {
+        data = data.random_file(format!("data/part{i}.bin"), 100 + i, 32 * MIB);
+    }
+    let app = LayerSpec::new(Compression::Gzip)
+        .file("app/bin/tool", tool.clone(), 0o755)
+        .file("app/etc/tool.conf", b"verbose = false\n".to_vec(), 0o644);
+    let img = reg.push_image("src/big", "v1", &[data, app]).await.unwrap();
+    let (boot, image) = convert(&dir, &reg, &img.reference, "nydus/big", None, &[]).await;
+    let total: u64 = image.blobs.iter().map(|b| b.compressed_size).sum();
+    assert!(total > 300_000_000, "the image's blobs hold {total} bytes");
+    let id = image.tree.lookup(b"app/bin/tool").unwrap();
+    let Kind::File { chunks, .. } = &image.tree.node(id).kind else {
+        panic!("app/bin/tool is not a file");
+    };
+    let tool_blob = chunks[0].blob_index;
+    assert!(chunks.iter().all(|c| c.blob_index == tool_blob));
+    let chunk_bytes: u64 = chunks.iter().map(|c| u64::from(c.compressed_size)).sum();
+    // The largest chunk of the tool's blob that is not the tool's (what the kernel's readahead
+    // of a blob view may add in EROFS mode).
+    let neighbour = {
+        let mut max = 0u64;
+        for n in image.tree.bfs().ids() {
+            if let Kind::File { chunks: cs, .. } = &image.tree.node(n).kind {
+                if n != id {
+                    for c in cs.iter().filter(|c| c.blob_index == tool_blob) {
+                        max = max.max(u64::from(c.compressed_size));
+                    }
+                }
+            }
+        }
+        max
+    };
+    let digests: Vec<String> = image
+        .blobs
+        .iter()
+        .map(|b| format!("sha256:{}", b.id))
+        .collect();
+    let blob_gets =
+        |reg: &Registry| -> Vec<(usize, u64)> { digests.iter().map(|d| served(reg, d)).collect() };
+
+    for (n, mode) in ["fuse", "erofs"].into_iter().enumerate() {
+        let agent = Agent::start(
+            &dir,
+            &format!("agent-{mode}"),
+            &format!(
+                "runtime:\n  mountRoot: {}\n",
+                dir.join(format!("mounts-{mode}")).display()
+            ),
+        )
+        .await
+        .unwrap();
+        let before = blob_gets(&reg);
+        let mnt = dir.join(format!("mnt-{mode}"));
+        let r = agent
+            .runtime()
+            .mount(MountRequest {
+                bootstrap_path: boot.display().to_string(),
+                mountpoint: mnt.display().to_string(),
+                repository: format!("{}/nydus/big", reg.addr()),
+                scheme: "http".into(),
+                mode: mode.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.mode, mode);
+        let path = mnt.join("app/bin/tool");
+        let got = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == tool, "app/bin/tool read back differs ({mode} mode)");
+        // The read's GETs are logged as they complete; then a request of our own, logged after
+        // them: by then nothing else may have been fetched.
+        integration::wait_for(Duration::from_secs(10), "the read's GETs", || async {
+            served(&reg, &digests[tool_blob as usize]).1
+                >= before[tool_blob as usize].1 + chunk_bytes
+        })
+        .await
+        .unwrap();
+        let marker = format!("marker-{n}");
+        let _ = reg.client().get_manifest("nydus/big", &marker).await;
+        integration::wait_for(Duration::from_secs(10), "the marker request", || async {
+            reg.requests().iter().any(|r| r.path.ends_with(&marker))
+        })
+        .await
+        .unwrap();
+        let after = blob_gets(&reg);
+        for (b, (now, was)) in after.iter().zip(&before).enumerate() {
+            if b as u32 != tool_blob {
+                assert_eq!(now, was, "blob {b} was fetched in {mode} mode");
+                continue;
+            }
+            // The probe of the blob's length (1 byte), then the chunks.
+            let fetched = now.1 - was.1 - 1;
+            if mode == "fuse" {
+                assert_eq!(
+                    fetched, chunk_bytes,
+                    "bytes of the tool's blob in FUSE mode"
+                );
+            } else {
+                assert!(
+                    (chunk_bytes..=chunk_bytes + neighbour).contains(&fetched),
+                    "{fetched} bytes of the tool's blob in EROFS mode, its chunks are {chunk_bytes}"
+                );
+            }
+        }
+        if mode == "fuse" {
+            // A 32 MiB file read sequentially: its chunks, each once, nothing past the file,
+            // in far fewer GETs than chunks (read-ahead windows of up to 4 MiB).
+            let id = image.tree.lookup(b"data/part0.bin").unwrap();
+            let Kind::File { chunks, .. } = &image.tree.node(id).kind else {
+                panic!("data/part0.bin is not a file");
+            };
+            let blob = chunks[0].blob_index as usize;
+            let bytes: u64 = chunks.iter().map(|c| u64::from(c.compressed_size)).sum();
+            let was = served(&reg, &digests[blob]);
+            let path = mnt.join("data/part0.bin");
+            let got = tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.len() as u64, 32 * MIB);
+            integration::wait_for(Duration::from_secs(10), "the big read's GETs", || async {
+                served(&reg, &digests[blob]).1 >= was.1 + 1 + bytes
+            })
+            .await
+            .unwrap();
+            let now = served(&reg, &digests[blob]);
+            assert_eq!(
+                now.1 - was.1,
+                1 + bytes,
+                "probe and the file's chunks, once"
+            );
+            assert!(
+                now.0 - was.0 <= 1 + chunks.len() / 3,
+                "{} GETs for {} chunks",
+                now.0 - was.0,
+                chunks.len()
+            );
+        }
+        unmount(&agent, &mnt).await;
+    }
 }
 
 /// Kernel EROFS mode (the default for v6 images): the kernel mounts the bootstrap and reads

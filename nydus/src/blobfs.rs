@@ -57,7 +57,7 @@ pub struct BlobFs<R: BlobReader> {
 }
 
 impl<R: BlobReader + 'static> BlobFs<R> {
-    /// The views of every blob of `image` (v6), read through `reader`.
+    /// The views of every blob of `image` (v6), read through `reader` (without read-ahead).
     pub fn new(image: &Image, reader: ChunkReader<R>) -> Result<Self, ErofsError> {
         if image.version != 6 {
             return Err(ErofsError::NotV6(image.version));
@@ -113,7 +113,10 @@ impl<R: BlobReader + 'static> BlobFs<R> {
         }
         Ok(BlobFs {
             views,
-            reader,
+            // A view holds the chunks of many files: reading it sequentially is not reading a
+            // file sequentially (the kernel's readahead of each file already shows as larger
+            // view reads), so read-ahead would fetch neighbours' chunks.
+            reader: reader.with_read_ahead(0),
             observer: None,
         })
     }

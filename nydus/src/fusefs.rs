@@ -11,9 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 
 use crate::image::Image;
@@ -45,6 +45,39 @@ pub fn mount_config(threads: usize, auto_unmount: bool) -> fuser::Config {
     }
     c.n_threads = Some(threads.clamp(1, 64));
     c
+}
+
+/// Opens and closes the root directory and `file` (a regular file of the image, relative to
+/// the root: [`first_file`]) of the mount at `mountpoint`, so that the kernel learns, while the
+/// server is up, that it needs to send no open, release or flush ([`RafsFs`] answers ENOSYS):
+/// from then on, closing a file of the mount never waits for the server (which matters while it
+/// restarts), and opens cost no round trip.
+pub fn warm_up(
+    mountpoint: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    drop(std::fs::File::open(mountpoint)?);
+    if let Some(rel) = file {
+        drop(std::fs::File::open(mountpoint.join(rel))?);
+    }
+    Ok(())
+}
+
+/// The path (relative, in directory order) of a regular file of `tree`, if it has one.
+pub fn first_file(tree: &Tree) -> Option<std::path::PathBuf> {
+    let mut stack = vec![(Tree::ROOT, std::path::PathBuf::new())];
+    while let Some((id, path)) = stack.pop() {
+        match &tree.node(id).kind {
+            Kind::File { .. } => return Some(path),
+            Kind::Dir(children) => {
+                for (name, &child) in children.iter() {
+                    stack.push((child, path.join(OsStr::from_bytes(name))));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Watches a mount's FUSE requests (for metrics).
@@ -215,9 +248,9 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
         }
     }
 
-    /// Nothing to write back. Files are opened with `FOPEN_NOFLUSH`, so only kernels before 5.16
-    /// ask; ENOSYS makes them stop. (A close that waits for the server would hang while
-    /// dfdaemon restarts, e.g. in a process that forks and execs then.)
+    /// Nothing to write back: ENOSYS, after which the kernel sends no more flushes. [`warm_up`]
+    /// has one sent right after mounting, so a close never waits for a server (one that waited
+    /// would hang while dfdaemon restarts, e.g. in a process that forks and execs then).
     fn flush(
         &self,
         _req: &Request,
@@ -229,17 +262,17 @@ impl<R: BlobReader + 'static> Filesystem for RafsFs<R> {
         reply.error(Errno::ENOSYS);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _t = self.timer("open");
-        match self.id(ino).map(|id| &self.tree.node(id).kind) {
-            Some(Kind::File { .. }) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            ),
-            Some(Kind::Dir(_)) => reply.error(Errno::EISDIR),
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_NOFLUSH),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// Zero-message opens: ENOSYS, after which the kernel opens files without asking, keeps
+    /// their page cache across opens (`FOPEN_KEEP_CACHE`) and sends no release: two round trips
+    /// less per file opened. Reads need no file handle.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// As [`Self::open`], for directories: the kernel then also caches their entries
+    /// (`FOPEN_CACHE_DIR`); the image never changes.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(

@@ -234,6 +234,9 @@ pub struct ChunkReader<R: BlobReader> {
     source: R,
     /// Largest range read made of several chunks (a single larger chunk is read whole).
     max_merge: u64,
+    /// Largest read-ahead window of a file read sequentially (0: none).
+    read_ahead: u64,
+    streams: Mutex<Streams>,
     cache: ChunkCache,
     /// Counters (shared, so they can be read while a mount owns the reader).
     pub stats: Arc<ReadStats>,
@@ -247,6 +250,8 @@ impl<R: BlobReader> ChunkReader<R> {
             blobs,
             source,
             max_merge: 4 << 20,
+            read_ahead: 4 << 20,
+            streams: Mutex::default(),
             cache: ChunkCache::new(32 << 20),
             stats: Arc::default(),
             on_check_failure: None,
@@ -268,6 +273,16 @@ impl<R: BlobReader> ChunkReader<R> {
     /// Sets the largest range read made of several chunks.
     pub fn with_max_merge(mut self, bytes: u64) -> Self {
         self.max_merge = bytes.max(1);
+        self
+    }
+
+    /// Sets the largest read-ahead window (0: no read-ahead). A file read sequentially (each
+    /// read starting where the one before ended) has the chunks that follow what it reads
+    /// fetched with the chunks it reads, in the same range read, the window doubling with each
+    /// sequential read up to `bytes`; the first read of a file, and any read elsewhere, fetch
+    /// only their own chunks.
+    pub fn with_read_ahead(mut self, bytes: u64) -> Self {
+        self.read_ahead = bytes;
         self
     }
 
@@ -294,38 +309,74 @@ impl<R: BlobReader> ChunkReader<R> {
         let first = chunks.partition_point(|c| {
             c.file_offset.saturating_add(u64::from(c.uncompressed_size)) <= offset
         });
-        let wanted: Vec<&ChunkInfo> = chunks[first..]
+        let ahead = match chunks.first() {
+            Some(c) if self.read_ahead > 0 => {
+                self.lock_streams()
+                    .next((c.blob_index, c.index), offset, end, self.read_ahead)
+            }
+            _ => 0,
+        };
+        let ahead_end = end.saturating_add(ahead).min(size);
+        // The chunks the read covers, then those of the read-ahead window.
+        let covered = chunks[first..]
             .iter()
             .take_while(|c| c.file_offset < end)
+            .count();
+        let wanted: Vec<&ChunkInfo> = chunks[first..]
+            .iter()
+            .take_while(|c| c.file_offset < ahead_end)
             .collect();
         // Chunks already decompressed (a file read in small pieces asks for one chunk many
         // times) come from the cache; the others are fetched in runs.
-        let cached: Vec<Option<Arc<Vec<u8>>>> = wanted.iter().map(|c| self.cache.get(c)).collect();
+        let cached: Vec<Option<Arc<Vec<u8>>>> = wanted
+            .iter()
+            .take(covered)
+            .map(|c| self.cache.get(c))
+            .collect();
         let mut i = 0;
-        while i < wanted.len() {
+        while i < covered {
             if let Some(data) = &cached[i] {
                 copy_overlap(&mut out, offset, wanted[i].file_offset, data);
                 i += 1;
                 continue;
             }
-            // One range read for uncached chunks stored back to back in the same blob.
+            // One range read for uncached chunks stored back to back in the same blob; past
+            // the read's own chunks, those of the read-ahead window that are not cached yet.
             let mut j = i + 1;
             let mut run = u64::from(wanted[i].compressed_size);
-            while j < wanted.len() && cached[j].is_none() {
+            while j < wanted.len() {
                 let (p, c) = (wanted[j - 1], wanted[j]);
                 let next = run + u64::from(c.compressed_size);
-                if c.blob_index != p.blob_index
+                let uncached = match cached.get(j) {
+                    Some(hit) => hit.is_none(),
+                    None => !self.cache.contains(c),
+                };
+                let limit = if j < covered {
+                    self.max_merge
+                } else {
+                    self.max_merge.max(self.read_ahead)
+                };
+                if !uncached
+                    || c.blob_index != p.blob_index
                     || Some(c.compressed_offset)
                         != p.compressed_offset
                             .checked_add(u64::from(p.compressed_size))
-                    || next > self.max_merge
+                    || next > limit
                 {
                     break;
                 }
                 run = next;
                 j += 1;
             }
-            let datas = self.fetch_run(&wanted[i..j])?;
+            let datas = match self.fetch_run(&wanted[i..j]) {
+                // A chunk of the window failed: the read needs only its own.
+                Err(e) if j > covered => {
+                    tracing::debug!("read-ahead: {e}");
+                    j = covered;
+                    self.fetch_run(&wanted[i..j])?
+                }
+                r => r?,
+            };
             for (c, data) in wanted[i..j].iter().zip(datas) {
                 copy_overlap(&mut out, offset, c.file_offset, &data);
                 self.cache.put(c, data);
@@ -336,6 +387,10 @@ impl<R: BlobReader> ChunkReader<R> {
             .bytes_read
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads, decompresses and checks a run of chunks stored back to back; reads it fresh once
@@ -433,6 +488,48 @@ impl<R: BlobReader> ChunkReader<R> {
     }
 }
 
+/// The files being read sequentially: per file (its first chunk's blob and index) and position,
+/// the read-ahead window its next sequential read gets. Bounded: the least recently read out
+/// first.
+#[derive(Default)]
+struct Streams {
+    /// (file, where its next sequential read starts, window, use stamp).
+    list: Vec<((u32, u32), u64, u64, u64)>,
+    stamp: u64,
+}
+
+/// Streams followed at once (several readers of one file, or of one EROFS blob view, each
+/// have their own).
+const MAX_STREAMS: usize = 256;
+
+/// The smallest read-ahead window.
+const MIN_READ_AHEAD: u64 = 128 << 10;
+
+impl Streams {
+    /// Notes a read of `offset..end` of `file`; the read-ahead window (bytes past `end`) it
+    /// gets: none unless it starts where a read of the file ended, then twice the last
+    /// window, at least [`MIN_READ_AHEAD`] and twice the read's size, at most `max`.
+    fn next(&mut self, file: (u32, u32), offset: u64, end: u64, max: u64) -> u64 {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        if let Some(e) = self.list.iter_mut().find(|e| e.0 == file && e.1 == offset) {
+            let window = (e.2 * 2)
+                .max(2 * (end - offset))
+                .max(MIN_READ_AHEAD)
+                .min(max);
+            *e = (file, end, window, stamp);
+            return window;
+        }
+        if self.list.len() >= MAX_STREAMS {
+            if let Some(oldest) = (0..self.list.len()).min_by_key(|&i| self.list[i].3) {
+                self.list.swap_remove(oldest);
+            }
+        }
+        self.list.push((file, end, 0, stamp));
+        0
+    }
+}
+
 /// Recently read chunks, decompressed and checked, by (blob, chunk index); least recently used
 /// out first, bounded in bytes.
 struct ChunkCache {
@@ -470,6 +567,11 @@ impl ChunkCache {
         inner.order.insert(inner.next, key);
         inner.next += 1;
         Some(Arc::clone(data))
+    }
+
+    fn contains(&self, c: &ChunkInfo) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.map.contains_key(&(c.blob_index, c.index))
     }
 
     fn put(&self, c: &ChunkInfo, data: Vec<u8>) {
@@ -627,8 +729,11 @@ mod tests {
         r.source().reads.lock().unwrap().clear();
         r.read(&chunks, size, 0, 200_000).unwrap();
         assert_eq!(r.source().reads.lock().unwrap().len(), 13);
-        // With a cache, a file read in 4 KiB pieces fetches each chunk once.
-        let r = r.with_cache_bytes(1 << 20).with_max_merge(4 << 20);
+        // With a cache (and no read-ahead), a file read in 4 KiB pieces fetches each chunk once.
+        let r = r
+            .with_cache_bytes(1 << 20)
+            .with_max_merge(4 << 20)
+            .with_read_ahead(0);
         r.source().reads.lock().unwrap().clear();
         let mut back = Vec::new();
         for off in (0..size).step_by(4096) {
@@ -643,6 +748,61 @@ mod tests {
             r.read(&chunks, size, off, 10).unwrap();
         }
         assert_eq!(r.source().reads.lock().unwrap().len(), 3);
+    }
+
+    /// (range reads, bytes fetched) by `r` since its reads were last cleared.
+    fn fetched(r: &ChunkReader<MemBlob>) -> (usize, u64) {
+        let reads = r.source().reads.lock().unwrap();
+        (reads.len(), reads.iter().map(|x| x.1).sum())
+    }
+
+    #[test]
+    fn sequential_reads_fetch_ahead_in_growing_windows_and_others_fetch_only_their_chunks() {
+        let (r, chunks, size, content) = reader(None, false);
+        let r = r.with_cache_bytes(1 << 20).with_read_ahead(64 << 10);
+        let file_bytes: u64 = chunks.iter().map(|c| u64::from(c.compressed_size)).sum();
+        // Read sequentially in 4 KiB pieces, as the kernel does: each chunk is fetched once,
+        // nothing past the file, and in fewer range reads than chunks (13 without read-ahead).
+        let mut back = Vec::new();
+        for off in (0..size).step_by(4096) {
+            back.extend(r.read(&chunks, size, off, 4096).unwrap());
+        }
+        assert_eq!(back, content);
+        let (reads, bytes) = fetched(&r);
+        assert_eq!(bytes, file_bytes, "every chunk once, nothing else");
+        assert!(reads < 13 / 2, "{reads} range reads");
+        // The first read of a file, and reads that do not follow one another, fetch only the
+        // chunks they cover.
+        let (r, chunks, size, content) = reader(None, false);
+        let r = r.with_cache_bytes(1 << 20).with_read_ahead(64 << 10);
+        let one = u64::from(chunks[0].compressed_size);
+        assert_eq!(r.read(&chunks, size, 0, 4096).unwrap(), content[..4096]);
+        assert_eq!(fetched(&r), (1, one));
+        for (off, i) in [(100_000u64, 6usize), (40_000, 2), (180_000, 10)] {
+            r.read(&chunks, size, off, 10).unwrap();
+            assert_eq!(
+                r.source().reads.lock().unwrap().last().unwrap().1,
+                u64::from(chunks[i].compressed_size),
+                "read at {off}"
+            );
+        }
+        // A chunk of the window that fails its check does not fail the read that fetched it.
+        let (img, _, _) = image();
+        let (chunks, _) = file_chunks(&img);
+        let at = chunks[2].compressed_offset + 5;
+        let (r, chunks, size, content) = reader(Some(at), false);
+        let r = r.with_cache_bytes(1 << 20).with_read_ahead(64 << 10);
+        r.read(&chunks, size, 0, 16_384).unwrap();
+        r.source().reads.lock().unwrap().clear();
+        let got = r.read(&chunks, size, 16_384, 4096).unwrap();
+        assert_eq!(got, content[16_384..20_480]);
+        let reads = r.source().reads.lock().unwrap().clone();
+        assert!(
+            reads[0].1 > u64::from(chunks[1].compressed_size),
+            "{reads:?}"
+        );
+        let err = r.read(&chunks, size, 2 * 16_384, 10).unwrap_err();
+        assert!(err.to_string().contains("chunk 2"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct Runtime {
     pub chunk_cache_size: bytesize::ByteSize,
     /// Largest blob read made of several chunks of one file read. Default: 4MiB.
     pub max_merge_size: bytesize::ByteSize,
+    /// Largest read-ahead window of a file read sequentially (each read starting where the
+    /// last ended): the chunks that follow are fetched with the ones read, the window doubling
+    /// up to this. The first read of a file and reads elsewhere fetch only their chunks.
+    /// 0: no read-ahead. Default: 4MiB.
+    pub read_ahead: bytesize::ByteSize,
     /// Background fetches after mounting. Background fetches run one at a
     /// time per node, beside on-demand reads, never instead of them.
     pub prefetch: Prefetch,
@@ -92,6 +97,7 @@ impl Default for Runtime {
             threads: 4,
             chunk_cache_size: bytesize::ByteSize::mib(32),
             max_merge_size: bytesize::ByteSize::mib(4),
+            read_ahead: bytesize::ByteSize::mib(4),
             prefetch: Prefetch::default(),
             recover_policy: RecoverPolicy::Failover,
         }
@@ -111,6 +117,9 @@ impl Runtime {
         }
         if !(4096..=(64 << 20)).contains(&self.max_merge_size.as_u64()) {
             p.push("runtime.maxMergeSize: must be 4KiB-64MiB".into());
+        }
+        if self.read_ahead.as_u64() > 64 << 20 {
+            p.push("runtime.readAhead: at most 64MiB".into());
         }
     }
 }

@@ -393,6 +393,7 @@ impl Runtime {
         ChunkReader::new(p.blob_table.clone(), p.blobs.clone())
             .with_cache_bytes(self.config.chunk_cache_size.as_u64() as usize)
             .with_max_merge(self.config.max_merge_size.as_u64())
+            .with_read_ahead(self.config.read_ahead.as_u64())
             .on_check_failure(Arc::new(move |_| {
                 m.chunk_check_failures.inc();
             }))
@@ -478,6 +479,7 @@ impl Runtime {
                 let img = p.img.take().ok_or_else(|| {
                     RuntimeError::Unavailable("the image was already served".into())
                 })?;
+                let first = nydus::fusefs::first_file(&img.tree);
                 let fs = nydus::fusefs::RafsFs::new(img, reader)
                     .with_observer(self.observer(&p, "fuse"));
                 let options = nydus::fusefs::mount_config(self.config.threads, false);
@@ -491,6 +493,14 @@ impl Runtime {
                             message: e.to_string(),
                         })?;
                 self.keep(&mountpoint, dev);
+                let mp = mountpoint.clone();
+                let warm = tokio::task::spawn_blocking(move || {
+                    nydus::fusefs::warm_up(&mp, first.as_deref())
+                })
+                .await;
+                if let Ok(Err(e)) = warm {
+                    tracing::warn!(mountpoint = %mountpoint.display(), "opening a file of the new mount: {e}");
+                }
                 (MountKind::Fuse(session), stats, RuntimeMode::Fuse)
             }
         };
