@@ -5,7 +5,7 @@
 
 use crate::backend::{error_chain, parse_content_range, Backend, MAX_ERROR_BODY};
 use crate::metrics::{Metrics, TrafficLabels};
-use crate::storage::{now_millis, PieceMeta, Store, Task, TaskMeta, TaskStatus};
+use crate::storage::{now_millis, FailureKind, PieceMeta, Store, Task, TaskMeta, TaskStatus};
 use bytes::{Bytes, BytesMut};
 use common::id::BlobDigest;
 use common::piece::{piece_length_for, piece_range, MIN_PIECE_LENGTH};
@@ -66,15 +66,50 @@ pub enum Started {
     NotCacheable(Option<reqwest::Response>),
 }
 
-/// Errors of a download.
+/// Errors of a download, typed up to the fronts (gRPC codes, HTTP statuses): see
+/// [`DownloadError::kind`].
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    /// The origin could not be reached or refused the range (after retries).
     #[error("origin {url}: {message}")]
     Origin { url: String, message: String },
     #[error(transparent)]
     Store(#[from] crate::storage::StoreError),
+    /// The content does not match the digest it was asked with; nothing was kept.
+    #[error("download of task {task_id} failed: digest mismatch: {reason}")]
+    DigestMismatch { task_id: String, reason: String },
+    /// Neither the parents nor (back-to-source disabled) the origin can provide the task.
+    #[error("download of task {task_id} failed: {reason}")]
+    NoSource { task_id: String, reason: String },
+    /// A transfer broke off (the origin stalled, sent too many or too few bytes).
     #[error("download of task {task_id} failed: {reason}")]
     Failed { task_id: String, reason: String },
+    /// A local failure (a worker died).
+    #[error("download of task {task_id} failed: {reason}")]
+    Internal { task_id: String, reason: String },
+}
+
+impl DownloadError {
+    /// What kind of failure this is, for the fronts and for readers that joined the download.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DownloadError::Store(e) => e.kind(),
+            DownloadError::DigestMismatch { .. } => FailureKind::DigestMismatch,
+            DownloadError::Internal { .. } => FailureKind::Internal,
+            DownloadError::Origin { .. }
+            | DownloadError::NoSource { .. }
+            | DownloadError::Failed { .. } => FailureKind::Unavailable,
+        }
+    }
+
+    /// The error a reader that joined a download gets when it failed with `reason` of `kind`.
+    fn joined(task_id: String, reason: String, kind: FailureKind) -> DownloadError {
+        match kind {
+            FailureKind::DigestMismatch => DownloadError::DigestMismatch { task_id, reason },
+            FailureKind::Internal => DownloadError::Internal { task_id, reason },
+            FailureKind::Unavailable => DownloadError::Failed { task_id, reason },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -82,7 +117,7 @@ enum StartState {
     Ready(Arc<Task>),
     Origin(OriginReply),
     NotCacheable,
-    Failed(String),
+    Failed(String, FailureKind),
 }
 
 struct Inflight {
@@ -209,6 +244,9 @@ impl Engine {
     pub async fn start(self: &Arc<Self>, req: DownloadRequest) -> Result<Started, DownloadError> {
         if let Some(t) = self.store.get(&req.task_id) {
             if t.is_complete() {
+                if let Some(want) = &req.digest {
+                    self.check_stored_digest(&t, want).await?;
+                }
                 self.store.touch(&t);
                 return Ok(Started::Stored {
                     task: t,
@@ -242,7 +280,7 @@ impl Engine {
             }
             if rx.changed().await.is_err() {
                 // The driver ended without publishing: its task panicked.
-                break StartState::Failed("download driver stopped".into());
+                break StartState::Failed("download driver stopped".into(), FailureKind::Internal);
             }
         };
         Ok(match state {
@@ -263,12 +301,47 @@ impl Engine {
                 };
                 Started::NotCacheable(resp)
             }
-            StartState::Failed(reason) => {
-                return Err(DownloadError::Failed {
-                    task_id: req.task_id,
-                    reason,
-                })
+            StartState::Failed(reason, kind) => {
+                return Err(DownloadError::joined(req.task_id, reason, kind))
             }
+        })
+    }
+
+    /// A stored task asked for with digest `want` (the digest is not part of a URL task's ID):
+    /// its content must have that digest. Compared with the digest it was verified with, else
+    /// computed from the content file.
+    async fn check_stored_digest(
+        &self,
+        task: &Arc<Task>,
+        want: &common::id::BlobDigest,
+    ) -> Result<(), DownloadError> {
+        let prefix = format!("{}:", want.algorithm);
+        let got = match task.meta().digest {
+            Some(d) if d.starts_with(&prefix) => d[prefix.len()..].to_string(),
+            _ => {
+                let (t, algorithm) = (task.clone(), want.algorithm.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut h = ContentHasher::new(&algorithm);
+                    h.update_from(&t, 0, t.content_length())
+                        .map(|()| h.finish())
+                })
+                .await
+                .map_err(|e| DownloadError::Internal {
+                    task_id: task.id.clone(),
+                    reason: format!("digest of the stored content: {e}"),
+                })??
+            }
+        };
+        if got == want.encoded {
+            return Ok(());
+        }
+        self.metrics.digest_mismatches.inc();
+        Err(DownloadError::DigestMismatch {
+            task_id: task.id.clone(),
+            reason: format!(
+                "the stored content's digest {}:{got} does not match {want}",
+                want.algorithm
+            ),
         })
     }
 
@@ -286,7 +359,7 @@ impl Engine {
             tracing::warn!(task_id = %req.task_id, url = %req.url, error = %e, "download failed");
             tx.send_if_modified(|s| {
                 if s.is_none() {
-                    *s = Some(StartState::Failed(e.to_string()));
+                    *s = Some(StartState::Failed(e.to_string(), e.kind()));
                     true
                 } else {
                     false
@@ -387,7 +460,7 @@ impl Engine {
             }
             _ if req.disable_back_to_source => (
                 false,
-                Err(DownloadError::Failed {
+                Err(DownloadError::NoSource {
                     task_id: req.task_id.clone(),
                     reason:
                         "the scheduler has no parent for this task and back-to-source is disabled"
@@ -443,7 +516,7 @@ impl Engine {
             }
         }
         if req.disable_back_to_source {
-            return Err(DownloadError::Failed {
+            return Err(DownloadError::NoSource {
                 task_id: req.task_id.clone(),
                 reason: "no parent could provide the task and back-to-source is disabled".into(),
             });
@@ -522,7 +595,7 @@ impl Engine {
                     Ok::<_, crate::storage::StoreError>(hasher)
                 })
                 .await
-                .map_err(|e| DownloadError::Failed {
+                .map_err(|e| DownloadError::Internal {
                     task_id: task.id.clone(),
                     reason: e.to_string(),
                 })??;
@@ -562,7 +635,7 @@ impl Engine {
         let fetched = if task.missing_pieces().is_empty() {
             Ok(())
         } else if req.disable_back_to_source {
-            Err(DownloadError::Failed {
+            Err(DownloadError::NoSource {
                 task_id: task.id.clone(),
                 reason: format!(
                     "parents could not provide every piece ({}) and back-to-source is disabled",
@@ -724,7 +797,7 @@ impl Engine {
         let mut first_err = None;
         while let Some(r) = workers.join_next().await {
             let r = r.unwrap_or_else(|e| {
-                Err(DownloadError::Failed {
+                Err(DownloadError::Internal {
                     task_id: task.id.clone(),
                     reason: format!("piece worker panicked: {e}"),
                 })
@@ -989,12 +1062,12 @@ impl Engine {
             if let Some(v) = verifier {
                 v.abort();
             }
-            self.store.mark_failed(task, &e.to_string());
+            self.store.mark_failed(task, &e.to_string(), e.kind());
             return Err(e);
         }
         let computed = match verifier {
             None => None,
-            Some(v) => Some(v.await.map_err(|e| DownloadError::Failed {
+            Some(v) => Some(v.await.map_err(|e| DownloadError::Internal {
                 task_id: task.id.clone(),
                 reason: format!("digest verifier: {e}"),
             })??),
@@ -1017,8 +1090,9 @@ impl Engine {
                 );
                 self.metrics.digest_mismatches.inc();
                 tracing::warn!(task_id = %task.id, url = %req.url, %reason, "digest mismatch");
-                self.store.purge(task, &reason)?;
-                return Err(DownloadError::Failed {
+                self.store
+                    .purge(task, &reason, FailureKind::DigestMismatch)?;
+                return Err(DownloadError::DigestMismatch {
                     task_id: task.id.clone(),
                     reason,
                 });

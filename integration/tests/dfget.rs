@@ -18,6 +18,34 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// The gRPC code a `DownloadTask` of `url` with `digest` fails with (through the daemon's
+/// download API, as dfget calls it).
+async fn failure_code(agent: &Agent, url: &str, digest: &str) -> tonic::Code {
+    use dragonfly_api::common::v2::Download;
+    use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
+    let mut client = dfdaemon::dfget::connect(&agent.socket).await.unwrap();
+    let request = DownloadTaskRequest {
+        download: Some(Download {
+            url: url.to_string(),
+            digest: Some(digest.to_string()),
+            ..Default::default()
+        }),
+    };
+    match client.download_task(request).await {
+        Err(s) => s.code(),
+        Ok(resp) => {
+            let mut s = resp.into_inner();
+            loop {
+                match s.message().await {
+                    Err(st) => break st.code(),
+                    Ok(None) => panic!("the download of {url} with digest {digest} succeeded"),
+                    Ok(Some(_)) => {}
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dfget_downloads_verifies_and_hard_links_from_the_store() {
     integration::require_root_and_tools(&[]);
@@ -61,6 +89,19 @@ async fn dfget_downloads_verifies_and_hard_links_from_the_store() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
     assert!(!out4.exists());
+    // Through the download API the same failure is DATA_LOSS, not UNAVAILABLE: trying again
+    // will not help. For the stored task, and for one downloaded now (whose bytes are then
+    // dropped).
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    assert_eq!(
+        failure_code(&agent, &url, &wrong).await,
+        tonic::Code::DataLoss
+    );
+    origin.put("/files/other.bin", random_bytes(32, 5 * 1024 * 1024));
+    assert_eq!(
+        failure_code(&agent, &origin.url("/files/other.bin"), &wrong).await,
+        tonic::Code::DataLoss
+    );
 
     // Existing output without --overwrite.
     let o = agent.dfget(&[&url, "-O", out1.to_str().unwrap()]);

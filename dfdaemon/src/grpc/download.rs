@@ -102,7 +102,7 @@ pub async fn download_task_stream(
         let started = engine
             .start(req)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| super::download_status(&e))?;
         let (task, cached) = match started {
                 Started::Stored { task, cached } => (task, cached),
                 Started::Origin(r) => return Err(origin_status(r.status, &r.body)),
@@ -161,7 +161,7 @@ pub async fn download_task_stream(
             let count = task.piece_count();
             for number in 0..count {
                 if let Err(e) = task.wait_piece(number).await {
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    let _ = tx.send(Err(super::store_status(&e))).await;
                     return;
                 }
                 if have.iter().any(|p| p.number == number) {
@@ -185,7 +185,7 @@ pub async fn download_task_stream(
                 }
             }
             if let Err(e) = task.wait_complete().await {
-                let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                let _ = tx.send(Err(super::store_status(&e))).await;
                 return;
             }
             if cached {

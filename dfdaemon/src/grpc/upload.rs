@@ -252,7 +252,7 @@ impl DfdaemonUpload for UploadService {
                 if wanted.is_empty() {
                     return;
                 }
-                if let Some(reason) = task.failure() {
+                if let Some((reason, _)) = task.failure() {
                     let _ = tx.send(Err(Status::aborted(reason))).await;
                     return;
                 }

@@ -57,6 +57,19 @@ pub enum LazyError {
     Download(#[from] DownloadError),
 }
 
+impl LazyError {
+    /// What kind of failure this is, for the fronts.
+    pub fn kind(&self) -> crate::storage::FailureKind {
+        use crate::storage::FailureKind;
+        match self {
+            LazyError::OutOfRange { .. } => FailureKind::Internal,
+            LazyError::Origin { .. } | LazyError::Removed { .. } => FailureKind::Unavailable,
+            LazyError::Store(e) => e.kind(),
+            LazyError::Download(e) => e.kind(),
+        }
+    }
+}
+
 /// Bytes a range-read task fetched, by source, and bytes it returned.
 #[derive(Debug, Default)]
 pub struct LazyStats {
@@ -190,7 +203,7 @@ impl Engine {
             Some((total, pl)) => self.create_task_with(&req, total, None, None, Some(pl))?,
             None => {
                 if req.disable_back_to_source {
-                    return Err(DownloadError::Failed {
+                    return Err(DownloadError::NoSource {
                         task_id: req.task_id.clone(),
                         reason: "no parent could describe the task and back-to-source is disabled"
                             .into(),

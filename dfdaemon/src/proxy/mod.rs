@@ -417,7 +417,7 @@ impl Proxy {
             }
             Err(e) => {
                 metrics.proxy_outcome("error");
-                Some(text(StatusCode::BAD_GATEWAY, "backend", e.to_string()))
+                Some(text(failure_status(e.kind()), "backend", e.to_string()))
             }
         }
     }
@@ -454,7 +454,7 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => {
                 metrics.proxy_outcome("error");
-                return text(StatusCode::BAD_GATEWAY, "backend", e.to_string());
+                return text(failure_status(e.kind()), "backend", e.to_string());
             }
         };
         let (task, cached) = match started {
@@ -694,6 +694,15 @@ fn stream_response(resp: reqwest::Response) -> Response<Body> {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// The HTTP status of a failed download: a local failure is ours (500); the origin's, the
+/// parents' or the content's is the upstream's (502).
+fn failure_status(kind: crate::storage::FailureKind) -> StatusCode {
+    match kind {
+        crate::storage::FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 #[cfg(test)]

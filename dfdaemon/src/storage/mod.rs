@@ -27,7 +27,11 @@ pub enum StoreError {
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error("task {task_id} failed: {reason}")]
-    TaskFailed { task_id: String, reason: String },
+    TaskFailed {
+        task_id: String,
+        reason: String,
+        kind: FailureKind,
+    },
     #[error("task {task_id} was removed")]
     TaskRemoved { task_id: String },
     #[error("range {start}-{end} is outside task {task_id} of {content_length} bytes")]
@@ -39,6 +43,31 @@ pub enum StoreError {
     },
 }
 
+/// Why a task failed, as the readers that waited for it learn it (and as the gRPC and HTTP
+/// fronts report it: `UNAVAILABLE`/502, `DATA_LOSS`/502, `INTERNAL`/500).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Its sources (the origin, the parents) could not deliver it: a later attempt may succeed.
+    Unavailable,
+    /// Its content did not match the digest it was asked with: nothing of it was kept.
+    DigestMismatch,
+    /// A local failure (the disk, a bug).
+    Internal,
+}
+
+impl StoreError {
+    /// What kind of failure this is, for the fronts.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::TaskFailed { kind, .. } => *kind,
+            StoreError::TaskRemoved { .. } => FailureKind::Unavailable,
+            StoreError::Io { .. } | StoreError::Metadata(_) | StoreError::OutOfRange { .. } => {
+                FailureKind::Internal
+            }
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -48,7 +77,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 struct TaskState {
     meta: TaskMeta,
-    failed: Option<String>,
+    failed: Option<(String, FailureKind)>,
     removed: bool,
     /// Every piece stored and the digest (if any) verified; the record may not
     /// be durable yet (`meta.status` turns `Succeeded` once it is).
@@ -153,8 +182,8 @@ impl Task {
         self.lock().removed
     }
 
-    /// The failure reason, if the task failed.
-    pub fn failure(&self) -> Option<String> {
+    /// The failure reason and kind, if the task failed.
+    pub fn failure(&self) -> Option<(String, FailureKind)> {
         self.lock().failed.clone()
     }
 
@@ -276,10 +305,11 @@ impl Task {
 
     /// An error if the task failed or was removed.
     fn check_usable(&self, s: &TaskState) -> Result<(), StoreError> {
-        if let Some(reason) = &s.failed {
+        if let Some((reason, kind)) = &s.failed {
             return Err(StoreError::TaskFailed {
                 task_id: self.id.clone(),
                 reason: reason.clone(),
+                kind: *kind,
             });
         }
         if s.removed {
@@ -608,8 +638,8 @@ impl Store {
 
     /// Fails a task: readers waiting on it get `reason`. Stored pieces are kept
     /// so a later attempt resumes.
-    pub fn mark_failed(&self, task: &Task, reason: &str) {
-        task.lock().failed = Some(reason.to_string());
+    pub fn mark_failed(&self, task: &Task, reason: &str, kind: FailureKind) {
+        task.lock().failed = Some((reason.to_string(), kind));
         task.notify();
     }
 
@@ -656,8 +686,8 @@ impl Store {
 
     /// Fails a task and removes it (e.g. its content did not match its digest),
     /// so nothing of it is ever served as cached.
-    pub fn purge(&self, task: &Task, reason: &str) -> Result<(), StoreError> {
-        self.mark_failed(task, reason);
+    pub fn purge(&self, task: &Task, reason: &str, kind: FailureKind) -> Result<(), StoreError> {
+        self.mark_failed(task, reason, kind);
         let same = self.get(&task.id).map(|t| std::ptr::eq(&*t, task)) == Some(true);
         if same {
             self.remove(&task.id)?;
@@ -767,7 +797,9 @@ mod tests {
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!reader.is_finished(), "last piece must be held back");
-        store.purge(&t, "digest mismatch").unwrap();
+        store
+            .purge(&t, "digest mismatch", FailureKind::DigestMismatch)
+            .unwrap();
         let err = reader.await.unwrap().unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
         assert!(store.get("t2").is_none());
