@@ -203,9 +203,40 @@ pub fn host_id(ip: &str, hostname: &str, seed: bool) -> String {
     }
 }
 
+/// Peer ID of a download by host `host_id` (`{ip}-{hostname}[-seed]`): `{ip}-{hostname}-{uuid}`
+/// (`-seed` kept last), the UUID a version 4 one made of `random`.
+pub fn peer_id(host_id: &str, random: u128) -> String {
+    // Version 4 (random), RFC 4122 variant.
+    let v = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let h = format!("{v:032x}");
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    match host_id.strip_suffix("-seed") {
+        Some(base) => format!("{base}-{uuid}-seed"),
+        None => format!("{host_id}-{uuid}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_ids_are_the_host_id_and_a_v4_uuid_with_seed_last() {
+        let id = peer_id("10.0.0.1-node-a", u128::MAX);
+        assert_eq!(id, "10.0.0.1-node-a-ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let id = peer_id("10.0.0.1-node-a-seed", 0);
+        assert_eq!(
+            id,
+            "10.0.0.1-node-a-00000000-0000-4000-8000-000000000000-seed"
+        );
+    }
 
     #[test]
     fn url_task_id_matches_dragonfly_test_vector() {

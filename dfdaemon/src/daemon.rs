@@ -150,7 +150,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
     let backend = Arc::new(Backend::new(&cfg.backend).context("cannot set up the HTTP client")?);
-    let engine = Engine::new(
+    #[cfg(feature = "fault-injection")]
+    let faults = cfg.fault_injection.clone();
+    let engine = Engine::with_transport(
         store.clone(),
         backend,
         metrics.clone(),
@@ -161,6 +163,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             protocol: cfg.download.protocol,
             rate_limit: cfg.download.rate_limit.as_u64(),
             background_rate_limit: cfg.download.background_rate_limit.as_u64(),
+        },
+        |network| {
+            #[cfg(feature = "fault-injection")]
+            if faults.fail_parent_fetches || faults.fail_origin_fetches > 0 {
+                tracing::warn!(?faults, "fault injection in every transfer");
+                return Arc::new(crate::transport::Faulty::new(network, &faults));
+            }
+            Arc::new(network)
         },
     );
 

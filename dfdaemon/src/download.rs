@@ -6,6 +6,7 @@
 use crate::backend::{error_chain, parse_content_range, Backend, MAX_ERROR_BODY};
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::storage::{now_millis, FailureKind, PieceMeta, Store, Task, TaskMeta, TaskStatus};
+use crate::transport::{store_body, Network, Source, Transport, TransportError};
 use bytes::{Bytes, BytesMut};
 use common::id::BlobDigest;
 use common::piece::{piece_length_for, piece_range, MIN_PIECE_LENGTH};
@@ -33,7 +34,7 @@ pub struct DownloadRequest {
     /// A user-chosen piece length (else Dragonfly's rule).
     pub piece_length: Option<u64>,
     /// Peers that may have the task; tried before the origin.
-    pub parents: Vec<crate::p2p::Parent>,
+    pub parents: Vec<crate::parent::Parent>,
     /// Fail instead of going to the origin when the parents cannot provide everything.
     pub disable_back_to_source: bool,
     /// Go to the origin even if a scheduler could offer parents (seed peers).
@@ -43,7 +44,7 @@ pub struct DownloadRequest {
     pub reporter: Option<crate::scheduler_client::PeerReporter>,
     /// Every parent the scheduler has given so far, updated while the
     /// download runs (more parents join as they start downloading).
-    pub parent_updates: Option<watch::Receiver<Vec<crate::p2p::Parent>>>,
+    pub parent_updates: Option<watch::Receiver<Vec<crate::parent::Parent>>>,
 }
 
 /// An origin reply that is passed back to the client and not cached.
@@ -157,13 +158,15 @@ pub struct Engine {
     /// Background piece completions of range-read tasks run one at a time.
     pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
-    pub(crate) limiter: crate::rate_limit::RateLimiter,
+    pub(crate) limiter: Arc<crate::rate_limit::RateLimiter>,
     /// Rate limit of background fetches of range-read tasks.
     pub(crate) background_limiter: crate::rate_limit::RateLimiter,
     /// Scheduler client when P2P is configured.
     pub(crate) scheduler: std::sync::OnceLock<Arc<crate::scheduler_client::SchedulerClient>>,
-    /// QUIC client, created on first use.
-    pub(crate) quic: std::sync::OnceLock<Result<Arc<crate::vortex::quic::QuicClient>, String>>,
+    /// How bytes are fetched (origin, Vortex TCP and QUIC).
+    transport: Arc<dyn Transport>,
+    /// Pieces from parents.
+    pub(crate) peers: Arc<crate::p2p::Peers>,
 }
 
 enum Probe {
@@ -190,8 +193,33 @@ impl Engine {
         metrics: Arc<Metrics>,
         config: EngineConfig,
     ) -> Arc<Engine> {
-        let limiter = crate::rate_limit::RateLimiter::new(config.rate_limit);
+        Self::with_transport(store, backend, metrics, config, |n| Arc::new(n))
+    }
+
+    /// [`Engine::new`] with every transfer going through the transport `wrap` makes of the
+    /// network's (test builds inject faults so).
+    pub fn with_transport(
+        store: Arc<Store>,
+        backend: Arc<Backend>,
+        metrics: Arc<Metrics>,
+        config: EngineConfig,
+        wrap: impl FnOnce(Network) -> Arc<dyn Transport>,
+    ) -> Arc<Engine> {
+        let limiter = Arc::new(crate::rate_limit::RateLimiter::new(config.rate_limit));
         let background_limiter = crate::rate_limit::RateLimiter::new(config.background_rate_limit);
+        let transport = wrap(Network::new(
+            backend.clone(),
+            limiter.clone(),
+            config.piece_timeout,
+            config.protocol,
+        ));
+        let peers = Arc::new(crate::p2p::Peers::new(
+            transport.clone(),
+            store.clone(),
+            metrics.clone(),
+            config.concurrent_piece_count as usize,
+            config.piece_timeout,
+        ));
         Arc::new(Engine {
             store,
             backend,
@@ -203,9 +231,10 @@ impl Engine {
             background_limiter,
             lazy_partial: Mutex::new(HashMap::new()),
             lazy_recent: Mutex::new(Vec::new()),
-            quic: std::sync::OnceLock::new(),
             scheduler: std::sync::OnceLock::new(),
             limiter,
+            transport,
+            peers,
         })
     }
 
@@ -399,7 +428,7 @@ impl Engine {
         use crate::scheduler_client::Decision;
         use dragonfly_api::scheduler::v2::announce_peer_request::Request as R;
         use dragonfly_api::scheduler::v2::*;
-        let peer_id = format!("{}-{:032x}", sched.host_id(), rand::random::<u128>());
+        let peer_id = common::id::peer_id(sched.host_id(), rand::random());
         let download = announced_download(req);
         let mut session = match sched.register_peer(&req.task_id, &peer_id, download).await {
             Ok(s) => s,
@@ -614,7 +643,7 @@ impl Engine {
         existing: Option<Arc<Task>>,
     ) -> Option<Result<(), DownloadError>> {
         let (total, piece_length) =
-            crate::p2p::describe_task(&req.parents, &req.task_id, self.config.piece_timeout)
+            crate::parent::describe_task(&req.parents, &req.task_id, self.config.piece_timeout)
                 .await?;
         let task = match self.create_task_with(req, total, existing, None, Some(piece_length)) {
             Ok(t) => t,
@@ -625,6 +654,7 @@ impl Engine {
         let _use = task.use_task();
         let verifier = self.spawn_verifier(req, &task);
         let from_parents = self
+            .peers
             .fetch_from_parents(
                 &task,
                 &req.parents,
@@ -837,59 +867,27 @@ impl Engine {
         end: u64,
         what: &str,
     ) -> Result<u32, DownloadError> {
-        let length = task.content_length();
         let mut attempt = 0;
+        let source = Source::Origin {
+            task_id: &req.task_id,
+            url: &req.url,
+            headers: &req.headers,
+        };
         loop {
-            let r = async {
-                let resp = self
-                    .backend
-                    .get(
-                        &req.task_id,
-                        &req.url,
-                        &req.headers,
-                        Some((start, end - 1)),
-                        Some(self.config.piece_timeout),
-                    )
-                    .await
-                    .map_err(|e| (true, e.to_string()))?;
-                let status = resp.status();
-                let whole = status == StatusCode::OK && start == 0 && end == length;
-                if status != StatusCode::PARTIAL_CONTENT && !whole {
-                    let retry = status.is_server_error()
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status == StatusCode::REQUEST_TIMEOUT;
-                    return Err((retry, format!("{what}: origin answered {status}")));
-                }
-                if status == StatusCode::PARTIAL_CONTENT {
-                    let cr = resp
-                        .headers()
-                        .get(http::header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_content_range);
-                    if cr != Some((Some((start, end - 1)), length)) {
-                        return Err((
-                            false,
-                            format!("{what}: origin sent a different range ({cr:?})"),
-                        ));
-                    }
-                }
-                self.store_body(task, start, end, resp, what)
-                    .await
-                    .map_err(|e| (true, e.to_string()))
-            }
-            .await;
-            match r {
+            match self.transport.fetch(source, task, start, end, what).await {
                 Ok(crc) => return Ok(crc),
-                Err((retry, message)) => {
+                Err(TransportError::Store(e)) => return Err(e.into()),
+                Err(e) => {
+                    let retry = matches!(e, TransportError::Origin { retry: true, .. });
                     if retry && attempt < self.config.max_retries {
                         attempt += 1;
-                        tracing::debug!(task_id = %task.id, start, end, attempt, %message, "retrying range");
+                        tracing::debug!(task_id = %task.id, start, end, attempt, error = %e, "retrying range");
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }
                     return Err(DownloadError::Origin {
                         url: req.url.clone(),
-                        message,
+                        message: e.to_string(),
                     });
                 }
             }
@@ -904,9 +902,17 @@ impl Engine {
         resp: reqwest::Response,
     ) -> Result<(), DownloadError> {
         let (off, len) = piece_range(number, task.content_length(), task.piece_length());
-        let crc = self
-            .store_body(task, off, off + len, resp, &format!("piece {number}"))
-            .await?;
+        let what = format!("piece {number}");
+        let timeout = self.config.piece_timeout;
+        let crc = store_body(task, off, off + len, resp, &what, &self.limiter, timeout)
+            .await
+            .map_err(|e| match e {
+                TransportError::Store(e) => DownloadError::Store(e),
+                e => DownloadError::Failed {
+                    task_id: task.id.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
         self.commit_fetched_piece(task, number, len, crc);
         Ok(())
     }
@@ -917,58 +923,6 @@ impl Engine {
         self.piece_fetched(length);
     }
 
-    /// Streams a response body (exactly bytes `start..end`) into the content file; the
-    /// CRC-32 of the bytes.
-    async fn store_body(
-        &self,
-        task: &Arc<Task>,
-        start: u64,
-        end: u64,
-        resp: reqwest::Response,
-        what: &str,
-    ) -> Result<u32, DownloadError> {
-        let len = end - start;
-        let mut stream = resp.bytes_stream();
-        let mut crc = crc32fast::Hasher::new();
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK.min(len as usize));
-        let mut written = 0u64;
-        let fail = |m: String| DownloadError::Failed {
-            task_id: task.id.clone(),
-            reason: format!("{what}: {m}"),
-        };
-        loop {
-            let chunk = tokio::time::timeout(self.config.piece_timeout, stream.next())
-                .await
-                .map_err(|_| fail(self.stalled()))?;
-            let done = chunk.is_none();
-            if let Some(c) = chunk {
-                let c = c.map_err(|e| fail(error_chain(&e)))?;
-                self.limiter.acquire(c.len() as u64).await;
-                if written + buf.len() as u64 + c.len() as u64 > len {
-                    return Err(fail("origin sent more bytes than the range".into()));
-                }
-                buf.extend_from_slice(&c);
-            }
-            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
-                let data = buf.split().freeze();
-                crc.update(&data);
-                let t = task.clone();
-                let at = start + written;
-                written += data.len() as u64;
-                tokio::task::spawn_blocking(move || t.write_at(at, &data))
-                    .await
-                    .map_err(|e| fail(e.to_string()))??;
-            }
-            if done {
-                break;
-            }
-        }
-        if written != len {
-            return Err(fail(format!("origin sent {written} of {len} bytes")));
-        }
-        Ok(crc.finalize())
-    }
-
     fn piece_fetched(&self, len: u64) {
         self.metrics.traffic("back_to_source", len);
         self.metrics
@@ -977,13 +931,6 @@ impl Engine {
                 r#type: "back_to_source",
             })
             .inc();
-    }
-
-    fn stalled(&self) -> String {
-        format!(
-            "origin sent nothing for download.pieceTimeout ({})",
-            humantime::format_duration(self.config.piece_timeout)
-        )
     }
 
     /// Origin without range support: the body is read once, in order, piece by piece.
@@ -1004,7 +951,7 @@ impl Engine {
         let mut pending = BytesMut::new();
         while let Some(c) = tokio::time::timeout(self.config.piece_timeout, stream.next())
             .await
-            .map_err(|_| fail(self.stalled()))?
+            .map_err(|_| fail(crate::transport::stalled(self.config.piece_timeout)))?
         {
             let c = c.map_err(|e| fail(error_chain(&e)))?;
             self.limiter.acquire(c.len() as u64).await;

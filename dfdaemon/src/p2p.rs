@@ -3,94 +3,17 @@
 //! (CRC-checked), spreading pieces over parents; a parent that fails or sends
 //! a bad piece is dropped and its pieces go to the others.
 
-use crate::download::{DownloadError, Engine};
-use crate::metrics::TrafficLabels;
+use crate::metrics::{Metrics, TrafficLabels};
+use crate::parent::{connect, Parent};
 use crate::scheduler_client::PeerReporter;
-use crate::storage::{PieceMeta, Task};
-use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
-use dragonfly_api::dfdaemon::v2::{StatLocalTaskRequest, SyncPiecesRequest};
+use crate::storage::{PieceMeta, Store, Task};
+use crate::transport::{Source, Transport};
+use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
 use dragonfly_api::scheduler::v2::announce_peer_request::Request;
 use dragonfly_api::scheduler::v2::DownloadPieceFailedRequest;
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A peer that may serve pieces of a task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parent {
-    pub id: String,
-    pub ip: IpAddr,
-    /// Upload gRPC port (SyncPieces, StatLocalTask).
-    pub grpc_port: u16,
-    /// Vortex TCP port.
-    pub vortex_port: u16,
-    /// Vortex QUIC port, if the parent serves QUIC.
-    pub quic_port: Option<u16>,
-    /// A seed peer (host type super seed): used when normal parents cannot keep up.
-    pub seed: bool,
-}
-
-impl Parent {
-    fn grpc_url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.ip, self.grpc_port))
-    }
-}
-
-async fn connect(p: &Parent) -> Option<DfdaemonUploadClient<tonic::transport::Channel>> {
-    let ep = tonic::transport::Endpoint::from_shared(p.grpc_url())
-        .ok()?
-        .connect_timeout(CONNECT_TIMEOUT);
-    tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
-        .await
-        .ok()?
-        .ok()
-        .map(DfdaemonUploadClient::new)
-}
-
-/// Content length and piece length of a task, from the first parent that
-/// knows it; retried for up to `wait` (a seed peer may just be starting).
-pub async fn describe_task(
-    parents: &[Parent],
-    task_id: &str,
-    wait: std::time::Duration,
-) -> Option<(u64, u64)> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if let Some(d) = describe_once(parents, task_id).await {
-            return Some(d);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-async fn describe_once(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> {
-    for p in parents {
-        let Some(mut c) = connect(p).await else {
-            continue;
-        };
-        let r = c
-            .stat_local_task(StatLocalTaskRequest {
-                task_id: task_id.to_string(),
-                remote_ip: None,
-            })
-            .await;
-        if let Ok(r) = r {
-            let r = r.into_inner();
-            if let (Some(len), Some(pl)) = (r.content_length, r.piece_length) {
-                if pl > 0 {
-                    return Some((len, pl));
-                }
-            }
-        }
-    }
-    None
-}
 
 /// Weight of a parent for the next piece: its idle upload bandwidth
 /// (`max_tx - tx`, at least a tenth of `max_tx`), as Dragonfly's parent
@@ -359,26 +282,6 @@ impl ParentSet {
     }
 }
 
-/// Writes a piece's bytes into the task's content file as they arrive; the
-/// piece counts only once committed after its CRC-32 matched.
-struct TaskSink {
-    task: Arc<Task>,
-}
-
-impl crate::vortex::client::PieceSink for TaskSink {
-    async fn put(
-        &mut self,
-        offset: u64,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>, crate::vortex::VortexError> {
-        let task = self.task.clone();
-        tokio::task::spawn_blocking(move || task.write_at(offset, &data).map(|()| data))
-            .await
-            .map_err(|e| crate::vortex::VortexError::Io(std::io::Error::other(e.to_string())))?
-            .map_err(|e| crate::vortex::VortexError::Io(std::io::Error::other(e.to_string())))
-    }
-}
-
 /// Starts the two feeds of parent `i`: its load (`SyncHost`, weighs the
 /// choice of parent) and the pieces it has (`SyncPieces`).
 fn spawn_feeds(
@@ -459,7 +362,43 @@ fn spawn_feeds(
     });
 }
 
-impl Engine {
+/// Fetches pieces of tasks from their parents, through a [`Transport`].
+pub struct Peers {
+    transport: Arc<dyn Transport>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    /// Pieces fetched at once per task.
+    concurrent: usize,
+    /// How long to wait for any parent to announce anything.
+    piece_timeout: Duration,
+}
+
+/// The parents could not provide every piece.
+#[derive(Debug, thiserror::Error)]
+#[error("parents could not provide {left} pieces")]
+pub struct Incomplete {
+    pub left: usize,
+}
+
+impl Peers {
+    /// Fetches through `transport` into `store`, `concurrent` pieces at once per task; waits
+    /// up to `piece_timeout` for parents to announce pieces.
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        concurrent: usize,
+        piece_timeout: Duration,
+    ) -> Peers {
+        Peers {
+            transport,
+            store,
+            metrics,
+            concurrent: concurrent.max(1),
+            piece_timeout,
+        }
+    }
+
     /// Fetches as many missing pieces of `task` as the parents can provide.
     /// Parents the scheduler adds while this runs (`more`) join at once.
     /// Returns Ok when the task has no missing piece left.
@@ -469,7 +408,7 @@ impl Engine {
         parents: &[Parent],
         reporter: Option<&PeerReporter>,
         mut more: Option<tokio::sync::watch::Receiver<Vec<Parent>>>,
-    ) -> Result<(), DownloadError> {
+    ) -> Result<(), Incomplete> {
         let missing: Vec<u32> = task.missing_pieces();
         if missing.is_empty() {
             return Ok(());
@@ -486,10 +425,10 @@ impl Engine {
             }
         };
         join(&mut syncs, parents);
-        let n = self.config.concurrent_piece_count.max(1);
+        let n = self.concurrent;
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..n {
-            let (engine, task, board, changed) =
+            let (peers, task, board, changed) =
                 (self.clone(), task.clone(), board.clone(), changed.clone());
             let reporter = reporter.cloned();
             workers.spawn(async move {
@@ -514,14 +453,14 @@ impl Engine {
                             let _ = tokio::time::timeout(patience, notified).await;
                         }
                         Pick::Wait(None) => {
-                            let wait = engine.config.piece_timeout;
+                            let wait = peers.piece_timeout;
                             if tokio::time::timeout(wait, notified).await.is_err() {
                                 // No parent announced anything for a piece timeout.
                                 return;
                             }
                         }
                         Pick::Fetch((number, parent, index)) => {
-                            let ok = engine.fetch_piece_from(&task, number, &parent).await;
+                            let ok = peers.fetch_piece_from(&task, number, &parent).await;
                             let newly_failed = {
                                 let mut b = lock(&board);
                                 b.in_flight.remove(&number);
@@ -583,21 +522,8 @@ impl Engine {
         if left == 0 {
             Ok(())
         } else {
-            Err(DownloadError::Failed {
-                task_id: task.id.clone(),
-                reason: format!("parents could not provide {left} pieces"),
-            })
+            Err(Incomplete { left })
         }
-    }
-
-    fn quic_client(&self) -> Result<Arc<crate::vortex::quic::QuicClient>, String> {
-        self.quic
-            .get_or_init(|| {
-                crate::vortex::quic::QuicClient::new()
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
     }
 
     /// One piece from one parent; false if the parent failed or sent a bad piece.
@@ -609,31 +535,15 @@ impl Engine {
     ) -> bool {
         let (offset, length) =
             common::piece::piece_range(number, task.content_length(), task.piece_length());
-        self.limiter.acquire(length).await;
-        let timeout = self.config.piece_timeout;
         let started = Instant::now();
-        let mut sink = TaskSink { task: task.clone() };
-        let result = match (self.config.protocol, parent.quic_port) {
-            (crate::config::Protocol::Quic, Some(port)) => match self.quic_client() {
-                Ok(c) => {
-                    let addr = SocketAddr::new(parent.ip, port);
-                    c.download_piece_into(
-                        addr, &task.id, number, offset, length, timeout, &mut sink,
-                    )
-                    .await
-                }
-                Err(e) => Err(crate::vortex::VortexError::Io(std::io::Error::other(e))),
-            },
-            _ => {
-                let addr = SocketAddr::new(parent.ip, parent.vortex_port);
-                crate::vortex::client::download_piece_into(
-                    addr, &task.id, number, offset, length, timeout, &mut sink,
-                )
-                .await
-            }
-        };
-        let crc = match result {
-            Ok(info) => info.crc32,
+        let what = format!("piece {number}");
+        let source = Source::Parent { parent, number };
+        let crc = match self
+            .transport
+            .fetch(source, task, offset, offset + length, &what)
+            .await
+        {
+            Ok(crc) => crc,
             Err(e) => {
                 tracing::warn!(task_id = %task.id, piece = number, parent = %parent.id, error = %e, "dropping parent");
                 return false;
@@ -765,6 +675,7 @@ fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn idle_bandwidth_weighs_parents() {

@@ -3,7 +3,7 @@
 //! consistent hashing of `task_id[0..5]` (as Dragonfly's client does, so all
 //! peers of a task meet on the same scheduler), over an `AnnouncePeer` stream.
 
-use crate::p2p::Parent;
+use crate::parent::Parent;
 use dragonfly_api::common::v2::{Download, Host};
 use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient as GrpcClient;
 use dragonfly_api::scheduler::v2::{

@@ -162,3 +162,75 @@ async fn a_parent_killed_mid_transfer_is_replaced_and_the_bytes_are_identical() 
         "the seed should have sent the rest, sent {seed_sent}"
     );
 }
+
+/// Faults injected into a peer's own transport (the test build's `faultInjection`): every
+/// piece fetch from a parent fails before a byte moves, and its first two fetches from the
+/// origin fail as a connection reset would. It drops its parents, takes every piece from the
+/// origin, retries the two failed fetches, and its bytes are right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transport_faults_send_a_peer_to_the_origin_and_failed_fetches_are_retried() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("p2p-transport-faults").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let (_seed, peers) = start_peers(&dir, &sched, 1).await.unwrap();
+    let child = Agent::start(
+        &dir,
+        "child",
+        &yaml(
+            "child",
+            &sched,
+            "faultInjection:\n  failParentFetches: true\n  failOriginFetches: 2\n",
+        ),
+    )
+    .await
+    .unwrap();
+    sched.wait_hosts(3).await.unwrap();
+
+    let (url, _, digest, data) = blob(&origin, 303, 16 * MIB);
+    let o = peers[0].dfget(&[
+        &url,
+        "-O",
+        dir.join("first.out").to_str().unwrap(),
+        "--digest",
+        &digest,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let out = dir.join("child.out");
+    let o = child.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the child's bytes differ"
+    );
+    assert_eq!(child.metric(FROM_PEERS).await.unwrap_or(0.0), 0.0);
+    let from_origin = child
+        .metric("dragonfly_dfdaemon_download_traffic_bytes_total{type=\"back_to_source\"}")
+        .await
+        .unwrap();
+    assert_eq!(from_origin as usize, data.len());
+    let log = child.log();
+    assert!(
+        log.contains("dropping parent"),
+        "the child should drop its parents:\n{}",
+        child.log_tail(30)
+    );
+    let injected: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("fault injected"))
+        .collect();
+    let at_parents = injected
+        .iter()
+        .filter(|l| l.contains("fault injection: piece"))
+        .count();
+    let at_origin = injected
+        .iter()
+        .filter(|l| l.trim_end().ends_with(": fault injection"))
+        .count();
+    assert!(
+        at_parents >= 1 && at_origin == 2,
+        "faults injected: {at_parents} at parents, {at_origin} at the origin:\n{}",
+        injected.join("\n")
+    );
+}

@@ -8,7 +8,7 @@ use dfdaemon::backend::Backend;
 use dfdaemon::download::{DownloadRequest, Engine, EngineConfig, Started};
 use dfdaemon::grpc::upload::{HostInfo, UploadService};
 use dfdaemon::metrics::Metrics;
-use dfdaemon::p2p::Parent;
+use dfdaemon::parent::Parent;
 use dfdaemon::storage::Store;
 use dfdaemon::vortex::server::VortexServer;
 use integration::agent::sum_metric;

@@ -860,21 +860,13 @@ fn jittered<R: Rng + ?Sized>(interval: Duration, rng: &mut R) -> Duration {
 /// A peer ID for a seed peer on `host` (`{ip}-{hostname}-{uuid}-seed`, the host ID being
 /// `{ip}-{hostname}-seed`), with a version 4 UUID drawn from `rng`.
 fn seed_peer_id<R: Rng + ?Sized>(host: &HostId, rng: &mut R) -> PeerId {
-    let mut b: [u8; 16] = rng.random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex =
-        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let uuid = format!(
-        "{}-{}-{}-{}-{}",
-        hex(0..4),
-        hex(4..6),
-        hex(6..8),
-        hex(8..10),
-        hex(10..16)
-    );
-    let base = host.as_str().strip_suffix("-seed").unwrap_or(host.as_str());
-    PeerId::from(format!("{base}-{uuid}-seed"))
+    let host = host.as_str();
+    let seed_host = if host.ends_with("-seed") {
+        host.to_string()
+    } else {
+        format!("{host}-seed")
+    };
+    PeerId::from(common::id::peer_id(&seed_host, rng.random()))
 }
 
 #[cfg(test)]

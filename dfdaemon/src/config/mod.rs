@@ -114,6 +114,12 @@ pub struct FaultInjection {
     /// Flip a byte in every piece body this peer uploads over Vortex (the
     /// header keeps the right CRC32), so children must reject its pieces.
     pub corrupt_uploaded_pieces: bool,
+    /// Every fetch of a piece from a parent fails before a byte moves (the
+    /// transport's fault, as a parent that cannot be reached).
+    pub fail_parent_fetches: bool,
+    /// The first this many fetches from the origin fail (retryable, as a
+    /// connection reset).
+    pub fail_origin_fetches: u32,
 }
 
 impl Config {

@@ -114,7 +114,7 @@ pub async fn download_task_stream(
                 }
             };
         let host_id = host_id.to_string();
-        let peer_id = format!("{host_id}-{}", rand::random::<u64>());
+        let peer_id = common::id::peer_id(&host_id, rand::random());
         let metrics = engine.metrics().clone();
         let output = d.output_path.clone().map(PathBuf::from);
         let (force_link, overwrite) = (d.force_hard_link, d.overwrite);

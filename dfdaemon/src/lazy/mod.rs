@@ -129,7 +129,7 @@ impl Drop for LazyTask {
 
 /// What the scheduler said for a range-read peer.
 struct Scheduled {
-    parents: Vec<crate::p2p::Parent>,
+    parents: Vec<crate::parent::Parent>,
     reporter: PeerReporter,
     back_to_source: bool,
     decisions: Option<crate::scheduler_client::PeerDecisions>,
@@ -197,7 +197,7 @@ impl Engine {
         let described = if parents.is_empty() {
             None
         } else {
-            crate::p2p::describe_task(&parents, &req.task_id, self.config.piece_timeout).await
+            crate::parent::describe_task(&parents, &req.task_id, self.config.piece_timeout).await
         };
         let task = match described {
             Some((total, pl)) => self.create_task_with(&req, total, None, None, Some(pl))?,
@@ -227,7 +227,7 @@ impl Engine {
         req: &DownloadRequest,
     ) -> Option<Scheduled> {
         use crate::scheduler_client::Decision;
-        let peer_id = format!("{}-{:032x}", sched.host_id(), rand::random::<u128>());
+        let peer_id = common::id::peer_id(sched.host_id(), rand::random());
         let download = crate::download::announced_download(req);
         let mut session = match sched.register_peer(&req.task_id, &peer_id, download).await {
             Ok(s) => s,
@@ -570,7 +570,12 @@ impl LazyTask {
                     .as_ref()
                     .and_then(|s| Some((s, s.parent(parent)?)));
                 let ok = match &p {
-                    Some((_, q)) => self.engine.fetch_piece_from(&self.task, number, q).await,
+                    Some((_, q)) => {
+                        self.engine
+                            .peers
+                            .fetch_piece_from(&self.task, number, q)
+                            .await
+                    }
                     None => false,
                 };
                 let (off, len) =

@@ -12,7 +12,7 @@ use dfdaemon::backend::Backend;
 use dfdaemon::config::Protocol;
 use dfdaemon::download::{DownloadRequest, Engine, EngineConfig, Started};
 use dfdaemon::metrics::Metrics;
-use dfdaemon::p2p::Parent;
+use dfdaemon::parent::Parent;
 use dfdaemon::storage::Store;
 use integration::agent::Agent;
 use integration::cluster::{peer_yaml, Scheduler};
