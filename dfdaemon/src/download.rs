@@ -4,6 +4,7 @@
 //! is marked complete.
 
 use crate::backend::{error_chain, parse_content_range, Backend, MAX_ERROR_BODY};
+use crate::lazy::plan::retry_after;
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::storage::{now_millis, FailureKind, PieceMeta, Store, Task, TaskMeta, TaskStatus};
 use crate::transport::{store_body, Network, Source, Transport, TransportError};
@@ -750,9 +751,9 @@ impl Engine {
                 Err(_) => true,
                 Ok(r) => r.status().is_server_error(),
             };
-            if retryable && attempt < self.config.max_retries {
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            if let Some(wait) = retry_after(attempt, self.config.max_retries, retryable) {
+                tokio::time::sleep(wait).await;
                 continue;
             }
             let resp = result.map_err(|e| DownloadError::Origin {
@@ -878,11 +879,11 @@ impl Engine {
                 Ok(crc) => return Ok(crc),
                 Err(TransportError::Store(e)) => return Err(e.into()),
                 Err(e) => {
-                    let retry = matches!(e, TransportError::Origin { retry: true, .. });
-                    if retry && attempt < self.config.max_retries {
-                        attempt += 1;
+                    let retryable = matches!(e, TransportError::Origin { retry: true, .. });
+                    attempt += 1;
+                    if let Some(wait) = retry_after(attempt, self.config.max_retries, retryable) {
                         tracing::debug!(task_id = %task.id, start, end, attempt, error = %e, "retrying range");
-                        tokio::time::sleep(backoff(attempt)).await;
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                     return Err(DownloadError::Origin {
@@ -1188,10 +1189,6 @@ fn content_type(resp: &reqwest::Response) -> Option<String> {
 }
 
 /// 100 ms, 200 ms, 400 ms, ... (attempt counts from 1), at most 6.4 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64 << attempt.saturating_sub(1).min(6))
-}
-
 fn identity_encoding(h: &HeaderMap) -> bool {
     match h
         .get(http::header::CONTENT_ENCODING)

@@ -71,6 +71,8 @@ pub struct Agent {
     pub mount_root: PathBuf,
     process: Option<ChildProcess>,
     log_path: PathBuf,
+    /// Environment of every launch.
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Agent {
@@ -93,6 +95,16 @@ impl Agent {
     /// Starts dfdaemon with loopback ports, a store under the test dir, and
     /// `extra_yaml` merged over that config. Waits until `/healthy` answers.
     pub async fn start(dir: &TestDir, name: &str, extra_yaml: &str) -> Result<Agent> {
+        Self::start_with_env(dir, name, extra_yaml, &[]).await
+    }
+
+    /// [`Agent::start`] with `env` set for this and every later launch.
+    pub async fn start_with_env(
+        dir: &TestDir,
+        name: &str,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let store_dir = dir.join(format!("{name}-store"));
         let socket = dir.join(format!("{name}.sock"));
         let proxy_port = free_port();
@@ -142,17 +154,65 @@ impl Agent {
                 .unwrap_or_else(|| dir.join(format!("{name}-mounts"))),
             process: None,
             log_path: dir.logs_dir().join(format!("{name}.log")),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        agent.launch().await?;
+        agent.launch(Vec::new()).await?;
         Ok(agent)
     }
 
-    async fn launch(&mut self) -> Result<()> {
-        let mut cmd = Command::new(bin("dfdaemon"));
+    /// Starts dfdaemon; `fds` are passed as systemd passes a service's stored descriptors:
+    /// from fd 3 on, named by `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (set by a
+    /// shell that then execs dfdaemon, keeping its PID).
+    async fn launch(&mut self, fds: Vec<(String, std::os::fd::OwnedFd)>) -> Result<()> {
+        let mut cmd = if fds.is_empty() {
+            Command::new(bin("dfdaemon"))
+        } else {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+                .arg(bin("dfdaemon"))
+                .env("LISTEN_FDS", fds.len().to_string())
+                .env(
+                    "LISTEN_FDNAMES",
+                    fds.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
+            let raw: Vec<i32> = fds
+                .iter()
+                .map(|(_, fd)| std::os::fd::AsRawFd::as_raw_fd(fd))
+                .collect();
+            // SAFETY: runs in the forked child before exec; only dup/dup2 system calls
+            // (async-signal-safe) on descriptors the parent keeps open until spawn returns.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                    // Out of the way of 3.. first, then into place (dup2 clears CLOEXEC).
+                    let mut high = Vec::with_capacity(raw.len());
+                    for &fd in &raw {
+                        let h = libc_dup_above(fd, 100)?;
+                        high.push(h);
+                    }
+                    for (i, &h) in high.iter().enumerate() {
+                        if libc_dup2(h, 3 + i as i32)? != 3 + i as i32 {
+                            return Err(std::io::Error::other("dup2"));
+                        }
+                    }
+                    Ok(())
+                });
+            }
+            c
+        };
         cmd.arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,dfdaemon=debug");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         let p = ChildProcess::spawn_with_log(&self.name, cmd, &self.log_path)?;
+        drop(fds);
         self.process = Some(p);
         let url = format!("http://127.0.0.1:{}/healthy", self.metrics_port);
         let socket = self.socket.clone();
@@ -186,7 +246,19 @@ impl Agent {
         if let Some(mut p) = self.process.take() {
             p.stop().await;
         }
-        self.launch().await
+        self.launch(Vec::new()).await
+    }
+
+    /// Starts the daemon again (after [`Agent::kill9`]) with `fds` passed as systemd passes a
+    /// service's stored descriptors ([`crate::systemd::FdStore`]).
+    pub async fn restart_with_fds(
+        &mut self,
+        fds: Vec<(String, std::os::fd::OwnedFd)>,
+    ) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop().await;
+        }
+        self.launch(fds).await
     }
 
     /// SIGKILLs the daemon (no clean shutdown) and waits until it is gone.
@@ -399,4 +471,25 @@ mod tests {
             serde_json::json!({"proxy": {"server": {"port": 1, "ip": "a"}, "x": 1}})
         );
     }
+}
+
+/// `fcntl(fd, F_DUPFD, min)`: a copy of `fd` numbered `min` or above.
+fn libc_dup_above(fd: i32, min: i32) -> std::io::Result<i32> {
+    // SAFETY: `fd` is open in this process; the copy is only used by the caller.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = rustix::io::fcntl_dupfd_cloexec(b, min)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
+}
+
+/// `dup2(fd, to)`, leaving `to` open (and without CLOEXEC) across exec.
+fn libc_dup2(fd: i32, to: i32) -> std::io::Result<i32> {
+    // SAFETY: `fd` is open; `to` is a descriptor number this child reserves for it.
+    let (b, mut target) = unsafe {
+        (
+            std::os::fd::BorrowedFd::borrow_raw(fd),
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to),
+        )
+    };
+    rustix::io::dup2(b, &mut target)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(target))
 }

@@ -1210,13 +1210,37 @@ fn reader_loop(
 /// reads reach the FUSE server), and started again: the mount stays (its FUSE descriptor was
 /// kept by the holder process), the new dfdaemon takes it over, requests in flight are resent,
 /// and the loop goes on with every read returning the source's bytes.
-async fn survives_kill9(mode: &str) {
+/// Who keeps the mounts' descriptors while dfdaemon is down.
+#[derive(Clone, Copy, PartialEq)]
+enum Keeper {
+    /// The holder process dfdaemon starts.
+    Holder,
+    /// systemd's descriptor store (a stand-in speaking its protocol).
+    Systemd,
+}
+
+async fn survives_kill9(mode: &str, keeper: Keeper) {
     require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
     use std::sync::atomic::Ordering;
     let dir = TestDir::new(&format!("lazy-kill9-{mode}")).unwrap();
     let reg = Registry::start(&dir).await.unwrap();
     let f = fixture(&dir, &reg, 8 * MIB).await;
-    let mut agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let store = match keeper {
+        Keeper::Systemd => {
+            Some(integration::systemd::FdStore::bind(&dir.join("notify.sock")).unwrap())
+        }
+        Keeper::Holder => None,
+    };
+    let mut agent = match &store {
+        Some(st) => {
+            let socket = st.path().display().to_string();
+            let env = [("NOTIFY_SOCKET", socket.as_str()), ("FDSTORE", "16")];
+            Agent::start_with_env(&dir, "agent", "", &env)
+                .await
+                .unwrap()
+        }
+        None => Agent::start(&dir, "agent", "").await.unwrap(),
+    };
     let mnt = dir.join("mnt");
     mount_in(&agent, &f, &reg, &mnt, mode).await;
     let files = regular_files(&f.oci_root);
@@ -1238,18 +1262,32 @@ async fn survives_kill9(mode: &str) {
     )
     .await
     .unwrap();
-    let holder = agent
-        .holder_pid()
-        .expect("a holder process keeps the mount's descriptor");
+    let holder = agent.holder_pid();
+    match &store {
+        None => assert!(
+            holder.is_some(),
+            "a holder process keeps the mount's descriptor"
+        ),
+        Some(st) => {
+            assert_eq!(holder, None, "a holder process under systemd");
+            assert!(!st.names().is_empty(), "no descriptor in systemd's store");
+        }
+    }
 
     agent.kill9().await;
     assert!(is_mounted(&mnt), "the mount went with the killed dfdaemon");
     let reads_at_kill = log.reads.load(Ordering::Relaxed);
-    agent.restart().await.unwrap();
+    match &store {
+        None => agent.restart().await.unwrap(),
+        Some(st) => agent
+            .restart_with_fds(st.descriptors().unwrap())
+            .await
+            .unwrap(),
+    }
     assert_eq!(
         agent.holder_pid(),
-        Some(holder),
-        "the restarted dfdaemon uses the same holder"
+        holder,
+        "the restarted dfdaemon uses the same keeper"
     );
     let passes_at_restart = log.passes.load(Ordering::Relaxed);
     integration::wait_for(
@@ -1296,16 +1334,34 @@ async fn survives_kill9(mode: &str) {
     assert_eq!(listed.mounts.len(), 1);
     assert_eq!(listed.mounts[0].mountpoint, mnt.display().to_string());
     unmount(&agent, &mnt).await;
+    if let Some(st) = &store {
+        // Unmounting took the descriptors out of the store (the answer to the unmount came
+        // after dfdaemon sent that).
+        integration::wait_for(Duration::from_secs(10), "an empty store", || async {
+            st.names().is_empty()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", st.names()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuse_mounts_survive_kill9_of_dfdaemon() {
-    survives_kill9("fuse").await;
+    survives_kill9("fuse", Keeper::Holder).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erofs_mounts_survive_kill9_of_dfdaemon() {
-    survives_kill9("erofs").await;
+    survives_kill9("erofs", Keeper::Holder).await;
+}
+
+/// As [`fuse_mounts_survive_kill9_of_dfdaemon`], dfdaemon started the way systemd starts it
+/// with a descriptor store (`NOTIFY_SOCKET`, `FDSTORE`; a stand-in speaking systemd's protocol,
+/// these machines run no systemd): the descriptors go to the store, not to a holder process,
+/// and come back to the restarted dfdaemon in `LISTEN_FDS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuse_mounts_survive_kill9_under_systemds_descriptor_store() {
+    survives_kill9("fuse", Keeper::Systemd).await;
 }
 
 /// With `recoverPolicy: restart`, a mount whose dfdaemon was SIGKILLed is mounted again by the
