@@ -192,11 +192,11 @@ impl Agent {
                     // Out of the way of 3.. first, then into place (dup2 clears CLOEXEC).
                     let mut high = Vec::with_capacity(raw.len());
                     for &fd in &raw {
-                        let h = libc_dup_above(fd, 100)?;
+                        let h = dup_above(fd, 100)?;
                         high.push(h);
                     }
                     for (i, &h) in high.iter().enumerate() {
-                        if libc_dup2(h, 3 + i as i32)? != 3 + i as i32 {
+                        if dup_to(h, 3 + i as i32)? != 3 + i as i32 {
                             return Err(std::io::Error::other("dup2"));
                         }
                     }
@@ -448,6 +448,27 @@ pub fn sum_metric(text: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// `fcntl(fd, F_DUPFD, min)`: a copy of `fd` numbered `min` or above.
+fn dup_above(fd: i32, min: i32) -> std::io::Result<i32> {
+    // SAFETY: `fd` is open in this process; the copy is only used by the caller.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = rustix::io::fcntl_dupfd_cloexec(b, min)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
+}
+
+/// `dup2(fd, to)`, leaving `to` open (and without CLOEXEC) across exec.
+fn dup_to(fd: i32, to: i32) -> std::io::Result<i32> {
+    // SAFETY: `fd` is open; `to` is a descriptor number this child reserves for it.
+    let (b, mut target) = unsafe {
+        (
+            std::os::fd::BorrowedFd::borrow_raw(fd),
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to),
+        )
+    };
+    rustix::io::dup2(b, &mut target)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(target))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,25 +492,4 @@ mod tests {
             serde_json::json!({"proxy": {"server": {"port": 1, "ip": "a"}, "x": 1}})
         );
     }
-}
-
-/// `fcntl(fd, F_DUPFD, min)`: a copy of `fd` numbered `min` or above.
-fn libc_dup_above(fd: i32, min: i32) -> std::io::Result<i32> {
-    // SAFETY: `fd` is open in this process; the copy is only used by the caller.
-    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let owned = rustix::io::fcntl_dupfd_cloexec(b, min)?;
-    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
-}
-
-/// `dup2(fd, to)`, leaving `to` open (and without CLOEXEC) across exec.
-fn libc_dup2(fd: i32, to: i32) -> std::io::Result<i32> {
-    // SAFETY: `fd` is open; `to` is a descriptor number this child reserves for it.
-    let (b, mut target) = unsafe {
-        (
-            std::os::fd::BorrowedFd::borrow_raw(fd),
-            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to),
-        )
-    };
-    rustix::io::dup2(b, &mut target)?;
-    Ok(std::os::fd::IntoRawFd::into_raw_fd(target))
 }
