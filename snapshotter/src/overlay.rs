@@ -1,0 +1,292 @@
+//! The snapshotter over a directory: containerd's overlayfs snapshotter's behaviour for plain
+//! OCI layers (a directory per snapshot, bind and overlay mounts, disk usage), and Nydus blob
+//! layers committed without a download. Metadata in [`Store`]; directories
+//! `<root>/snapshots/<id>/{fs,work}`, named only by numeric IDs (keys and labels never become
+//! paths).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::core::{self, Kind, Layout, Mount, Purpose, Record, SnapshotError};
+use crate::filter::{listed, Filter};
+use crate::service::{Info, Snapshotter};
+use crate::store::Store;
+
+/// Snapshots in directories under one root.
+pub struct Overlay {
+    layout: Layout,
+    store: Arc<Store>,
+    /// `index=off` on overlay mounts (the kernel has the option), as containerd does.
+    index_off: bool,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> SnapshotError {
+    SnapshotError::Store(format!("{what} {}: {e}", path.display()))
+}
+
+fn info(name: String, r: Record) -> Info {
+    Info {
+        name,
+        parent: r.parent,
+        kind: r.kind,
+        labels: r.labels,
+        created: r.created,
+        updated: r.updated,
+    }
+}
+
+/// Runs blocking disk and database work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
+) -> Result<T, SnapshotError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SnapshotError::Store(format!("worker: {e}")))?
+}
+
+impl Overlay {
+    /// The snapshotter rooted at `root` (created if missing; metadata in `root/metadata.redb`).
+    pub fn open(root: &Path) -> Result<Overlay, SnapshotError> {
+        let layout = Layout {
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(layout.snapshots())
+            .map_err(|e| io("creating", &layout.snapshots(), e))?;
+        let store = Store::open(&root.join("metadata.redb"))?;
+        Ok(Overlay {
+            layout,
+            store: Arc::new(store),
+            index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+        })
+    }
+
+    /// The directory layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Creates snapshot `key` and its directories in one transaction.
+    async fn create(
+        &self,
+        kind: Kind,
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let (store, layout, index_off) = (self.store.clone(), self.layout.clone(), self.index_off);
+        if let Purpose::NydusBlob { target } = core::purpose(&labels) {
+            // A Nydus blob layer: committed at once, empty, so containerd never fetches it
+            // (the runtime reads the blob lazily); containerd is told it already exists.
+            let name = target.clone();
+            blocking(move || {
+                store.write(|tx| {
+                    let r = core::create(tx, Kind::Active, &key, &parent, labels.clone(), now())?;
+                    make_dirs(&layout, r.id)?;
+                    core::commit(tx, &target, &key, labels, (0, 0), now())?;
+                    Ok(())
+                })
+            })
+            .await?;
+            return Err(SnapshotError::AlreadyExists(format!(
+                "{name} (a Nydus blob layer, read lazily)"
+            )));
+        }
+        blocking(move || {
+            store.write(|tx| {
+                let r = core::create(tx, kind, &key, &parent, labels, now())?;
+                make_dirs(&layout, r.id)?;
+                let parents = core::parent_ids(tx, &r)?;
+                Ok(core::mounts(
+                    &layout, r.kind, r.id, &parents, None, index_off,
+                ))
+            })
+        })
+        .await
+    }
+}
+
+/// Makes the directories of snapshot `id`, replacing what a snapshot that was never recorded
+/// left under that ID.
+fn make_dirs(layout: &Layout, id: u64) -> Result<(), SnapshotError> {
+    let dir = layout.dir(id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "replaced an orphaned snapshot directory"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing", &dir, e)),
+    }
+    for d in [layout.fs(id), layout.work(id)] {
+        std::fs::create_dir_all(&d).map_err(|e| io("creating", &d, e))?;
+    }
+    Ok(())
+}
+
+/// Bytes (allocated blocks) and inodes under `dir`, hard links counted once.
+pub fn disk_usage(dir: &Path) -> Result<(i64, i64), SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut size, mut inodes) = (0i64, 0i64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).map_err(|e| io("stat", &p, e))?;
+        if seen.insert((m.dev(), m.ino())) {
+            inodes += 1;
+            size += i64::try_from(m.blocks() * 512).unwrap_or(i64::MAX);
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).map_err(|e| io("reading", &p, e))? {
+                stack.push(e.map_err(|e| io("reading", &p, e))?.path());
+            }
+        }
+    }
+    Ok((size, inodes))
+}
+
+impl Snapshotter for Overlay {
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels).await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels).await
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>, SnapshotError> {
+        let (store, layout, index_off) = (self.store.clone(), self.layout.clone(), self.index_off);
+        blocking(move || {
+            store.read(|tx| {
+                let r = tx
+                    .get(&key)?
+                    .ok_or_else(|| SnapshotError::NotFound(key.clone()))?;
+                let parents = core::parent_ids(tx, &r)?;
+                Ok(core::mounts(
+                    &layout, r.kind, r.id, &parents, None, index_off,
+                ))
+            })
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let (store, layout) = (self.store.clone(), self.layout.clone());
+        blocking(move || {
+            let id = store
+                .read(|tx| tx.get(&key))?
+                .ok_or_else(|| SnapshotError::NotFound(key.clone()))?
+                .id;
+            let usage = disk_usage(&layout.fs(id))?;
+            store.write(|tx| core::commit(tx, &name, &key, labels, usage, now()).map(drop))
+        })
+        .await
+    }
+
+    async fn remove(&self, key: String) -> Result<(), SnapshotError> {
+        let (store, layout) = (self.store.clone(), self.layout.clone());
+        blocking(move || {
+            let r = store.write(|tx| core::remove(tx, &key))?;
+            // The record is gone; a directory left by a failure here is an orphan for Cleanup.
+            let dir = layout.dir(r.id);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "removing a snapshot's directory: {e}");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stat(&self, key: String) -> Result<Info, SnapshotError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let r = store
+                .read(|tx| tx.get(&key))?
+                .ok_or_else(|| SnapshotError::NotFound(key.clone()))?;
+            Ok(info(key, r))
+        })
+        .await
+    }
+
+    async fn update(&self, i: Info, paths: Vec<String>) -> Result<Info, SnapshotError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let r = store.write(|tx| core::update(tx, &i.name, i.labels, &paths, now()))?;
+            Ok(info(i.name, r))
+        })
+        .await
+    }
+
+    async fn list(&self, filters: Vec<String>) -> Result<Vec<Info>, SnapshotError> {
+        let filters: Vec<Filter> = filters
+            .iter()
+            .map(|f| Filter::parse(f))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SnapshotError::InvalidArgument(e.to_string()))?;
+        let store = self.store.clone();
+        blocking(move || {
+            let all = store.read(|tx| tx.all())?;
+            Ok(all
+                .into_iter()
+                .filter(|(k, r)| listed(&filters, k, &r.parent, r.kind.as_str(), &r.labels))
+                .map(|(k, r)| info(k, r))
+                .collect())
+        })
+        .await
+    }
+
+    async fn usage(&self, key: String) -> Result<(i64, i64), SnapshotError> {
+        let (store, layout) = (self.store.clone(), self.layout.clone());
+        blocking(move || {
+            let r = store
+                .read(|tx| tx.get(&key))?
+                .ok_or_else(|| SnapshotError::NotFound(key.clone()))?;
+            match r.kind {
+                Kind::Active => disk_usage(&layout.fs(r.id)),
+                _ => Ok((r.size, r.inodes)),
+            }
+        })
+        .await
+    }
+
+    async fn cleanup(&self) -> Result<(), SnapshotError> {
+        let (store, layout) = (self.store.clone(), self.layout.clone());
+        blocking(move || {
+            let records = store.read(|tx| tx.all())?;
+            let root = layout.snapshots();
+            let dirs: Vec<String> = std::fs::read_dir(&root)
+                .map_err(|e| io("reading", &root, e))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect();
+            for id in core::orphans(&records, &dirs) {
+                let dir: PathBuf = layout.dir(id);
+                std::fs::remove_dir_all(&dir).map_err(|e| io("removing", &dir, e))?;
+                tracing::info!(dir = %dir.display(), "removed an orphaned snapshot directory");
+            }
+            Ok(())
+        })
+        .await
+    }
+}
