@@ -72,6 +72,7 @@ metrics: {server: {ip: $2, port: 4002}}
 upload: {server: {ip: $2, port: 4000}, rateLimit: $upload_rate}
 download: {server: {socketPath: $d/dfdaemon.sock}}
 runtime: {mountRoot: $d/mounts}
+snapshotter: {socketPath: $d/snapshotter.sock, root: $d/snapshotter}
 scheduler: {addrs: ['$NET.2:8002']}
 seedPeer: {enable: $3}
 YAML

@@ -180,28 +180,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics_listener = bind(metrics_addr, "metrics.server").await?;
 
     let sock = cfg.download.server.socket_path.clone();
-    if let Some(parent) = sock.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    match std::fs::remove_file(&sock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", sock.display())),
-    }
-    // Create the socket with mode 0660 from the start (no window where it is wider).
-    let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
-    let uds = tokio::net::UnixListener::bind(&sock);
-    rustix::process::umask(old_umask);
-    let uds = uds.with_context(|| {
-        format!(
-            "cannot listen on {} (download.server.socketPath)",
-            sock.display()
-        )
-    })?;
     // Only root (and the socket's group) may ask the daemon to write files.
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot chmod {}", sock.display()))?;
+    let uds = bind_unix(&sock, 0o660, "download.server.socketPath")?;
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy, &cfg.storage, engine.clone()));
     tokio::spawn(async move {
@@ -229,6 +209,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(Gc::new(store.clone(), metrics.clone(), cfg.gc.clone()).run());
+    let snapshotter_sock = if cfg.snapshotter.enable {
+        let s = &cfg.snapshotter;
+        let overlay = snapshotter::Overlay::open(&s.root)
+            .with_context(|| format!("cannot open the snapshotter at {}", s.root.display()))?;
+        // Only root may create and mount snapshots.
+        let uds = bind_unix(&s.socket_path, 0o600, "snapshotter.socketPath")?;
+        let svc = snapshotter::SnapshotsServer::new(Arc::new(overlay));
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds))
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "snapshotter stopped");
+            }
+        });
+        Some(s.socket_path.clone())
+    } else {
+        None
+    };
 
     if !cfg.scheduler.addrs.is_empty() {
         let upload_addr = SocketAddr::new(cfg.upload.server.ip, cfg.upload.server.port);
@@ -315,5 +315,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     runtime.shutdown().await;
     let _ = store.sync_metadata().await;
     let _ = std::fs::remove_file(&sock);
+    if let Some(s) = snapshotter_sock {
+        let _ = std::fs::remove_file(s);
+    }
     Ok(())
+}
+
+/// Listens on the unix socket `path` (its directory created, a stale socket replaced), created
+/// with `mode` from the start: there is no window in which it is wider. `key` names the setting
+/// in errors.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    key: &str,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
+    }
+    let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(!mode & 0o777));
+    let uds = tokio::net::UnixListener::bind(path);
+    rustix::process::umask(old_umask);
+    let uds = uds.with_context(|| format!("cannot listen on {} ({key})", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(uds)
 }

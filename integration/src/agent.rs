@@ -69,6 +69,8 @@ pub struct Agent {
     pub upload_port: u16,
     /// `runtime.mountRoot`.
     pub mount_root: PathBuf,
+    /// `snapshotter.socketPath`.
+    pub snapshotter_socket: PathBuf,
     process: Option<ChildProcess>,
     log_path: PathBuf,
     /// Environment of every launch.
@@ -117,6 +119,10 @@ impl Agent {
             "upload": {"server": {"ip": "127.0.0.1", "port": upload_port}},
             "download": {"server": {"socketPath": socket}},
             "runtime": {"mountRoot": dir.join(format!("{name}-mounts"))},
+            "snapshotter": {
+                "socketPath": dir.join(format!("{name}-snapshotter.sock")),
+                "root": dir.join(format!("{name}-snapshotter")),
+            },
         });
         if !extra_yaml.trim().is_empty() {
             let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml).map_err(|e| {
@@ -152,6 +158,10 @@ impl Agent {
                 .as_str()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| dir.join(format!("{name}-mounts"))),
+            snapshotter_socket: cfg["snapshotter"]["socketPath"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.join(format!("{name}-snapshotter.sock"))),
             process: None,
             log_path: dir.logs_dir().join(format!("{name}.log")),
             env: env

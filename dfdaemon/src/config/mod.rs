@@ -8,6 +8,7 @@ mod host;
 mod metrics;
 mod proxy;
 mod runtime;
+mod snapshotter;
 mod storage;
 mod upload;
 
@@ -18,6 +19,7 @@ pub use host::Host;
 pub use metrics::Metrics;
 pub use proxy::{Proxy, ProxyRule, ProxyServer, RegistryMirror};
 pub use runtime::{Prefetch, RecoverPolicy, Runtime, RuntimeMode};
+pub use snapshotter::Snapshotter;
 pub use storage::{Storage, StorageServer};
 pub use upload::{Upload, UploadServer};
 
@@ -100,6 +102,8 @@ pub struct Config {
     pub manager: Manager,
     /// Lazy-loading runtime (Nydus image mounts).
     pub runtime: Runtime,
+    /// containerd snapshotter.
+    pub snapshotter: Snapshotter,
     /// Faults to inject, for tests. Only in builds with the `fault-injection`
     /// feature (hack/test.sh); other builds reject the key.
     #[cfg(feature = "fault-injection")]
@@ -164,6 +168,7 @@ impl Config {
         self.backend.validate(&mut p);
         self.metrics.validate(&mut p);
         self.runtime.validate(&mut p);
+        self.snapshotter.validate(&mut p);
         for (i, a) in self.scheduler.addrs.iter().enumerate() {
             if !is_host_port(a, true) {
                 p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));
