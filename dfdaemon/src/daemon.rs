@@ -215,6 +215,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the snapshotter at {}", s.root.display()))?;
         // Only root may create and mount snapshots.
         let uds = bind_unix(&s.socket_path, 0o600, "snapshotter.socketPath")?;
+        let rafs =
+            crate::runtime::images::SnapshotterRafs::new(runtime.clone(), s.hosts_dir.clone());
+        let overlay = overlay.with_rafs(Arc::new(rafs));
         let svc = snapshotter::SnapshotsServer::new(Arc::new(overlay));
         tokio::spawn(async move {
             let r = tonic::transport::Server::builder()

@@ -225,7 +225,7 @@ state = {state}
         );
         if let Some(s) = &cfg.snapshotter {
             text.push_str(&format!(
-                "  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    snapshotter = {}\n",
+                "  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    snapshotter = {}\n    disable_snapshot_annotations = false\n",
                 toml_str(s)
             ));
         }

@@ -122,3 +122,139 @@ async fn an_oci_image_is_unpacked_run_and_removed_through_our_snapshotter() {
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", snapshot_dirs(&root)));
 }
+
+/// Whether anything is mounted under `dir` (from /proc/self/mountinfo).
+fn mounted_under(dir: &Path) -> bool {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.display().to_string();
+    m.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| p.starts_with(&d))
+}
+
+/// A Nydus image started lazily: its conversion (our `nydusify`) is pulled by CRI through our
+/// snapshotter (the bootstrap layer is fetched, no blob layer is), a container on it reads a
+/// file with the source's bytes, the registry sends only a fraction of the blob holding that
+/// file, and the image's mount goes with the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("snapshotter-nydus").unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let source = registry
+        .push_image(
+            "src/app",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip)
+                    .random_file("data/random-81.bin", 81, MIB)
+                    .random_file("data/other.bin", 82, 24 * MIB),
+            ],
+        )
+        .await
+        .unwrap();
+    let nydus_ref = format!("{}/nydus/app:v1", registry.addr());
+    let o = std::process::Command::new(integration::agent::bin("nydusify"))
+        .args(["convert", "--no-progress", "--source", &source.reference])
+        .args([
+            "--target",
+            &nydus_ref,
+            "--source-insecure",
+            "--target-insecure",
+        ])
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "nydusify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (body, _, _) = registry
+        .client()
+        .get_manifest("nydus/app", "v1")
+        .await
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let layers: Vec<(String, u64)> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (boot, blobs) = layers.split_last().unwrap();
+
+    let hosts = dir.join("certs.d");
+    HostsToml::direct(registry.url())
+        .write(&hosts, &registry.addr())
+        .unwrap();
+    let agent = Agent::start(
+        &dir,
+        "agent",
+        &format!("snapshotter:\n  hostsDir: {}\n", hosts.display()),
+    )
+    .await
+    .unwrap();
+    let root = dir.join("agent-snapshotter");
+    let mut cfg = ContainerdConfig::new(&hosts);
+    cfg.snapshotter = Some("nydus".into());
+    cfg.proxy_snapshotters = vec![("nydus".into(), agent.snapshotter_socket.clone())];
+    let cfg = Containerd::write_config(&dir, &cfg).unwrap();
+    let containerd = Containerd::start_with_config(&dir, &cfg).await.unwrap();
+
+    // The pull fetches the bootstrap layer and no blob.
+    containerd.cri_pull(&nydus_ref).await.unwrap();
+    let gets = |digest: &str| -> (usize, u64) {
+        let ok: Vec<_> = registry
+            .blob_requests(digest)
+            .into_iter()
+            .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+            .collect();
+        (ok.len(), ok.iter().map(|r| r.bytes.unwrap_or(0)).sum())
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the bootstrap layer's GET",
+        || async { gets(&boot.0).0 > 0 },
+    )
+    .await
+    .unwrap();
+    for (d, _) in blobs {
+        assert_eq!(gets(d), (0, 0), "the pull fetched blob {d}");
+    }
+
+    // A container reads the 1 MiB file: right bytes, and of the 25 MiB blob holding it the
+    // registry sent little more than that file.
+    let out = containerd
+        .ctr_run(
+            &nydus_ref,
+            &["/bin/busybox", "sha256sum", "/data/random-81.bin"],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- dfdaemon ---\n{}", agent.log_tail(30)));
+    let want = sha256_digest(&random_bytes(81, MIB as usize));
+    assert!(
+        out.contains(want.trim_start_matches("sha256:")),
+        "the container saw: {out}"
+    );
+    let (data_blob, data_size) = blobs.last().unwrap();
+    let sent = gets(data_blob).1;
+    assert!(
+        sent > 0 && sent < 3 * MIB && *data_size > 20 * MIB,
+        "the registry sent {sent} bytes of the {data_size}-byte blob"
+    );
+    // `ctr run --rm` removed the container: the image's mount went with it.
+    wait_for(Duration::from_secs(10), "the image unmounted", || async {
+        !mounted_under(&root.join("rafs"))
+    })
+    .await
+    .unwrap();
+}

@@ -283,6 +283,29 @@ pub fn parent_ids(tx: &dyn Records, record: &Record) -> Result<Vec<u64>, Snapsho
     Ok(ids)
 }
 
+/// The Nydus bootstrap layer under `record`, if its parents hold one: how many parents sit
+/// above it (they stay overlay layers; it and everything below it are the RAFS mount), and the
+/// bootstrap layer's record.
+pub fn bootstrap_below(
+    tx: &dyn Records,
+    record: &Record,
+) -> Result<Option<(usize, Record)>, SnapshotError> {
+    let mut parent = record.parent.clone();
+    let mut above = 0;
+    let mut seen = BTreeSet::new();
+    while !parent.is_empty() && seen.insert(parent.clone()) {
+        let Some(p) = tx.get(&parent)? else {
+            return Ok(None);
+        };
+        if is_bootstrap(&p) {
+            return Ok(Some((above, p)));
+        }
+        above += 1;
+        parent = p.parent;
+    }
+    Ok(None)
+}
+
 /// A mount as containerd takes it (`containerd.types.Mount`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -309,6 +332,15 @@ impl Layout {
     }
     pub fn work(&self, id: u64) -> PathBuf {
         self.dir(id).join("work")
+    }
+    /// Where the RAFS image whose bootstrap layer is snapshot `id` is mounted (one mount per
+    /// image, shared by its containers).
+    pub fn rafs(&self, id: u64) -> PathBuf {
+        self.root.join("rafs").join(id.to_string())
+    }
+    /// The bootstrap file in bootstrap layer `id` (as the layer's tar holds it).
+    pub fn bootstrap(&self, id: u64) -> PathBuf {
+        self.fs(id).join("image").join("image.boot")
     }
 }
 

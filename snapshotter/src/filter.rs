@@ -122,7 +122,9 @@ impl Filter {
         self.0.iter().all(|s| {
             let value: Option<&str> = match s.path.as_slice() {
                 [f] if f == "name" => Some(name),
-                [f] if f == "parent" => Some(parent).filter(|p| !p.is_empty()),
+                // An empty parent still compares: containerd's metadata layer looks for a
+                // committed base layer with `parent==""`.
+                [f] if f == "parent" => Some(parent),
                 [f] if f == "kind" => Some(kind),
                 [f, key] if f == "labels" => labels.get(key).map(String::as_str),
                 // `labels.a.b` is the label `a.b` written without quotes.
@@ -213,6 +215,9 @@ mod tests {
         ];
         assert!(listed(&f, "k1", "", "committed", &l));
         assert!(listed(&[], "k1", "", "committed", &l));
+        let base = Filter::parse(r#"labels.team==a,parent=="""#).unwrap();
+        assert!(base.matches("k1", "", "committed", &l));
+        assert!(!base.matches("k1", "p", "committed", &l));
     }
 
     #[test]

@@ -17,4 +17,4 @@ pub mod store;
 
 pub use core::{Kind, Mount, SnapshotError};
 pub use overlay::Overlay;
-pub use service::{Info, SnapshotsServer, Snapshotter};
+pub use service::{Info, Rafs, SnapshotsServer, Snapshotter};

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::core::{self, Kind, Layout, Mount, Purpose, Record, SnapshotError};
 use crate::filter::{listed, Filter};
-use crate::service::{Info, Snapshotter};
+use crate::service::{Info, Rafs, Snapshotter};
 use crate::store::Store;
 
 /// Snapshots in directories under one root.
@@ -20,6 +20,8 @@ pub struct Overlay {
     store: Arc<Store>,
     /// `index=off` on overlay mounts (the kernel has the option), as containerd does.
     index_off: bool,
+    /// Mounts Nydus images; without it, containers of Nydus images are refused.
+    rafs: Option<Arc<dyn Rafs>>,
 }
 
 fn now() -> i64 {
@@ -66,6 +68,43 @@ impl Overlay {
             layout,
             store: Arc::new(store),
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+            rafs: None,
+        })
+    }
+
+    /// Serves containers of Nydus images with the RAFS mounts `rafs` makes.
+    pub fn with_rafs(mut self, rafs: Arc<dyn Rafs>) -> Self {
+        self.rafs = Some(rafs);
+        self
+    }
+
+    /// Mounts the Nydus image whose bootstrap layer is `boot` (for a container on it).
+    async fn mount_rafs(&self, boot: &Record) -> Result<(), SnapshotError> {
+        let image = boot
+            .labels
+            .get(core::labels::CRI_IMAGE_REF)
+            .cloned()
+            .ok_or_else(|| {
+                SnapshotError::FailedPrecondition(format!(
+                    "the Nydus bootstrap layer (snapshot {}) has no {} label: pull the image \
+                     through CRI with disable_snapshot_annotations = false",
+                    boot.id,
+                    core::labels::CRI_IMAGE_REF
+                ))
+            })?;
+        let Some(rafs) = &self.rafs else {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "{image} is a Nydus image and this snapshotter has no lazy-loading runtime"
+            )));
+        };
+        rafs.mount(
+            self.layout.bootstrap(boot.id),
+            image.clone(),
+            self.layout.rafs(boot.id),
+        )
+        .await
+        .map_err(|e| {
+            SnapshotError::FailedPrecondition(format!("mounting the Nydus image {image}: {e}"))
         })
     }
 
@@ -100,17 +139,46 @@ impl Overlay {
                 "{name} (a Nydus blob layer, read lazily)"
             )));
         }
-        blocking(move || {
+        let container = core::purpose(&labels) == Purpose::Container;
+        let key2 = key.clone();
+        let (r, parents, boot) = blocking(move || {
             store.write(|tx| {
-                let r = core::create(tx, kind, &key, &parent, labels, now())?;
+                let r = core::create(tx, kind, &key2, &parent, labels, now())?;
                 make_dirs(&layout, r.id)?;
                 let parents = core::parent_ids(tx, &r)?;
-                Ok(core::mounts(
-                    &layout, r.kind, r.id, &parents, None, index_off,
-                ))
+                let boot = if container {
+                    core::bootstrap_below(tx, &r)?
+                } else {
+                    None
+                };
+                Ok((r, parents, boot))
             })
         })
-        .await
+        .await?;
+        let Some((above, boot)) = boot else {
+            return Ok(core::mounts(
+                &self.layout,
+                r.kind,
+                r.id,
+                &parents,
+                None,
+                index_off,
+            ));
+        };
+        if let Err(e) = self.mount_rafs(&boot).await {
+            // The container cannot start: nothing of it is kept.
+            let _ = self.remove(key).await;
+            return Err(e);
+        }
+        let mnt = self.layout.rafs(boot.id);
+        Ok(core::mounts(
+            &self.layout,
+            r.kind,
+            r.id,
+            &parents,
+            Some((above, &mnt)),
+            index_off,
+        ))
     }
 }
 
@@ -177,8 +245,14 @@ impl Snapshotter for Overlay {
                     .get(&key)?
                     .ok_or_else(|| SnapshotError::NotFound(key.clone()))?;
                 let parents = core::parent_ids(tx, &r)?;
+                let boot = match r.kind {
+                    Kind::Committed => None,
+                    _ => core::bootstrap_below(tx, &r)?,
+                };
+                let mnt = boot.map(|(above, b)| (above, layout.rafs(b.id)));
+                let lowest = mnt.as_ref().map(|(above, m)| (*above, m.as_path()));
                 Ok(core::mounts(
-                    &layout, r.kind, r.id, &parents, None, index_off,
+                    &layout, r.kind, r.id, &parents, lowest, index_off,
                 ))
             })
         })
@@ -205,16 +279,45 @@ impl Snapshotter for Overlay {
 
     async fn remove(&self, key: String) -> Result<(), SnapshotError> {
         let (store, layout) = (self.store.clone(), self.layout.clone());
-        blocking(move || {
-            let r = store.write(|tx| core::remove(tx, &key))?;
+        let unused = blocking(move || {
+            let (r, unused) = store.write(|tx| {
+                let r = tx
+                    .get(&key)?
+                    .ok_or_else(|| SnapshotError::NotFound(key.clone()))?;
+                let boot = match r.kind {
+                    Kind::Committed => None,
+                    _ => core::bootstrap_below(tx, &r)?.map(|(_, b)| b.id),
+                };
+                let r = core::remove(tx, &key)?;
+                // The image's RAFS mount goes with its last container.
+                let mut unused = boot;
+                if let Some(b) = boot {
+                    for (_, other) in tx.all()? {
+                        if other.kind != Kind::Committed
+                            && core::bootstrap_below(tx, &other)?.is_some_and(|(_, o)| o.id == b)
+                        {
+                            unused = None;
+                            break;
+                        }
+                    }
+                }
+                Ok((r, unused))
+            })?;
             // The record is gone; a directory left by a failure here is an orphan for Cleanup.
             let dir = layout.dir(r.id);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), "removing a snapshot's directory: {e}");
             }
-            Ok(())
+            Ok(unused)
         })
-        .await
+        .await?;
+        if let (Some(b), Some(rafs)) = (unused, &self.rafs) {
+            let mnt = self.layout.rafs(b);
+            if let Err(e) = rafs.unmount(mnt.clone()).await {
+                tracing::warn!(mountpoint = %mnt.display(), "unmounting a Nydus image: {e}");
+            }
+        }
+        Ok(())
     }
 
     async fn stat(&self, key: String) -> Result<Info, SnapshotError> {

@@ -60,6 +60,25 @@ pub trait Snapshotter: Send + Sync + 'static {
     fn cleanup(&self) -> impl Future<Output = Done<()>> + Send;
 }
 
+/// Mounts Nydus images (the lazy-loading runtime): the lowest layer of a container over a Nydus
+/// image is its RAFS mount.
+pub trait Rafs: Send + Sync + 'static {
+    /// Mounts (or finds mounted) at `mountpoint` the image whose bootstrap is the file
+    /// `bootstrap` and whose blobs are in the repository of `image_ref`; a message saying what
+    /// is wrong otherwise.
+    fn mount(
+        &self,
+        bootstrap: std::path::PathBuf,
+        image_ref: String,
+        mountpoint: std::path::PathBuf,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    /// Unmounts `mountpoint`.
+    fn unmount(
+        &self,
+        mountpoint: std::path::PathBuf,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+}
+
 /// The gRPC status of a refusal.
 pub fn status(e: SnapshotError) -> Status {
     let m = e.to_string();

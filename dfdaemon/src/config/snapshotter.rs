@@ -12,6 +12,10 @@ pub struct Snapshotter {
     pub socket_path: PathBuf,
     /// Snapshot directories and metadata. Default: /var/lib/dragonfly/snapshotter.
     pub root: PathBuf,
+    /// containerd's registry `config_path`: a Nydus image's blobs are read from the `server`
+    /// of `<hostsDir>/<registry>/hosts.toml` (else `https://<registry>`).
+    /// Default: /etc/containerd/certs.d.
+    pub hosts_dir: PathBuf,
 }
 
 impl Default for Snapshotter {
@@ -20,6 +24,7 @@ impl Default for Snapshotter {
             enable: true,
             socket_path: PathBuf::from("/var/run/dragonfly/snapshotter.sock"),
             root: PathBuf::from("/var/lib/dragonfly/snapshotter"),
+            hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
         }
     }
 }

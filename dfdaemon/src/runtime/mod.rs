@@ -8,6 +8,7 @@
 
 pub mod grpc;
 pub mod holder;
+pub mod images;
 
 use crate::config::{self, RecoverPolicy, RuntimeMode};
 use crate::download::Engine;
