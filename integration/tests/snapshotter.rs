@@ -132,10 +132,11 @@ fn mounted_under(dir: &Path) -> bool {
         .any(|p| p.starts_with(&d))
 }
 
-/// A Nydus image started lazily: its conversion (our `nydusify`) is pulled by CRI through our
-/// snapshotter (the bootstrap layer is fetched, no blob layer is), a container on it reads a
-/// file with the source's bytes, the registry sends only a fraction of the blob holding that
-/// file, and the image's mount goes with the container.
+/// A Nydus image started lazily, on a containerd wired by `dfinit --snapshotter` (and to the
+/// mirror): its conversion (our `nydusify`) is pulled by CRI through our snapshotter (the
+/// bootstrap layer is fetched, no blob layer is), a container on it reads a file with the
+/// source's bytes, the registry sends only a fraction of the blob holding that file, and the
+/// image's mount goes with the container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     require_root_and_tools(TOOLS);
@@ -193,9 +194,6 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     let (boot, blobs) = layers.split_last().unwrap();
 
     let hosts = dir.join("certs.d");
-    HostsToml::direct(registry.url())
-        .write(&hosts, &registry.addr())
-        .unwrap();
     let agent = Agent::start(
         &dir,
         "agent",
@@ -204,11 +202,26 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     .await
     .unwrap();
     let root = dir.join("agent-snapshotter");
-    let mut cfg = ContainerdConfig::new(&hosts);
-    cfg.snapshotter = Some("nydus".into());
-    cfg.proxy_snapshotters = vec![("nydus".into(), agent.snapshotter_socket.clone())];
-    let cfg = Containerd::write_config(&dir, &cfg).unwrap();
+    // A plain containerd config; `dfinit` wires it to the mirror and to the snapshotter.
+    let cfg = Containerd::write_config(&dir, &ContainerdConfig::new(&hosts)).unwrap();
+    let out = integration::agent::dfinit(
+        &cfg,
+        &registry.url(),
+        &agent.proxy_url(),
+        &[
+            "--snapshotter",
+            "--snapshotter-socket",
+            agent.snapshotter_socket.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "dfinit: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let containerd = Containerd::start_with_config(&dir, &cfg).await.unwrap();
+    assert_eq!(containerd.snapshotter(), "nydus");
 
     // The pull fetches the bootstrap layer and no blob.
     containerd.cri_pull(&nydus_ref).await.unwrap();

@@ -140,7 +140,9 @@ pub fn create(
         match tx.get(parent)? {
             None => {
                 return Err(SnapshotError::NotFound(format!(
-                    "{parent} (the parent of {key})"
+                    "{parent} (the parent of {key}; if containerd still lists it, the \
+                     snapshotter's metadata lost it: remove it with \
+                     `ctr snapshots --snapshotter <name> rm` and pull the image again)"
                 )))
             }
             Some(p) if p.kind != Kind::Committed => {

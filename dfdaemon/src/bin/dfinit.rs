@@ -40,6 +40,20 @@ struct Cli {
     /// Print what would change without writing anything.
     #[arg(long)]
     dry_run: bool,
+
+    /// Also make CRI unpack images with dfdaemon's snapshotter: adds
+    /// [proxy_plugins.<name>] and sets CRI's snapshotter (with
+    /// disable_snapshot_annotations = false, so Nydus layers are recognised).
+    #[arg(long)]
+    snapshotter: bool,
+
+    /// The snapshotter's name in containerd (with --snapshotter).
+    #[arg(long, value_name = "NAME", default_value = dfinit::DEFAULT_SNAPSHOTTER_NAME)]
+    snapshotter_name: String,
+
+    /// dfdaemon's snapshotter socket (its snapshotter.socketPath; with --snapshotter).
+    #[arg(long, value_name = "FILE", default_value = dfinit::DEFAULT_SNAPSHOTTER_SOCKET)]
+    snapshotter_socket: PathBuf,
 }
 
 fn parse_registry(s: &str) -> Result<Registry, dfinit::UrlError> {
@@ -81,6 +95,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         proxy: cli.proxy_addr,
         config_path: cli.config_path,
         dry_run: cli.dry_run,
+        snapshotter: cli.snapshotter.then(|| dfinit::SnapshotterWiring {
+            name: cli.snapshotter_name,
+            socket: cli.snapshotter_socket,
+        }),
     };
     let report = dfinit::run(&options).with_context(|| {
         format!(

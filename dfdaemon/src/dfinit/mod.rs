@@ -23,6 +23,11 @@
 //!   `registry.configs.*.tls`: containerd rejects that combination and does not load the CRI
 //!   plugin at all.
 
+mod snapshotter;
+pub use snapshotter::{
+    plan_snapshotter, SnapshotterWiring, DEFAULT_SNAPSHOTTER_NAME, DEFAULT_SNAPSHOTTER_SOCKET,
+};
+
 use std::{
     fmt,
     fs::{self, File, OpenOptions},
@@ -1001,6 +1006,8 @@ pub struct Options {
     pub config_path: Option<PathBuf>,
     /// Report what would change without writing anything.
     pub dry_run: bool,
+    /// Also make CRI unpack with dfdaemon's snapshotter (`--snapshotter`).
+    pub snapshotter: Option<SnapshotterWiring>,
 }
 
 impl Default for Options {
@@ -1012,6 +1019,7 @@ impl Default for Options {
             proxy: ProxyAddr::default(),
             config_path: None,
             dry_run: false,
+            snapshotter: None,
         }
     }
 }
@@ -1372,7 +1380,7 @@ fn plan_hosts_file(
 /// writes `hosts.toml` files, the `config.toml` backup and `config.toml`, each atomically.
 /// Running it again with the same options changes nothing.
 pub fn run(options: &Options) -> Result<Report, DfinitError> {
-    if options.registries.is_empty() && !options.all_registries {
+    if options.registries.is_empty() && !options.all_registries && options.snapshotter.is_none() {
         return Err(DfinitError::NothingToDo);
     }
     let mut registries: Vec<&Registry> = Vec::new();
@@ -1442,7 +1450,15 @@ pub fn run(options: &Options) -> Result<Report, DfinitError> {
     // hosts.toml files are written before config.toml (harmless until config_path points at
     // them), but the report lists config.toml first.
     let hosts_entries = files.len();
-    if let Some(new_contents) = &plan.new_contents {
+    let mut new_contents = plan.new_contents.clone();
+    if let Some(w) = &options.snapshotter {
+        let base = new_contents.as_deref().unwrap_or(&text);
+        if let Some(wired) = plan_snapshotter(config_file, base, plan.version, &plan.plugin_id, w)?
+        {
+            new_contents = Some(wired);
+        }
+    }
+    if let Some(new_contents) = &new_contents {
         // Write through a symlinked config.toml to the file it points at.
         let target = fs::canonicalize(config_file).map_err(io_err("resolve", config_file))?;
         let like = fs::metadata(&target).map_err(io_err("inspect", &target))?;
@@ -2126,6 +2142,7 @@ version = 2
                 proxy: proxy(),
                 config_path: Some(self.certs()),
                 dry_run: false,
+                snapshotter: None,
             }
         }
         fn read(&self, rel: &str) -> String {
