@@ -95,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         proxy: cli.proxy_addr,
         config_path: cli.config_path,
         dry_run: cli.dry_run,
-        snapshotter: cli.snapshotter.then(|| dfinit::SnapshotterWiring {
+        snapshotter: cli.snapshotter.then_some(dfinit::SnapshotterWiring {
             name: cli.snapshotter_name,
             socket: cli.snapshotter_socket,
         }),
