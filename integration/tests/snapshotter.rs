@@ -270,4 +270,76 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     })
     .await
     .unwrap();
+
+    // Two running containers of the image share one mount; it stays while one is left and
+    // goes with the last.
+    for id in ["c1", "c2"] {
+        containerd
+            .ctr_ok(&[
+                "run",
+                "-d",
+                "--snapshotter",
+                "nydus",
+                &nydus_ref,
+                id,
+                "/bin/busybox",
+                "sleep",
+                "600",
+            ])
+            .await
+            .unwrap();
+    }
+    assert_eq!(rafs_mounts(&root), 1, "one mount for both containers");
+    let stop = |id: &'static str| {
+        let c = &containerd;
+        async move {
+            c.ctr_ok(&["task", "rm", "-f", id]).await.unwrap();
+            c.ctr_ok(&["container", "rm", id]).await.unwrap();
+        }
+    };
+    // containerd removes a deleted container's snapshot from ours in its GC, a moment later:
+    // wait for that (its directory goes), then the mount must still be there.
+    let dirs = snapshot_dirs(&root).len();
+    stop("c1").await;
+    wait_for(
+        Duration::from_secs(30),
+        "c1's snapshot removed from ours",
+        || async { snapshot_dirs(&root).len() < dirs },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rafs_mounts(&root), 1, "the mount went while c2 runs");
+    let out = containerd
+        .ctr_ok(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "nydus",
+            &nydus_ref,
+            "c3",
+            "/bin/busybox",
+            "sha256sum",
+            "/data/random-81.bin",
+        ])
+        .await
+        .unwrap();
+    assert!(out.contains(want.trim_start_matches("sha256:")), "{out}");
+    stop("c2").await;
+    wait_for(
+        Duration::from_secs(30),
+        "the mount gone with the last container",
+        || async { rafs_mounts(&root) == 0 },
+    )
+    .await
+    .unwrap();
+}
+
+/// Mount points directly under `<root>/rafs` (the images' mounts).
+fn rafs_mounts(root: &Path) -> usize {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let rafs = root.join("rafs");
+    m.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).parent() == Some(rafs.as_path()))
+        .count()
 }
