@@ -182,6 +182,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sock = cfg.download.server.socket_path.clone();
     // Only root (and the socket's group) may ask the daemon to write files.
     let uds = bind_unix(&sock, 0o660, "download.server.socketPath")?;
+    // The snapshotter's socket too, before anything answers /healthy: a containerd that dials
+    // it once dfdaemon is healthy (after a restart, say) is not refused by a stale socket.
+    let snapshotter = if cfg.snapshotter.enable {
+        let s = &cfg.snapshotter;
+        let overlay = snapshotter::Overlay::open(&s.root)
+            .with_context(|| format!("cannot open the snapshotter at {}", s.root.display()))?;
+        // Only root may create and mount snapshots.
+        let uds = bind_unix(&s.socket_path, 0o600, "snapshotter.socketPath")?;
+        Some((overlay, uds, s.socket_path.clone()))
+    } else {
+        None
+    };
 
     let proxy = Arc::new(Proxy::new(&cfg.proxy, &cfg.storage, engine.clone()));
     tokio::spawn(async move {
@@ -209,14 +221,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(Gc::new(store.clone(), metrics.clone(), cfg.gc.clone()).run());
-    let snapshotter_sock = if cfg.snapshotter.enable {
-        let s = &cfg.snapshotter;
-        let overlay = snapshotter::Overlay::open(&s.root)
-            .with_context(|| format!("cannot open the snapshotter at {}", s.root.display()))?;
-        // Only root may create and mount snapshots.
-        let uds = bind_unix(&s.socket_path, 0o600, "snapshotter.socketPath")?;
-        let rafs =
-            crate::runtime::images::SnapshotterRafs::new(runtime.clone(), s.hosts_dir.clone());
+    let snapshotter_sock = if let Some((overlay, uds, socket)) = snapshotter {
+        let rafs = crate::runtime::images::SnapshotterRafs::new(
+            runtime.clone(),
+            cfg.snapshotter.hosts_dir.clone(),
+        );
         let overlay = overlay.with_rafs(Arc::new(rafs));
         let svc = snapshotter::SnapshotsServer::new(Arc::new(overlay));
         tokio::spawn(async move {
@@ -228,7 +237,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "snapshotter stopped");
             }
         });
-        Some(s.socket_path.clone())
+        Some(socket)
     } else {
         None
     };

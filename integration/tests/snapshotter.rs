@@ -132,15 +132,23 @@ fn mounted_under(dir: &Path) -> bool {
         .any(|p| p.starts_with(&d))
 }
 
-/// A Nydus image started lazily, on a containerd wired by `dfinit --snapshotter` (and to the
-/// mirror): its conversion (our `nydusify`) is pulled by CRI through our snapshotter (the
-/// bootstrap layer is fetched, no blob layer is), a container on it reads a file with the
-/// source's bytes, the registry sends only a fraction of the blob holding that file, and the
-/// image's mount goes with the container.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
-    require_root_and_tools(TOOLS);
-    let dir = TestDir::new("snapshotter-nydus").unwrap();
+/// A Nydus image (our conversion of busybox plus a layer holding a 1 MiB and a 24 MiB file) in a
+/// registry, a dfdaemon, and a containerd wired to both by `dfinit --snapshotter`.
+struct NydusEnv {
+    dir: TestDir,
+    registry: Registry,
+    agent: Agent,
+    containerd: Containerd,
+    nydus_ref: String,
+    /// The snapshotter's root.
+    root: std::path::PathBuf,
+    /// The bootstrap layer and the blob layers (digest, size).
+    boot: (String, u64),
+    blobs: Vec<(String, u64)>,
+}
+
+async fn nydus_env(name: &str) -> NydusEnv {
+    let dir = TestDir::new(name).unwrap();
     let registry = Registry::start(&dir).await.unwrap();
     let source = registry
         .push_image(
@@ -223,6 +231,38 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     let containerd = Containerd::start_with_config(&dir, &cfg).await.unwrap();
     assert_eq!(containerd.snapshotter(), "nydus");
 
+    let (boot, blobs) = (boot.clone(), blobs.to_vec());
+    NydusEnv {
+        dir,
+        registry,
+        agent,
+        containerd,
+        nydus_ref,
+        root,
+        boot,
+        blobs,
+    }
+}
+
+/// A Nydus image started lazily, on a containerd wired by `dfinit --snapshotter` (and to the
+/// mirror): its conversion (our `nydusify`) is pulled by CRI through our snapshotter (the
+/// bootstrap layer is fetched, no blob layer is), a container on it reads a file with the
+/// source's bytes, the registry sends only a fraction of the blob holding that file, and the
+/// image's mount goes with the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
+    require_root_and_tools(TOOLS);
+    let NydusEnv {
+        dir: _dir,
+        registry,
+        agent,
+        containerd,
+        nydus_ref,
+        root,
+        boot,
+        blobs,
+    } = nydus_env("snapshotter-nydus").await;
+    let blobs = &blobs;
     // The pull fetches the bootstrap layer and no blob.
     containerd.cri_pull(&nydus_ref).await.unwrap();
     let gets = |digest: &str| -> (usize, u64) {
@@ -342,4 +382,105 @@ fn rafs_mounts(root: &Path) -> usize {
         .filter_map(|l| l.split(' ').nth(4))
         .filter(|p| Path::new(p).parent() == Some(rafs.as_path()))
         .count()
+}
+
+/// `kill -9` of dfdaemon while a container of a Nydus image reads a file in a loop, page caches
+/// dropped meanwhile so the reads reach the mount: the container keeps running, every read it
+/// made returns the source's bytes (the ones during the outage wait), and once dfdaemon is back
+/// a new container of the image starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nydus_container_keeps_reading_across_kill9_of_dfdaemon() {
+    require_root_and_tools(TOOLS);
+    let NydusEnv {
+        dir: _dir,
+        registry: _registry,
+        mut agent,
+        containerd,
+        nydus_ref,
+        root,
+        ..
+    } = nydus_env("snapshotter-kill9").await;
+    containerd.cri_pull(&nydus_ref).await.unwrap();
+    let want = sha256_digest(&random_bytes(81, MIB as usize));
+    let want = want.trim_start_matches("sha256:").to_string();
+    let dirs_before = snapshot_dirs(&root);
+    containerd
+        .ctr_ok(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            "nydus",
+            &nydus_ref,
+            "reader",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "while true; do /bin/busybox sha256sum /data/random-81.bin || echo FAILED; \
+             /bin/busybox sleep 1; done > /reads.log 2>&1",
+        ])
+        .await
+        .unwrap();
+    // The container's upper directory is the new snapshot directory; its log is there.
+    let upper = snapshot_dirs(&root)
+        .into_iter()
+        .find(|d| !dirs_before.contains(d))
+        .expect("the container's snapshot")
+        .join("fs");
+    let log = upper.join("reads.log");
+    let lines = |log: &Path| -> Vec<String> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let drop_caches = || {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    };
+    wait_for(Duration::from_secs(30), "two reads", || async {
+        lines(&log).len() >= 2
+    })
+    .await
+    .unwrap();
+
+    agent.kill9().await;
+    drop_caches();
+    let at_kill = lines(&log).len();
+    agent.restart().await.unwrap();
+    // Reads go on: three more, with caches dropped before each, so they reach the mount.
+    for n in 1..=3 {
+        drop_caches();
+        wait_for(
+            Duration::from_secs(60),
+            "reads after the restart",
+            || async { lines(&log).len() >= at_kill + n },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+    }
+    let all = lines(&log);
+    let bad: Vec<&String> = all.iter().filter(|l| !l.contains(&want)).collect();
+    assert!(bad.is_empty(), "reads that failed or differ: {bad:?}");
+    assert!(
+        agent.log().contains("image mount taken over"),
+        "{}",
+        agent.log_tail(30)
+    );
+    // A new container of the image starts through the restarted dfdaemon.
+    let out = containerd
+        .ctr_run(
+            &nydus_ref,
+            &["/bin/busybox", "sha256sum", "/data/random-81.bin"],
+        )
+        .await
+        .unwrap();
+    assert!(out.contains(&want), "{out}");
+    containerd
+        .ctr_ok(&["task", "rm", "-f", "reader"])
+        .await
+        .unwrap();
+    containerd
+        .ctr_ok(&["container", "rm", "reader"])
+        .await
+        .unwrap();
 }
