@@ -22,6 +22,10 @@ pub struct Overlay {
     index_off: bool,
     /// Mounts Nydus images; without it, containers of Nydus images are refused.
     rafs: Option<Arc<dyn Rafs>>,
+    /// Held while a container's snapshot is created and its image mounted, and while one is
+    /// removed and its image maybe unmounted: an image is never unmounted under a container
+    /// that is being created on it.
+    rafs_lock: tokio::sync::Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -69,6 +73,7 @@ impl Overlay {
             store: Arc::new(store),
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             rafs: None,
+            rafs_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -140,6 +145,11 @@ impl Overlay {
             )));
         }
         let container = core::purpose(&labels) == Purpose::Container;
+        let _serial = if container {
+            Some(self.rafs_lock.lock().await)
+        } else {
+            None
+        };
         let key2 = key.clone();
         let (r, parents, boot) = blocking(move || {
             store.write(|tx| {
@@ -167,6 +177,7 @@ impl Overlay {
         };
         if let Err(e) = self.mount_rafs(&boot).await {
             // The container cannot start: nothing of it is kept.
+            drop(_serial);
             let _ = self.remove(key).await;
             return Err(e);
         }
@@ -278,6 +289,7 @@ impl Snapshotter for Overlay {
     }
 
     async fn remove(&self, key: String) -> Result<(), SnapshotError> {
+        let _serial = self.rafs_lock.lock().await;
         let (store, layout) = (self.store.clone(), self.layout.clone());
         let unused = blocking(move || {
             let (r, unused) = store.write(|tx| {
