@@ -584,6 +584,25 @@ impl ContainerdClient {
         self.ctr_ok(&full).await
     }
 
+    /// Runs a container of `image` that hashes its file `/data/random-<seed>.bin` (with the
+    /// image's busybox); fails unless the digest is that of `LayerSpec::random`'s `len` bytes
+    /// of `seed`.
+    pub async fn ctr_check_random_file(&self, image: &str, seed: u64, len: u64) -> Result<()> {
+        let path = format!("/data/random-{seed}.bin");
+        let out = self
+            .ctr_run(image, &["/bin/busybox", "sha256sum", &path])
+            .await?;
+        let want = crate::image::sha256_digest(&crate::random_bytes(seed, len as usize));
+        if out.contains(want.trim_start_matches("sha256:")) {
+            Ok(())
+        } else {
+            Err(Error::malformed(
+                format!("{path} in a container of {image}"),
+                format!("the container saw {out:?}, the file's digest is {want}"),
+            ))
+        }
+    }
+
     /// CRI PullImage; returns the image ref (`sha256:<config digest>`).
     pub async fn cri_pull(&self, image: &str) -> Result<String> {
         self.cri.pull(image, None).await

@@ -26,6 +26,7 @@ pub mod process;
 pub mod registry;
 pub mod systemd;
 mod testdir;
+mod tools;
 mod wait;
 
 pub use containerd::{Containerd, ContainerdClient, ContainerdConfig, HostsToml, MirrorHost};
@@ -46,4 +47,5 @@ pub use registry::{
     AccessLogEntry, Registry, RegistryClient, TokenAuthOptions, TokenRequest, TokenServer,
 };
 pub use testdir::TestDir;
+pub use tools::{nydusify_convert, Rng};
 pub use wait::wait_for;

@@ -4,10 +4,9 @@
 
 use integration::agent::{dfinit, Agent};
 use integration::cluster::{start_peers, Scheduler};
-use integration::image::sha256_digest;
 use integration::{
-    random_bytes, require_root_and_tools, wait_for, Compression, Containerd, ImageInfo, LayerSpec,
-    Registry, TestDir,
+    require_root_and_tools, wait_for, Compression, Containerd, ImageInfo, LayerSpec, Registry,
+    TestDir,
 };
 use std::time::Duration;
 
@@ -94,22 +93,10 @@ fn total_blob_bytes(image: &ImageInfo) -> u64 {
 }
 
 async fn run_and_check(containerd: &Containerd, image: &ImageInfo, seed: u64, len: u64) {
-    let out = containerd
-        .ctr_run(
-            &image.reference,
-            &[
-                "/bin/busybox",
-                "sha256sum",
-                &format!("/data/random-{seed}.bin"),
-            ],
-        )
+    containerd
+        .ctr_check_random_file(&image.reference, seed, len)
         .await
         .unwrap();
-    let want = sha256_digest(&random_bytes(seed, len as usize));
-    assert!(
-        out.contains(want.trim_start_matches("sha256:")),
-        "container saw: {out}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

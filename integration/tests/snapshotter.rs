@@ -93,22 +93,10 @@ async fn an_oci_image_is_unpacked_run_and_removed_through_our_snapshotter() {
 
     // A container on the image reads both random files.
     for (seed, len) in [(71u64, 2 * MIB), (72, MIB)] {
-        let out = containerd
-            .ctr_run(
-                &image.reference,
-                &[
-                    "/bin/busybox",
-                    "sha256sum",
-                    &format!("/data/random-{seed}.bin"),
-                ],
-            )
+        containerd
+            .ctr_check_random_file(&image.reference, seed, len)
             .await
             .unwrap();
-        let want = sha256_digest(&random_bytes(seed, len as usize));
-        assert!(
-            out.contains(want.trim_start_matches("sha256:")),
-            "the container saw: {out}"
-        );
     }
 
     // Removed: no snapshot left in containerd (checked by the harness), none in ours.
@@ -164,41 +152,14 @@ async fn nydus_env(name: &str) -> NydusEnv {
         .await
         .unwrap();
     let nydus_ref = format!("{}/nydus/app:v1", registry.addr());
-    let o = std::process::Command::new(integration::agent::bin("nydusify"))
-        .args(["convert", "--no-progress", "--source", &source.reference])
-        .args([
-            "--target",
-            &nydus_ref,
-            "--source-insecure",
-            "--target-insecure",
-        ])
-        .arg("--work-dir")
-        .arg(dir.join("work"))
-        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
-        .output()
+    let o = integration::nydusify_convert(&source.reference, &nydus_ref, &dir.join("work"), &[])
         .unwrap();
     assert!(
         o.status.success(),
         "nydusify: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let (body, _, _) = registry
-        .client()
-        .get_manifest("nydus/app", "v1")
-        .await
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let layers: Vec<(String, u64)> = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().unwrap().to_string(),
-                l["size"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let layers = registry.manifest_layers("nydus/app", "v1").await.unwrap();
     let (boot, blobs) = layers.split_last().unwrap();
 
     let hosts = dir.join("certs.d");

@@ -66,15 +66,34 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Record, SnapshotError> {
         .map_err(|e| SnapshotError::Store(format!("record of {key:?} is corrupt: {e}")))
 }
 
+/// The record of `key` in `t`.
+fn get_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<Record>, SnapshotError> {
+    let v = t.get(key).map_err(err)?;
+    v.map(|v| decode(key, v.value())).transpose()
+}
+
+/// Every record in `t`, by key.
+fn all_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, Record)>, SnapshotError> {
+    let mut out = Vec::new();
+    for item in t.iter().map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        out.push((k.value().to_string(), decode(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
 fn refuse_write() -> SnapshotError {
     SnapshotError::Store("write in a read transaction".into())
 }
 
 impl Records for Write {
     fn get(&self, key: &str) -> Result<Option<Record>, SnapshotError> {
-        let t = self.0.open_table(SNAPSHOTS).map_err(err)?;
-        let v = t.get(key).map_err(err)?;
-        v.map(|v| decode(key, v.value())).transpose()
+        get_in(&self.0.open_table(SNAPSHOTS).map_err(err)?, key)
     }
 
     fn put(&mut self, key: &str, record: &Record) -> Result<(), SnapshotError> {
@@ -91,13 +110,7 @@ impl Records for Write {
     }
 
     fn all(&self) -> Result<Vec<(String, Record)>, SnapshotError> {
-        let t = self.0.open_table(SNAPSHOTS).map_err(err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
-            out.push((k.value().to_string(), decode(k.value(), v.value())?));
-        }
-        Ok(out)
+        all_in(&self.0.open_table(SNAPSHOTS).map_err(err)?)
     }
 
     fn next_id(&mut self) -> Result<u64, SnapshotError> {
@@ -115,9 +128,7 @@ impl Records for Write {
 
 impl Records for Read {
     fn get(&self, key: &str) -> Result<Option<Record>, SnapshotError> {
-        let t = self.0.open_table(SNAPSHOTS).map_err(err)?;
-        let v = t.get(key).map_err(err)?;
-        v.map(|v| decode(key, v.value())).transpose()
+        get_in(&self.0.open_table(SNAPSHOTS).map_err(err)?, key)
     }
 
     fn put(&mut self, _: &str, _: &Record) -> Result<(), SnapshotError> {
@@ -129,13 +140,7 @@ impl Records for Read {
     }
 
     fn all(&self) -> Result<Vec<(String, Record)>, SnapshotError> {
-        let t = self.0.open_table(SNAPSHOTS).map_err(err)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
-            out.push((k.value().to_string(), decode(k.value(), v.value())?));
-        }
-        Ok(out)
+        all_in(&self.0.open_table(SNAPSHOTS).map_err(err)?)
     }
 
     fn next_id(&mut self) -> Result<u64, SnapshotError> {

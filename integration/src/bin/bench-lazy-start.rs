@@ -13,22 +13,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration::agent::{bin, dfinit, Agent};
-use integration::{require_root_and_tools, Compression, Containerd, LayerSpec, Registry, TestDir};
+use integration::agent::{dfinit, Agent};
+use integration::{
+    nydusify_convert, require_root_and_tools, Compression, Containerd, LayerSpec, Registry, Rng,
+    TestDir,
+};
 
 const MIB: u64 = 1024 * 1024;
-
-/// xorshift, for the file sizes and the sample.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Bytes of successful GETs of `digests` the registry logged.
 fn registry_bytes(reg: &Registry, digests: &[String]) -> u64 {
@@ -52,24 +43,6 @@ async fn settled_bytes(reg: &Registry, digests: &[String]) -> u64 {
         last = now;
     }
     last
-}
-
-/// Layer digests of `repo:tag` in `reg`.
-async fn layer_digests(
-    reg: &Registry,
-    repo: &str,
-    tag: &str,
-) -> anyhow::Result<Vec<(String, u64)>> {
-    let (body, _, _) = reg.client().get_manifest(repo, tag).await?;
-    let m: serde_json::Value = serde_json::from_slice(&body)?;
-    Ok(m["layers"]
-        .as_array()
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| Some((l["digest"].as_str()?.to_string(), l["size"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// CRI pull, then a container that hashes the `sample` files; the time.
@@ -155,24 +128,13 @@ async fn main() -> anyhow::Result<()> {
     let oci_size: u64 = img.layers.iter().map(|(_, s)| s).sum();
     let nydus_ref = format!("{}/bench/app:v1-nydus", reg.addr());
     let t = Instant::now();
-    let o = std::process::Command::new(bin("nydusify"))
-        .args(["convert", "--no-progress", "--source", &img.reference])
-        .args([
-            "--target",
-            &nydus_ref,
-            "--source-insecure",
-            "--target-insecure",
-        ])
-        .arg("--work-dir")
-        .arg(dir.join("nydusify"))
-        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
-        .output()?;
+    let o = nydusify_convert(&img.reference, &nydus_ref, &dir.join("nydusify"), &[])?;
     anyhow::ensure!(
         o.status.success(),
         "nydusify: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let nydus_layers = layer_digests(&reg, "bench/app", "v1-nydus").await?;
+    let nydus_layers = reg.manifest_layers("bench/app", "v1-nydus").await?;
     let nydus_size: u64 = nydus_layers.iter().map(|(_, s)| s).sum();
     let nydus_digests: Vec<String> = nydus_layers.into_iter().map(|(d, _)| d).collect();
     let mut pick = Rng(42);

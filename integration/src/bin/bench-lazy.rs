@@ -15,22 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dfdaemon::runtime::grpc::proto::{MountRequest, UnmountRequest};
-use integration::agent::{bin, Agent};
-use integration::{require_root_and_tools, Compression, LayerSpec, Registry, TestDir};
+use integration::agent::Agent;
+use integration::{
+    nydusify_convert, require_root_and_tools, Compression, LayerSpec, Registry, Rng, TestDir,
+};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A tiny deterministic generator (xorshift), for sizes and the sample of files.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn drop_caches() {
     let _ = Command::new("sync").status();
@@ -247,13 +237,12 @@ async fn main() -> anyhow::Result<()> {
         "# lazy-loading benchmark: {size_mib} MiB image, 4 gzip layers (pushed in {:.1}s)",
         t.elapsed().as_secs_f64()
     );
-    let o = Command::new(bin("nydusify"))
-        .args(["convert", "--no-progress", "--source", &img.reference])
-        .args(["--target", &format!("{}/nydus/bench:v1", reg.addr())])
-        .args(["--source-insecure", "--target-insecure", "--work-dir"])
-        .arg(dir.join("work"))
-        .env("DOCKER_CONFIG", "/nonexistent")
-        .output()?;
+    let o = nydusify_convert(
+        &img.reference,
+        &format!("{}/nydus/bench:v1", reg.addr()),
+        &dir.join("work"),
+        &[],
+    )?;
     anyhow::ensure!(
         o.status.success(),
         "nydusify: {}",

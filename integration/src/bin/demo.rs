@@ -193,18 +193,8 @@ async fn main() -> anyhow::Result<()> {
     println!();
     let nydus_ref = format!("{}/demo/app:v1-nydus", registry.addr());
     let t = Instant::now();
-    let o = std::process::Command::new(integration::agent::bin("nydusify"))
-        .args(["convert", "--no-progress", "--source", &image.reference])
-        .args([
-            "--target",
-            &nydus_ref,
-            "--source-insecure",
-            "--target-insecure",
-        ])
-        .arg("--work-dir")
-        .arg(dir.join("nydusify"))
-        .env("DOCKER_CONFIG", "/nonexistent-docker-config")
-        .output()?;
+    let o =
+        integration::nydusify_convert(&image.reference, &nydus_ref, &dir.join("nydusify"), &[])?;
     anyhow::ensure!(
         o.status.success(),
         "nydusify: {}",
@@ -235,19 +225,7 @@ async fn main() -> anyhow::Result<()> {
         "dfinit        --snapshotter: containerd unpacks with dfdaemon's snapshotter ({})",
         containerd.snapshotter()
     );
-    let (body, _, _) = registry
-        .client()
-        .get_manifest("demo/app", "v1-nydus")
-        .await?;
-    let m: serde_json::Value = serde_json::from_slice(&body)?;
-    let nydus_layers: Vec<(String, u64)> = m["layers"]
-        .as_array()
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| Some((l["digest"].as_str()?.to_string(), l["size"].as_u64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let nydus_layers = registry.manifest_layers("demo/app", "v1-nydus").await?;
     let nydus_total: u64 = nydus_layers.iter().map(|(_, s)| s).sum();
     let nydus_bytes = |registry: &Registry| -> u64 {
         nydus_layers

@@ -52,6 +52,21 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The layers (digest, size) of the manifest `repo:tag`.
+    pub async fn manifest_layers(&self, repo: &str, tag: &str) -> Result<Vec<(String, u64)>> {
+        let (body, _, _) = self.client().get_manifest(repo, tag).await?;
+        let m: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::malformed(format!("manifest {repo}:{tag}"), e.to_string()))?;
+        Ok(m["layers"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .filter_map(|l| Some((l["digest"].as_str()?.to_string(), l["size"].as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Starts an open registry (no auth) and waits until `/v2/` answers.
     pub async fn start(dir: &TestDir) -> Result<Registry> {
         Self::start_inner(dir, None).await
