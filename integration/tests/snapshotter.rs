@@ -427,15 +427,17 @@ async fn a_nydus_container_keeps_reading_across_kill9_of_dfdaemon() {
         "{}",
         agent.log_tail(30)
     );
-    // A new container of the image starts through the restarted dfdaemon.
-    let out = containerd
-        .ctr_run(
-            &nydus_ref,
-            &["/bin/busybox", "sha256sum", "/data/random-81.bin"],
-        )
-        .await
-        .unwrap();
-    assert!(out.contains(&want), "{out}");
+    // A new container of the image starts through the restarted dfdaemon (containerd
+    // reconnects to the snapshotter after its retry backoff, at most 3 s: until then its calls
+    // fail as unavailable).
+    wait_for(Duration::from_secs(20), "a new container", || async {
+        containerd
+            .ctr_check_random_file(&nydus_ref, 81, MIB)
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
     containerd
         .ctr_ok(&["task", "rm", "-f", "reader"])
         .await
