@@ -333,6 +333,38 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     )
     .await
     .unwrap();
+
+    // A corrupt bootstrap (cut short in the unpacked layer): the container does not start, the
+    // error names the image and the bootstrap, nothing of the container is left, and dfdaemon
+    // keeps serving: with the bootstrap whole again, the image starts.
+    let boot_file = snapshot_dirs(&root)
+        .into_iter()
+        .map(|d| d.join("fs/image/image.boot"))
+        .find(|p| p.is_file())
+        .expect("the bootstrap layer's snapshot");
+    let good = std::fs::read(&boot_file).unwrap();
+    std::fs::write(&boot_file, &good[..good.len().min(100)]).unwrap();
+    let dirs = snapshot_dirs(&root).len();
+    let err = containerd
+        .ctr_check_random_file(&nydus_ref, 81, MIB)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mounting the Nydus image") && err.contains("image.boot"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot_dirs(&root).len(),
+        dirs,
+        "the failed container left a snapshot"
+    );
+    assert_eq!(rafs_mounts(&root), 0);
+    std::fs::write(&boot_file, &good).unwrap();
+    containerd
+        .ctr_check_random_file(&nydus_ref, 81, MIB)
+        .await
+        .unwrap();
 }
 
 /// Mount points directly under `<root>/rafs` (the images' mounts).
