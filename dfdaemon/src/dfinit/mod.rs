@@ -116,7 +116,7 @@ pub enum UrlError {
 #[derive(Debug, thiserror::Error)]
 pub enum DfinitError {
     /// Neither `--registry` nor `--all-registries` was given.
-    #[error("nothing to do: give at least one --registry URL, or --all-registries")]
+    #[error("nothing to do: give at least one --registry URL, --all-registries or --snapshotter")]
     NothingToDo,
     /// Two `--registry` URLs map to the same host directory with different upstreams.
     #[error(
@@ -195,6 +195,9 @@ pub enum DfinitError {
         #[source]
         source: io::Error,
     },
+    /// `--snapshotter-name` or `--snapshotter-socket` cannot be written into the config.
+    #[error("{0}")]
+    BadSnapshotter(String),
     /// The edited config failed dfinit's own re-check (a bug in dfinit; nothing was written).
     #[error("internal error: the edited containerd config {path} does not check out: {reason}")]
     EditCheck { path: PathBuf, reason: String },
@@ -787,6 +790,14 @@ fn set_config_path(
     Ok(())
 }
 
+/// containerd's config text as an editable document; an error naming the file and position.
+fn parse_config(path: &Path, contents: &str) -> Result<DocumentMut, DfinitError> {
+    contents.parse().map_err(|source| DfinitError::ParseConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads containerd's `config.toml` text and decides where `hosts.toml` files go and whether
 /// `config_path` must be added. Pure: `path` is only used in messages.
 ///
@@ -797,12 +808,7 @@ pub fn plan_containerd_config(
     contents: &str,
     requested_config_path: Option<&Path>,
 ) -> Result<ConfigPlan, DfinitError> {
-    let mut doc: DocumentMut = contents
-        .parse()
-        .map_err(|source| DfinitError::ParseConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let mut doc = parse_config(path, contents)?;
     let mut notices = Vec::new();
 
     let version = match doc.get("version") {

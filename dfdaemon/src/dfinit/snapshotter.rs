@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item, Value};
+use toml_edit::{Item, Value};
 
-use super::{dotted_key, ensure_table, ConfigVersion, DfinitError};
+use super::{dotted_key, ensure_table, parse_config, ConfigVersion, DfinitError};
 
 /// The snapshotter to wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,10 +88,7 @@ pub fn plan_snapshotter(
     cri_plugin_id: &str,
     wiring: &SnapshotterWiring,
 ) -> Result<Option<String>, DfinitError> {
-    let bad = |reason: String| DfinitError::EditCheck {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = DfinitError::BadSnapshotter;
     if wiring.name.is_empty()
         || !wiring
             .name
@@ -113,12 +110,7 @@ pub fn plan_snapshotter(
                 wiring.socket
             ))
         })?;
-    let mut doc: DocumentMut = contents
-        .parse()
-        .map_err(|source| DfinitError::ParseConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let mut doc = parse_config(path, contents)?;
     let mut changed = false;
     {
         let root = doc.as_item_mut();
@@ -166,6 +158,7 @@ pub fn plan_snapshotter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use toml_edit::DocumentMut;
 
     fn plan(text: &str, version: ConfigVersion, plugin: &str) -> Option<String> {
         plan_snapshotter(
