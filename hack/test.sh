@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # hack/test.sh — what CI runs (.ci/run). Installs what it needs (hack/setup.sh for Debian
 # packages; the rustfmt and clippy components through rustup when `cargo fmt` or `cargo clippy`
-# is missing), then runs these steps in order, cheapest feedback first:
+# is missing; cargo-nextest from crates.io when missing), then runs these steps in order, cheapest feedback first:
 #
 #   fmt      cargo fmt --all --check
 #   build    every binary of the test build (--features dfdaemon/fault-injection)
-#   test     every test of the workspace, two test threads per binary (integration tests start
-#            their own daemons on free loopback ports)
+#   test     every test of the workspace with cargo-nextest (.config/nextest.toml: each test in
+#            its own process, two at a time, a test that runs past 10 minutes is killed and
+#            fails), then the doc tests with cargo test --doc
 #   clippy   cargo clippy --workspace --all-targets -- -D warnings
 #   fuzz     type-check every fuzz target (fuzz/ is outside the workspace, so nothing else
 #            builds it): cargo check on stable, no cargo-fuzz, output in fuzz/target
@@ -44,6 +45,27 @@ if ((${#rust_components[@]})); then
   fi
 fi
 
+# cargo-nextest runs the tests (each in its own process, with a time limit). The machines
+# have it; elsewhere it is built from crates.io.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest from crates.io"
+  if ! cargo install --locked cargo-nextest; then
+    say "FAILED step setup: cargo install cargo-nextest"
+    exit 1
+  fi
+fi
+
+# A full disk shows up as odd failures far from their cause (a build that dies, a daemon that
+# cannot store a piece): say how much there is. A clean run needs about 30 GiB (the debug and
+# release builds, and the tests' images and blobs under /tmp).
+for d in "$PWD" "${TMPDIR:-/tmp}"; do
+  avail=$(df -Pk "$d" | awk 'NR == 2 {print int($4 / 1048576)}')
+  say "disk: ${avail} GiB free for $d"
+  if ((avail < 30)); then
+    say "warning: less than 30 GiB free for $d; the run may fail for want of space"
+  fi
+done
+
 tmp=$(mktemp -d -t dfrs-test.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -62,7 +84,7 @@ failed_steps=()
 timings=()
 # What the steps that run a function of this script do, for the log and the FAILED lines.
 declare -A step_desc=(
-  [test]="cargo test --workspace --features dfdaemon/fault-injection --no-fail-fast"
+  [test]="cargo nextest run --workspace --features dfdaemon/fault-injection; cargo test --doc --workspace"
   [release]="cargo build --release --workspace --bins, then its dfdaemon --check-config must refuse faultInjection"
 )
 # run_step NAME COMMAND...: runs COMMAND, records its wall and CPU time, and NAME if it failed.
@@ -87,12 +109,16 @@ run_step() {
 
 log=$tmp/test.log
 
-# The test step: cargo test's output is kept to count the results.
+# The test step: the output is kept to count the results.
 test_rc=0
 run_tests() {
-  cargo test --workspace --features dfdaemon/fault-injection --no-fail-fast -- --test-threads=2 \
+  local rc=0
+  cargo nextest run --workspace --features dfdaemon/fault-injection --no-fail-fast \
     2>&1 | tee "$log"
   test_rc=${PIPESTATUS[0]}
+  cargo test --doc --workspace --features dfdaemon/fault-injection 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  ((test_rc != 0)) || test_rc=$rc
   return "$test_rc"
 }
 
@@ -139,11 +165,16 @@ run_step clippy cargo clippy --workspace --all-targets -- -D warnings
 run_step fuzz cargo check --manifest-path fuzz/Cargo.toml --bins
 run_step release release_check
 
+# nextest's summary line ("Summary [ 300.1s] 549 tests run: 548 passed, 1 timed out, 0 skipped")
+# and the doc tests' "test result:" lines. A test that timed out counts as failed.
 read -r passed failed < <(awk '
-  /^test result:/ {
+  /^ *Summary \[/ || /^test result:/ {
     for (i = 2; i <= NF; i++) {
-      if ($i == "passed;") p += $(i - 1)
-      if ($i == "failed;") f += $(i - 1)
+      w = $i
+      sub(/[,;]$/, "", w)
+      if (w == "passed") p += $(i - 1)
+      if (w == "failed") f += $(i - 1)
+      if (w == "out" && $(i - 1) == "timed") f += $(i - 2)
     }
   }
   END { print p + 0, f + 0 }' "$log")

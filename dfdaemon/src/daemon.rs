@@ -188,6 +188,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let s = &cfg.snapshotter;
         let overlay = snapshotter::Overlay::open(&s.root)
             .with_context(|| format!("cannot open the snapshotter at {}", s.root.display()))?;
+        #[cfg(feature = "fault-injection")]
+        let overlay = overlay.with_abort_at(cfg.fault_injection.abort_snapshotter_at);
         // Only root may create and mount snapshots.
         let uds = bind_unix(&s.socket_path, 0o600, "snapshotter.socketPath")?;
         Some((overlay, uds, s.socket_path.clone()))

@@ -156,6 +156,8 @@ pub struct Engine {
     /// Range-read tasks opened lately, kept open a while so that a client reading a blob by
     /// many Range requests (Nydus's nydusd through the proxy) keeps one peer session.
     pub(crate) lazy_recent: Mutex<Vec<(std::time::Instant, Arc<crate::lazy::LazyTask>)>>,
+    /// Whether a sweeper closes the expired entries of `lazy_recent`.
+    pub(crate) lazy_sweeping: std::sync::atomic::AtomicBool,
     /// Background piece completions of range-read tasks run one at a time.
     pub(crate) background_fill: tokio::sync::Semaphore,
     /// Shared download rate limit.
@@ -232,6 +234,7 @@ impl Engine {
             background_limiter,
             lazy_partial: Mutex::new(HashMap::new()),
             lazy_recent: Mutex::new(Vec::new()),
+            lazy_sweeping: std::sync::atomic::AtomicBool::new(false),
             scheduler: std::sync::OnceLock::new(),
             limiter,
             transport,
@@ -1010,7 +1013,14 @@ impl Engine {
             if let Some(v) = verifier {
                 v.abort();
             }
-            self.store.mark_failed(task, &e.to_string(), e.kind());
+            match &e {
+                DownloadError::Store(s) if s.is_disk_full() => {
+                    if let Err(r) = self.store.fail_disk_full(task, &e.to_string()) {
+                        tracing::warn!(task_id = task.id, error = %r, "cannot drop the task");
+                    }
+                }
+                _ => self.store.mark_failed(task, &e.to_string(), e.kind()),
+            }
             return Err(e);
         }
         let computed = match verifier {

@@ -153,13 +153,16 @@ impl Gc {
         }
     }
 
-    /// Runs forever, one pass every `gc.interval`.
+    /// Runs forever, one pass every `gc.interval` and one whenever a write finds the disk full.
     pub async fn run(self) {
         let mut tick = tokio::time::interval(self.config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.store.disk_full() => {}
+            }
             let r = self.run_once();
             if !r.ttl_evicted.is_empty() || !r.disk_evicted.is_empty() {
                 tracing::info!(

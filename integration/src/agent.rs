@@ -259,6 +259,37 @@ impl Agent {
         self.launch(Vec::new()).await
     }
 
+    /// Changes the config file (as YAML turned JSON) for the next launch ([`Agent::restart`]).
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| Error::io("read", &self.config_path, e))?;
+        let mut cfg: serde_json::Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+            Error::malformed(
+                "dfdaemon harness",
+                format!("{}: {e}", self.config_path.display()),
+            )
+        })?;
+        edit(&mut cfg);
+        let yaml = serde_yaml_ng::to_string(&cfg).map_err(|e| {
+            Error::malformed("dfdaemon harness", format!("cannot render config: {e}"))
+        })?;
+        std::fs::write(&self.config_path, yaml)
+            .map_err(|e| Error::io("write", &self.config_path, e))
+    }
+
+    /// Waits until the process has exited by itself (a crash, an abort); `false` if it still
+    /// runs after `limit`.
+    pub async fn wait_exited(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.is_running() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Starts the daemon again (after [`Agent::kill9`]) with `fds` passed as systemd passes a
     /// service's stored descriptors ([`crate::systemd::FdStore`]).
     pub async fn restart_with_fds(

@@ -136,6 +136,9 @@ pub struct ContainerdConfig {
     pub proxy_snapshotters: Vec<(String, PathBuf)>,
     /// `[debug] level` (default "debug": the log shows every URL containerd fetches).
     pub log_level: String,
+    /// CRI `sandbox_image`: the image of every pod's sandbox container (default: an address
+    /// nothing answers on, for tests that never start a pod).
+    pub sandbox_image: String,
     /// Raw TOML appended at the end (new tables only; keys of tables above cannot be repeated).
     pub extra: String,
 }
@@ -148,6 +151,7 @@ impl ContainerdConfig {
             snapshotter: None,
             proxy_snapshotters: Vec::new(),
             log_level: "debug".into(),
+            sandbox_image: "127.0.0.1:1/pause:none".into(),
             extra: String::new(),
         }
     }
@@ -206,7 +210,10 @@ state = {state}
   path = {opt}
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "127.0.0.1:1/pause:none"
+  sandbox_image = {sandbox}
+  # Pods ask for oom_score_adj -998 (sandboxes); this machine's root may not lower it below
+  # its own, so CRI keeps to containerd's (as on nested and rootless hosts).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = {hosts}
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -222,6 +229,7 @@ state = {state}
             opt = p("opt"),
             hosts = toml_str(&cfg.hosts_dir.to_string_lossy()),
             cni = p("cni"),
+            sandbox = toml_str(&cfg.sandbox_image),
         );
         if let Some(s) = &cfg.snapshotter {
             text.push_str(&format!(

@@ -24,6 +24,7 @@ mod ports;
 mod prereq;
 pub mod process;
 pub mod registry;
+pub mod snapshots;
 pub mod systemd;
 mod testdir;
 mod tools;

@@ -205,3 +205,163 @@ async fn gc_evicts_least_recently_used_tasks_when_the_disk_fills() {
     origin.release_all();
     reader.await.unwrap();
 }
+
+/// A download that does not fit on the store's disk fails with an error naming the full
+/// disk; it does not hang. The daemon keeps serving what is stored, and the space of the
+/// failed task is given back so a smaller download works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_larger_than_the_free_disk_fails_and_the_daemon_keeps_serving() {
+    integration::require_root_and_tools(&["mount", "umount"]);
+    let dir = TestDir::new("gc-full").unwrap();
+    let store = dir.join("tmpfs");
+    let _fs = Tmpfs::mount(&store, "32m");
+    let origin = TestOrigin::start().await.unwrap();
+    // GC off, so only the failure can give the space back.
+    let mut agent = Agent::start(
+        &dir,
+        "dfdaemon",
+        &format!(
+            "storage:\n  dir: {}\ngc:\n  interval: 1h\n",
+            store.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let (small, _) = blob(&origin, 60, 4 * MIB, ObjectOptions::default());
+    fetch(&agent, &origin, &small).await;
+    let (big, big_digest) = blob(&origin, 61, 48 * MIB, ObjectOptions::default());
+    let out = dir.join("big.out");
+    let url = format!("{}{big}", origin.base_url());
+    let digest = format!("sha256:{big_digest}");
+    let agent_ref = &agent;
+    let o = tokio::task::block_in_place(|| {
+        agent_ref.dfget(&[&url, "--digest", &digest, "-O", out.to_str().unwrap()])
+    });
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    eprintln!("dfget: {stderr}");
+    assert!(!o.status.success(), "a 48 MiB download fit in 32 MiB");
+    assert!(
+        stderr.contains("No space left on device") || stderr.contains("no space"),
+        "dfget's error does not say the disk is full: {stderr}"
+    );
+    // What was stored is still served, from the store.
+    let before = origin.requests_for(&small);
+    fetch(&agent, &origin, &small).await;
+    assert_eq!(
+        origin.requests_for(&small),
+        before,
+        "a stored task went back to the origin"
+    );
+    // The failed task's pieces were dropped: another 16 MiB fits.
+    let (mid, _) = blob(&origin, 62, 16 * MIB, ObjectOptions::default());
+    fetch(&agent, &origin, &mid).await;
+    // The metadata database, which hit the full disk too, commits again: after a restart
+    // both tasks are still served from the store.
+    agent.restart().await.unwrap();
+    for path in [&small, &mid] {
+        let before = origin.requests_for(path);
+        fetch(&agent, &origin, path).await;
+        assert_eq!(
+            origin.requests_for(path),
+            before,
+            "{path} was not kept across the restart"
+        );
+    }
+}
+
+/// The metadata database on a disk that fills up: commits fail while it is full, the writes
+/// are kept and committed once space is back (redb refuses every transaction after an I/O
+/// error until it is reopened, which the writer does), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_writes_that_hit_a_full_disk_are_committed_once_space_is_back() {
+    use dfdaemon::storage::metadata::{Metadata, PieceMeta, TaskMeta, TaskStatus};
+    integration::require_root_and_tools(&["mount", "umount"]);
+    let dir = TestDir::new("gc-meta-full").unwrap();
+    let mnt = dir.join("tmpfs");
+    let _fs = Tmpfs::mount(&mnt, "4m");
+    let path = mnt.join("m.redb");
+    let record = |i: u32| TaskMeta {
+        id: format!("task-{i}"),
+        url: format!("http://origin/{i}"),
+        content_length: 1 << 30,
+        piece_length: 4 << 20,
+        status: TaskStatus::Running,
+        digest: None,
+        content_type: None,
+        // ~20 KiB per record.
+        pieces: (0..256)
+            .map(|n| {
+                (
+                    n,
+                    PieceMeta {
+                        length: 4 << 20,
+                        crc32: n,
+                    },
+                )
+            })
+            .collect(),
+        created_at: 1,
+        accessed_at: 2,
+    };
+    let (m, records) = Metadata::open(&path).unwrap();
+    assert!(records.tasks.is_empty());
+    m.put(record(0));
+    m.sync().await.unwrap();
+    // Fill the disk, then write until a commit fails.
+    let filler = mnt.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    let mut written = 1;
+    let failure = loop {
+        assert!(
+            written < 200,
+            "4 MiB took 200 records of ~20 KiB without a full disk"
+        );
+        m.put(record(written));
+        written += 1;
+        if let Err(e) = m.sync().await {
+            break e.to_string();
+        }
+    };
+    assert!(
+        failure.contains("space") || failure.contains("I/O"),
+        "the commit failed for another reason: {failure}"
+    );
+    eprintln!("commit {written} failed: {failure}");
+    assert!(m.pending() > 0, "the failed writes were dropped");
+    // Space is back: the next commit carries the failed writes.
+    std::fs::remove_file(&filler).unwrap();
+    m.delete("task-0");
+    m.sync().await.unwrap();
+    assert_eq!(m.pending(), 0);
+    drop(m);
+    // Everything but the deleted record is there when the database is opened again (the
+    // writer thread lets the file go once its channel is closed).
+    let records = wait_for_value(Duration::from_secs(10), "the writer to close", || {
+        Metadata::open(&path).ok().map(|(_, r)| r)
+    })
+    .await;
+    let mut ids: Vec<_> = records.tasks.iter().map(|t| t.id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<_> = (1..written).map(|i| format!("task-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(records.tasks.iter().all(|t| t.pieces.len() == 256));
+}
+
+async fn wait_for_value<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

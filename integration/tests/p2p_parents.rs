@@ -236,8 +236,16 @@ async fn missing_pieces_come_from_the_origin_and_a_corrupting_parent_is_dropped(
         .to_string();
     let ptask = parent.engine.store().get(&task_id).unwrap();
     assert_eq!(ptask.missing_pieces(), vec![4, 5, 6, 7]);
-    // Piece 2 rots on the parent's disk.
-    ptask.write_at(2 * PIECE + 10, b"bit rot").unwrap();
+    // Piece 2 rots on the parent's disk (the failed task itself takes no more writes).
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(ptask.path())
+            .unwrap(),
+        b"bit rot",
+        2 * PIECE + 10,
+    )
+    .unwrap();
     origin.update(&path, |o| o.stall_from_offset = None);
     origin.release_all();
     origin.clear_requests();

@@ -2,6 +2,7 @@
 //! `nydus` that CRI unpacks images with.
 
 use integration::agent::Agent;
+use integration::cluster::{peer_yaml, Scheduler};
 use integration::containerd::{ContainerdConfig, HostsToml};
 use integration::image::sha256_digest;
 use integration::{
@@ -128,6 +129,8 @@ struct NydusEnv {
     agent: Agent,
     containerd: Containerd,
     nydus_ref: String,
+    /// The OCI image it was converted from.
+    source_ref: String,
     /// The snapshotter's root.
     root: std::path::PathBuf,
     /// The bootstrap layer and the blob layers (digest, size).
@@ -135,9 +138,16 @@ struct NydusEnv {
     blobs: Vec<(String, u64)>,
 }
 
-async fn nydus_env(name: &str) -> NydusEnv {
-    let dir = TestDir::new(name).unwrap();
-    let registry = Registry::start(&dir).await.unwrap();
+/// Our conversion of busybox plus a layer holding a 1 MiB and a 24 MiB file, in `registry`.
+struct NydusImage {
+    nydus_ref: String,
+    source_ref: String,
+    /// The bootstrap layer and the blob layers (digest, size).
+    boot: (String, u64),
+    blobs: Vec<(String, u64)>,
+}
+
+async fn nydus_image(dir: &TestDir, registry: &Registry) -> NydusImage {
     let source = registry
         .push_image(
             "src/app",
@@ -161,18 +171,39 @@ async fn nydus_env(name: &str) -> NydusEnv {
     );
     let layers = registry.manifest_layers("nydus/app", "v1").await.unwrap();
     let (boot, blobs) = layers.split_last().unwrap();
+    NydusImage {
+        nydus_ref,
+        source_ref: source.reference,
+        boot: boot.clone(),
+        blobs: blobs.to_vec(),
+    }
+}
 
-    let hosts = dir.join("certs.d");
+/// A node: a dfdaemon named `name` (`extra_yaml` merged into its config) and a containerd
+/// wired to it by `dfinit --snapshotter` (mirror for `registry`, snapshotter `nydus`), with our
+/// pause image as its sandbox image. Returns both and the snapshotter's root.
+async fn node(
+    dir: &TestDir,
+    registry: &Registry,
+    name: &str,
+    extra_yaml: &str,
+) -> (Agent, Containerd, std::path::PathBuf) {
+    let hosts = dir.join(format!("{name}-certs.d"));
     let agent = Agent::start(
-        &dir,
-        "agent",
-        &format!("snapshotter:\n  hostsDir: {}\n", hosts.display()),
+        dir,
+        name,
+        &format!(
+            "snapshotter:\n  hostsDir: {}\n{extra_yaml}",
+            hosts.display()
+        ),
     )
     .await
     .unwrap();
-    let root = dir.join("agent-snapshotter");
+    let root = dir.join(format!("{name}-snapshotter"));
     // A plain containerd config; `dfinit` wires it to the mirror and to the snapshotter.
-    let cfg = Containerd::write_config(&dir, &ContainerdConfig::new(&hosts)).unwrap();
+    let mut cc = ContainerdConfig::new(&hosts);
+    cc.sandbox_image = registry.push_pause_image().await.unwrap();
+    let cfg = Containerd::write_config(dir, &cc).unwrap();
     let out = integration::agent::dfinit(
         &cfg,
         &registry.url(),
@@ -189,19 +220,31 @@ async fn nydus_env(name: &str) -> NydusEnv {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let containerd = Containerd::start_with_config(&dir, &cfg).await.unwrap();
+    let containerd = Containerd::start_with_config(dir, &cfg).await.unwrap();
     assert_eq!(containerd.snapshotter(), "nydus");
+    (agent, containerd, root)
+}
 
-    let (boot, blobs) = (boot.clone(), blobs.to_vec());
+async fn nydus_env(name: &str) -> NydusEnv {
+    nydus_env_with(name, "").await
+}
+
+/// [`nydus_env`] with `extra_yaml` merged into dfdaemon's config.
+async fn nydus_env_with(name: &str, extra_yaml: &str) -> NydusEnv {
+    let dir = TestDir::new(name).unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let img = nydus_image(&dir, &registry).await;
+    let (agent, containerd, root) = node(&dir, &registry, "agent", extra_yaml).await;
     NydusEnv {
         dir,
         registry,
         agent,
         containerd,
-        nydus_ref,
+        nydus_ref: img.nydus_ref,
+        source_ref: img.source_ref,
         root,
-        boot,
-        blobs,
+        boot: img.boot,
+        blobs: img.blobs,
     }
 }
 
@@ -222,6 +265,7 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
         root,
         boot,
         blobs,
+        ..
     } = nydus_env("snapshotter-nydus").await;
     let blobs = &blobs;
     // The pull fetches the bootstrap layer and no blob.
@@ -478,4 +522,487 @@ async fn a_nydus_container_keeps_reading_across_kill9_of_dfdaemon() {
         .ctr_ok(&["container", "rm", "reader"])
         .await
         .unwrap();
+}
+
+/// Lines a CRI container wrote to stdout, from its log (`<time> stdout F <line>`).
+fn cri_stdout(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let (_, stream, _) = (it.next()?, it.next()?, it.next()?);
+            (stream == "stdout").then(|| it.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// The way Kubernetes runs it: a pod (RunPodSandbox, our pause image, node network) with a
+/// container of the Nydus image and one of its OCI source, both through CRI (CreateContainer,
+/// StartContainer) on our snapshotter. The Nydus container starts having fetched only the
+/// chunks it read, prints what the OCI one prints, and an exec that hashes every file of the
+/// root filesystem gives the same digests in both. Removing the pod unmounts the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nydus_pod_runs_through_cri_and_its_files_hash_like_the_oci_image() {
+    require_root_and_tools(TOOLS);
+    let env = nydus_env("snapshotter-cri").await;
+    let cri = env.containerd.cri();
+    cri.pull(&env.nydus_ref, None).await.unwrap();
+    cri.pull(&env.source_ref, None).await.unwrap();
+    let pod = cri
+        .run_pod("lazy", &env.dir.join("pods"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- dfdaemon ---\n{}", env.agent.log_tail(30)));
+    let print_and_idle = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox sha256sum /data/random-81.bin; \
+         trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+    ];
+    let nydus = cri
+        .start_container(&pod, "nydus", &env.nydus_ref, &print_and_idle)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- dfdaemon ---\n{}", env.agent.log_tail(30)));
+    let want = sha256_digest(&random_bytes(81, MIB as usize));
+    let want = format!(
+        "{}  /data/random-81.bin",
+        want.trim_start_matches("sha256:")
+    );
+    let nydus_log = pod.log_dir.join("nydus.log");
+    wait_for(
+        Duration::from_secs(60),
+        "the Nydus container's output",
+        || async { !cri_stdout(&nydus_log).is_empty() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(cri_stdout(&nydus_log), vec![want.clone()]);
+    // Started having read 1 MiB: of the 25 MiB blob, the registry sent little more.
+    let sent: u64 = env
+        .registry
+        .blob_requests(&env.blobs.last().unwrap().0)
+        .into_iter()
+        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+        .map(|r| r.bytes.unwrap_or(0))
+        .sum();
+    assert!(sent < 3 * MIB, "the registry sent {sent} bytes to start it");
+    assert_eq!(rafs_mounts(&env.root), 1);
+
+    let oci = cri
+        .start_container(&pod, "oci", &env.source_ref, &print_and_idle)
+        .await
+        .unwrap();
+    let oci_log = pod.log_dir.join("oci.log");
+    wait_for(
+        Duration::from_secs(60),
+        "the OCI container's output",
+        || async { !cri_stdout(&oci_log).is_empty() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(cri_stdout(&oci_log), cri_stdout(&nydus_log));
+
+    // Every file of the root filesystem (not /proc, /sys, /dev: -xdev), hashed in both.
+    let hash_all = [
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "cd / && /bin/busybox find . -xdev -type f | /bin/busybox sort | \
+         /bin/busybox xargs /bin/busybox sha256sum",
+    ];
+    let mut outputs = Vec::new();
+    for id in [&nydus, &oci] {
+        let o = cri
+            .exec(id, &hash_all, Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(o.exit_code, 0, "exec in {id}: {}", o.stderr);
+        outputs.push(o.stdout);
+    }
+    assert!(
+        outputs[0].contains("./data/other.bin") && outputs[0].contains("./bin/busybox"),
+        "the exec listed: {}",
+        outputs[0]
+    );
+    assert_eq!(
+        outputs[0], outputs[1],
+        "the Nydus image's files differ from the OCI image's"
+    );
+    for id in [&nydus, &oci] {
+        assert_eq!(
+            cri.container_state(id).await.unwrap().0,
+            1,
+            "{id} is not running"
+        );
+    }
+
+    cri.remove_pod(&pod).await.unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the image unmounted with the pod",
+        || async { rafs_mounts(&env.root) == 0 },
+    )
+    .await
+    .unwrap();
+}
+
+/// Two nodes (dfdaemon + containerd each), a scheduler and a seed peer: node 1 starts the Nydus
+/// image (its reads fetched lazily, the pieces it touched completed and announced); node 2 then
+/// starts the same image fetching nothing from the registry itself, neither the bootstrap layer
+/// (a mirror pull) nor a chunk (lazy reads): every byte comes from node 1 or the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_node_starts_the_nydus_image_from_peers_not_the_registry() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("snapshotter-p2p").unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let img = nydus_image(&dir, &registry).await;
+    let sched = Scheduler::start(&dir, "scheduler").unwrap();
+    let _seed = Agent::start(&dir, "seed", &peer_yaml("seed", sched.port, true))
+        .await
+        .unwrap();
+    let (a, ca, root_a) = node(
+        &dir,
+        &registry,
+        "node1",
+        &peer_yaml("node1", sched.port, false),
+    )
+    .await;
+    let (b, cb, _) = node(
+        &dir,
+        &registry,
+        "node2",
+        &peer_yaml("node2", sched.port, false),
+    )
+    .await;
+    sched.wait_hosts(3).await.unwrap();
+
+    ca.cri_pull(&img.nydus_ref).await.unwrap();
+    ca.ctr_check_random_file(&img.nydus_ref, 81, MIB)
+        .await
+        .unwrap_or_else(|e| panic!("node1: {e}\n{}", a.log_tail(30)));
+    // Wait until node 1 announces the pieces holding the file it read (from its bootstrap).
+    let boot = snapshot_dirs(&root_a)
+        .into_iter()
+        .map(|d| d.join("fs/image/image.boot"))
+        .find(|p| p.is_file())
+        .expect("node1's bootstrap");
+    let image = nydus::image::from_bytes(std::fs::read(&boot).unwrap(), None, "bootstrap").unwrap();
+    let id = image
+        .tree
+        .lookup(b"data/random-81.bin")
+        .expect("the file in the bootstrap");
+    let nydus::tree::Kind::File { chunks, .. } = &image.tree.node(id).kind else {
+        panic!("not a file");
+    };
+    let blob_id = image.blobs[chunks[0].blob_index as usize].id.clone();
+    let piece = |off: u64| (off / (4 * MIB)) as u32;
+    let pieces: std::collections::BTreeSet<u32> = chunks
+        .iter()
+        .flat_map(|c| {
+            piece(c.compressed_offset)
+                ..=piece(c.compressed_offset + u64::from(c.compressed_size) - 1)
+        })
+        .collect();
+    a.wait_pieces(
+        &blob_id,
+        &pieces.into_iter().collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log_tail(30)));
+
+    cb.cri_pull(&img.nydus_ref).await.unwrap();
+    cb.ctr_check_random_file(&img.nydus_ref, 81, MIB)
+        .await
+        .unwrap_or_else(|e| panic!("node2: {e}\n{}", b.log_tail(30)));
+    let traffic =
+        |t: &str| format!("dragonfly_dfdaemon_download_traffic_bytes_total{{type=\"{t}\"}}");
+    let lazy = |s: &str| format!("dragonfly_dfdaemon_lazy_traffic_bytes_total{{source=\"{s}\"}}");
+    assert_eq!(
+        b.metric(&traffic("back_to_source")).await.unwrap(),
+        0.0,
+        "node2 fetched from the registry"
+    );
+    assert_eq!(b.metric(&lazy("origin")).await.unwrap(), 0.0);
+    assert!(
+        b.metric(&lazy("parent")).await.unwrap() > 0.0,
+        "node2's chunks came from no peer"
+    );
+    assert!(
+        b.metric(&traffic("remote_peer")).await.unwrap() > 0.0,
+        "node2's bootstrap layer came from no peer"
+    );
+}
+
+/// GC and mounted images: with a 1 s task TTL, GC passes evict the idle tasks (the bootstrap
+/// layer, pulled through the mirror) but not the blob tasks of an image a running container
+/// has mounted, whose reads keep coming from the store; once the container is gone, the next
+/// passes evict them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
+    require_root_and_tools(TOOLS);
+    let env = nydus_env_with(
+        "snapshotter-gc",
+        "gc:\n  interval: 1s\n  policy:\n    taskTTL: 1s\n",
+    )
+    .await;
+    let agent = &env.agent;
+    env.containerd.cri_pull(&env.nydus_ref).await.unwrap();
+    env.containerd
+        .ctr_ok(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            "nydus",
+            &env.nydus_ref,
+            "held",
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ])
+        .await
+        .unwrap();
+    let exec_sum = |exec_id: &'static str| {
+        let containerd = &env.containerd;
+        async move {
+            containerd
+                .ctr_ok(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    exec_id,
+                    "held",
+                    "/bin/busybox",
+                    "sha256sum",
+                    "/data/random-81.bin",
+                ])
+                .await
+                .unwrap()
+        }
+    };
+    let want = sha256_digest(&random_bytes(81, MIB as usize));
+    assert!(exec_sum("sum1")
+        .await
+        .contains(want.trim_start_matches("sha256:")));
+    let blob_ids: Vec<String> = env
+        .blobs
+        .iter()
+        .map(|(d, _)| d.trim_start_matches("sha256:").to_string())
+        .collect();
+    let boot_id = env.boot.0.trim_start_matches("sha256:").to_string();
+    let data_blob = blob_ids.last().unwrap().clone();
+    assert!(agent.task_path(&data_blob).exists());
+    let gc_runs = || async {
+        agent
+            .metric("dragonfly_dfdaemon_gc_runs_total")
+            .await
+            .unwrap()
+    };
+    // The bootstrap layer's task (idle since the pull) goes.
+    wait_for(
+        Duration::from_secs(30),
+        "GC evicting the bootstrap layer",
+        || async { !agent.task_path(&boot_id).exists() },
+    )
+    .await
+    .unwrap();
+    // Two more passes, each more than the TTL after the last read.
+    let start = gc_runs().await;
+    wait_for(Duration::from_secs(30), "two more GC passes", || async {
+        gc_runs().await >= start + 2.0
+    })
+    .await
+    .unwrap();
+    assert!(
+        agent.task_path(&data_blob).exists(),
+        "GC evicted a blob task of a mounted image"
+    );
+    // Reads still come from the store: the registry sends nothing more.
+    let sent = |d: &str| {
+        env.registry
+            .blob_requests(d)
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    let before = sent(&env.blobs.last().unwrap().0);
+    // Drop the page cache, so the read reaches the mount and dfdaemon.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert!(exec_sum("sum2")
+        .await
+        .contains(want.trim_start_matches("sha256:")));
+    assert_eq!(sent(&env.blobs.last().unwrap().0), before);
+
+    // Without the container the image is unmounted, and its blob tasks are evicted like any.
+    env.containerd
+        .ctr_ok(&["task", "rm", "-f", "held"])
+        .await
+        .unwrap();
+    env.containerd
+        .ctr_ok(&["container", "rm", "held"])
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "GC evicting the unmounted image's blobs",
+        || async { blob_ids.iter().all(|id| !agent.task_path(id).exists()) },
+    )
+    .await
+    .unwrap();
+}
+
+/// dfdaemon dies (a test build aborts the process: what `kill -9` leaves) in the middle of
+/// Commit (an image's unpack), Prepare (a container's root filesystem) and Remove (containerd's
+/// GC removing it). Each time, after a restart, containerd's retry succeeds; at the end, once
+/// the image is removed, our snapshotter holds no snapshot and no directory: what the crashes
+/// left (an uncommitted extract snapshot, directories of a record never written, a directory of
+/// a record removed) is removed by containerd's GC (Remove of what it does not know, Cleanup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dfdaemon_killed_inside_prepare_commit_or_remove_leaves_consistent_snapshots() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("snapshotter-crash").unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let image = registry
+        .push_image(
+            "crash/app",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip).random_file("data/random-91.bin", 91, MIB),
+            ],
+        )
+        .await
+        .unwrap();
+    let (mut agent, containerd, root) = node(&dir, &registry, "agent", "").await;
+    let set_abort = |agent: &Agent, at: Option<&str>| {
+        agent
+            .edit_config(|c| {
+                c["faultInjection"] = match at {
+                    Some(at) => serde_json::json!({"abortSnapshotterAt": at}),
+                    None => serde_json::json!({}),
+                };
+            })
+            .unwrap()
+    };
+    // Retries `op` until it succeeds: containerd reconnects to a restarted proxy snapshotter
+    // with a backoff of up to a few seconds.
+    async fn retried<F, Fut>(what: &str, mut op: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = integration::Result<()>>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match op().await {
+                Ok(()) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("{what}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+
+    // Commit: the pull fails with dfdaemon; after a restart it succeeds.
+    set_abort(&agent, Some("commit"));
+    agent.restart().await.unwrap();
+    assert!(containerd.cri_pull(&image.reference).await.is_err());
+    assert!(
+        agent.wait_exited(Duration::from_secs(30)).await,
+        "no abort in Commit"
+    );
+    set_abort(&agent, None);
+    agent.restart().await.unwrap();
+    retried("the pull after the abort", || async {
+        containerd.cri_pull(&image.reference).await.map(drop)
+    })
+    .await;
+
+    // Prepare: the container does not start; after a restart it does.
+    set_abort(&agent, Some("prepare"));
+    agent.restart().await.unwrap();
+    assert!(containerd
+        .ctr_check_random_file(&image.reference, 91, MIB)
+        .await
+        .is_err());
+    assert!(
+        agent.wait_exited(Duration::from_secs(30)).await,
+        "no abort in Prepare"
+    );
+    set_abort(&agent, None);
+    agent.restart().await.unwrap();
+    retried("a container after the abort", || {
+        containerd.ctr_check_random_file(&image.reference, 91, MIB)
+    })
+    .await;
+
+    // Remove: containerd's GC of the image's snapshots dies with dfdaemon. First let the GC
+    // after the containers end remove their snapshots (and what the aborts left active).
+    let ours = || integration::snapshots::list(&agent.snapshotter_socket);
+    if let Err(e) = wait_for(
+        Duration::from_secs(30),
+        "no active snapshot in ours",
+        || async { ours().await.is_ok_and(|l| l.iter().all(|s| s.kind == 3)) },
+    )
+    .await
+    {
+        panic!("{e}: {:?}", ours().await);
+    }
+    set_abort(&agent, Some("remove"));
+    agent.restart().await.unwrap();
+    // containerd is connected again once Usage (which asks the snapshotter) answers.
+    retried("reconnecting", || async {
+        containerd
+            .ctr_ok(&["snapshots", "--snapshotter", "nydus", "usage"])
+            .await
+            .map(drop)
+    })
+    .await;
+    let _ = containerd.cri().remove(&image.reference).await;
+    assert!(
+        agent.wait_exited(Duration::from_secs(30)).await,
+        "no abort in Remove"
+    );
+    set_abort(&agent, None);
+    agent.restart().await.unwrap();
+
+    // Pull, run and remove once more, with dfdaemon whole: containerd's GC then removes what
+    // the crashes left, and nothing is left on either side.
+    retried("the pull after the aborts", || async {
+        containerd.cri_pull(&image.reference).await.map(drop)
+    })
+    .await;
+    containerd
+        .ctr_check_random_file(&image.reference, 91, MIB)
+        .await
+        .unwrap();
+    containerd.cri().remove(&image.reference).await.unwrap();
+    let ours = || integration::snapshots::list(&agent.snapshotter_socket);
+    if let Err(e) = wait_for(
+        Duration::from_secs(30),
+        "no snapshot left in ours",
+        || async { ours().await.is_ok_and(|l| l.is_empty()) },
+    )
+    .await
+    {
+        panic!("{e}: {:?}", ours().await);
+    }
+    let theirs = containerd
+        .ctr_ok(&["snapshots", "--snapshotter", "nydus", "ls"])
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs.lines().count(),
+        1,
+        "containerd still has snapshots: {theirs}"
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "no snapshot directory left",
+        || async { snapshot_dirs(&root).is_empty() },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", snapshot_dirs(&root)));
 }

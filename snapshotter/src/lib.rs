@@ -16,5 +16,5 @@ pub mod service;
 pub mod store;
 
 pub use core::{Kind, Mount, SnapshotError};
-pub use overlay::Overlay;
+pub use overlay::{AbortAt, Overlay};
 pub use service::{Info, Rafs, SnapshotsServer, Snapshotter};

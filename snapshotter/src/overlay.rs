@@ -26,6 +26,30 @@ pub struct Overlay {
     /// removed and its image maybe unmounted: an image is never unmounted under a container
     /// that is being created on it.
     rafs_lock: tokio::sync::Mutex<()>,
+    /// Where to abort the process (tests).
+    #[cfg(feature = "fault-injection")]
+    abort_at: Option<AbortAt>,
+}
+
+/// A point of an operation where a test build (feature `fault-injection`) can abort the
+/// process, leaving what a `kill -9` at that moment leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AbortAt {
+    /// Prepare/View: the snapshot's directories made, its record not yet committed.
+    Prepare,
+    /// Commit: the usage measured, the committed record not yet written.
+    Commit,
+    /// Remove: the record removed, the directories not yet.
+    Remove,
+}
+
+/// Aborts the process if `at` is where the test asked for it.
+fn checkpoint(abort_at: Option<AbortAt>, at: AbortAt) {
+    if cfg!(feature = "fault-injection") && abort_at == Some(at) {
+        tracing::error!(?at, "fault injection: aborting the process");
+        std::process::abort();
+    }
 }
 
 fn now() -> i64 {
@@ -74,7 +98,23 @@ impl Overlay {
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             rafs: None,
             rafs_lock: tokio::sync::Mutex::new(()),
+            #[cfg(feature = "fault-injection")]
+            abort_at: None,
         })
+    }
+
+    /// Aborts the process at `at` (tests: what a `kill -9` at that moment leaves).
+    #[cfg(feature = "fault-injection")]
+    pub fn with_abort_at(mut self, at: Option<AbortAt>) -> Self {
+        self.abort_at = at;
+        self
+    }
+
+    fn abort_at(&self) -> Option<AbortAt> {
+        #[cfg(feature = "fault-injection")]
+        return self.abort_at;
+        #[cfg(not(feature = "fault-injection"))]
+        return None;
     }
 
     /// Serves containers of Nydus images with the RAFS mounts `rafs` makes.
@@ -151,10 +191,12 @@ impl Overlay {
             None
         };
         let key2 = key.clone();
+        let abort_at = self.abort_at();
         let (r, parents, boot) = blocking(move || {
             store.write(|tx| {
                 let r = core::create(tx, kind, &key2, &parent, labels, now())?;
                 make_dirs(&layout, r.id)?;
+                checkpoint(abort_at, AbortAt::Prepare);
                 let parents = core::parent_ids(tx, &r)?;
                 let boot = if container {
                     core::bootstrap_below(tx, &r)?
@@ -277,12 +319,14 @@ impl Snapshotter for Overlay {
         labels: BTreeMap<String, String>,
     ) -> Result<(), SnapshotError> {
         let (store, layout) = (self.store.clone(), self.layout.clone());
+        let abort_at = self.abort_at();
         blocking(move || {
             let id = store
                 .read(|tx| tx.get(&key))?
                 .ok_or_else(|| SnapshotError::NotFound(key.clone()))?
                 .id;
             let usage = disk_usage(&layout.fs(id))?;
+            checkpoint(abort_at, AbortAt::Commit);
             store.write(|tx| core::commit(tx, &name, &key, labels, usage, now()).map(drop))
         })
         .await
@@ -291,6 +335,7 @@ impl Snapshotter for Overlay {
     async fn remove(&self, key: String) -> Result<(), SnapshotError> {
         let _serial = self.rafs_lock.lock().await;
         let (store, layout) = (self.store.clone(), self.layout.clone());
+        let abort_at = self.abort_at();
         let unused = blocking(move || {
             let (r, unused) = store.write(|tx| {
                 let r = tx
@@ -316,6 +361,7 @@ impl Snapshotter for Overlay {
                 Ok((r, unused))
             })?;
             // The record is gone; a directory left by a failure here is an orphan for Cleanup.
+            checkpoint(abort_at, AbortAt::Remove);
             let dir = layout.dir(r.id);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), "removing a snapshot's directory: {e}");

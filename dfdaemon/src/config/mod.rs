@@ -124,6 +124,9 @@ pub struct FaultInjection {
     /// The first this many fetches from the origin fail (retryable, as a
     /// connection reset).
     pub fail_origin_fetches: u32,
+    /// The snapshotter aborts the process at this point of an operation
+    /// (`prepare`, `commit`, `remove`), as a `kill -9` at the worst moment.
+    pub abort_snapshotter_at: Option<::snapshotter::AbortAt>,
 }
 
 impl Config {

@@ -106,7 +106,7 @@ impl StoreBlobs {
         };
         let t = b
             .open
-            .get_or_try_init(|| self.engine.open_lazy(b.request.clone()))
+            .get_or_try_init(|| self.engine.open_lazy_held(b.request.clone()))
             .await?;
         t.prefetch(start, end).await
     }
@@ -130,7 +130,7 @@ impl StoreBlobs {
     ) -> Result<Vec<u8>, LazyError> {
         let t = b
             .open
-            .get_or_try_init(|| self.engine.open_lazy(b.request.clone()))
+            .get_or_try_init(|| self.engine.open_lazy_held(b.request.clone()))
             .await?;
         t.read(offset, len, fresh).await
     }

@@ -139,8 +139,20 @@ impl Engine {
     /// Opens `req`'s task for range reads: the stored task if there is one (a
     /// whole-task download running is joined), else a new one whose length
     /// comes from the parents the scheduler gives or from a one-byte origin
-    /// probe. Every opener of a task shares one [`LazyTask`].
+    /// probe. Every opener of a task shares one [`LazyTask`]. The task stays open a while
+    /// after this opening ([`KEEP_OPEN`]), for readers by separate requests (the proxy).
     pub async fn open_lazy(
+        self: &Arc<Self>,
+        req: DownloadRequest,
+    ) -> Result<Arc<LazyTask>, LazyError> {
+        let t = self.open_lazy_held(req).await?;
+        self.keep_open(&t);
+        Ok(t)
+    }
+
+    /// [`Engine::open_lazy`] for a reader that holds the task for as long as it reads (an
+    /// image's mount): it is closed, and GC may evict it, as soon as the last holder lets go.
+    pub async fn open_lazy_held(
         self: &Arc<Self>,
         req: DownloadRequest,
     ) -> Result<Arc<LazyTask>, LazyError> {
@@ -148,20 +160,19 @@ impl Engine {
         open.retain(|_, w| w.strong_count() > 0);
         if let Some(t) = open.get(&req.task_id).and_then(|w| w.upgrade()) {
             if !t.task.is_removed() {
-                self.keep_open(&t);
                 return Ok(t);
             }
         }
         let t = self.open_lazy_new(req).await?;
         open.insert(t.req.task_id.clone(), Arc::downgrade(&t));
-        self.keep_open(&t);
         Ok(t)
     }
 
     /// Keeps `t` open for [`KEEP_OPEN`] after its last opening (at most [`KEEP_OPEN_MAX`]
     /// tasks), so the readers of a blob by separate Range requests share its state and its
-    /// peer session instead of registering anew each time.
-    fn keep_open(&self, t: &Arc<LazyTask>) {
+    /// peer session instead of registering anew each time. A sweeper closes the expired
+    /// ones (it runs while any is kept), so an idle task is not held from GC.
+    fn keep_open(self: &Arc<Self>, t: &Arc<LazyTask>) {
         let now = std::time::Instant::now();
         let mut recent = self.lazy_recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|(at, r)| {
@@ -171,6 +182,26 @@ impl Engine {
             recent.remove(0);
         }
         recent.push((now, t.clone()));
+        drop(recent);
+        if !self.lazy_sweeping.swap(true, Ordering::AcqRel) {
+            let engine = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(KEEP_OPEN / 10).await;
+                    let Some(e) = engine.upgrade() else { return };
+                    let mut recent = e.lazy_recent.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = std::time::Instant::now();
+                    recent.retain(|(at, r)| {
+                        now.duration_since(*at) < KEEP_OPEN && !r.task.is_removed()
+                    });
+                    if recent.is_empty() {
+                        // Under the lock: a keep_open that comes next starts a new sweeper.
+                        e.lazy_sweeping.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            });
+        }
     }
 
     async fn open_lazy_new(

@@ -3,7 +3,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 
 /// Errors of the metadata database.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata database {path}: {message}")]
     Open { path: String, message: String },
@@ -82,35 +82,43 @@ enum Op {
     Sync(tokio::sync::oneshot::Sender<Result<(), MetadataError>>),
 }
 
-/// Handle to the metadata database and its writer thread.
+/// Handle to the metadata database's writer thread, which owns the database.
 pub struct Metadata {
-    db: std::sync::Arc<Database>,
     tx: mpsc::Sender<Op>,
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// What the database held when it was opened.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub tasks: Vec<TaskMeta>,
+    /// Keys whose records do not decode (to drop).
+    pub undecodable: Vec<String>,
+}
+
+/// How long the writer waits before it retries writes that failed (a full disk, an I/O error).
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Metadata {
-    /// Opens (or creates) the database at `path` and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Metadata, MetadataError> {
-        let db = Database::create(path).map_err(|e| MetadataError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        {
-            let w = db.begin_write().map_err(db_err)?;
-            w.open_table(TASKS).map_err(db_err)?;
-            w.commit().map_err(db_err)?;
-        }
-        let db = std::sync::Arc::new(db);
+    /// Opens (or creates) the database at `path`, reads every record, and starts the writer
+    /// thread, which owns the database from then on (so it can reopen it after an I/O error).
+    pub fn open(path: &Path) -> Result<(Metadata, Records), MetadataError> {
+        let db = open_db(path)?;
+        let records = load_all(&db)?;
         let (tx, rx) = mpsc::channel::<Op>();
-        let wdb = db.clone();
         let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let wpending = pending.clone();
+        let writer = Writer {
+            path: path.to_path_buf(),
+            db: Some(db),
+            pending: pending.clone(),
+            carried: HashMap::new(),
+            carried_ops: 0,
+        };
         std::thread::Builder::new()
             .name("metadata-writer".into())
-            .spawn(move || writer_loop(&wdb, rx, &wpending))
+            .spawn(move || writer.run(rx))
             .map_err(|e| MetadataError::Db(format!("cannot start writer thread: {e}")))?;
-        Ok(Metadata { db, tx, pending })
+        Ok((Metadata { tx, pending }, records))
     }
 
     fn send(&self, op: Op) {
@@ -132,7 +140,7 @@ impl Metadata {
         self.send(Op::Delete(id.to_string()));
     }
 
-    /// Writes queued but not yet committed.
+    /// Writes queued but not yet committed (failed writes waiting for a retry count).
     pub fn pending(&self) -> usize {
         self.pending.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -145,75 +153,152 @@ impl Metadata {
             .map_err(|_| MetadataError::WriterGone)?;
         rx.await.map_err(|_| MetadataError::WriterGone)?
     }
+}
 
-    /// Reads every record. Records that do not decode are returned as ids to drop.
-    pub fn load_all(&self) -> Result<(Vec<TaskMeta>, Vec<String>), MetadataError> {
-        let r = self.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(TASKS).map_err(db_err)?;
-        let mut ok = Vec::new();
-        let mut bad = Vec::new();
-        for item in t.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            match serde_json::from_slice::<TaskMeta>(v.value()) {
-                Ok(m) if m.id == k.value() => ok.push(m),
-                _ => bad.push(k.value().to_string()),
+fn open_db(path: &Path) -> Result<Database, MetadataError> {
+    let db = Database::create(path).map_err(|e| MetadataError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let w = db.begin_write().map_err(db_err)?;
+    w.open_table(TASKS).map_err(db_err)?;
+    w.commit().map_err(db_err)?;
+    Ok(db)
+}
+
+/// Reads every record. Records that do not decode are returned as keys to drop.
+fn load_all(db: &Database) -> Result<Records, MetadataError> {
+    let r = db.begin_read().map_err(db_err)?;
+    let t = r.open_table(TASKS).map_err(db_err)?;
+    let mut records = Records::default();
+    for item in t.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        match serde_json::from_slice::<TaskMeta>(v.value()) {
+            Ok(m) if m.id == k.value() => records.tasks.push(m),
+            _ => records.undecodable.push(k.value().to_string()),
+        }
+    }
+    Ok(records)
+}
+
+/// The writer thread: commits queued writes in batches. A batch that fails (the disk is full,
+/// an I/O error) is not lost: its writes are carried into the next commit, retried every
+/// [`RETRY_AFTER`] even when nothing new comes, and the database is reopened first (after an
+/// I/O error redb refuses every later transaction until it is reopened).
+struct Writer {
+    path: std::path::PathBuf,
+    /// `None` while it cannot be reopened.
+    db: Option<Database>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Failed writes, newest per task (`None` deletes).
+    carried: HashMap<String, Option<Box<TaskMeta>>>,
+    /// How many queued operations the carried writes stand for.
+    carried_ops: usize,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        loop {
+            let mut batch = Vec::new();
+            let first = if self.carried.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(RETRY_AFTER)
+            };
+            match first {
+                Ok(op) => batch.push(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if !self.carried.is_empty() {
+                        let _ = self.commit(Vec::new());
+                    }
+                    return;
+                }
+            }
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut replies = Vec::new();
+            let mut writes = Vec::new();
+            for op in batch {
+                match op {
+                    Op::Sync(reply) => replies.push(reply),
+                    op => writes.push(op),
+                }
+            }
+            let result = self.commit(writes);
+            for reply in replies {
+                let _ = reply.send(result.clone());
             }
         }
-        Ok((ok, bad))
+    }
+
+    /// Commits the carried writes and `writes`; on failure carries them all.
+    fn commit(&mut self, writes: Vec<Op>) -> Result<(), MetadataError> {
+        self.carried_ops += writes.len();
+        for op in writes {
+            match op {
+                Op::Put(m) => {
+                    self.carried.insert(m.id.clone(), Some(m));
+                }
+                Op::Delete(id) => {
+                    self.carried.insert(id, None);
+                }
+                Op::Sync(_) => {}
+            }
+        }
+        if self.carried.is_empty() {
+            return Ok(());
+        }
+        let result = match &self.db {
+            Some(db) => commit_writes(db, &self.carried),
+            None => Err(MetadataError::Db(
+                "the database is closed after an I/O error".into(),
+            )),
+        };
+        match &result {
+            Ok(()) => {
+                self.pending
+                    .fetch_sub(self.carried_ops, std::sync::atomic::Ordering::AcqRel);
+                self.carried.clear();
+                self.carried_ops = 0;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    records = self.carried.len(),
+                    "metadata commit failed; retrying after reopening the database"
+                );
+                // Close before reopening: redb allows one open handle per file.
+                self.db = None;
+                match open_db(&self.path) {
+                    Ok(db) => self.db = Some(db),
+                    Err(e) => tracing::error!(error = %e, "cannot reopen the metadata database"),
+                }
+            }
+        }
+        result
     }
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Op>, pending: &std::sync::atomic::AtomicUsize) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            batch.push(op);
-            if batch.len() >= 1024 {
-                break;
-            }
-        }
-        let result = commit_batch(db, &batch);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "metadata commit failed");
-        }
-        let writes = batch.iter().filter(|op| !matches!(op, Op::Sync(_))).count();
-        pending.fetch_sub(writes, std::sync::atomic::Ordering::AcqRel);
-        for op in batch {
-            if let Op::Sync(reply) = op {
-                let _ = reply.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(MetadataError::Db(e.to_string())),
-                });
-            }
-        }
-    }
-}
-
-fn commit_batch(db: &Database, batch: &[Op]) -> Result<(), MetadataError> {
-    // Later puts of the same task supersede earlier ones in the batch.
-    let mut last: std::collections::HashMap<&str, Option<&TaskMeta>> = Default::default();
-    for op in batch {
-        match op {
-            Op::Put(m) => {
-                last.insert(m.id.as_str(), Some(m));
-            }
-            Op::Delete(id) => {
-                last.insert(id.as_str(), None);
-            }
-            Op::Sync(_) => {}
-        }
-    }
+fn commit_writes(
+    db: &Database,
+    writes: &HashMap<String, Option<Box<TaskMeta>>>,
+) -> Result<(), MetadataError> {
     let w = db.begin_write().map_err(db_err)?;
     {
         let mut t = w.open_table(TASKS).map_err(db_err)?;
-        for (id, m) in last {
+        for (id, m) in writes {
             match m {
                 Some(m) => {
                     let bytes = serde_json::to_vec(m).map_err(db_err)?;
-                    t.insert(id, bytes.as_slice()).map_err(db_err)?;
+                    t.insert(id.as_str(), bytes.as_slice()).map_err(db_err)?;
                 }
                 None => {
-                    t.remove(id).map_err(db_err)?;
+                    t.remove(id.as_str()).map_err(db_err)?;
                 }
             }
         }
@@ -251,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.redb");
         {
-            let m = Metadata::open(&path).unwrap();
+            let (m, _) = Metadata::open(&path).unwrap();
             m.put(meta("a"));
             m.put(meta("b"));
             m.delete("b");
@@ -259,9 +344,9 @@ mod tests {
         }
         // The writer thread holds the db until its channel closes; give it a moment.
         let mut tries = 0;
-        let m = loop {
+        let records = loop {
             match Metadata::open(&path) {
-                Ok(m) => break m,
+                Ok((_, records)) => break records,
                 Err(_) if tries < 50 => {
                     tries += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -269,8 +354,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         };
-        let (ok, bad) = m.load_all().unwrap();
-        assert_eq!(ok, vec![meta("a")]);
-        assert!(bad.is_empty());
+        assert_eq!(records.tasks, vec![meta("a")]);
+        assert!(records.undecodable.is_empty());
     }
 }

@@ -56,6 +56,13 @@ pub enum FailureKind {
 }
 
 impl StoreError {
+    /// Whether the store's disk (or the user's quota on it) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || source.kind() == std::io::ErrorKind::QuotaExceeded)
+    }
+
     /// What kind of failure this is, for the fronts.
     pub fn kind(&self) -> FailureKind {
         match self {
@@ -101,6 +108,9 @@ pub struct Task {
     changed: watch::Sender<u64>,
     users: AtomicUsize,
     wanted: Mutex<BTreeSet<u32>>,
+    /// Notified once the last user has left and the file is closed (a task dropped for a
+    /// full disk wakes GC only once its space is really back).
+    on_close: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 /// Marks a task as in use while alive; GC never evicts a task in use.
@@ -110,6 +120,15 @@ impl Drop for TaskUse {
     fn drop(&mut self) {
         if self.0.users.fetch_sub(1, Ordering::AcqRel) == 1 {
             *self.0.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let waiter = self
+                .0
+                .on_close
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(n) = waiter {
+                n.notify_one();
+            }
         }
     }
 }
@@ -210,7 +229,24 @@ impl Task {
     }
 
     /// Writes bytes at `offset` of the content file (blocking; call from a blocking context).
+    /// A failed or removed task takes no more writes (a stale worker's write would only take
+    /// disk space back).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        {
+            let s = self.lock();
+            if s.removed {
+                return Err(StoreError::TaskRemoved {
+                    task_id: self.id.clone(),
+                });
+            }
+            if let Some((reason, kind)) = &s.failed {
+                return Err(StoreError::TaskFailed {
+                    task_id: self.id.clone(),
+                    reason: reason.clone(),
+                    kind: *kind,
+                });
+            }
+        }
         self.handle()?
             .write_all_at(data, offset)
             .map_err(io_err(&self.path))
@@ -385,6 +421,8 @@ pub struct Store {
     root: PathBuf,
     metadata: Metadata,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Signalled when a write found the disk full (GC runs a pass at once).
+    disk_full: Arc<tokio::sync::Notify>,
 }
 
 /// Summary of what start-up recovery found.
@@ -413,18 +451,19 @@ impl Store {
         }
         std::fs::create_dir_all(&content).map_err(io_err(&content))?;
         std::fs::create_dir_all(&meta_dir).map_err(io_err(&meta_dir))?;
-        let metadata = Metadata::open(&meta_dir.join("dfdaemon.redb"))?;
+        let (metadata, records) = Metadata::open(&meta_dir.join("dfdaemon.redb"))?;
         let store = Store {
             root: dir.to_path_buf(),
             metadata,
             tasks: Mutex::new(HashMap::new()),
+            disk_full: Arc::new(tokio::sync::Notify::new()),
         };
-        let rec = store.recover()?;
+        let rec = store.recover(records)?;
         Ok((store, rec))
     }
 
-    fn recover(&self) -> Result<Recovery, StoreError> {
-        let (metas, bad) = self.metadata.load_all()?;
+    fn recover(&self, records: metadata::Records) -> Result<Recovery, StoreError> {
+        let (metas, bad) = (records.tasks, records.undecodable);
         let mut rec = Recovery::default();
         for id in bad {
             self.metadata.delete(&id);
@@ -525,6 +564,7 @@ impl Store {
             changed,
             users: AtomicUsize::new(0),
             wanted: Mutex::new(BTreeSet::new()),
+            on_close: Mutex::new(None),
         })
     }
 
@@ -693,6 +733,43 @@ impl Store {
             self.remove(&task.id)?;
         }
         Ok(())
+    }
+
+    /// Fails a task whose write found the disk full, and gives its space back: its pieces
+    /// could not be completed while the disk is full, and keeping them would only hold the
+    /// disk. Wakes GC once the task's last user has left, so GC evicts idle tasks only if the
+    /// disk is still above its threshold without the dropped task.
+    pub fn fail_disk_full(&self, task: &Task, reason: &str) -> Result<(), StoreError> {
+        tracing::warn!(
+            task_id = task.id,
+            "store disk full; dropping the partial task"
+        );
+        // Truncate before unlinking: the space of an unlinked file comes back only when its
+        // last descriptor closes, and the download's writers may still hold one.
+        if self.get(&task.id).map(|t| std::ptr::eq(&*t, task)) == Some(true) {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&task.path) {
+                let _ = f.set_len(0);
+            }
+        }
+        let r = self.purge(task, reason, FailureKind::Internal);
+        *task.on_close.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.disk_full.clone());
+        if !task.in_use() {
+            if let Some(n) = task
+                .on_close
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                n.notify_one();
+            }
+        }
+        r
+    }
+
+    /// Resolves when a task dropped for a full disk has been closed (its space is back)
+    /// since the last call.
+    pub async fn disk_full(&self) {
+        self.disk_full.notified().await
     }
 
     /// Bytes allocated on disk by the store's content files (sparse files count

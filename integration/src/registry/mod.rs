@@ -16,8 +16,8 @@ pub use client::{parse_challenge, Challenge, RegistryClient, MANIFEST_ACCEPT};
 pub use token::{TokenAuthOptions, TokenRequest, TokenServer};
 
 use crate::image::{
-    build_oci_index, build_oci_layout, ImageConfig, ImageInfo, IndexInfo, LayerSpec, OciImage,
-    PlatformImage,
+    build_oci_index, build_oci_layout, Compression, ImageConfig, ImageInfo, IndexInfo, LayerSpec,
+    OciImage, PlatformImage,
 };
 use crate::process::ChildProcess;
 use crate::{free_port, Error, Result, TestDir};
@@ -253,6 +253,26 @@ impl Registry {
     ) -> Result<ImageInfo> {
         self.push_image_with_config(repo, tag, layers, &ImageConfig::default())
             .await
+    }
+
+    /// Pushes `pause:3.9`, a one-layer busybox image whose command idles until SIGTERM, for
+    /// containerd's CRI `sandbox_image` (the machine has no pause image and no network to
+    /// fetch one). Returns its reference.
+    pub async fn push_pause_image(&self) -> Result<String> {
+        let config = ImageConfig {
+            cmd: vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                "trap 'exit 0' TERM INT; while :; do /bin/busybox sleep 1; done".into(),
+            ],
+            ..ImageConfig::default()
+        };
+        let busybox = LayerSpec::busybox(Compression::Gzip)?;
+        let info = self
+            .push_image_with_config("pause", "3.9", &[busybox], &config)
+            .await?;
+        Ok(info.reference)
     }
 
     /// [`push_image`](Self::push_image) with an explicit image config.
