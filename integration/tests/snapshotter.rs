@@ -749,6 +749,8 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
     .await;
     let agent = &env.agent;
     env.containerd.cri_pull(&env.nydus_ref).await.unwrap();
+    // Container IDs are unique on the machine: runc's state is shared by every containerd.
+    let held = format!("held-{}", std::process::id());
     env.containerd
         .ctr_ok(&[
             "run",
@@ -756,7 +758,7 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
             "--snapshotter",
             "nydus",
             &env.nydus_ref,
-            "held",
+            &held,
             "/bin/busybox",
             "sleep",
             "600",
@@ -764,7 +766,7 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
         .await
         .unwrap();
     let exec_sum = |exec_id: &'static str| {
-        let containerd = &env.containerd;
+        let (containerd, held) = (&env.containerd, held.as_str());
         async move {
             containerd
                 .ctr_ok(&[
@@ -772,7 +774,7 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
                     "exec",
                     "--exec-id",
                     exec_id,
-                    "held",
+                    held,
                     "/bin/busybox",
                     "sha256sum",
                     "/data/random-81.bin",
@@ -836,11 +838,11 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
 
     // Without the container the image is unmounted, and its blob tasks are evicted like any.
     env.containerd
-        .ctr_ok(&["task", "rm", "-f", "held"])
+        .ctr_ok(&["task", "rm", "-f", &held])
         .await
         .unwrap();
     env.containerd
-        .ctr_ok(&["container", "rm", "held"])
+        .ctr_ok(&["container", "rm", &held])
         .await
         .unwrap();
     wait_for(
@@ -1005,4 +1007,178 @@ async fn dfdaemon_killed_inside_prepare_commit_or_remove_leaves_consistent_snaps
     )
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", snapshot_dirs(&root)));
+}
+
+/// The snapshotter's metadata is lost (its database deleted while dfdaemon is down) while
+/// containerd still has the image's layers: a container of the image fails with an error that
+/// names the missing parent and the fix; applying it (removing the image, pulling it again)
+/// makes the image run again, and the directories the lost records owned are cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_snapshotter_metadata_gives_an_error_naming_the_fix_and_the_fix_works() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("snapshotter-lost").unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let image = registry
+        .push_image(
+            "lost/app",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip).random_file("data/random-93.bin", 93, MIB),
+            ],
+        )
+        .await
+        .unwrap();
+    let (mut agent, containerd, root) = node(&dir, &registry, "agent", "").await;
+    containerd.cri_pull(&image.reference).await.unwrap();
+    containerd
+        .ctr_check_random_file(&image.reference, 93, MIB)
+        .await
+        .unwrap();
+    let layers = snapshot_dirs(&root).len();
+    assert!(layers >= 2);
+
+    agent.kill9().await;
+    std::fs::remove_file(root.join("metadata.redb")).unwrap();
+    agent.restart().await.unwrap();
+    // containerd reconnects within its backoff; until then the error is `unavailable`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        let e = containerd
+            .ctr_check_random_file(&image.reference, 93, MIB)
+            .await
+            .expect_err("a container ran on layers the snapshotter does not know")
+            .to_string();
+        if !e.contains("navailable") || std::time::Instant::now() > deadline {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        err.contains("snapshotter's metadata") && err.contains("rmi"),
+        "the error does not say what is wrong and how to fix it: {err}"
+    );
+
+    // The fix the error names: remove the image, pull it again.
+    containerd.cri().remove(&image.reference).await.unwrap();
+    containerd.cri_pull(&image.reference).await.unwrap();
+    containerd
+        .ctr_check_random_file(&image.reference, 93, MIB)
+        .await
+        .unwrap();
+    // The lost records' directories went with containerd's GC (Cleanup); the new layers'
+    // are there.
+    let listed = integration::snapshots::list(&agent.snapshotter_socket)
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "orphaned directories removed",
+        || async { snapshot_dirs(&root).len() <= listed.len() },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?} for {listed:?}", snapshot_dirs(&root)));
+}
+
+/// A second Nydus image sharing a layer with the first (both converted from sources with that
+/// layer): its conversion has the same blob, and a container of it reading the shared file
+/// fetches nothing more from the registry; each image has its own mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_image_sharing_a_layer_fetches_no_chunk_twice() {
+    require_root_and_tools(TOOLS);
+    let env = nydus_env("snapshotter-shared").await;
+    let source2 = env
+        .registry
+        .push_image(
+            "src/app2",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip)
+                    .random_file("data/random-81.bin", 81, MIB)
+                    .random_file("data/other.bin", 82, 24 * MIB),
+                LayerSpec::new(Compression::Gzip).random_file("data/random-84.bin", 84, MIB),
+            ],
+        )
+        .await
+        .unwrap();
+    let nydus2 = format!("{}/nydus/app2:v1", env.registry.addr());
+    let o = integration::nydusify_convert(&source2.reference, &nydus2, &env.dir.join("work2"), &[])
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "nydusify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let layers2 = env
+        .registry
+        .manifest_layers("nydus/app2", "v1")
+        .await
+        .unwrap();
+    let shared = &env.blobs.last().unwrap().0;
+    assert!(
+        layers2.iter().any(|(d, _)| d == shared),
+        "the shared layer converted to another blob: {layers2:?} vs {:?}",
+        env.blobs
+    );
+    let gets = |digest: &str| {
+        env.registry
+            .blob_requests(digest)
+            .into_iter()
+            .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+            .map(|r| r.bytes.unwrap_or(0))
+            .sum::<u64>()
+    };
+    env.containerd.cri_pull(&env.nydus_ref).await.unwrap();
+    env.containerd
+        .ctr_check_random_file(&env.nydus_ref, 81, MIB)
+        .await
+        .unwrap();
+    let first = gets(shared);
+    assert!(first > 0);
+
+    env.containerd.cri_pull(&nydus2).await.unwrap();
+    // A container of each image at once: two mounts, one store.
+    // Container IDs are unique on the machine: runc's state is shared by every containerd.
+    let keep = format!("keep-{}", std::process::id());
+    env.containerd
+        .ctr_ok(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            "nydus",
+            &env.nydus_ref,
+            &keep,
+            "/bin/busybox",
+            "sleep",
+            "600",
+        ])
+        .await
+        .unwrap();
+    // Drop the page cache: the second image's reads must reach dfdaemon.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    env.containerd
+        .ctr_check_random_file(&nydus2, 81, MIB)
+        .await
+        .unwrap();
+    env.containerd
+        .ctr_check_random_file(&nydus2, 84, MIB)
+        .await
+        .unwrap();
+    assert_eq!(
+        gets(shared),
+        first,
+        "the shared blob's chunks were fetched again"
+    );
+    // The second image's containers are gone: its mount goes (containerd removes their
+    // snapshots in its GC, a moment later); the first image's stays with its container.
+    wait_for(Duration::from_secs(30), "one mount left", || async {
+        rafs_mounts(&env.root) == 1
+    })
+    .await
+    .unwrap();
+    env.containerd
+        .ctr_ok(&["task", "rm", "-f", &keep])
+        .await
+        .unwrap();
 }

@@ -120,6 +120,14 @@ fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
+/// What a missing parent means and how to fix it: containerd still has the image's layers,
+/// the snapshotter's metadata does not (it was lost). Removing the image drops containerd's
+/// records of the layers (its GC then cleans up the directories here); pulling it again
+/// unpacks them anew.
+const LOST_PARENT_FIX: &str = "if containerd still lists it, the snapshotter's metadata lost \
+    it: remove the image from containerd (`crictl rmi <image>`, or `ctr -n <namespace> images \
+    rm <image>`) and pull it again";
+
 /// Creates an active (`Prepare`) or view (`View`) snapshot `key` on `parent` ("" for none).
 pub fn create(
     tx: &mut dyn Records,
@@ -140,9 +148,7 @@ pub fn create(
         match tx.get(parent)? {
             None => {
                 return Err(SnapshotError::NotFound(format!(
-                    "{parent} (the parent of {key}; if containerd still lists it, the \
-                     snapshotter's metadata lost it: remove it with \
-                     `ctr snapshots --snapshotter <name> rm` and pull the image again)"
+                    "{parent} (the parent of {key}; {LOST_PARENT_FIX})"
                 )))
             }
             Some(p) if p.kind != Kind::Committed => {
@@ -274,10 +280,7 @@ pub fn parent_ids(tx: &dyn Records, record: &Record) -> Result<Vec<u64>, Snapsho
             )));
         }
         let p = tx.get(&parent)?.ok_or_else(|| {
-            SnapshotError::FailedPrecondition(format!(
-                "parent {parent:?} is missing from the snapshotter's metadata \
-                 (remove the snapshots on it with `ctr snapshots --snapshotter <name> rm`)"
-            ))
+            SnapshotError::FailedPrecondition(format!("parent {parent:?}: {LOST_PARENT_FIX}"))
         })?;
         ids.push(p.id);
         parent = p.parent;
@@ -626,7 +629,7 @@ mod tests {
         m.map.remove("l1");
         let e = parent_ids(&m, &c).unwrap_err();
         assert!(
-            e.to_string().contains("\"l1\"") && e.to_string().contains("ctr snapshots"),
+            e.to_string().contains("\"l1\"") && e.to_string().contains("crictl rmi"),
             "{e}"
         );
     }
