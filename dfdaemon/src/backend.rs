@@ -2,6 +2,7 @@
 //! handling (targets cached per task), system roots plus an optional CA.
 
 use crate::config;
+use crate::registry_auth::RegistryAuth;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,6 +24,8 @@ pub enum BackendError {
     TooManyRedirects { url: String },
     #[error("redirect from {url} has an invalid Location")]
     BadRedirect { url: String },
+    #[error("{url}: {message}")]
+    Auth { url: String, message: String },
 }
 
 /// Hop-by-hop headers never forwarded.
@@ -136,13 +139,16 @@ impl Backend {
     }
 
     /// GET `url` (optionally a byte range), following redirects. `cache_key`
-    /// (the task ID) remembers the final target for later pieces. Returns the
+    /// (the task ID) remembers the final target for later pieces. With `auth` (requests
+    /// dfdaemon makes on its own behalf, never a proxied client's), a `401` of the origin is
+    /// answered once ([`RegistryAuth::answer`]) and the request sent again. Returns the
     /// response of the final hop, whatever its status.
     pub async fn get(
         &self,
         cache_key: &str,
         url: &str,
         headers: &HeaderMap,
+        auth: Option<&RegistryAuth>,
         range: Option<(u64, u64)>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, BackendError> {
@@ -152,6 +158,11 @@ impl Backend {
         };
         let origin_host = host_of(url);
         let mut headers = headers.clone();
+        let auth = auth.filter(|_| !headers.contains_key(http::header::AUTHORIZATION));
+        if let Some(h) = auth.and_then(|a| a.header()) {
+            headers.insert(http::header::AUTHORIZATION, h);
+        }
+        let mut answered = false;
         for _ in 0..=MAX_REDIRECTS {
             let mut req_headers = headers.clone();
             if via_cache && host_of(&current) != origin_host {
@@ -186,6 +197,28 @@ impl Backend {
                 }
             };
             let status = resp.status();
+            if let (StatusCode::UNAUTHORIZED, Some(a), false, false) =
+                (status, auth, via_cache, answered)
+            {
+                if host_of(&current) == origin_host {
+                    let challenge = resp
+                        .headers()
+                        .get(http::header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let value = a
+                        .answer(&self.client, &challenge)
+                        .await
+                        .map_err(|message| BackendError::Auth {
+                            url: current.clone(),
+                            message,
+                        })?;
+                    headers.insert(http::header::AUTHORIZATION, value);
+                    answered = true;
+                    continue;
+                }
+            }
             if via_cache && (status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED)
             {
                 self.forget_target(cache_key);
@@ -230,6 +263,55 @@ impl Backend {
         Err(BackendError::TooManyRedirects {
             url: url.to_string(),
         })
+    }
+}
+
+impl Backend {
+    /// `HEAD url` with `headers`, a `401` answered once with `auth`: the status the origin
+    /// gives (a redirect is not followed; for a registry blob it means access is granted).
+    pub async fn head(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        auth: Option<&RegistryAuth>,
+        timeout: Duration,
+    ) -> Result<StatusCode, BackendError> {
+        let mut headers = headers.clone();
+        let auth = auth.filter(|_| !headers.contains_key(http::header::AUTHORIZATION));
+        if let Some(h) = auth.and_then(|a| a.header()) {
+            headers.insert(http::header::AUTHORIZATION, h);
+        }
+        let send = |headers: HeaderMap| async move {
+            self.client
+                .head(url)
+                .headers(headers)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| BackendError::Request {
+                    url: url.to_string(),
+                    message: error_chain(&e),
+                })
+        };
+        let resp = send(headers.clone()).await?;
+        let (StatusCode::UNAUTHORIZED, Some(a)) = (resp.status(), auth) else {
+            return Ok(resp.status());
+        };
+        let challenge = resp
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let value = a
+            .answer(&self.client, &challenge)
+            .await
+            .map_err(|message| BackendError::Auth {
+                url: url.to_string(),
+                message,
+            })?;
+        headers.insert(http::header::AUTHORIZATION, value);
+        Ok(send(headers).await?.status())
     }
 }
 

@@ -30,6 +30,9 @@ pub struct DownloadRequest {
     pub url: String,
     /// Headers sent to the origin (e.g. registry `Authorization`).
     pub headers: HeaderMap,
+    /// Answers the origin's `401` challenges (requests dfdaemon makes on its own behalf: the
+    /// lazy-loading runtime's blob reads; never a proxied client's).
+    pub auth: Option<Arc<crate::registry_auth::RegistryAuth>>,
     /// Expected content digest; the task completes only if the content matches.
     pub digest: Option<BlobDigest>,
     /// A user-chosen piece length (else Dragonfly's rule).
@@ -736,8 +739,14 @@ impl Engine {
         loop {
             let result = match tokio::time::timeout(
                 self.config.piece_timeout,
-                self.backend
-                    .get(&req.task_id, &req.url, &req.headers, Some(range), None),
+                self.backend.get(
+                    &req.task_id,
+                    &req.url,
+                    &req.headers,
+                    req.auth.as_deref(),
+                    Some(range),
+                    None,
+                ),
             )
             .await
             {
@@ -876,6 +885,7 @@ impl Engine {
             task_id: &req.task_id,
             url: &req.url,
             headers: &req.headers,
+            auth: req.auth.as_deref(),
         };
         loop {
             match self.transport.fetch(source, task, start, end, what).await {

@@ -15,6 +15,7 @@ pub mod p2p;
 pub mod parent;
 pub mod proxy;
 pub mod rate_limit;
+pub mod registry_auth;
 pub mod runtime;
 pub mod scheduler_client;
 pub mod storage;

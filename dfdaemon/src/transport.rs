@@ -34,6 +34,8 @@ pub enum Source<'a> {
         task_id: &'a str,
         url: &'a str,
         headers: &'a HeaderMap,
+        /// Answers the origin's `401` challenges.
+        auth: Option<&'a crate::registry_auth::RegistryAuth>,
     },
     /// A parent: piece `number` over Vortex (QUIC when `download.protocol` is quic and the
     /// parent serves it, TCP otherwise).
@@ -110,7 +112,12 @@ impl Network {
 
     async fn origin_range(
         &self,
-        (task_id, url, headers): (&str, &str, &HeaderMap),
+        (task_id, url, headers, auth): (
+            &str,
+            &str,
+            &HeaderMap,
+            Option<&crate::registry_auth::RegistryAuth>,
+        ),
         task: &Arc<Task>,
         start: u64,
         end: u64,
@@ -124,6 +131,7 @@ impl Network {
                 task_id,
                 url,
                 headers,
+                auth,
                 Some((start, end - 1)),
                 Some(self.timeout),
             )
@@ -210,8 +218,9 @@ impl Transport for Network {
                     task_id,
                     url,
                     headers,
+                    auth,
                 } => {
-                    self.origin_range((task_id, url, headers), task, start, end, what)
+                    self.origin_range((task_id, url, headers, auth), task, start, end, what)
                         .await
                 }
                 Source::Parent { parent, number } => {

@@ -111,6 +111,7 @@ impl Peer {
             task_id: digest.as_ref().unwrap().encoded.clone(),
             url: url.to_string(),
             headers: Default::default(),
+            auth: None,
             digest,
             piece_length: None,
             parents,

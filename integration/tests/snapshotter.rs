@@ -1182,3 +1182,92 @@ async fn a_second_image_sharing_a_layer_fetches_no_chunk_twice() {
         .await
         .unwrap();
 }
+
+/// A Nydus image in a registry that needs credentials (token auth, no anonymous pulls):
+/// containerd pulls it with the kubelet's credentials through the mirror; dfdaemon reads the
+/// blobs with its own (`runtime.auths`), through the registry's token flow. Without
+/// credentials, the container fails to start with an error naming the registry and what is
+/// missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nydus_image_that_needs_credentials_starts_with_dfdaemons_credentials() {
+    require_root_and_tools(TOOLS);
+    let dir = TestDir::new("snapshotter-auth").unwrap();
+    let registry = Registry::start_with_token_auth(&dir).await.unwrap();
+    let (user, pass) = registry.credentials().unwrap();
+    let source = registry
+        .push_image(
+            "src/private",
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip)
+                    .random_file("data/random-85.bin", 85, MIB)
+                    .random_file("data/other.bin", 86, 8 * MIB),
+            ],
+        )
+        .await
+        .unwrap();
+    let nydus_ref = format!("{}/nydus/private:v1", registry.addr());
+    let o = integration::nydusify_convert(
+        &source.reference,
+        &nydus_ref,
+        &dir.join("work"),
+        &[
+            "--source-username",
+            user,
+            "--source-password",
+            pass,
+            "--target-username",
+            user,
+            "--target-password",
+            pass,
+        ],
+    )
+    .unwrap();
+    assert!(
+        o.status.success(),
+        "nydusify: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // No credentials for dfdaemon: the pull (containerd's credentials) works, the container
+    // does not start.
+    let (_a1, c1, root1) = node(&dir, &registry, "nocreds", "").await;
+    c1.cri_pull_with_auth(&nydus_ref, user, pass).await.unwrap();
+    let err = c1
+        .ctr_check_random_file(&nydus_ref, 85, MIB)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&registry.addr()) && err.contains("no credentials are configured"),
+        "{err}"
+    );
+    assert_eq!(rafs_mounts(&root1), 0);
+
+    // With runtime.auths: it starts and reads the file.
+    let creds = format!(
+        "runtime:\n  auths:\n    \"{}\":\n      username: {user}\n      password: {pass}\n",
+        registry.addr()
+    );
+    let (a2, c2, _) = node(&dir, &registry, "creds", &creds).await;
+    c2.cri_pull_with_auth(&nydus_ref, user, pass).await.unwrap();
+    c2.ctr_check_random_file(&nydus_ref, 85, MIB)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", a2.log_tail(20)));
+    let layers = registry
+        .manifest_layers("nydus/private", "v1")
+        .await
+        .unwrap();
+    let data = &layers[layers.len() - 2].0;
+    let got: u64 = registry
+        .blob_requests(data)
+        .into_iter()
+        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
+        .map(|r| r.bytes.unwrap_or(0))
+        .sum();
+    assert!(
+        got > 0 && got < 3 * MIB,
+        "the registry sent {got} bytes of the data blob"
+    );
+}

@@ -87,6 +87,11 @@ pub struct Runtime {
     pub prefetch: Prefetch,
     /// failover | restart | none. Default: failover.
     pub recover_policy: RecoverPolicy,
+    /// Credentials for the registries images' blobs are read from, by registry host
+    /// (`host[:port]`, `docker.io` for Docker Hub): `username` and `password`, or `auth`
+    /// (base64 of `username:password`), as in Docker's `config.json` (which is read too, after
+    /// these). Default: none.
+    pub auths: std::collections::BTreeMap<String, crate::registry_auth::AuthEntry>,
 }
 
 impl Default for Runtime {
@@ -100,12 +105,22 @@ impl Default for Runtime {
             read_ahead: bytesize::ByteSize::mib(4),
             prefetch: Prefetch::default(),
             recover_policy: RecoverPolicy::Failover,
+            auths: Default::default(),
         }
     }
 }
 
 impl Runtime {
     pub(crate) fn validate(&self, p: &mut Vec<String>) {
+        for (host, entry) in &self.auths {
+            if host.is_empty() || host.contains(['/', ' ']) {
+                p.push(format!(
+                    "runtime.auths.{host}: the key must be a registry host[:port]"
+                ));
+            } else if let Err(e) = entry.credentials() {
+                p.push(format!("runtime.auths.{host}: {e}"));
+            }
+        }
         if !self.mount_root.is_absolute() {
             p.push("runtime.mountRoot: must be an absolute path".into());
         }

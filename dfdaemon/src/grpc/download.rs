@@ -91,6 +91,8 @@ pub async fn download_task_stream(
             task_id: task_id.clone(),
             url: d.url.clone(),
             headers: header_map(&d.request_header)?,
+            // The client's own credentials (in `headers`); dfdaemon's are never lent.
+            auth: None,
             digest,
             piece_length: d.piece_length,
             parents: Vec::new(),

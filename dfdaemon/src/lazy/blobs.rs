@@ -60,11 +60,13 @@ impl StoreBlobs {
     }
 
     /// The blobs of `table` in the repository `repo_url`
-    /// (`<scheme>://<host>/v2/<name>`), each fetched with `headers`.
+    /// (`<scheme>://<host>/v2/<name>`), each fetched with `headers`, the registry's challenges
+    /// answered by `auth`.
     pub fn registry_sources(
         repo_url: &str,
         table: &[ImageBlob],
         headers: &HeaderMap,
+        auth: Option<Arc<crate::registry_auth::RegistryAuth>>,
     ) -> Result<Vec<BlobSource>, BadBlobId> {
         table
             .iter()
@@ -77,6 +79,7 @@ impl StoreBlobs {
                         task_id: digest.encoded.clone(),
                         url,
                         headers: headers.clone(),
+                        auth: auth.clone(),
                         digest: Some(digest),
                         piece_length: None,
                         parents: Vec::new(),
@@ -89,6 +92,55 @@ impl StoreBlobs {
                 ))
             })
             .collect()
+    }
+
+    /// Checks that the registry lets this node read the image's blobs (a `HEAD` of the first
+    /// blob, its challenge answered with the credentials), so an image whose credentials are
+    /// missing or refused fails to mount with that error instead of failing its reads later.
+    /// An unreachable registry or a server error is not a failure here: peers may serve the
+    /// blobs.
+    pub async fn check_access(&self) -> Result<(), String> {
+        let Some(b) = self.blobs.first() else {
+            return Ok(());
+        };
+        let r = &b.request;
+        let status = match self
+            .engine
+            .backend()
+            .head(
+                &r.url,
+                &r.headers,
+                r.auth.as_deref(),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e @ crate::backend::BackendError::Auth { .. }) => return Err(e.to_string()),
+            Err(e) => {
+                tracing::info!(url = r.url, error = %e, "registry not reachable; peers may serve");
+                return Ok(());
+            }
+        };
+        match status {
+            http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN => {
+                let why = match &r.auth {
+                    Some(a) if !a.has_credentials() => format!(
+                        "no credentials are configured for {} (runtime.auths, or Docker's \
+                         config.json)",
+                        a.registry()
+                    ),
+                    Some(a) => format!("the credentials for {} were refused", a.registry()),
+                    None => "the request's own Authorization was refused".into(),
+                };
+                Err(format!("{}: the registry answered {status}: {why}", r.url))
+            }
+            http::StatusCode::NOT_FOUND => Err(format!(
+                "{}: the registry has no such blob in this repository",
+                r.url
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The blob's task, once a read opened it.

@@ -317,6 +317,7 @@ impl Engine {
                     &req.task_id,
                     &req.url,
                     &req.headers,
+                    req.auth.as_deref(),
                     Some((0, 0)),
                     Some(self.config.piece_timeout),
                 )

@@ -436,6 +436,8 @@ impl Proxy {
             task_id: task_id.clone(),
             url: url_s.clone(),
             headers: Self::origin_headers(headers, true),
+            // The client's own credentials (in `headers`); dfdaemon's are never lent.
+            auth: None,
             digest: digest.clone(),
             piece_length,
             parents: Vec::new(),

@@ -188,17 +188,20 @@ pub struct Runtime {
     keeper: std::sync::OnceLock<holder::Keeper>,
     /// Why the runtime is off (another dfdaemon serves `runtime.mountRoot`).
     disabled: std::sync::OnceLock<String>,
+    /// Registry credentials for blob reads (`runtime.auths`, Docker's `config.json`).
+    credentials: crate::registry_auth::CredentialSource,
 }
 
 impl Runtime {
     pub fn new(engine: Arc<Engine>, config: config::Runtime) -> Arc<Runtime> {
         Arc::new(Runtime {
             engine,
-            config,
             mounts: tokio::sync::Mutex::new(BTreeMap::new()),
             stopping: Mutex::new(false),
             keeper: std::sync::OnceLock::new(),
             disabled: std::sync::OnceLock::new(),
+            credentials: crate::registry_auth::CredentialSource::new(config.auths.clone()),
+            config,
         })
     }
 
@@ -359,7 +362,20 @@ impl Runtime {
                 .join(&hex::encode(sha2::Sha256::digest(&img.bootstrap))[..16]),
         };
         let repo_url = format!("{scheme}://{host}/v2/{name}");
-        let sources = StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers)
+        // Without an Authorization header of the request's own, the registry's challenges are
+        // answered with the configured credentials (or anonymously).
+        let auth = if headers.contains_key(http::header::AUTHORIZATION) {
+            None
+        } else {
+            let creds = self
+                .credentials
+                .lookup(host)
+                .map_err(|m| invalid(format!("credentials for {host}: {m}")))?;
+            Some(Arc::new(crate::registry_auth::RegistryAuth::new(
+                host, creds,
+            )))
+        };
+        let sources = StoreBlobs::registry_sources(&repo_url, &img.blobs, &headers, auth)
             .map_err(|e| image_err(e.to_string()))?;
         let blobs = Arc::new(StoreBlobs::new(
             self.engine.clone(),
@@ -438,6 +454,13 @@ impl Runtime {
             return Ok(info);
         }
         let mut p = self.prepare(&spec).await?;
+        p.blobs
+            .check_access()
+            .await
+            .map_err(|message| RuntimeError::Mount {
+                mountpoint: p.saved.mountpoint.clone(),
+                message,
+            })?;
         if *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(RuntimeError::Unavailable("dfdaemon is stopping".into()));
         }

@@ -44,6 +44,7 @@ async fn download(e: &Arc<Engine>, url: &str, task_id: &str, parents: Vec<Parent
         task_id: task_id.to_string(),
         url: url.to_string(),
         headers: Default::default(),
+        auth: None,
         digest: None,
         piece_length: None,
         disable_back_to_source: true,
