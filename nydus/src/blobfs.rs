@@ -179,6 +179,15 @@ impl<R: BlobReader + 'static> BlobFs<R> {
 }
 
 impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
+    /// No kernel readahead on the blob views: EROFS reads a file's blocks (with its own
+    /// readahead, within the file), and readahead of the view around them would fetch the
+    /// neighbouring files' chunks too (for small files, several times the bytes read).
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // The smallest value fuser takes; the kernel rounds it down to no page.
+        let _ = config.set_max_readahead(1);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.timer("lookup");
         if parent.0 != 1 {
