@@ -302,3 +302,82 @@ async fn every_rpc_behaves_as_containerds_overlayfs_snapshotter() {
 fn m_source(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Keys, parents, commit names, Nydus blob targets and labels that look like paths never
+/// become paths: everything the snapshotter makes is a numbered directory under its root,
+/// nothing appears outside it, and the names come back unchanged.
+#[tokio::test]
+async fn names_and_labels_that_look_like_paths_stay_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = serve(dir.path()).await;
+    let state = dir.path().join("state");
+    let outside = dir.path().join("escaped");
+    let evil = format!("../../{}", outside.display());
+    let m = prepare(
+        &mut c,
+        &format!("{evil}/key"),
+        "",
+        &[
+            ("containerd.io/snapshot.ref", &format!("{evil}/ref")),
+            ("../../label", &evil),
+        ],
+    )
+    .await
+    .unwrap();
+    let src = std::path::PathBuf::from(&m[0].source);
+    assert!(src.starts_with(state.join("snapshots")), "{src:?}");
+    commit(
+        &mut c,
+        &format!("/{evil}/committed"),
+        &format!("{evil}/key"),
+    )
+    .await
+    .unwrap();
+    // A Nydus blob layer whose target is a path.
+    let e = prepare(
+        &mut c,
+        "extract-evil",
+        "",
+        &[
+            ("containerd.io/snapshot.ref", &format!("{evil}/blob")),
+            ("containerd.io/snapshot/nydus-blob", "true"),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+    // A container on the committed layer: its directories are numbered too.
+    let m = prepare(&mut c, "../ctr", &format!("/{evil}/committed"), &[])
+        .await
+        .unwrap();
+    for o in &m[0].options {
+        if let Some(dirs) = o
+            .strip_prefix("lowerdir=")
+            .or_else(|| o.strip_prefix("upperdir="))
+            .or_else(|| o.strip_prefix("workdir="))
+        {
+            for d in dirs.split(':') {
+                let d = std::path::Path::new(d);
+                assert!(d.starts_with(state.join("snapshots")), "{d:?}");
+                let n = d.strip_prefix(state.join("snapshots")).unwrap();
+                let first = n.components().next().unwrap().as_os_str().to_str().unwrap();
+                assert!(first.parse::<u64>().is_ok(), "{d:?}");
+            }
+        }
+    }
+    assert!(!outside.exists(), "something was made outside the root");
+    let mut names = list(&mut c, &[]).await;
+    names.sort();
+    let mut want = vec![
+        format!("/{evil}/committed"),
+        format!("{evil}/blob"),
+        "../ctr".to_string(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    // Everything under the root: numbered directories and the database, nothing else.
+    for e in std::fs::read_dir(state.join("snapshots")).unwrap() {
+        let n = e.unwrap().file_name();
+        assert!(n.to_str().unwrap().parse::<u64>().is_ok(), "{n:?}");
+    }
+}

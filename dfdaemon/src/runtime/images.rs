@@ -29,16 +29,14 @@ impl snapshotter::Rafs for SnapshotterRafs {
     fn mount(&self, bootstrap: PathBuf, image_ref: String, mountpoint: PathBuf) -> Done {
         let (runtime, hosts) = (self.runtime.clone(), self.hosts_dir.clone());
         Box::pin(async move {
-            let r = nydus::nydusify::registry::parse_reference(&image_ref)
-                .map_err(|e| format!("image reference {image_ref:?}: {e}"))?;
-            let (scheme, host) = registry_server(&hosts, r.registry())?;
+            let (scheme, repository) = blob_repository(&hosts, &image_ref)?;
             std::fs::create_dir_all(&mountpoint)
                 .map_err(|e| format!("creating {}: {e}", mountpoint.display()))?;
             runtime
                 .mount(MountSpec {
                     bootstrap_path: bootstrap,
                     mountpoint: Some(mountpoint),
-                    repository: format!("{host}/{}", r.repository()),
+                    repository,
                     scheme: Some(scheme),
                     headers: Vec::new(),
                     mode: None,
@@ -60,6 +58,24 @@ impl snapshotter::Rafs for SnapshotterRafs {
             Ok(())
         })
     }
+}
+
+/// `(scheme, host[:port]/repository)` the blobs of the image `image_ref` (the CRI label, which
+/// is the snapshotter's client's to set) are read from. A reference that is not one (a path,
+/// `..` components) is refused.
+pub fn blob_repository(hosts_dir: &Path, image_ref: &str) -> Result<(String, String), String> {
+    let r = nydus::nydusify::registry::parse_reference(image_ref)
+        .map_err(|e| format!("image reference {image_ref:?}: {e}"))?;
+    if r.repository()
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "image reference {image_ref:?}: the repository is not a repository name"
+        ));
+    }
+    let (scheme, host) = registry_server(hosts_dir, r.registry())?;
+    Ok((scheme, format!("{host}/{}", r.repository())))
 }
 
 /// `(scheme, host[:port])` containerd pulls `registry` from: the `server` of
@@ -103,6 +119,28 @@ pub fn registry_server(hosts_dir: &Path, registry: &str) -> Result<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_that_are_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            blob_repository(dir.path(), "127.0.0.1:5000/app/x:v1").unwrap(),
+            ("https".to_string(), "127.0.0.1:5000/app/x".to_string())
+        );
+        for bad in [
+            "../../etc/passwd",
+            "127.0.0.1:5000/../../etc:v1",
+            "127.0.0.1:5000/a/../b:v1",
+            "/etc/passwd",
+            "127.0.0.1:5000//x:v1",
+            "",
+        ] {
+            assert!(
+                blob_repository(dir.path(), bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
 
     #[test]
     fn the_server_comes_from_hosts_toml_else_https() {
