@@ -201,19 +201,7 @@ impl Backend {
                 (status, auth, via_cache, answered)
             {
                 if host_of(&current) == origin_host {
-                    let challenge = resp
-                        .headers()
-                        .get(http::header::WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    let value = a
-                        .answer(&self.client, &challenge)
-                        .await
-                        .map_err(|message| BackendError::Auth {
-                            url: current.clone(),
-                            message,
-                        })?;
+                    let value = self.answer(a, &resp, &current).await?;
                     headers.insert(http::header::AUTHORIZATION, value);
                     answered = true;
                     continue;
@@ -297,21 +285,30 @@ impl Backend {
         let (StatusCode::UNAUTHORIZED, Some(a)) = (resp.status(), auth) else {
             return Ok(resp.status());
         };
+        let value = self.answer(a, &resp, url).await?;
+        headers.insert(http::header::AUTHORIZATION, value);
+        Ok(send(headers).await?.status())
+    }
+
+    /// Answers the challenge of `resp` (a `401` of `url`) with `auth`: the `Authorization`
+    /// value to send the request again with.
+    async fn answer(
+        &self,
+        auth: &RegistryAuth,
+        resp: &reqwest::Response,
+        url: &str,
+    ) -> Result<HeaderValue, BackendError> {
         let challenge = resp
             .headers()
             .get(http::header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let value = a
-            .answer(&self.client, &challenge)
+            .unwrap_or("");
+        auth.answer(&self.client, challenge)
             .await
             .map_err(|message| BackendError::Auth {
                 url: url.to_string(),
                 message,
-            })?;
-        headers.insert(http::header::AUTHORIZATION, value);
-        Ok(send(headers).await?.status())
+            })
     }
 }
 

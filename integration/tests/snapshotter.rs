@@ -225,6 +225,41 @@ async fn node(
     (agent, containerd, root)
 }
 
+/// An OCI image (busybox and a layer with `/data/random-<seed>.bin` of 1 MiB) as `<repo>:v1` in
+/// a registry, and a node wired to it ([`node`]).
+async fn oci_node(
+    name: &str,
+    repo: &str,
+    seed: u64,
+) -> (
+    TestDir,
+    Registry,
+    integration::ImageInfo,
+    Agent,
+    Containerd,
+    std::path::PathBuf,
+) {
+    let dir = TestDir::new(name).unwrap();
+    let registry = Registry::start(&dir).await.unwrap();
+    let image = registry
+        .push_image(
+            repo,
+            "v1",
+            &[
+                LayerSpec::busybox(Compression::Gzip).unwrap(),
+                LayerSpec::new(Compression::Gzip).random_file(
+                    format!("data/random-{seed}.bin"),
+                    seed,
+                    MIB,
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let (agent, containerd, root) = node(&dir, &registry, "agent", "").await;
+    (dir, registry, image, agent, containerd, root)
+}
+
 async fn nydus_env(name: &str) -> NydusEnv {
     nydus_env_with(name, "").await
 }
@@ -863,20 +898,8 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dfdaemon_killed_inside_prepare_commit_or_remove_leaves_consistent_snapshots() {
     require_root_and_tools(TOOLS);
-    let dir = TestDir::new("snapshotter-crash").unwrap();
-    let registry = Registry::start(&dir).await.unwrap();
-    let image = registry
-        .push_image(
-            "crash/app",
-            "v1",
-            &[
-                LayerSpec::busybox(Compression::Gzip).unwrap(),
-                LayerSpec::new(Compression::Gzip).random_file("data/random-91.bin", 91, MIB),
-            ],
-        )
-        .await
-        .unwrap();
-    let (mut agent, containerd, root) = node(&dir, &registry, "agent", "").await;
+    let (_dir, _registry, image, mut agent, containerd, root) =
+        oci_node("snapshotter-crash", "crash/app", 91).await;
     let set_abort = |agent: &Agent, at: Option<&str>| {
         agent
             .edit_config(|c| {
@@ -1016,20 +1039,8 @@ async fn dfdaemon_killed_inside_prepare_commit_or_remove_leaves_consistent_snaps
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_snapshotter_metadata_gives_an_error_naming_the_fix_and_the_fix_works() {
     require_root_and_tools(TOOLS);
-    let dir = TestDir::new("snapshotter-lost").unwrap();
-    let registry = Registry::start(&dir).await.unwrap();
-    let image = registry
-        .push_image(
-            "lost/app",
-            "v1",
-            &[
-                LayerSpec::busybox(Compression::Gzip).unwrap(),
-                LayerSpec::new(Compression::Gzip).random_file("data/random-93.bin", 93, MIB),
-            ],
-        )
-        .await
-        .unwrap();
-    let (mut agent, containerd, root) = node(&dir, &registry, "agent", "").await;
+    let (_dir, _registry, image, mut agent, containerd, root) =
+        oci_node("snapshotter-lost", "lost/app", 93).await;
     containerd.cri_pull(&image.reference).await.unwrap();
     containerd
         .ctr_check_random_file(&image.reference, 93, MIB)
