@@ -148,28 +148,41 @@ struct NydusImage {
 }
 
 async fn nydus_image(dir: &TestDir, registry: &Registry) -> NydusImage {
+    nydus_image_as(dir, registry, "app", Vec::new(), &[]).await
+}
+
+/// `src/<name>:v1` (busybox, a layer with `/data/random-81.bin` of 1 MiB and a 24 MiB file, then
+/// `extra` layers) and its conversion by our `nydusify` (with `args`) as `nydus/<name>:v1`.
+async fn nydus_image_as(
+    dir: &TestDir,
+    registry: &Registry,
+    name: &str,
+    extra: Vec<LayerSpec>,
+    args: &[&str],
+) -> NydusImage {
+    let mut layers = vec![
+        LayerSpec::busybox(Compression::Gzip).unwrap(),
+        LayerSpec::new(Compression::Gzip)
+            .random_file("data/random-81.bin", 81, MIB)
+            .random_file("data/other.bin", 82, 24 * MIB),
+    ];
+    layers.extend(extra);
     let source = registry
-        .push_image(
-            "src/app",
-            "v1",
-            &[
-                LayerSpec::busybox(Compression::Gzip).unwrap(),
-                LayerSpec::new(Compression::Gzip)
-                    .random_file("data/random-81.bin", 81, MIB)
-                    .random_file("data/other.bin", 82, 24 * MIB),
-            ],
-        )
+        .push_image(&format!("src/{name}"), "v1", &layers)
         .await
         .unwrap();
-    let nydus_ref = format!("{}/nydus/app:v1", registry.addr());
-    let o = integration::nydusify_convert(&source.reference, &nydus_ref, &dir.join("work"), &[])
-        .unwrap();
+    let nydus_ref = format!("{}/nydus/{name}:v1", registry.addr());
+    let work = dir.join(format!("work-{name}"));
+    let o = integration::nydusify_convert(&source.reference, &nydus_ref, &work, args).unwrap();
     assert!(
         o.status.success(),
         "nydusify: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let layers = registry.manifest_layers("nydus/app", "v1").await.unwrap();
+    let layers = registry
+        .manifest_layers(&format!("nydus/{name}"), "v1")
+        .await
+        .unwrap();
     let (boot, blobs) = layers.split_last().unwrap();
     NydusImage {
         nydus_ref,
@@ -1098,34 +1111,16 @@ async fn lost_snapshotter_metadata_gives_an_error_naming_the_fix_and_the_fix_wor
 async fn a_second_image_sharing_a_layer_fetches_no_chunk_twice() {
     require_root_and_tools(TOOLS);
     let env = nydus_env("snapshotter-shared").await;
-    let source2 = env
-        .registry
-        .push_image(
-            "src/app2",
-            "v1",
-            &[
-                LayerSpec::busybox(Compression::Gzip).unwrap(),
-                LayerSpec::new(Compression::Gzip)
-                    .random_file("data/random-81.bin", 81, MIB)
-                    .random_file("data/other.bin", 82, 24 * MIB),
-                LayerSpec::new(Compression::Gzip).random_file("data/random-84.bin", 84, MIB),
-            ],
-        )
-        .await
-        .unwrap();
-    let nydus2 = format!("{}/nydus/app2:v1", env.registry.addr());
-    let o = integration::nydusify_convert(&source2.reference, &nydus2, &env.dir.join("work2"), &[])
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "nydusify: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let layers2 = env
-        .registry
-        .manifest_layers("nydus/app2", "v1")
-        .await
-        .unwrap();
+    let img2 = nydus_image_as(
+        &env.dir,
+        &env.registry,
+        "app2",
+        vec![LayerSpec::new(Compression::Gzip).random_file("data/random-84.bin", 84, MIB)],
+        &[],
+    )
+    .await;
+    let nydus2 = img2.nydus_ref.clone();
+    let layers2: Vec<_> = img2.blobs.iter().chain([&img2.boot]).cloned().collect();
     let shared = &env.blobs.last().unwrap().0;
     assert!(
         layers2.iter().any(|(d, _)| d == shared),
@@ -1205,24 +1200,11 @@ async fn a_nydus_image_that_needs_credentials_starts_with_dfdaemons_credentials(
     let dir = TestDir::new("snapshotter-auth").unwrap();
     let registry = Registry::start_with_token_auth(&dir).await.unwrap();
     let (user, pass) = registry.credentials().unwrap();
-    let source = registry
-        .push_image(
-            "src/private",
-            "v1",
-            &[
-                LayerSpec::busybox(Compression::Gzip).unwrap(),
-                LayerSpec::new(Compression::Gzip)
-                    .random_file("data/random-85.bin", 85, MIB)
-                    .random_file("data/other.bin", 86, 8 * MIB),
-            ],
-        )
-        .await
-        .unwrap();
-    let nydus_ref = format!("{}/nydus/private:v1", registry.addr());
-    let o = integration::nydusify_convert(
-        &source.reference,
-        &nydus_ref,
-        &dir.join("work"),
+    let img = nydus_image_as(
+        &dir,
+        &registry,
+        "private",
+        Vec::new(),
         &[
             "--source-username",
             user,
@@ -1234,19 +1216,15 @@ async fn a_nydus_image_that_needs_credentials_starts_with_dfdaemons_credentials(
             pass,
         ],
     )
-    .unwrap();
-    assert!(
-        o.status.success(),
-        "nydusify: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    .await;
+    let nydus_ref = img.nydus_ref.clone();
 
     // No credentials for dfdaemon: the pull (containerd's credentials) works, the container
     // does not start.
     let (_a1, c1, root1) = node(&dir, &registry, "nocreds", "").await;
     c1.cri_pull_with_auth(&nydus_ref, user, pass).await.unwrap();
     let err = c1
-        .ctr_check_random_file(&nydus_ref, 85, MIB)
+        .ctr_check_random_file(&nydus_ref, 81, MIB)
         .await
         .unwrap_err()
         .to_string();
@@ -1263,14 +1241,10 @@ async fn a_nydus_image_that_needs_credentials_starts_with_dfdaemons_credentials(
     );
     let (a2, c2, _) = node(&dir, &registry, "creds", &creds).await;
     c2.cri_pull_with_auth(&nydus_ref, user, pass).await.unwrap();
-    c2.ctr_check_random_file(&nydus_ref, 85, MIB)
+    c2.ctr_check_random_file(&nydus_ref, 81, MIB)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", a2.log_tail(20)));
-    let layers = registry
-        .manifest_layers("nydus/private", "v1")
-        .await
-        .unwrap();
-    let data = &layers[layers.len() - 2].0;
+    let data = &img.blobs.last().unwrap().0;
     let got: u64 = registry
         .blob_requests(data)
         .into_iter()
