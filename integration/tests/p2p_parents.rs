@@ -237,7 +237,7 @@ async fn missing_pieces_come_from_the_origin_and_a_corrupting_parent_is_dropped(
         .to_string();
     let ptask = parent.engine.store().get(&task_id).unwrap();
     assert_eq!(ptask.missing_pieces(), vec![4, 5, 6, 7]);
-    // Piece 2 rots on the parent's disk (the failed task itself takes no more writes).
+    // Piece 2 rots on the parent's disk.
     std::os::unix::fs::FileExt::write_all_at(
         &std::fs::OpenOptions::new()
             .write(true)

@@ -229,23 +229,14 @@ impl Task {
     }
 
     /// Writes bytes at `offset` of the content file (blocking; call from a blocking context).
-    /// A failed or removed task takes no more writes (a stale worker's write would only take
-    /// disk space back).
+    /// A removed task takes no more writes (a stale worker's write would only take disk space
+    /// back, e.g. after a full disk dropped the task). A failed one does: a later reader may
+    /// fill what the failed download left.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        {
-            let s = self.lock();
-            if s.removed {
-                return Err(StoreError::TaskRemoved {
-                    task_id: self.id.clone(),
-                });
-            }
-            if let Some((reason, kind)) = &s.failed {
-                return Err(StoreError::TaskFailed {
-                    task_id: self.id.clone(),
-                    reason: reason.clone(),
-                    kind: *kind,
-                });
-            }
+        if self.lock().removed {
+            return Err(StoreError::TaskRemoved {
+                task_id: self.id.clone(),
+            });
         }
         self.handle()?
             .write_all_at(data, offset)
