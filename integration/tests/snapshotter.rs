@@ -318,14 +318,7 @@ async fn a_nydus_image_starts_lazily_through_our_snapshotter() {
     let blobs = &blobs;
     // The pull fetches the bootstrap layer and no blob.
     containerd.cri_pull(&nydus_ref).await.unwrap();
-    let gets = |digest: &str| -> (usize, u64) {
-        let ok: Vec<_> = registry
-            .blob_requests(digest)
-            .into_iter()
-            .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
-            .collect();
-        (ok.len(), ok.iter().map(|r| r.bytes.unwrap_or(0)).sum())
-    };
+    let gets = |digest: &str| (registry.blob_gets(digest), registry.blob_get_bytes(digest));
     wait_for(
         Duration::from_secs(10),
         "the bootstrap layer's GET",
@@ -627,13 +620,7 @@ async fn a_nydus_pod_runs_through_cri_and_its_files_hash_like_the_oci_image() {
     .unwrap();
     assert_eq!(cri_stdout(&nydus_log), vec![want.clone()]);
     // Started having read 1 MiB: of the 25 MiB blob, the registry sent little more.
-    let sent: u64 = env
-        .registry
-        .blob_requests(&env.blobs.last().unwrap().0)
-        .into_iter()
-        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
-        .map(|r| r.bytes.unwrap_or(0))
-        .sum();
+    let sent = env.registry.blob_get_bytes(&env.blobs.last().unwrap().0);
     assert!(sent < 3 * MIB, "the registry sent {sent} bytes to start it");
     assert_eq!(rafs_mounts(&env.root), 1);
 
@@ -869,13 +856,7 @@ async fn gc_keeps_the_blob_tasks_of_a_mounted_image() {
         "GC evicted a blob task of a mounted image"
     );
     // Reads still come from the store: the registry sends nothing more.
-    let sent = |d: &str| {
-        env.registry
-            .blob_requests(d)
-            .into_iter()
-            .filter(|r| r.method == "GET")
-            .count()
-    };
+    let sent = |d: &str| env.registry.blob_gets(d);
     let before = sent(&env.blobs.last().unwrap().0);
     // Drop the page cache, so the read reaches the mount and dfdaemon.
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
@@ -1127,14 +1108,7 @@ async fn a_second_image_sharing_a_layer_fetches_no_chunk_twice() {
         "the shared layer converted to another blob: {layers2:?} vs {:?}",
         env.blobs
     );
-    let gets = |digest: &str| {
-        env.registry
-            .blob_requests(digest)
-            .into_iter()
-            .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
-            .map(|r| r.bytes.unwrap_or(0))
-            .sum::<u64>()
-    };
+    let gets = |digest: &str| env.registry.blob_get_bytes(digest);
     env.containerd.cri_pull(&env.nydus_ref).await.unwrap();
     env.containerd
         .ctr_check_random_file(&env.nydus_ref, 81, MIB)
@@ -1245,12 +1219,7 @@ async fn a_nydus_image_that_needs_credentials_starts_with_dfdaemons_credentials(
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", a2.log_tail(20)));
     let data = &img.blobs.last().unwrap().0;
-    let got: u64 = registry
-        .blob_requests(data)
-        .into_iter()
-        .filter(|r| r.method == "GET" && (200..300).contains(&r.status))
-        .map(|r| r.bytes.unwrap_or(0))
-        .sum();
+    let got = registry.blob_get_bytes(data);
     assert!(
         got > 0 && got < 3 * MIB,
         "the registry sent {got} bytes of the data blob"

@@ -238,6 +238,15 @@ impl Registry {
             .count()
     }
 
+    /// Bytes the registry sent of blob `digest` in the requests [`Registry::blob_gets`] counts.
+    pub fn blob_get_bytes(&self, digest: &str) -> u64 {
+        self.blob_requests(digest)
+            .iter()
+            .filter(|e| e.method == "GET" && e.is_success())
+            .map(|e| e.bytes.unwrap_or(0))
+            .sum()
+    }
+
     /// Uploads `data` as a blob of `repo` through the registry HTTP API. Returns its digest.
     pub async fn push_blob(&self, repo: &str, data: impl Into<Bytes>) -> Result<String> {
         self.client.push_blob(repo, data).await
