@@ -240,9 +240,9 @@ struct TaskSink {
 impl PieceSink for TaskSink {
     async fn put(&mut self, offset: u64, data: Vec<u8>) -> Result<Vec<u8>, VortexError> {
         let task = self.task.clone();
-        tokio::task::spawn_blocking(move || task.write_at(offset, &data).map(|()| data))
+        crate::storage::blocking::blocking(move || task.write_at(offset, &data).map(|()| data))
             .await
-            .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(VortexError::Io)?
             .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))
     }
 }
@@ -286,7 +286,7 @@ pub(crate) async fn store_body(
             let t = task.clone();
             let at = start + written;
             written += data.len() as u64;
-            tokio::task::spawn_blocking(move || t.write_at(at, &data))
+            crate::storage::blocking::blocking(move || t.write_at(at, &data))
                 .await
                 .map_err(|e| fail(e.to_string()))??;
         }

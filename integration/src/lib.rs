@@ -9,6 +9,7 @@
 //! a test failure, never a skip.
 
 pub mod agent;
+pub mod bench;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;

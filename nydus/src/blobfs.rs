@@ -229,7 +229,7 @@ impl<R: BlobReader + 'static> Filesystem for BlobFs<R> {
         match self.view(ino) {
             Some(_) => reply.opened(
                 FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
             ),
             None if ino.0 == 1 => reply.error(Errno::EISDIR),
             None => reply.error(Errno::ENOENT),

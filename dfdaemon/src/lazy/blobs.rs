@@ -156,11 +156,7 @@ impl StoreBlobs {
         let Some(b) = self.blobs.get(blob as usize) else {
             return Ok(());
         };
-        let t = b
-            .open
-            .get_or_try_init(|| self.engine.open_lazy_held(b.request.clone()))
-            .await?;
-        t.prefetch(start, end).await
+        self.open(b).await?.prefetch(start, end).await
     }
 
     /// Number of blobs.
@@ -173,18 +169,12 @@ impl StoreBlobs {
         self.blobs.is_empty()
     }
 
-    async fn read(
-        &self,
-        b: &BlobSource,
-        offset: u64,
-        len: u64,
-        fresh: bool,
-    ) -> Result<Vec<u8>, LazyError> {
-        let t = b
-            .open
+    /// The blob's task, opened on first use.
+    async fn open(&self, b: &BlobSource) -> Result<Arc<LazyTask>, LazyError> {
+        b.open
             .get_or_try_init(|| self.engine.open_lazy_held(b.request.clone()))
-            .await?;
-        t.read(offset, len, fresh).await
+            .await
+            .cloned()
     }
 }
 
@@ -204,7 +194,8 @@ impl BlobReader for StoreBlobs {
             ));
         }
         self.handle
-            .block_on(self.read(b, offset, len, fresh))
+            .block_on(self.open(b))
+            .and_then(|t| t.read_blocking(offset, len, fresh))
             .map_err(|e| match e {
                 LazyError::OutOfRange { .. } => io::Error::new(io::ErrorKind::UnexpectedEof, e),
                 e => io::Error::other(e),

@@ -466,6 +466,39 @@ impl LazyTask {
         len: u64,
         fresh: bool,
     ) -> Result<Vec<u8>, LazyError> {
+        let Some(end) = self.begin_read(offset, len, fresh)? else {
+            return Ok(Vec::new());
+        };
+        self.fill(offset, end, fresh).await?;
+        let t = self.clone();
+        crate::storage::blocking::blocking(move || t.stored(offset, end))
+            .await
+            .map_err(|source| StoreError::Io {
+                path: self.task.path().to_path_buf(),
+                source,
+            })?
+    }
+
+    /// [`LazyTask::read`] from a thread outside the runtime (FUSE workers): the stored bytes
+    /// are read on the calling thread, without a hop to the blocking pool.
+    pub fn read_blocking(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u64,
+        fresh: bool,
+    ) -> Result<Vec<u8>, LazyError> {
+        let Some(end) = self.begin_read(offset, len, fresh)? else {
+            return Ok(Vec::new());
+        };
+        crate::storage::blocking::as_blocking_caller(|| {
+            self.handle.block_on(self.fill(offset, end, fresh))
+        })?;
+        self.stored(offset, end)
+    }
+
+    /// Checks a read of `len` bytes at `offset` and, with `fresh`, drops those bytes; the
+    /// read's end, or `None` for an empty read.
+    fn begin_read(&self, offset: u64, len: u64, fresh: bool) -> Result<Option<u64>, LazyError> {
         let length = self.task.content_length();
         let end = offset
             .checked_add(len)
@@ -477,38 +510,24 @@ impl LazyTask {
                 length,
             })?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if fresh {
             self.drop_range(offset, end);
         }
-        self.fill(offset, end, fresh).await?;
-        let t = self.task.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; (end - offset) as usize];
-            t.read_at(offset, &mut buf).map(|()| buf)
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            path: self.task.path().to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        Ok(Some(end))
+    }
+
+    /// The stored bytes `offset..end` (blocking file I/O).
+    fn stored(&self, offset: u64, end: u64) -> Result<Vec<u8>, LazyError> {
+        let mut data = vec![0u8; (end - offset) as usize];
+        self.task.read_at(offset, &mut data)?;
         self.check_removed()?;
         self.stats
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         self.engine.metrics.lazy("local", data.len() as u64);
         Ok(data)
-    }
-
-    /// [`LazyTask::read`] from a thread outside the runtime (FUSE workers).
-    pub fn read_blocking(
-        self: &Arc<Self>,
-        offset: u64,
-        len: u64,
-        fresh: bool,
-    ) -> Result<Vec<u8>, LazyError> {
-        self.handle.block_on(self.read(offset, len, fresh))
     }
 
     /// Fetches until every byte of `start..end` is stored.
@@ -668,14 +687,14 @@ impl LazyTask {
         for n in pieces {
             let t = self.task.clone();
             let (off, len) = piece_range(n, t.content_length(), t.piece_length());
-            let crc = tokio::task::spawn_blocking(move || {
+            let crc = crate::storage::blocking::blocking(move || {
                 let mut buf = vec![0u8; len as usize];
                 t.read_at(off, &mut buf).map(|()| crc32fast::hash(&buf))
             })
             .await
-            .map_err(|e| StoreError::Io {
+            .map_err(|source| StoreError::Io {
                 path: self.task.path().to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
+                source,
             })??;
             self.engine.store().commit_piece(
                 &self.task,

@@ -1,6 +1,7 @@
 //! The piece store: one sparse content file per task, pieces written at their
 //! offsets, metadata in redb. Readers of any byte range wait for missing pieces.
 
+pub mod blocking;
 pub mod metadata;
 
 use bytes::Bytes;

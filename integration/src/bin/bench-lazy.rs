@@ -139,54 +139,6 @@ fn measure(
     }
 }
 
-/// GETs, one after the other, the compressed bytes of each file of `sample` (per blob: from
-/// its first chunk to the end of its last); (seconds, requests).
-async fn registry_floor(
-    reg: &Registry,
-    image: &nydus::image::Image,
-    sample: &[(PathBuf, u64)],
-) -> anyhow::Result<(f64, usize)> {
-    use nydus::tree::Kind;
-    let client = reqwest::Client::new();
-    let t = Instant::now();
-    let mut requests = 0;
-    for (p, _) in sample {
-        let path = format!("/{}", p.display());
-        let Some(id) = image.tree.lookup(path.as_bytes()) else {
-            anyhow::bail!("{path} is not in the bootstrap");
-        };
-        let Kind::File { chunks, .. } = &image.tree.node(id).kind else {
-            continue;
-        };
-        let mut spans: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
-        for c in chunks {
-            let e = spans
-                .entry(c.blob_index)
-                .or_insert((c.compressed_offset, c.compressed_offset));
-            e.0 = e.0.min(c.compressed_offset);
-            e.1 = e.1.max(c.compressed_offset + u64::from(c.compressed_size));
-        }
-        for (blob, (start, end)) in spans {
-            let url = format!(
-                "{}/v2/nydus/bench/blobs/sha256:{}",
-                reg.url(),
-                image.blobs[blob as usize].id
-            );
-            let body = client
-                .get(&url)
-                .header("Range", format!("bytes={start}-{}", end - 1))
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?;
-            anyhow::ensure!(body.len() as u64 == end - start, "short range from {url}");
-            requests += 1;
-        }
-    }
-    Ok((t.elapsed().as_secs_f64(), requests))
-}
-
 fn mount_request(boot: &Path, reg: &Registry, mnt: &Path, mode: &str) -> MountRequest {
     MountRequest {
         bootstrap_path: boot.display().to_string(),
@@ -248,19 +200,10 @@ async fn main() -> anyhow::Result<()> {
         "nydusify: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let (body, _, _) = reg.client().get_manifest("nydus/bench", "v1").await?;
-    let m: serde_json::Value = serde_json::from_slice(&body)?;
-    let boot_digest = m["layers"]
-        .as_array()
-        .and_then(|l| l.last())
-        .and_then(|l| l["digest"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let gz = reg.client().get_blob("nydus/bench", &boot_digest).await?;
     let boot = dir.join("image.boot");
     std::fs::write(
         &boot,
-        nydus::nydusify::convert::bootstrap_from_layer_tar(&gz).map_err(anyhow::Error::msg)?,
+        integration::bench::nydus_bootstrap(&reg, "nydus/bench", "v1").await?,
     )?;
     let local = integration::unpack_with_umoci(&img.oci_dir, "v1", &dir.join("local"))?;
     let all = files(&local);
@@ -298,7 +241,17 @@ async fn main() -> anyhow::Result<()> {
     // server that fetches only the bytes read pays for this read order.
     let image = nydus::image::from_bytes(std::fs::read(&boot)?, None, "bootstrap")?;
     drop_caches();
-    let floor = registry_floor(&reg, &image, &sample).await?;
+    let paths: Vec<String> = sample
+        .iter()
+        .map(|(p, _)| format!("/{}", p.display()))
+        .collect();
+    let floor = integration::bench::registry_floor(
+        &reg,
+        "nydus/bench",
+        &image,
+        paths.iter().map(String::as_str),
+    )
+    .await?;
     println!(
         "registry floor: {} ranged GETs in {:.3}s ({:.2} ms each)",
         floor.1,
