@@ -75,6 +75,9 @@ pub struct Agent {
     log_path: PathBuf,
     /// Environment of every launch.
     env: Vec<(String, String)>,
+    /// Descriptor holders seen after a launch: killed on drop (they live in their own process
+    /// group, so stopping the daemon leaves them, and the test dir may be gone by then).
+    holders: Vec<u32>,
 }
 
 impl Drop for Agent {
@@ -82,7 +85,8 @@ impl Drop for Agent {
     /// a `kill -9` of the daemon by design; a later daemon of the same mount root uses it).
     fn drop(&mut self) {
         drop(self.process.take());
-        if let Some(pid) = self.holder_pid() {
+        let holders = self.holders.iter().copied().chain(self.holder_pid());
+        for pid in holders.filter(|p| is_holder(*p)) {
             if let Some(pid) = i32::try_from(pid)
                 .ok()
                 .and_then(rustix::process::Pid::from_raw)
@@ -91,6 +95,19 @@ impl Drop for Agent {
             }
         }
     }
+}
+
+/// Whether `pid` is a live `dfdaemon --fd-holder`.
+fn is_holder(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // A zombie is not running.
+    let state = stat.rsplit(") ").next().and_then(|s| s.split(' ').next());
+    state != Some("Z") && cmdline.split(|b| *b == 0).any(|a| a == b"--fd-holder")
 }
 
 impl Agent {
@@ -168,6 +185,7 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            holders: Vec::new(),
         };
         agent.launch(Vec::new()).await?;
         Ok(agent)
@@ -248,6 +266,9 @@ impl Agent {
                 format!("{e}\n--- {} log ---\n{}", self.name, self.log_tail(40)),
             ));
         }
+        if let Some(pid) = self.holder_pid().filter(|p| !self.holders.contains(p)) {
+            self.holders.push(pid);
+        }
         Ok(())
     }
 
@@ -318,11 +339,7 @@ impl Agent {
             .trim()
             .parse()
             .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // A zombie is not running.
-        let state = stat.rsplit(") ").next()?.split(' ').next()?;
-        (state != "Z" && cmdline.split(|b| *b == 0).any(|a| a == b"--fd-holder")).then_some(pid)
+        is_holder(pid).then_some(pid)
     }
 
     /// PID of the running daemon.

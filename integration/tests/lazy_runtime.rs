@@ -1365,6 +1365,69 @@ async fn fuse_mounts_survive_kill9_under_systemds_descriptor_store() {
     survives_kill9("fuse", Keeper::Systemd).await;
 }
 
+/// A graceful stop (SIGTERM, as `systemctl restart` sends) under the default `failover` policy
+/// leaves idle mounts in place too: nothing holds them busy, yet the stopping dfdaemon must not
+/// unmount them. The next dfdaemon serves them, and reads work without a new mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_mounts_stay_across_a_graceful_restart() {
+    require_root_and_tools(&["docker-registry", "skopeo", "umoci", "fusermount3"]);
+    let dir = TestDir::new("lazy-sigterm").unwrap();
+    let reg = Registry::start(&dir).await.unwrap();
+    let f = fixture(&dir, &reg, MIB).await;
+    let mut agent = Agent::start(&dir, "agent", "").await.unwrap();
+    let mounts: Vec<PathBuf> = ["fuse", "erofs"]
+        .into_iter()
+        .map(|mode| dir.join(format!("mnt-{mode}")))
+        .collect();
+    for (mnt, mode) in mounts.iter().zip(["fuse", "erofs"]) {
+        mount_in(&agent, &f, &reg, mnt, mode).await;
+        assert_eq!(
+            std::fs::read_to_string(mnt.join("etc/hello.txt")).unwrap(),
+            std::fs::read_to_string(f.oci_root.join("etc/hello.txt")).unwrap()
+        );
+    }
+    agent.restart().await.unwrap();
+    assert!(
+        agent
+            .log()
+            .contains("leaving the image mounts to the next dfdaemon"),
+        "{}",
+        agent.log_tail(20)
+    );
+    for mnt in &mounts {
+        assert!(
+            is_mounted(mnt),
+            "{} was unmounted by the graceful stop: {}",
+            mnt.display(),
+            agent.log_tail(20)
+        );
+        assert_eq!(
+            std::fs::read_to_string(mnt.join("etc/replaced.txt")).unwrap(),
+            "v2, from layer 3\n"
+        );
+    }
+    let listed = agent
+        .runtime()
+        .list_mounts(ListMountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.mounts.len(), 2, "{}", agent.log_tail(20));
+    // The same mounts, taken over: not mounted again, and no unmount was tried.
+    let log = agent.log();
+    assert_eq!(
+        log.matches("image mount taken over").count(),
+        2,
+        "{}",
+        agent.log_tail(30)
+    );
+    assert!(
+        !log.contains("image mounted again") && !log.contains("Unmount failed"),
+        "{}",
+        agent.log_tail(30)
+    );
+}
+
 /// With `recoverPolicy: restart`, a mount whose dfdaemon was SIGKILLed is mounted again by the
 /// next dfdaemon at the same path (what was left there is detached), and reads work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

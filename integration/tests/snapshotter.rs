@@ -462,12 +462,12 @@ fn rafs_mounts(root: &Path) -> usize {
         .count()
 }
 
-/// `kill -9` of dfdaemon while a container of a Nydus image reads a file in a loop, page caches
-/// dropped meanwhile so the reads reach the mount: the container keeps running, every read it
-/// made returns the source's bytes (the ones during the outage wait), and once dfdaemon is back
-/// a new container of the image starts.
+/// `kill -9` of dfdaemon, then a graceful restart, while a container of a Nydus image reads a
+/// file in a loop, page caches dropped meanwhile so the reads reach the mount: the container
+/// keeps running, every read it made returns the source's bytes (the ones during the outage
+/// wait), and once dfdaemon is back a new container of the image starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_nydus_container_keeps_reading_across_kill9_of_dfdaemon() {
+async fn a_nydus_container_keeps_reading_across_kill9_and_restart_of_dfdaemon() {
     require_root_and_tools(TOOLS);
     let NydusEnv {
         dir: _dir,
@@ -521,29 +521,38 @@ async fn a_nydus_container_keeps_reading_across_kill9_of_dfdaemon() {
     .await
     .unwrap();
 
-    agent.kill9().await;
-    drop_caches();
-    let at_kill = lines(&log).len();
-    agent.restart().await.unwrap();
-    // Reads go on: three more, with caches dropped before each, so they reach the mount.
-    for n in 1..=3 {
+    // First a crash (kill -9), then a graceful restart (SIGTERM, as `systemctl restart`
+    // sends): after each, the running container's reads go on.
+    for graceful in [false, true] {
+        if !graceful {
+            agent.kill9().await;
+        }
         drop_caches();
-        wait_for(
-            Duration::from_secs(60),
-            "reads after the restart",
-            || async { lines(&log).len() >= at_kill + n },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_tail(30)));
+        let at_stop = lines(&log).len();
+        agent.restart().await.unwrap();
+        // Three more reads, with caches dropped before each, so they reach the mount.
+        for n in 1..=3 {
+            drop_caches();
+            wait_for(
+                Duration::from_secs(60),
+                "reads after the restart",
+                || async { lines(&log).len() >= at_stop + n },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("graceful: {graceful}: {e}\n{}", agent.log_tail(30)));
+        }
+        let all = lines(&log);
+        let bad: Vec<&String> = all.iter().filter(|l| !l.contains(&want)).collect();
+        assert!(
+            bad.is_empty(),
+            "graceful: {graceful}: reads that failed or differ: {bad:?}"
+        );
+        assert!(
+            agent.log().contains("image mount taken over"),
+            "graceful: {graceful}: {}",
+            agent.log_tail(30)
+        );
     }
-    let all = lines(&log);
-    let bad: Vec<&String> = all.iter().filter(|l| !l.contains(&want)).collect();
-    assert!(bad.is_empty(), "reads that failed or differ: {bad:?}");
-    assert!(
-        agent.log().contains("image mount taken over"),
-        "{}",
-        agent.log_tail(30)
-    );
     // A new container of the image starts through the restarted dfdaemon (containerd
     // reconnects to the snapshotter after its retry backoff, at most 3 s: until then its calls
     // fail as unavailable).

@@ -29,14 +29,119 @@ const NOTIFY_RESEND: i32 = 7;
 /// Mounts `fs` at `mountpoint` and serves it in the background, like `fuser::spawn_mount`, and
 /// also returns a duplicate of the mount's `/dev/fuse` descriptor (the same open file), to keep
 /// the mount alive beyond this process.
+///
+/// As root the mount is made here with mount(2), so no `fuser` mount guard comes with the
+/// session: ending or dropping the session never unmounts (a process that stops leaves its
+/// mounts to the next one; unmounting is the caller's business, with [`crate::blobfs::unmount`]).
+/// Without the privilege (or with options this does not map), `fuser` mounts it, with its
+/// guard.
 pub fn mount<FS: Filesystem + Send + 'static>(
     fs: FS,
     mountpoint: &Path,
     config: &fuser::Config,
 ) -> io::Result<(fuser::BackgroundSession, OwnedFd)> {
-    let session = fuser::Session::new(fs, mountpoint, config)?;
-    let dev = session.as_fd().try_clone_to_owned()?;
-    Ok((session.spawn()?, dev))
+    let dev = match kernel_mount(mountpoint, config) {
+        Ok(dev) => dev,
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                || e.kind() == io::ErrorKind::Unsupported =>
+        {
+            let session = fuser::Session::new(fs, mountpoint, config)?;
+            let dev = session.as_fd().try_clone_to_owned()?;
+            return Ok((session.spawn()?, dev));
+        }
+        Err(e) => return Err(e),
+    };
+    // The kernel queued INIT at mount time: the session's handshake answers it.
+    let session = fuser::Session::from_fd(fs, dev.try_clone()?, config.acl, config.clone())
+        .and_then(|s| s.spawn());
+    match session {
+        Ok(session) => Ok((session, dev)),
+        Err(e) => {
+            let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH);
+            Err(e)
+        }
+    }
+}
+
+/// Opens `/dev/fuse` and mounts a FUSE filesystem on it at `mountpoint` with the options of
+/// `config` (those our mounts use: read-only, name, type, default permissions, access by
+/// others); the device. `Unsupported` for other options.
+fn kernel_mount(mountpoint: &Path, config: &fuser::Config) -> io::Result<OwnedFd> {
+    use fuser::MountOption as O;
+    use rustix::mount::MountFlags;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    let (mut source, mut fstype) = ("fuse".to_string(), "fuse".to_string());
+    let mut extra = String::new();
+    for o in &config.mount_options {
+        match o {
+            O::RO => flags |= MountFlags::RDONLY,
+            O::FSName(n) => source = n.clone(),
+            O::Subtype(t) => fstype = format!("fuse.{t}"),
+            O::DefaultPermissions => extra.push_str(",default_permissions"),
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("mount option {other:?}"),
+                ))
+            }
+        }
+    }
+    match config.acl {
+        fuser::SessionACL::All => extra.push_str(",allow_other"),
+        fuser::SessionACL::RootAndOwner => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "access for root and owner",
+            ))
+        }
+        _ => {}
+    }
+    if [&source, &fstype].iter().any(|s| s.contains([',', '\0'])) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("FUSE name {source:?} or type {fstype:?} has a comma or NUL"),
+        ));
+    }
+    let root = rustix::fs::stat(mountpoint).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("{}: {e}", mountpoint.display()),
+        )
+    })?;
+    let dev = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("/dev/fuse: {e}")))?;
+    let data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}{extra}",
+        dev.as_raw_fd(),
+        root.st_mode & libc_s_ifmt(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    let data = std::ffi::CString::new(data).map_err(|_| io::Error::other("NUL in mount data"))?;
+    rustix::mount::mount(
+        source.as_str(),
+        mountpoint,
+        fstype.as_str(),
+        flags,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mount -t {fstype} on {}: {e}", mountpoint.display()),
+        )
+    })?;
+    Ok(dev)
+}
+
+/// `S_IFMT`: the file type bits of a mode.
+const fn libc_s_ifmt() -> u32 {
+    0o170000
 }
 
 /// Serves `fs` on `dev`, the `/dev/fuse` descriptor of a mount whose INIT was answered by an

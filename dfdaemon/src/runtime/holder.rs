@@ -158,8 +158,12 @@ impl HolderClient {
                 std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
                 rustix::net::listen(&listener, 4)?;
                 let exe = std::env::current_exe()?;
+                // Its own process group: a stop that signals dfdaemon's group (a terminal, an
+                // init script) leaves it, and the mounts with it.
+                use std::os::unix::process::CommandExt;
                 let mut child = std::process::Command::new(exe)
                     .arg("--fd-holder")
+                    .process_group(0)
                     .stdin(std::process::Stdio::from(listener))
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())

@@ -706,7 +706,13 @@ impl Runtime {
                 ))
             }
             Err(e) => {
-                let _ = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
+                // The session does not unmount when it ends ([`nydus::takeover::mount`]).
+                let dir = blob_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = nydus::blobfs::unmount(&dir);
+                    session.join()
+                })
+                .await;
                 let _ = std::fs::remove_dir(&blob_dir);
                 Err(mount_err(e.to_string()))
             }
