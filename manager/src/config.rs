@@ -1,0 +1,328 @@
+//! `manager.yaml`: Dragonfly's key names where the concept is the same (`server.rest.addr`,
+//! `server.grpc.port.start`, `database.type`, `database.postgres.*`, `auth.jwt.*`). Unknown keys
+//! are an error naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ManagerConfig {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+}
+
+/// `server`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Where the manager keeps its files (SQLite database, JWT key, initial root password).
+    /// Default: /var/lib/dragonfly/manager.
+    pub work_home: PathBuf,
+    pub rest: RestConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            work_home: PathBuf::from("/var/lib/dragonfly/manager"),
+            rest: RestConfig::default(),
+        }
+    }
+}
+
+/// `server.rest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestConfig {
+    /// Listen address of the REST API, the Open API and the console. Default: `:8080`.
+    pub addr: String,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            addr: ":8080".into(),
+        }
+    }
+}
+
+/// `database`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DatabaseConfig {
+    /// `sqlite` (default: a file under `server.workHome`, nothing to run) or `postgres`.
+    #[serde(rename = "type")]
+    pub kind: DatabaseKind,
+    pub sqlite: SqliteConfig,
+    pub postgres: PostgresConfig,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            kind: DatabaseKind::Sqlite,
+            sqlite: SqliteConfig::default(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+/// Which database holds the manager's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+/// `database.sqlite`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SqliteConfig {
+    /// The database file. Default: `<server.workHome>/manager.db`.
+    pub path: Option<PathBuf>,
+}
+
+/// `database.postgres` (Dragonfly's keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PostgresConfig {
+    pub user: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    /// `disable` (default), `prefer`, `require`, ...: libpq's `sslmode`.
+    pub ssl_mode: String,
+    /// Accepted for Dragonfly's configs; timestamps are stored in UTC.
+    pub timezone: String,
+    /// Run the migrations at start. Default: true.
+    pub migrate: bool,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            user: String::new(),
+            password: String::new(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: "manager".into(),
+            ssl_mode: "disable".into(),
+            timezone: "UTC".into(),
+            migrate: true,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// The connection URL (user and password percent-encoded).
+    pub fn url(&self) -> String {
+        fn enc(s: &str) -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        }
+        let auth = match (self.user.is_empty(), self.password.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => format!("{}@", enc(&self.user)),
+            (false, false) => format!("{}:{}@", enc(&self.user), enc(&self.password)),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "postgres://{auth}{host}:{}/{}?sslmode={}",
+            self.port,
+            enc(&self.dbname),
+            enc(&self.ssl_mode)
+        )
+    }
+}
+
+/// `auth`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    pub jwt: JwtConfig,
+}
+
+/// `auth.jwt`. There is no `key`: the signing key is generated on first start and kept in
+/// `<server.workHome>/jwt.key` (mode 0600).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtConfig {
+    /// Default: Dragonfly.
+    pub realm: String,
+    /// How long a console session lasts. Default: 14 days (Dragonfly's).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            realm: "Dragonfly".into(),
+            timeout: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// Errors of reading the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {}", problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl ManagerConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &std::path::Path) -> Result<ManagerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses and checks YAML text (an empty text is the defaults).
+    pub fn parse(text: &str) -> Result<ManagerConfig, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: PathBuf::new(),
+            message,
+        };
+        let c: ManagerConfig = if text.trim().is_empty() {
+            ManagerConfig::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| parse_err(e.to_string()))?
+        };
+        let problems = c.validate();
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if rest_addr(&self.server.rest.addr).is_err() {
+            p.push(format!(
+                "server.rest.addr: {:?} is not an address like :8080 or 127.0.0.1:8080",
+                self.server.rest.addr
+            ));
+        }
+        if self.database.kind == DatabaseKind::Postgres && self.database.postgres.user.is_empty() {
+            p.push("database.postgres.user: needed with database.type postgres".into());
+        }
+        if self.auth.jwt.timeout.is_zero() {
+            p.push("auth.jwt.timeout: must be more than 0".into());
+        }
+        p
+    }
+
+    /// Where the SQLite database lives.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.database
+            .sqlite
+            .path
+            .clone()
+            .unwrap_or_else(|| self.server.work_home.join("manager.db"))
+    }
+}
+
+/// `:8080` (every address) or `host:port`.
+pub fn rest_addr(addr: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    full.parse().map_err(|e| format!("{addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = ManagerConfig::parse("").unwrap();
+        assert_eq!(c.database.kind, DatabaseKind::Sqlite);
+        assert_eq!(c.server.rest.addr, ":8080");
+        assert_eq!(
+            c.sqlite_path(),
+            PathBuf::from("/var/lib/dragonfly/manager/manager.db")
+        );
+        assert_eq!(c.auth.jwt.timeout, Duration::from_secs(14 * 24 * 3600));
+    }
+
+    #[test]
+    fn postgres_keys_make_a_url() {
+        let c = ManagerConfig::parse(
+            "database:\n  type: postgres\n  postgres:\n    user: dragon fly\n    password: 'p@ss:w/rd'\n    host: 127.0.0.1\n    port: 5433\n    dbname: manager\n    sslMode: disable\n    timezone: UTC\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.database.postgres.url(),
+            "postgres://dragon%20fly:p%40ss%3Aw%2Frd@127.0.0.1:5433/manager?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = ManagerConfig::parse("server:\n  rest:\n    adr: ':8080'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `adr`"), "{e}");
+        let e = ManagerConfig::parse("server:\n  rest:\n    addr: 'nowhere'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.rest.addr"), "{e}");
+        let e = ManagerConfig::parse("database:\n  type: postgres\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database.postgres.user"), "{e}");
+        let e = ManagerConfig::parse("auth:\n  jwt:\n    timeout: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.jwt.timeout"), "{e}");
+        let c = ManagerConfig::parse("auth:\n  jwt:\n    timeout: 1h30m\n").unwrap();
+        assert_eq!(c.auth.jwt.timeout, Duration::from_secs(5400));
+    }
+}

@@ -1,0 +1,424 @@
+//! The REST API (`/api/v1`, console sessions), the Open API (`/oapi/v1`, personal access
+//! tokens) and `/healthy`, with Dragonfly's routes and JSON shapes. Errors are
+//! `{"message": "..."}` naming what is wrong.
+
+use crate::auth;
+use crate::db::{parse_timestamp, Db, DbError};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Failed sign-ins allowed per client address within [`SIGNIN_WINDOW`].
+pub const SIGNIN_FAILURES: usize = 5;
+/// The window of [`SIGNIN_FAILURES`].
+pub const SIGNIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the handlers share.
+pub struct AppState {
+    pub db: Db,
+    pub jwt_key: Vec<u8>,
+    pub jwt_timeout: Duration,
+    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+impl AppState {
+    pub fn new(db: Db, jwt_key: Vec<u8>, jwt_timeout: Duration) -> Arc<AppState> {
+        Arc::new(AppState {
+            db,
+            jwt_key,
+            jwt_timeout,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Recent failed sign-ins from `ip` (older ones forgotten).
+    fn recent_failures(&self, ip: IpAddr) -> Vec<Instant> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let list = f.entry(ip).or_default();
+        list.retain(|t| now.duration_since(*t) < SIGNIN_WINDOW);
+        let out = list.clone();
+        if out.is_empty() {
+            f.remove(&ip);
+        }
+        out
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a flood of addresses cannot grow the map past this.
+        if f.len() >= 100_000 && !f.contains_key(&ip) {
+            let now = Instant::now();
+            f.retain(|_, l| l.iter().any(|t| now.duration_since(*t) < SIGNIN_WINDOW));
+            if f.len() >= 100_000 {
+                return;
+            }
+        }
+        f.entry(ip).or_default().push(Instant::now());
+    }
+}
+
+/// An error answer: status and message.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::UNPROCESSABLE_ENTITY, message.into())
+    }
+    fn not_found() -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, "record not found".into())
+    }
+    fn unauthorized() -> ApiError {
+        ApiError(StatusCode::UNAUTHORIZED, "Unauthorized".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    /// `{"message": ...}`; bad input (400, 422) also under `errors`, where Dragonfly puts it.
+    fn into_response(self) -> Response {
+        let body =
+            if self.0 == StatusCode::BAD_REQUEST || self.0 == StatusCode::UNPROCESSABLE_ENTITY {
+                serde_json::json!({ "message": self.1, "errors": self.1 })
+            } else {
+                serde_json::json!({ "message": self.1 })
+            };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> ApiError {
+        tracing::error!(error = %e, "database");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// A JSON body, its rejection answered as 400 with the parser's message (which names the field).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/users/{id}", get(get_user))
+        .route(
+            "/personal-access-tokens",
+            post(create_token).get(list_tokens),
+        )
+        .route(
+            "/personal-access-tokens/{id}",
+            get(get_token).patch(update_token).delete(delete_token),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_session,
+        ))
+        .route("/users/signin", post(signin));
+    Router::new()
+        .route("/healthy", get(|| async { "OK" }))
+        .nest("/api/v1", api)
+        .with_state(state)
+}
+
+/// Claims of a console session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user's id.
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub exp: u64,
+    pub iat: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigninRequest {
+    name: String,
+    password: String,
+}
+
+async fn signin(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(req): JsonBody<SigninRequest>,
+) -> Result<Response, ApiError> {
+    let ip = peer.ip();
+    let recent = s.recent_failures(ip);
+    if recent.len() >= SIGNIN_FAILURES {
+        let wait = SIGNIN_WINDOW.saturating_sub(recent[0].elapsed()).as_secs() + 1;
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed sign-ins from {ip}; try again in {wait} s"),
+        ));
+    }
+    let Some(user) = auth::sign_in(&s.db, &req.name, &req.password).await? else {
+        s.failed(ip);
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "incorrect name or password".into(),
+        ));
+    };
+    let now = chrono::Utc::now();
+    let exp = now + chrono::Duration::from_std(s.jwt_timeout).unwrap_or(chrono::Duration::days(14));
+    let claims = Claims {
+        id: user.id,
+        name: user.name.clone(),
+        role: user.role.clone(),
+        exp: exp.timestamp().max(0) as u64,
+        iat: now.timestamp().max(0) as u64,
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&s.jwt_key),
+    )
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("signing a session: {e}"),
+        )
+    })?;
+    let cookie = format!(
+        "jwt={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        s.jwt_timeout.as_secs()
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({
+            "code": 200,
+            "token": token,
+            "expire": crate::db::timestamp(exp),
+        })),
+    )
+        .into_response())
+}
+
+/// The session's claims from `Authorization: Bearer <jwt>` or the `jwt` cookie.
+fn session(s: &AppState, headers: &HeaderMap) -> Option<Claims> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    let cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("jwt=").map(str::to_string))
+    };
+    let token = bearer.or_else(cookie)?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.leeway = 0;
+    jsonwebtoken::decode::<Claims>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(&s.jwt_key),
+        &v,
+    )
+    .ok()
+    .map(|d| d.claims)
+}
+
+async fn require_session(
+    State(s): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let claims = session(&s, req.headers()).ok_or_else(ApiError::unauthorized)?;
+    // The user may have been disabled since the session began.
+    match auth::user(&s.db, claims.id).await? {
+        Some(u) if u.state == "enable" => {}
+        _ => return Err(ApiError::unauthorized()),
+    }
+    req.extensions_mut().insert(claims);
+    Ok(next.run(req).await)
+}
+
+async fn get_user(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+) -> Result<Json<auth::User>, ApiError> {
+    if c.role != "root" && c.id != id {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "only root may see other users".into(),
+        ));
+    }
+    auth::user(&s.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTokenRequest {
+    name: String,
+    #[serde(default)]
+    bio: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expired_at: String,
+    user_id: i64,
+}
+
+fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
+    match scopes.iter().find(|s| !auth::SCOPES.contains(&s.as_str())) {
+        Some(s) => Err(ApiError::bad(format!(
+            "scopes: unknown scope {s:?} (known: {})",
+            auth::SCOPES.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!(
+            "{field}: must be 1 to 256 characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn create_token(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    JsonBody(req): JsonBody<CreateTokenRequest>,
+) -> Result<Json<auth::PersonalAccessToken>, ApiError> {
+    check_name("name", &req.name)?;
+    if req.bio.len() > 1024 {
+        return Err(ApiError::bad("bio: at most 1024 characters"));
+    }
+    check_scopes(&req.scopes)?;
+    let expires = parse_timestamp(&req.expired_at).ok_or_else(|| {
+        ApiError::bad(format!(
+            "expired_at: {:?} is not an RFC 3339 time (like 2027-01-01T00:00:00Z)",
+            req.expired_at
+        ))
+    })?;
+    if expires <= chrono::Utc::now() {
+        return Err(ApiError::bad("expired_at: must be in the future"));
+    }
+    if c.role != "root" && req.user_id != c.id {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "only root may create tokens for other users".into(),
+        ));
+    }
+    if auth::user(&s.db, req.user_id).await?.is_none() {
+        return Err(ApiError::bad(format!("user_id: no user {}", req.user_id)));
+    }
+    let pat = auth::create_token(
+        &s.db,
+        req.user_id,
+        req.name.trim(),
+        &req.bio,
+        &req.scopes,
+        &crate::db::timestamp(expires),
+    )
+    .await?;
+    Ok(Json(pat))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    user_id: Option<i64>,
+}
+
+async fn list_tokens(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<auth::PersonalAccessToken>>, ApiError> {
+    // Root sees every token (or one user's); others their own.
+    let user = if c.role == "root" {
+        q.user_id
+    } else {
+        Some(c.id)
+    };
+    Ok(Json(auth::list_tokens(&s.db, user).await?))
+}
+
+/// The token `id` if the session may see it.
+async fn visible_token(
+    s: &AppState,
+    c: &Claims,
+    id: i64,
+) -> Result<auth::PersonalAccessToken, ApiError> {
+    match auth::token(&s.db, id).await? {
+        Some(t) if c.role == "root" || t.user_id == c.id => Ok(t),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+async fn get_token(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+) -> Result<Json<auth::PersonalAccessToken>, ApiError> {
+    visible_token(&s, &c, id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTokenRequest {
+    state: String,
+}
+
+async fn update_token(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+    JsonBody(req): JsonBody<UpdateTokenRequest>,
+) -> Result<Json<auth::PersonalAccessToken>, ApiError> {
+    if req.state != "active" && req.state != "inactive" {
+        return Err(ApiError::bad(format!(
+            "state: {:?} is neither active nor inactive",
+            req.state
+        )));
+    }
+    visible_token(&s, &c, id).await?;
+    auth::set_token_state(&s.db, id, &req.state).await?;
+    visible_token(&s, &c, id).await.map(Json)
+}
+
+async fn delete_token(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    visible_token(&s, &c, id).await?;
+    auth::delete_token(&s.db, id).await?;
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,396 @@
+//! The manager's REST API on a real listener over its SQLite database: the root user's first
+//! password, sessions, sign-in rate limit, personal access tokens and bad input.
+
+use manager::auth::{self, TokenRefusal};
+use manager::config::ManagerConfig;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+struct Manager {
+    url: String,
+    state: std::sync::Arc<manager::rest::AppState>,
+    work: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn config(work: &Path) -> ManagerConfig {
+    let mut c = ManagerConfig::default();
+    c.server.work_home = work.to_path_buf();
+    c
+}
+
+async fn start_in(work: tempfile::TempDir) -> Manager {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = manager::prepare(&config(work.path())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(manager::serve(state.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    Manager {
+        url,
+        state,
+        work,
+        stop: Some(stop),
+    }
+}
+
+async fn start() -> Manager {
+    start_in(tempfile::tempdir().unwrap()).await
+}
+
+fn root_password(work: &Path) -> String {
+    std::fs::read_to_string(work.join("initial-root-password"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn signin(m: &Manager, name: &str, password: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/v1/users/signin", m.url))
+        .json(&serde_json::json!({ "name": name, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn root_session(m: &Manager) -> String {
+    let r = signin(m, "root", &root_password(m.work.path())).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read() {
+    let work = tempfile::tempdir().unwrap();
+    let m = start_in(work).await;
+    let pw = m.work.path().join("initial-root-password");
+    let key = m.work.path().join("jwt.key");
+    assert_eq!(mode(&pw), 0o600);
+    assert_eq!(mode(&key), 0o600);
+    let password = root_password(m.work.path());
+    assert!(password.len() >= 20, "a generated password: {password:?}");
+    assert_ne!(password, "dragonfly", "never Dragonfly's default password");
+    let key_bytes = std::fs::read(&key).unwrap();
+    // Default sign-in with Dragonfly's well-known password fails.
+    assert_eq!(signin(&m, "root", "dragonfly").await.status(), 401);
+    assert_eq!(signin(&m, "root", &password).await.status(), 200);
+    // A second start on the same work home keeps the user, its password and the key.
+    let work = {
+        let mut m = m;
+        let _ = m.stop.take().map(|s| s.send(()));
+        std::mem::replace(&mut m.work, tempfile::tempdir().unwrap())
+    };
+    std::fs::remove_file(work.path().join("initial-root-password")).unwrap();
+    let m = start_in(work).await;
+    assert!(!m.work.path().join("initial-root-password").exists());
+    assert_eq!(std::fs::read(key_path(&m)).unwrap(), key_bytes);
+    assert_eq!(signin(&m, "root", &password).await.status(), 200);
+}
+
+fn key_path(m: &Manager) -> std::path::PathBuf {
+    m.work.path().join("jwt.key")
+}
+
+#[tokio::test]
+async fn signin_answers_a_session_and_repeated_failures_are_refused_for_a_while() {
+    let m = start().await;
+    let r = signin(&m, "root", &root_password(m.work.path())).await;
+    assert_eq!(r.status(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.starts_with("jwt=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    let token = body["token"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(body["expire"].as_str().unwrap()).is_ok());
+    // The session reads the user, by header and by cookie; nothing without it.
+    let c = reqwest::Client::new();
+    let me = c
+        .get(format!("{}/api/v1/users/1", m.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["name"], "root");
+    assert_eq!(me["role"], "root");
+    assert!(me.get("password_hash").is_none(), "{me}");
+    let by_cookie = c
+        .get(format!("{}/api/v1/users/1", m.url))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    for bad in [None, Some("not-a-jwt"), Some(&token[..token.len() - 2])] {
+        let mut rq = c.get(format!("{}/api/v1/users/1", m.url));
+        if let Some(t) = bad {
+            rq = rq.bearer_auth(t);
+        }
+        assert_eq!(rq.send().await.unwrap().status(), 401, "{bad:?}");
+    }
+    // Five wrong passwords, then even the right one is refused with 429 for a while.
+    for _ in 0..manager::rest::SIGNIN_FAILURES {
+        let r = signin(&m, "root", "wrong").await;
+        assert_eq!(r.status(), 401);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["message"], "incorrect name or password");
+    }
+    let r = signin(&m, "root", &root_password(m.work.path())).await;
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed sign-ins"),
+        "{body}"
+    );
+    // An unknown name is refused like a wrong password.
+    let m2 = start().await;
+    assert_eq!(signin(&m2, "nobody", "x").await.status(), 401);
+}
+
+async fn create_token(m: &Manager, session: &str, body: serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/v1/personal-access-tokens", m.url))
+        .bearer_auth(session)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn in_a_year() -> String {
+    (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339()
+}
+
+#[tokio::test]
+async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_state_expiry_and_scope(
+) {
+    let m = start().await;
+    let s = root_session(&m).await;
+    let r = create_token(
+        &m,
+        &s,
+        serde_json::json!({"name": "harbor", "bio": "preheat", "scopes": ["job"], "expired_at": in_a_year(), "user_id": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let pat: serde_json::Value = r.json().await.unwrap();
+    let token = pat["token"].as_str().unwrap().to_string();
+    assert!(token.len() >= 40, "{token}");
+    assert_eq!(pat["scopes"], serde_json::json!(["job"]));
+    assert_eq!(pat["state"], "active");
+    let id = pat["id"].as_i64().unwrap();
+    // Listed and read without the token itself.
+    let c = reqwest::Client::new();
+    let list: serde_json::Value = c
+        .get(format!("{}/api/v1/personal-access-tokens", m.url))
+        .bearer_auth(&s)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0].get("token").is_none(), "{list}");
+    // The database holds no copy of the token.
+    let db_file = std::fs::read(m.work.path().join("manager.db")).unwrap_or_default();
+    let wal = std::fs::read(m.work.path().join("manager.db-wal")).unwrap_or_default();
+    for bytes in [&db_file, &wal] {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is stored in clear"
+        );
+    }
+    let db = &m.state.db;
+    assert!(auth::check_token(db, &token, "job").await.unwrap().is_ok());
+    assert_eq!(
+        auth::check_token(db, &token, "cluster")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Scope("cluster".into())
+    );
+    assert_eq!(
+        auth::check_token(db, "made-up", "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Unknown
+    );
+    // Revoked, then active again, then deleted.
+    let patch = |state: &str| {
+        c.patch(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
+            .bearer_auth(&s)
+            .json(&serde_json::json!({ "state": state }))
+            .send()
+    };
+    assert_eq!(patch("inactive").await.unwrap().status(), 200);
+    assert_eq!(
+        auth::check_token(db, &token, "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Inactive
+    );
+    assert_eq!(patch("active").await.unwrap().status(), 200);
+    assert!(auth::check_token(db, &token, "job").await.unwrap().is_ok());
+    assert_eq!(patch("revoked").await.unwrap().status(), 422);
+    let del = c
+        .delete(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
+        .bearer_auth(&s)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    assert_eq!(
+        auth::check_token(db, &token, "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Unknown
+    );
+    let gone = c
+        .get(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
+        .bearer_auth(&s)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let body: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(body["message"], "record not found");
+    // A token made with no scopes may do everything (Dragonfly's older tokens); an expired one
+    // nothing.
+    let all = auth::create_token(db, 1, "all", "", &[], &in_a_year())
+        .await
+        .unwrap();
+    let all = all.token.unwrap();
+    assert!(auth::check_token(db, &all, "cluster")
+        .await
+        .unwrap()
+        .is_ok());
+    let past = auth::create_token(db, 1, "old", "", &[], "2020-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        auth::check_token(db, &past.token.unwrap(), "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Expired
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
+    let m = start().await;
+    let s = root_session(&m).await;
+    let cases = [
+        (
+            serde_json::json!({"name": "t", "scopes": ["jobs"], "expired_at": in_a_year(), "user_id": 1}),
+            422,
+            "scopes",
+        ),
+        (
+            serde_json::json!({"name": "t", "expired_at": "tomorrow", "user_id": 1}),
+            422,
+            "expired_at",
+        ),
+        (
+            serde_json::json!({"name": "t", "expired_at": "2020-01-01T00:00:00Z", "user_id": 1}),
+            422,
+            "expired_at",
+        ),
+        (
+            serde_json::json!({"name": "", "expired_at": in_a_year(), "user_id": 1}),
+            422,
+            "name",
+        ),
+        (
+            serde_json::json!({"name": "t", "expired_at": in_a_year(), "user_id": 99}),
+            422,
+            "user_id",
+        ),
+        (
+            serde_json::json!({"name": "t", "expired_at": in_a_year()}),
+            400,
+            "user_id",
+        ),
+        (
+            serde_json::json!({"name": "t", "expired_at": in_a_year(), "user_id": 1, "colour": "red"}),
+            400,
+            "colour",
+        ),
+        (
+            serde_json::json!({"name": 7, "expired_at": in_a_year(), "user_id": 1}),
+            400,
+            "name",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let r = create_token(&m, &s, body.clone()).await;
+        assert_eq!(r.status(), status, "{body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{body}: {msg}");
+        assert_eq!(e["errors"], e["message"], "Dragonfly's key for bad input");
+    }
+    // Not JSON at all.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/personal-access-tokens", m.url))
+        .bearer_auth(&s)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(auth::list_tokens(&m.state.db, None)
+        .await
+        .unwrap()
+        .is_empty());
+    // SQL metacharacters are a name like any other.
+    let evil = "'); DROP TABLE users; --";
+    let r = create_token(
+        &m,
+        &s,
+        serde_json::json!({"name": evil, "expired_at": in_a_year(), "user_id": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let list = auth::list_tokens(&m.state.db, None).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, evil);
+    assert!(
+        auth::user(&m.state.db, 1).await.unwrap().is_some(),
+        "users survived"
+    );
+    assert_eq!(signin(&m, evil, evil).await.status(), 401);
+}
