@@ -1,5 +1,8 @@
-//! The manager's REST API on a real listener over its SQLite database: the root user's first
-//! password, sessions, sign-in rate limit, personal access tokens and bad input.
+//! The manager's REST API on a real listener, each test run over SQLite and over a real
+//! PostgreSQL: the root user's first password, sessions, sign-in rate limit, personal access
+//! tokens and bad input.
+
+mod support;
 
 use manager::auth::{self, TokenRefusal};
 use manager::config::ManagerConfig;
@@ -21,15 +24,50 @@ impl Drop for Manager {
     }
 }
 
-fn config(work: &Path) -> ManagerConfig {
+/// Which database a test runs on.
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a support::Postgres),
+}
+
+fn config(work: &Path, b: Backend) -> ManagerConfig {
     let mut c = ManagerConfig::default();
     c.server.work_home = work.to_path_buf();
+    if let Backend::Postgres(pg) = b {
+        c.database.kind = manager::config::DatabaseKind::Postgres;
+        c.database.postgres.user = pg.user.clone();
+        c.database.postgres.port = pg.port;
+        c.database.postgres.dbname = "postgres".into();
+    }
     c
 }
 
-async fn start_in(work: tempfile::TempDir) -> Manager {
+/// Runs `$name(backend)` as two tests: `$name::sqlite` and `$name::postgres`.
+macro_rules! on_both {
+    ($module:ident: $name:ident) => {
+        mod $module {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let pg = super::support::Postgres::start();
+                super::$name(super::Backend::Postgres(&pg)).await
+            }
+        }
+    };
+}
+
+on_both!(first_start: first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read);
+on_both!(signin: signin_answers_a_session_and_repeated_failures_are_refused_for_a_while);
+on_both!(tokens: personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_state_expiry_and_scope);
+on_both!(bad_input: bad_input_gets_a_4xx_naming_the_field_and_stores_nothing);
+
+async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = manager::prepare(&config(work.path())).await.unwrap();
+    let state = manager::prepare(&config(work.path(), b)).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -44,8 +82,8 @@ async fn start_in(work: tempfile::TempDir) -> Manager {
     }
 }
 
-async fn start() -> Manager {
-    start_in(tempfile::tempdir().unwrap()).await
+async fn start(b: Backend<'_>) -> Manager {
+    start_in(tempfile::tempdir().unwrap(), b).await
 }
 
 fn root_password(work: &Path) -> String {
@@ -75,10 +113,9 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-#[tokio::test]
-async fn first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read() {
+async fn first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read(b: Backend<'_>) {
     let work = tempfile::tempdir().unwrap();
-    let m = start_in(work).await;
+    let m = start_in(work, b).await;
     let pw = m.work.path().join("initial-root-password");
     let key = m.work.path().join("jwt.key");
     assert_eq!(mode(&pw), 0o600);
@@ -97,7 +134,7 @@ async fn first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read() {
         std::mem::replace(&mut m.work, tempfile::tempdir().unwrap())
     };
     std::fs::remove_file(work.path().join("initial-root-password")).unwrap();
-    let m = start_in(work).await;
+    let m = start_in(work, b).await;
     assert!(!m.work.path().join("initial-root-password").exists());
     assert_eq!(std::fs::read(key_path(&m)).unwrap(), key_bytes);
     assert_eq!(signin(&m, "root", &password).await.status(), 200);
@@ -107,9 +144,8 @@ fn key_path(m: &Manager) -> std::path::PathBuf {
     m.work.path().join("jwt.key")
 }
 
-#[tokio::test]
-async fn signin_answers_a_session_and_repeated_failures_are_refused_for_a_while() {
-    let m = start().await;
+async fn signin_answers_a_session_and_repeated_failures_are_refused_for_a_while(b: Backend<'_>) {
+    let m = start(b).await;
     let r = signin(&m, "root", &root_password(m.work.path())).await;
     assert_eq!(r.status(), 200);
     let cookie = r
@@ -171,7 +207,7 @@ async fn signin_answers_a_session_and_repeated_failures_are_refused_for_a_while(
         "{body}"
     );
     // An unknown name is refused like a wrong password.
-    let m2 = start().await;
+    let m2 = start(Backend::Sqlite).await;
     assert_eq!(signin(&m2, "nobody", "x").await.status(), 401);
 }
 
@@ -189,10 +225,10 @@ fn in_a_year() -> String {
     (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339()
 }
 
-#[tokio::test]
 async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_state_expiry_and_scope(
+    b: Backend<'_>,
 ) {
-    let m = start().await;
+    let m = start(b).await;
     let s = root_session(&m).await;
     let r = create_token(
         &m,
@@ -221,6 +257,19 @@ async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_sta
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(list[0].get("token").is_none(), "{list}");
     // The database holds no copy of the token.
+    {
+        use sqlx::Row;
+        let rows = sqlx::query("SELECT name, bio, token_hash, scopes FROM personal_access_tokens")
+            .fetch_all(&m.state.db.pool)
+            .await
+            .unwrap();
+        for r in rows {
+            for col in ["name", "bio", "token_hash", "scopes"] {
+                let v: String = r.try_get(col).unwrap();
+                assert!(!v.contains(&token), "{col} holds the token");
+            }
+        }
+    }
     let db_file = std::fs::read(m.work.path().join("manager.db")).unwrap_or_default();
     let wal = std::fs::read(m.work.path().join("manager.db-wal")).unwrap_or_default();
     for bytes in [&db_file, &wal] {
@@ -308,9 +357,8 @@ async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_sta
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing() {
-    let m = start().await;
+async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing(b: Backend<'_>) {
+    let m = start(b).await;
     let s = root_session(&m).await;
     let cases = [
         (
