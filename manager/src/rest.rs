@@ -102,7 +102,8 @@ impl From<DbError> for ApiError {
     }
 }
 
-/// A JSON body, its rejection answered as 400 with the parser's message (which names the field).
+/// A JSON body, its rejection answered as 422 (as Dragonfly answers every bad body) with the
+/// parser's message, which names the field.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
@@ -115,7 +116,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, e.body_text())),
+            Err(e) => Err(ApiError::bad(e.body_text())),
         }
     }
 }
@@ -321,6 +322,12 @@ async fn create_token(
         return Err(ApiError::bad("bio: at most 1024 characters"));
     }
     check_scopes(&req.scopes)?;
+    // No scopes means every scope, written out (as Dragonfly stores it).
+    let scopes: Vec<String> = if req.scopes.is_empty() {
+        auth::SCOPES.iter().map(|s| s.to_string()).collect()
+    } else {
+        req.scopes.clone()
+    };
     let expires = parse_timestamp(&req.expired_at).ok_or_else(|| {
         ApiError::bad(format!(
             "expired_at: {:?} is not an RFC 3339 time (like 2027-01-01T00:00:00Z)",
@@ -344,7 +351,7 @@ async fn create_token(
         req.user_id,
         req.name.trim(),
         &req.bio,
-        &req.scopes,
+        &scopes,
         &crate::db::timestamp(expires),
     )
     .await?;

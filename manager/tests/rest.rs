@@ -335,8 +335,18 @@ async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_sta
     assert_eq!(gone.status(), 404);
     let body: serde_json::Value = gone.json().await.unwrap();
     assert_eq!(body["message"], "record not found");
-    // A token made with no scopes may do everything (Dragonfly's older tokens); an expired one
-    // nothing.
+    // Made through the API without scopes, a token gets every scope, written out.
+    let r = create_token(
+        &m,
+        &s,
+        serde_json::json!({"name": "ci", "expired_at": in_a_year(), "user_id": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let pat: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(pat["scopes"], serde_json::json!(["job", "cluster"]));
+    // A stored token with no scopes may do everything (Dragonfly's older tokens); an expired
+    // one nothing.
     let all = auth::create_token(db, 1, "all", "", &[], &in_a_year())
         .await
         .unwrap();
@@ -388,17 +398,17 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing(b: Backend<'_>
         ),
         (
             serde_json::json!({"name": "t", "expired_at": in_a_year()}),
-            400,
+            422,
             "user_id",
         ),
         (
             serde_json::json!({"name": "t", "expired_at": in_a_year(), "user_id": 1, "colour": "red"}),
-            400,
+            422,
             "colour",
         ),
         (
             serde_json::json!({"name": 7, "expired_at": in_a_year(), "user_id": 1}),
-            400,
+            422,
             "name",
         ),
     ];
@@ -419,7 +429,7 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing(b: Backend<'_>
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 422);
     assert!(auth::list_tokens(&m.state.db, None)
         .await
         .unwrap()
