@@ -297,24 +297,47 @@ pub async fn list_tokens(
     db: &Db,
     user_id: Option<i64>,
 ) -> Result<Vec<PersonalAccessToken>, DbError> {
-    let q = match user_id {
-        Some(_) => format!(
-            "SELECT {PAT_COLUMNS} FROM personal_access_tokens WHERE user_id = $1 ORDER BY id"
-        ),
-        None => format!("SELECT {PAT_COLUMNS} FROM personal_access_tokens ORDER BY id"),
+    Ok(list_tokens_page(db, user_id, i64::MAX, 0).await?.0)
+}
+
+/// Up to `limit` tokens (of `user_id` when given) after the first `offset`, in id order, and
+/// how many there are in all.
+pub async fn list_tokens_page(
+    db: &Db,
+    user_id: Option<i64>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<PersonalAccessToken>, i64), DbError> {
+    let filter = if user_id.is_some() {
+        "WHERE user_id = $1"
+    } else {
+        "WHERE $1 = $1"
     };
-    let mut query = sqlx::query(&q);
-    if let Some(u) = user_id {
-        query = query.bind(u);
-    }
-    query
-        .fetch_all(&db.pool)
-        .await
-        .map_err(DbError::sqlx("list personal access tokens"))?
+    let uid = user_id.unwrap_or(0);
+    let total: i64 = sqlx::query(&format!(
+        "SELECT COUNT(*) AS n FROM personal_access_tokens {filter}"
+    ))
+    .bind(uid)
+    .fetch_one(&db.pool)
+    .await
+    .map_err(DbError::sqlx("count personal access tokens"))?
+    .try_get("n")
+    .map_err(DbError::sqlx("count personal access tokens"))?;
+    let rows = sqlx::query(&format!(
+        "SELECT {PAT_COLUMNS} FROM personal_access_tokens {filter} ORDER BY id LIMIT $2 OFFSET $3"
+    ))
+    .bind(uid)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(DbError::sqlx("list personal access tokens"))?;
+    let list = rows
         .iter()
         .map(pat_from_row)
         .collect::<Result<_, _>>()
-        .map_err(DbError::sqlx("read a personal access token"))
+        .map_err(DbError::sqlx("read a personal access token"))?;
+    Ok((list, total))
 }
 
 /// The token with this id.

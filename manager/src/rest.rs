@@ -361,20 +361,82 @@ async fn create_token(
 #[derive(Deserialize)]
 struct ListQuery {
     user_id: Option<i64>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+/// Dragonfly's pagination: `page` (from 1, default 1) and `per_page` (default 10); the
+/// (limit, offset).
+fn page_of(page: Option<i64>, per_page: Option<i64>) -> Result<(i64, i64, i64), ApiError> {
+    let page = page.unwrap_or(1);
+    let per_page = per_page.unwrap_or(10);
+    if page < 1 {
+        return Err(ApiError::bad("page: must be at least 1"));
+    }
+    if !(1..=10_000_000).contains(&per_page) {
+        return Err(ApiError::bad("per_page: must be 1 to 10000000"));
+    }
+    let offset = (page - 1)
+        .checked_mul(per_page)
+        .ok_or_else(|| ApiError::bad("page: too large"))?;
+    Ok((page, per_page, offset))
+}
+
+/// Dragonfly's `Link` header: relative URLs of the prev, next, first and last pages, the
+/// query's other keys kept (sorted).
+fn link_header(
+    path: &str,
+    mut query: Vec<(String, String)>,
+    page: i64,
+    per_page: i64,
+    total: i64,
+) -> String {
+    query.retain(|(k, _)| k != "page" && k != "per_page");
+    let last = (total + per_page - 1) / per_page;
+    let url = |p: i64| {
+        let mut q = query.clone();
+        q.push(("page".into(), p.to_string()));
+        q.push(("per_page".into(), per_page.to_string()));
+        q.sort();
+        let q: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("<{path}?{}>", q.join("&"))
+    };
+    let next = if page >= last { page } else { page + 1 };
+    format!(
+        "{};rel=prev,{};rel=next,{};rel=first,{};rel=last",
+        url((page - 1).max(1)),
+        url(next),
+        url(1),
+        url(last)
+    )
 }
 
 async fn list_tokens(
     State(s): State<Arc<AppState>>,
     axum::Extension(c): axum::Extension<Claims>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<auth::PersonalAccessToken>>, ApiError> {
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let (page, per_page, offset) = page_of(q.page, q.per_page)?;
     // Root sees every token (or one user's); others their own.
     let user = if c.role == "root" {
         q.user_id
     } else {
         Some(c.id)
     };
-    Ok(Json(auth::list_tokens(&s.db, user).await?))
+    let (list, total) = auth::list_tokens_page(&s.db, user, per_page, offset).await?;
+    let mut kept = Vec::new();
+    if let Some(u) = q.user_id {
+        kept.push(("user_id".to_string(), u.to_string()));
+    }
+    let link = link_header(
+        "/api/v1/personal-access-tokens",
+        kept,
+        page,
+        per_page,
+        total,
+    );
+    Ok(([(header::LINK, link)], Json(list)).into_response())
 }
 
 /// The token `id` if the session may see it.

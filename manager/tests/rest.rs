@@ -64,6 +64,7 @@ on_both!(first_start: first_start_makes_a_root_password_and_a_jwt_key_only_root_
 on_both!(signin: signin_answers_a_session_and_repeated_failures_are_refused_for_a_while);
 on_both!(tokens: personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_state_expiry_and_scope);
 on_both!(bad_input: bad_input_gets_a_4xx_naming_the_field_and_stores_nothing);
+on_both!(pages: lists_come_in_pages_with_dragonflys_link_header);
 
 async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -451,4 +452,54 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_stores_nothing(b: Backend<'_>
         "users survived"
     );
     assert_eq!(signin(&m, evil, evil).await.status(), 401);
+}
+
+async fn lists_come_in_pages_with_dragonflys_link_header(b: Backend<'_>) {
+    let m = start(b).await;
+    let s = root_session(&m).await;
+    for i in 0..12 {
+        auth::create_token(&m.state.db, 1, &format!("t{i}"), "", &[], &in_a_year())
+            .await
+            .unwrap();
+    }
+    let c = reqwest::Client::new();
+    let get = |query: &str| {
+        c.get(format!("{}/api/v1/personal-access-tokens{query}", m.url))
+            .bearer_auth(&s)
+            .send()
+    };
+    // Ten by default, as upstream.
+    let r = get("").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(
+        link,
+        "</api/v1/personal-access-tokens?page=1&per_page=10>;rel=prev,\
+         </api/v1/personal-access-tokens?page=2&per_page=10>;rel=next,\
+         </api/v1/personal-access-tokens?page=1&per_page=10>;rel=first,\
+         </api/v1/personal-access-tokens?page=2&per_page=10>;rel=last"
+    );
+    let first: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert_eq!(first.len(), 10);
+    let r = get("?page=2&per_page=10&user_id=1").await.unwrap();
+    assert!(r.headers()["link"]
+        .to_str()
+        .unwrap()
+        .starts_with("</api/v1/personal-access-tokens?page=1&per_page=10&user_id=1>;rel=prev"));
+    let second: Vec<serde_json::Value> = r.json().await.unwrap();
+    let names: Vec<&str> = second.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["t10", "t11"]);
+    for (query, field) in [
+        ("?per_page=0", "per_page"),
+        ("?page=0", "page"),
+        ("?page=abc", "page"),
+    ] {
+        let r = get(query).await.unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{query}: {e}"
+        );
+    }
 }
