@@ -354,16 +354,30 @@ pub async fn token(db: &Db, id: i64) -> Result<Option<PersonalAccessToken>, DbEr
     .map_err(DbError::sqlx("read a personal access token"))
 }
 
-/// Sets a token's state (`active`, or `inactive`: revoked); whether it exists.
-pub async fn set_token_state(db: &Db, id: i64, state: &str) -> Result<bool, DbError> {
-    let r =
-        sqlx::query("UPDATE personal_access_tokens SET state = $1, updated_at = $2 WHERE id = $3")
-            .bind(state)
-            .bind(now())
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .map_err(DbError::sqlx("update a personal access token"))?;
+/// Changes what is given of a token: `bio`, `scopes`, `state` (`active`, or `inactive`:
+/// revoked), `expired_at`; whether it exists.
+pub async fn update_token(
+    db: &Db,
+    id: i64,
+    bio: Option<&str>,
+    scopes: Option<&[String]>,
+    state: Option<&str>,
+    expired_at: Option<&str>,
+) -> Result<bool, DbError> {
+    let scopes = scopes.map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into()));
+    let r = sqlx::query(
+        "UPDATE personal_access_tokens SET bio = COALESCE($1, bio), scopes = COALESCE($2, scopes), \
+         state = COALESCE($3, state), expired_at = COALESCE($4, expired_at), updated_at = $5 WHERE id = $6",
+    )
+    .bind(bio.map(str::to_string))
+    .bind(scopes)
+    .bind(state.map(str::to_string))
+    .bind(expired_at.map(str::to_string))
+    .bind(now())
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .map_err(DbError::sqlx("update a personal access token"))?;
     Ok(r.rows_affected() > 0)
 }
 

@@ -322,21 +322,8 @@ async fn create_token(
         return Err(ApiError::bad("bio: at most 1024 characters"));
     }
     check_scopes(&req.scopes)?;
-    // No scopes means every scope, written out (as Dragonfly stores it).
-    let scopes: Vec<String> = if req.scopes.is_empty() {
-        auth::SCOPES.iter().map(|s| s.to_string()).collect()
-    } else {
-        req.scopes.clone()
-    };
-    let expires = parse_timestamp(&req.expired_at).ok_or_else(|| {
-        ApiError::bad(format!(
-            "expired_at: {:?} is not an RFC 3339 time (like 2027-01-01T00:00:00Z)",
-            req.expired_at
-        ))
-    })?;
-    if expires <= chrono::Utc::now() {
-        return Err(ApiError::bad("expired_at: must be in the future"));
-    }
+    let scopes = with_every_scope_if_empty(&req.scopes);
+    let expires = future_time(&req.expired_at)?;
     if c.role != "root" && req.user_id != c.id {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -346,16 +333,26 @@ async fn create_token(
     if auth::user(&s.db, req.user_id).await?.is_none() {
         return Err(ApiError::bad(format!("user_id: no user {}", req.user_id)));
     }
-    let pat = auth::create_token(
+    match auth::create_token(
         &s.db,
         req.user_id,
         req.name.trim(),
         &req.bio,
         &scopes,
-        &crate::db::timestamp(expires),
+        &expires,
     )
-    .await?;
-    Ok(Json(pat))
+    .await
+    {
+        Ok(pat) => Ok(Json(pat)),
+        Err(e) if e.is_unique_violation() => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "name: a personal access token named {:?} exists",
+                req.name.trim()
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -462,7 +459,10 @@ async fn get_token(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateTokenRequest {
-    state: String,
+    bio: Option<String>,
+    scopes: Option<Vec<String>>,
+    state: Option<String>,
+    expired_at: Option<String>,
 }
 
 async fn update_token(
@@ -471,15 +471,57 @@ async fn update_token(
     Path(id): Path<i64>,
     JsonBody(req): JsonBody<UpdateTokenRequest>,
 ) -> Result<Json<auth::PersonalAccessToken>, ApiError> {
-    if req.state != "active" && req.state != "inactive" {
-        return Err(ApiError::bad(format!(
-            "state: {:?} is neither active nor inactive",
-            req.state
-        )));
+    if let Some(state) = &req.state {
+        if state != "active" && state != "inactive" {
+            return Err(ApiError::bad(format!(
+                "state: {state:?} is neither active nor inactive"
+            )));
+        }
     }
+    if req.bio.as_ref().is_some_and(|b| b.len() > 1024) {
+        return Err(ApiError::bad("bio: at most 1024 characters"));
+    }
+    let scopes = match &req.scopes {
+        Some(list) => {
+            check_scopes(list)?;
+            Some(with_every_scope_if_empty(list))
+        }
+        None => None,
+    };
+    let expires = req.expired_at.as_deref().map(future_time).transpose()?;
     visible_token(&s, &c, id).await?;
-    auth::set_token_state(&s.db, id, &req.state).await?;
+    auth::update_token(
+        &s.db,
+        id,
+        req.bio.as_deref(),
+        scopes.as_deref(),
+        req.state.as_deref(),
+        expires.as_deref(),
+    )
+    .await?;
     visible_token(&s, &c, id).await.map(Json)
+}
+
+/// No scopes means every scope, written out (as Dragonfly stores it).
+fn with_every_scope_if_empty(scopes: &[String]) -> Vec<String> {
+    if scopes.is_empty() {
+        auth::SCOPES.iter().map(|s| s.to_string()).collect()
+    } else {
+        scopes.to_vec()
+    }
+}
+
+/// An `expired_at` value: an RFC 3339 time in the future, as stored.
+fn future_time(text: &str) -> Result<String, ApiError> {
+    let t = parse_timestamp(text).ok_or_else(|| {
+        ApiError::bad(format!(
+            "expired_at: {text:?} is not an RFC 3339 time (like 2027-01-01T00:00:00Z)"
+        ))
+    })?;
+    if t <= chrono::Utc::now() {
+        return Err(ApiError::bad("expired_at: must be in the future"));
+    }
+    Ok(crate::db::timestamp(t))
 }
 
 async fn delete_token(

@@ -313,6 +313,78 @@ async fn personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_sta
     assert_eq!(patch("active").await.unwrap().status(), 200);
     assert!(auth::check_token(db, &token, "job").await.unwrap().is_ok());
     assert_eq!(patch("revoked").await.unwrap().status(), 422);
+    // Other fields change one at a time; what is not given stays.
+    let edit = |body: serde_json::Value| {
+        c.patch(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
+            .bearer_auth(&s)
+            .json(&body)
+            .send()
+    };
+    let later = (chrono::Utc::now() + chrono::Duration::days(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = edit(serde_json::json!({"bio": "for CI", "scopes": ["cluster"], "expired_at": later}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let edited: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(edited["bio"], "for CI");
+    assert_eq!(edited["scopes"], serde_json::json!(["cluster"]));
+    assert_eq!(edited["expired_at"], later.as_str());
+    assert_eq!(edited["state"], "active");
+    assert_eq!(edited["name"], "harbor");
+    assert!(auth::check_token(db, &token, "cluster")
+        .await
+        .unwrap()
+        .is_ok());
+    assert_eq!(
+        auth::check_token(db, &token, "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Scope("job".into())
+    );
+    for (body, field) in [
+        (
+            serde_json::json!({"expired_at": "2001-01-01T00:00:00Z"}),
+            "expired_at",
+        ),
+        (serde_json::json!({"scopes": ["admin"]}), "scopes"),
+        (serde_json::json!({"name": "renamed"}), "name"),
+    ] {
+        let r = edit(body.clone()).await.unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{body}: {e}"
+        );
+    }
+    let unchanged: serde_json::Value = c
+        .get(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
+        .bearer_auth(&s)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["scopes"], serde_json::json!(["cluster"]));
+    assert_eq!(unchanged["expired_at"], later.as_str());
+    assert!(edit(serde_json::json!({"scopes": ["job"]}))
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    // Names are unique, as upstream's.
+    let r = create_token(
+        &m,
+        &s,
+        serde_json::json!({"name": "harbor", "expired_at": in_a_year(), "user_id": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(e["message"].as_str().unwrap().contains("harbor"), "{e}");
     let del = c
         .delete(format!("{}/api/v1/personal-access-tokens/{id}", m.url))
         .bearer_auth(&s)

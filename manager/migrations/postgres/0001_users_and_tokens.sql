@@ -13,7 +13,7 @@ CREATE TABLE users (
 
 CREATE TABLE personal_access_tokens (
     id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE,
     bio TEXT NOT NULL DEFAULT '',
     token_hash TEXT NOT NULL UNIQUE,
     scopes TEXT NOT NULL DEFAULT '[]',
