@@ -6,6 +6,7 @@
 //! personal access tokens over REST.
 
 pub mod auth;
+pub mod clusters;
 pub mod config;
 pub mod db;
 pub mod rest;
@@ -25,6 +26,9 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
             path = %path.display(),
             "created user root with a generated password, written to this file (mode 0600): sign in and keep it elsewhere, then remove the file"
         ),
+    }
+    if clusters::seed(&db).await? {
+        tracing::info!("created the default scheduler cluster and seed peer cluster, cluster-1");
     }
     let key = auth::jwt_key(&config.server.work_home)?;
     Ok(rest::AppState::new(db, key, config.auth.jwt.timeout))

@@ -65,6 +65,7 @@ on_both!(signin: signin_answers_a_session_and_repeated_failures_are_refused_for_
 on_both!(tokens: personal_access_tokens_are_shown_once_stored_hashed_and_checked_for_state_expiry_and_scope);
 on_both!(bad_input: bad_input_gets_a_4xx_naming_the_field_and_stores_nothing);
 on_both!(pages: lists_come_in_pages_with_dragonflys_link_header);
+on_both!(default_clusters: first_start_makes_dragonflys_default_clusters_once);
 
 async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -574,4 +575,72 @@ async fn lists_come_in_pages_with_dragonflys_link_header(b: Backend<'_>) {
             "{query}: {e}"
         );
     }
+}
+
+async fn first_start_makes_dragonflys_default_clusters_once(b: Backend<'_>) {
+    use manager::clusters;
+    let m = start(b).await;
+    let db = &m.state.db;
+    let sc = clusters::scheduler_cluster(db, 1).await.unwrap().unwrap();
+    assert_eq!(sc.name, "cluster-1");
+    assert!(sc.is_default);
+    assert_eq!(
+        serde_json::to_value(&sc.config).unwrap(),
+        serde_json::json!({"candidate_parent_limit": 3, "filter_parent_limit": 15, "job_rate_limit": 10})
+    );
+    assert_eq!(
+        serde_json::to_value(&sc.client_config).unwrap(),
+        serde_json::json!({"load_limit": 200})
+    );
+    assert_eq!(sc.seed_peer_clusters.len(), 1);
+    let spc = clusters::seed_peer_cluster(db, sc.seed_peer_clusters[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(spc.name, "cluster-1");
+    assert_eq!(spc.config.load_limit, Some(2000));
+    assert_eq!(spc.scheduler_clusters[0].id, sc.id);
+    // Not again on the next start.
+    assert!(!clusters::seed(db).await.unwrap());
+    assert!(clusters::scheduler_cluster(db, 2).await.unwrap().is_none());
+    // A second default takes the flag from the first.
+    let id = clusters::create_scheduler_cluster(
+        db,
+        "idc-b",
+        "",
+        &Default::default(),
+        &Default::default(),
+        &Default::default(),
+        &Default::default(),
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(
+        clusters::scheduler_cluster(db, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_default
+    );
+    assert!(
+        !clusters::scheduler_cluster(db, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_default
+    );
+    // A scheduler cluster has one seed peer cluster at most.
+    let other = clusters::create_seed_peer_cluster(db, "seeds-b", "", &Default::default())
+        .await
+        .unwrap();
+    clusters::link(db, other, 1).await.unwrap();
+    let sc = clusters::scheduler_cluster(db, 1).await.unwrap().unwrap();
+    assert_eq!(sc.seed_peer_clusters.len(), 1);
+    assert_eq!(sc.seed_peer_clusters[0].name, "seeds-b");
+    // Names are unique.
+    let dup = clusters::create_seed_peer_cluster(db, "seeds-b", "", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(dup.is_unique_violation(), "{dup}");
 }
