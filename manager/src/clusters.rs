@@ -421,6 +421,164 @@ pub async fn seed_peer_cluster(db: &Db, id: i64) -> Result<Option<SeedPeerCluste
         .map_err(DbError::sqlx("read a seed peer cluster"))
 }
 
+/// Ids of the rows of `table` named `name` (or all), `limit` after the first `offset`, in id
+/// order, and how many there are in all.
+pub async fn list_ids(
+    db: &Db,
+    table: Table,
+    name: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<i64>, i64), DbError> {
+    let t = table.name();
+    let filter = if name.is_some() {
+        "WHERE name = $1"
+    } else {
+        "WHERE $1 = $1"
+    };
+    let name = name.unwrap_or("");
+    let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {t} {filter}"))
+        .bind(name)
+        .fetch_one(&db.pool)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(DbError::sqlx(format!("count {t}")))?;
+    let ids = sqlx::query(&format!(
+        "SELECT id FROM {t} {filter} ORDER BY id LIMIT $2 OFFSET $3"
+    ))
+    .bind(name)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(DbError::sqlx(format!("list {t}")))?
+    .iter()
+    .map(|r| r.try_get("id"))
+    .collect::<Result<_, _>>()
+    .map_err(DbError::sqlx(format!("list {t}")))?;
+    Ok((ids, total))
+}
+
+/// The cluster tables.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    SchedulerClusters,
+    SeedPeerClusters,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::SchedulerClusters => "scheduler_clusters",
+            Table::SeedPeerClusters => "seed_peer_clusters",
+        }
+    }
+}
+
+/// Deletes cluster `id` of `table` (and its links); whether it existed.
+pub async fn delete(db: &Db, table: Table, id: i64) -> Result<bool, DbError> {
+    let t = table.name();
+    let column = match table {
+        Table::SchedulerClusters => "scheduler_cluster_id",
+        Table::SeedPeerClusters => "seed_peer_cluster_id",
+    };
+    let mut tx = db.pool.begin().await.map_err(DbError::sqlx("begin"))?;
+    sqlx::query(&format!(
+        "DELETE FROM seed_peer_cluster_scheduler_clusters WHERE {column} = $1"
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::sqlx(format!("unlink {t}")))?;
+    let r = sqlx::query(&format!("DELETE FROM {t} WHERE id = $1"))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::sqlx(format!("delete from {t}")))?;
+    tx.commit().await.map_err(DbError::sqlx("commit"))?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// What a PATCH of a scheduler cluster changes (`None`: unchanged).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerClusterPatch {
+    pub name: Option<String>,
+    pub bio: Option<String>,
+    pub config: Option<SchedulerClusterConfig>,
+    pub client_config: Option<ClientConfig>,
+    pub seed_client_config: Option<SeedClientConfig>,
+    pub scopes: Option<Scopes>,
+    pub is_default: Option<bool>,
+    pub seed_peer_cluster_id: Option<i64>,
+}
+
+/// Applies `p` to scheduler cluster `id`; whether it exists.
+pub async fn update_scheduler_cluster(
+    db: &Db,
+    id: i64,
+    p: &SchedulerClusterPatch,
+) -> Result<bool, DbError> {
+    let mut tx = db.pool.begin().await.map_err(DbError::sqlx("begin"))?;
+    if p.is_default == Some(true) {
+        sqlx::query("UPDATE scheduler_clusters SET is_default = 0 WHERE id <> $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::sqlx("clear the default scheduler cluster"))?;
+    }
+    let r = sqlx::query(
+        "UPDATE scheduler_clusters SET name = COALESCE($1, name), bio = COALESCE($2, bio), \
+         config = COALESCE($3, config), client_config = COALESCE($4, client_config), \
+         seed_client_config = COALESCE($5, seed_client_config), scopes = COALESCE($6, scopes), \
+         is_default = COALESCE($7, is_default), updated_at = $8 WHERE id = $9",
+    )
+    .bind(p.name.clone())
+    .bind(p.bio.clone())
+    .bind(p.config.as_ref().map(to_json))
+    .bind(p.client_config.as_ref().map(to_json))
+    .bind(p.seed_client_config.as_ref().map(to_json))
+    .bind(p.scopes.as_ref().map(to_json))
+    .bind(p.is_default.map(i64::from))
+    .bind(now())
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::sqlx("update a scheduler cluster"))?;
+    tx.commit().await.map_err(DbError::sqlx("commit"))?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// What a PATCH of a seed peer cluster changes (`None`: unchanged).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPeerClusterPatch {
+    pub name: Option<String>,
+    pub bio: Option<String>,
+    pub config: Option<SeedPeerClusterConfig>,
+}
+
+/// Applies `p` to seed peer cluster `id`; whether it exists.
+pub async fn update_seed_peer_cluster(
+    db: &Db,
+    id: i64,
+    p: &SeedPeerClusterPatch,
+) -> Result<bool, DbError> {
+    let r = sqlx::query(
+        "UPDATE seed_peer_clusters SET name = COALESCE($1, name), bio = COALESCE($2, bio), \
+         config = COALESCE($3, config), updated_at = $4 WHERE id = $5",
+    )
+    .bind(p.name.clone())
+    .bind(p.bio.clone())
+    .bind(p.config.as_ref().map(to_json))
+    .bind(now())
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .map_err(DbError::sqlx("update a seed peer cluster"))?;
+    Ok(r.rows_affected() > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

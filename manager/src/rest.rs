@@ -3,6 +3,7 @@
 //! `{"message": "..."}` naming what is wrong.
 
 use crate::auth;
+use crate::clusters;
 use crate::db::{parse_timestamp, Db, DbError};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -132,6 +133,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/personal-access-tokens/{id}",
             get(get_token).patch(update_token).delete(delete_token),
+        )
+        .route(
+            "/scheduler-clusters",
+            post(create_scheduler_cluster).get(list_scheduler_clusters),
+        )
+        .route(
+            "/scheduler-clusters/{id}",
+            get(get_scheduler_cluster)
+                .patch(update_scheduler_cluster)
+                .delete(delete_scheduler_cluster),
+        )
+        .route(
+            "/seed-peer-clusters",
+            post(create_seed_peer_cluster).get(list_seed_peer_clusters),
+        )
+        .route(
+            "/seed-peer-clusters/{id}",
+            get(get_seed_peer_cluster)
+                .patch(update_seed_peer_cluster)
+                .delete(delete_seed_peer_cluster),
+        )
+        .route(
+            "/seed-peer-clusters/{id}/scheduler-clusters/{scheduler_cluster_id}",
+            axum::routing::put(link_clusters),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -531,5 +556,331 @@ async fn delete_token(
 ) -> Result<StatusCode, ApiError> {
     visible_token(&s, &c, id).await?;
     auth::delete_token(&s.db, id).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Writes need the root role (Dragonfly answers others 401 `permission deny`).
+fn require_root(c: &Claims) -> Result<(), ApiError> {
+    if c.role == "root" {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, "permission deny".into()))
+    }
+}
+
+/// The problems as one 422, if any.
+fn reject(problems: Vec<String>) -> Result<(), ApiError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad(problems.join("; ")))
+    }
+}
+
+/// A unique-name refusal as 409 naming the name; other errors as they are.
+fn conflict(e: DbError, what: &str, name: &str) -> ApiError {
+    if e.is_unique_violation() {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("name: a {what} named {name:?} exists"),
+        )
+    } else {
+        e.into()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSchedulerCluster {
+    name: String,
+    #[serde(default)]
+    bio: String,
+    config: clusters::SchedulerClusterConfig,
+    client_config: clusters::ClientConfig,
+    seed_client_config: clusters::SeedClientConfig,
+    #[serde(default)]
+    scopes: clusters::Scopes,
+    #[serde(default)]
+    is_default: bool,
+    #[serde(default)]
+    seed_peer_cluster_id: i64,
+}
+
+fn scheduler_cluster_problems(
+    config: Option<&clusters::SchedulerClusterConfig>,
+    client: Option<&clusters::ClientConfig>,
+    scopes: Option<&clusters::Scopes>,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    if let Some(c) = config {
+        p.extend(c.problems("config"));
+    }
+    if let Some(c) = client {
+        p.extend(c.problems("client_config"));
+    }
+    if let Some(s) = scopes {
+        p.extend(s.problems("scopes"));
+    }
+    p
+}
+
+async fn create_scheduler_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    JsonBody(req): JsonBody<CreateSchedulerCluster>,
+) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
+    require_root(&c)?;
+    check_name("name", &req.name)?;
+    reject(scheduler_cluster_problems(
+        Some(&req.config),
+        Some(&req.client_config),
+        Some(&req.scopes),
+    ))?;
+    if req.seed_peer_cluster_id > 0
+        && clusters::seed_peer_cluster(&s.db, req.seed_peer_cluster_id)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::bad(format!(
+            "seed_peer_cluster_id: no seed peer cluster {}",
+            req.seed_peer_cluster_id
+        )));
+    }
+    let name = req.name.trim();
+    let id = clusters::create_scheduler_cluster(
+        &s.db,
+        name,
+        &req.bio,
+        &req.config,
+        &req.client_config,
+        &req.seed_client_config,
+        &req.scopes,
+        req.is_default,
+    )
+    .await
+    .map_err(|e| conflict(e, "scheduler cluster", name))?;
+    if req.seed_peer_cluster_id > 0 {
+        clusters::link(&s.db, req.seed_peer_cluster_id, id).await?;
+    }
+    clusters::scheduler_cluster(&s.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+#[derive(Deserialize)]
+struct NameQuery {
+    name: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+/// One page of `table` as the API lists it.
+async fn cluster_page<T, F, Fut>(
+    s: &AppState,
+    table: clusters::Table,
+    path: &str,
+    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
+    get: F,
+) -> Result<Response, ApiError>
+where
+    T: Serialize,
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DbError>>,
+{
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let (page, per_page, offset) = page_of(q.page, q.per_page)?;
+    let (ids, total) =
+        clusters::list_ids(&s.db, table, q.name.as_deref(), per_page, offset).await?;
+    let mut list = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(c) = get(id).await? {
+            list.push(c);
+        }
+    }
+    let mut kept = Vec::new();
+    if let Some(n) = q.name {
+        kept.push(("name".to_string(), n));
+    }
+    let link = link_header(path, kept, page, per_page, total);
+    Ok(([(header::LINK, link)], Json(list)).into_response())
+}
+
+async fn list_scheduler_clusters(
+    State(s): State<Arc<AppState>>,
+    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let db = s.db.clone();
+    cluster_page(
+        &s,
+        clusters::Table::SchedulerClusters,
+        "/api/v1/scheduler-clusters",
+        q,
+        |id| {
+            let db = db.clone();
+            async move { clusters::scheduler_cluster(&db, id).await }
+        },
+    )
+    .await
+}
+
+async fn get_scheduler_cluster(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
+    clusters::scheduler_cluster(&s.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn update_scheduler_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+    JsonBody(req): JsonBody<clusters::SchedulerClusterPatch>,
+) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
+    require_root(&c)?;
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    reject(scheduler_cluster_problems(
+        req.config.as_ref(),
+        req.client_config.as_ref(),
+        req.scopes.as_ref(),
+    ))?;
+    if clusters::scheduler_cluster(&s.db, id).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    if let Some(spc) = req.seed_peer_cluster_id.filter(|v| *v > 0) {
+        if clusters::seed_peer_cluster(&s.db, spc).await?.is_none() {
+            return Err(ApiError::bad(format!(
+                "seed_peer_cluster_id: no seed peer cluster {spc}"
+            )));
+        }
+    }
+    clusters::update_scheduler_cluster(&s.db, id, &req)
+        .await
+        .map_err(|e| conflict(e, "scheduler cluster", req.name.as_deref().unwrap_or("")))?;
+    if let Some(spc) = req.seed_peer_cluster_id.filter(|v| *v > 0) {
+        clusters::link(&s.db, spc, id).await?;
+    }
+    get_scheduler_cluster(State(s), Path(id)).await
+}
+
+async fn delete_scheduler_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    require_root(&c)?;
+    if clusters::delete(&s.db, clusters::Table::SchedulerClusters, id).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSeedPeerCluster {
+    name: String,
+    #[serde(default)]
+    bio: String,
+    config: clusters::SeedPeerClusterConfig,
+}
+
+async fn create_seed_peer_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    JsonBody(req): JsonBody<CreateSeedPeerCluster>,
+) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
+    require_root(&c)?;
+    check_name("name", &req.name)?;
+    reject(req.config.problems("config"))?;
+    let name = req.name.trim();
+    let id = clusters::create_seed_peer_cluster(&s.db, name, &req.bio, &req.config)
+        .await
+        .map_err(|e| conflict(e, "seed peer cluster", name))?;
+    get_seed_peer_cluster(State(s), Path(id)).await
+}
+
+async fn list_seed_peer_clusters(
+    State(s): State<Arc<AppState>>,
+    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let db = s.db.clone();
+    cluster_page(
+        &s,
+        clusters::Table::SeedPeerClusters,
+        "/api/v1/seed-peer-clusters",
+        q,
+        |id| {
+            let db = db.clone();
+            async move { clusters::seed_peer_cluster(&db, id).await }
+        },
+    )
+    .await
+}
+
+async fn get_seed_peer_cluster(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
+    clusters::seed_peer_cluster(&s.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn update_seed_peer_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+    JsonBody(req): JsonBody<clusters::SeedPeerClusterPatch>,
+) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
+    require_root(&c)?;
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    if let Some(cfg) = &req.config {
+        reject(cfg.problems("config"))?;
+    }
+    if !clusters::update_seed_peer_cluster(&s.db, id, &req)
+        .await
+        .map_err(|e| conflict(e, "seed peer cluster", req.name.as_deref().unwrap_or("")))?
+    {
+        return Err(ApiError::not_found());
+    }
+    get_seed_peer_cluster(State(s), Path(id)).await
+}
+
+async fn delete_seed_peer_cluster(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    require_root(&c)?;
+    if clusters::delete(&s.db, clusters::Table::SeedPeerClusters, id).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+/// `PUT /seed-peer-clusters/{id}/scheduler-clusters/{scheduler_cluster_id}`: the seed peer
+/// cluster now serves that scheduler cluster (its only one).
+async fn link_clusters(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    Path((id, sc)): Path<(i64, i64)>,
+) -> Result<StatusCode, ApiError> {
+    require_root(&c)?;
+    if clusters::seed_peer_cluster(&s.db, id).await?.is_none()
+        || clusters::scheduler_cluster(&s.db, sc).await?.is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    clusters::link(&s.db, id, sc).await?;
     Ok(StatusCode::OK)
 }

@@ -66,6 +66,7 @@ on_both!(tokens: personal_access_tokens_are_shown_once_stored_hashed_and_checked
 on_both!(bad_input: bad_input_gets_a_4xx_naming_the_field_and_stores_nothing);
 on_both!(pages: lists_come_in_pages_with_dragonflys_link_header);
 on_both!(default_clusters: first_start_makes_dragonflys_default_clusters_once);
+on_both!(cluster_routes: clusters_are_created_read_changed_linked_and_deleted_over_rest);
 
 async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -643,4 +644,218 @@ async fn first_start_makes_dragonflys_default_clusters_once(b: Backend<'_>) {
         .await
         .unwrap_err();
     assert!(dup.is_unique_violation(), "{dup}");
+}
+
+async fn clusters_are_created_read_changed_linked_and_deleted_over_rest(b: Backend<'_>) {
+    let m = start(b).await;
+    let s = root_session(&m).await;
+    let c = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut rq = c
+            .request(method, format!("{}/api/v1{path}", m.url))
+            .bearer_auth(&s);
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        rq.send()
+    };
+    use reqwest::Method;
+    // A seed peer cluster, then a scheduler cluster it serves.
+    let r = send(
+        Method::POST,
+        "/seed-peer-clusters",
+        Some(serde_json::json!({"name": "seeds-east", "config": {"load_limit": 500}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let spc: serde_json::Value = r.json().await.unwrap();
+    let spc_id = spc["id"].as_i64().unwrap();
+    let r = send(
+        Method::POST,
+        "/scheduler-clusters",
+        Some(serde_json::json!({
+            "name": "east", "bio": "east DC",
+            "config": {"candidate_parent_limit": 4, "filter_parent_limit": 40},
+            "client_config": {"load_limit": 100}, "seed_client_config": {},
+            "scopes": {"idc": "east", "cidrs": ["10.1.0.0/16"], "hostnames": ["^east-"]},
+            "seed_peer_cluster_id": spc_id
+        })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let sc: serde_json::Value = r.json().await.unwrap();
+    let sc_id = sc["id"].as_i64().unwrap();
+    assert_eq!(sc["name"], "east");
+    assert_eq!(sc["is_default"], false);
+    assert_eq!(sc["config"]["candidate_parent_limit"], 4);
+    assert_eq!(sc["scopes"]["cidrs"], serde_json::json!(["10.1.0.0/16"]));
+    assert_eq!(sc["seed_peer_clusters"][0]["id"], spc_id);
+    // Listed (with the default cluster-1), filtered by name, read one by one.
+    let list: Vec<serde_json::Value> = send(Method::GET, "/scheduler-clusters", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cluster-1", "east"]);
+    let one: Vec<serde_json::Value> = send(Method::GET, "/scheduler-clusters?name=east", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    // Changed: what is given changes, the rest stays; made the default, it takes the flag.
+    let r = send(
+        Method::PATCH,
+        &format!("/scheduler-clusters/{sc_id}"),
+        Some(serde_json::json!({"bio": "east datacenter", "is_default": true})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let sc: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(sc["bio"], "east datacenter");
+    assert_eq!(sc["is_default"], true);
+    assert_eq!(sc["config"]["filter_parent_limit"], 40);
+    let first: serde_json::Value = send(Method::GET, "/scheduler-clusters/1", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["is_default"], false);
+    // Linked to the default seed peer cluster instead.
+    let r = send(
+        Method::PUT,
+        &format!("/seed-peer-clusters/1/scheduler-clusters/{sc_id}"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let spc: serde_json::Value = send(Method::GET, &format!("/seed-peer-clusters/{spc_id}"), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spc["scheduler_clusters"], serde_json::json!([]));
+    // Bad input, each naming the field; nothing changed.
+    for (method, path, body, status, field) in [
+        (
+            Method::POST,
+            "/scheduler-clusters".to_string(),
+            serde_json::json!({"name": "x", "config": {}, "client_config": {}}),
+            422,
+            "seed_client_config",
+        ),
+        (
+            Method::POST,
+            "/scheduler-clusters".to_string(),
+            serde_json::json!({"name": "x", "config": {"candidate_parent_limit": 50}, "client_config": {}, "seed_client_config": {}}),
+            422,
+            "config.candidate_parent_limit",
+        ),
+        (
+            Method::POST,
+            "/scheduler-clusters".to_string(),
+            serde_json::json!({"name": "x", "config": {}, "client_config": {}, "seed_client_config": {}, "scopes": {"cidrs": ["10.0.0.0/99"]}}),
+            422,
+            "scopes.cidrs",
+        ),
+        (
+            Method::POST,
+            "/scheduler-clusters".to_string(),
+            serde_json::json!({"name": "east", "config": {}, "client_config": {}, "seed_client_config": {}}),
+            409,
+            "east",
+        ),
+        (
+            Method::POST,
+            "/scheduler-clusters".to_string(),
+            serde_json::json!({"name": "x", "config": {}, "client_config": {}, "seed_client_config": {}, "seed_peer_cluster_id": 99}),
+            422,
+            "seed_peer_cluster_id",
+        ),
+        (
+            Method::PATCH,
+            format!("/scheduler-clusters/{sc_id}"),
+            serde_json::json!({"client_config": {"load_limit": 0}}),
+            422,
+            "client_config.load_limit",
+        ),
+        (
+            Method::PATCH,
+            "/scheduler-clusters/99".to_string(),
+            serde_json::json!({"bio": "x"}),
+            404,
+            "record not found",
+        ),
+        (
+            Method::POST,
+            "/seed-peer-clusters".to_string(),
+            serde_json::json!({"name": "y", "config": {"load_limit": 60000}}),
+            422,
+            "config.load_limit",
+        ),
+        (
+            Method::POST,
+            "/seed-peer-clusters".to_string(),
+            serde_json::json!({"name": "y"}),
+            422,
+            "config",
+        ),
+    ] {
+        let r = send(method.clone(), &path, Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path} {body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{body}: {e}"
+        );
+    }
+    let all: Vec<serde_json::Value> = send(Method::GET, "/scheduler-clusters", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "nothing was stored by bad requests");
+    // Deleted, with their links.
+    for path in [
+        format!("/scheduler-clusters/{sc_id}"),
+        format!("/seed-peer-clusters/{spc_id}"),
+    ] {
+        assert_eq!(
+            send(Method::DELETE, &path, None).await.unwrap().status(),
+            200
+        );
+        assert_eq!(send(Method::GET, &path, None).await.unwrap().status(), 404);
+    }
+    let default_spc: serde_json::Value = send(Method::GET, "/seed-peer-clusters/1", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let linked: Vec<&str> = default_spc["scheduler_clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(linked, ["cluster-1"]);
+    // Without a session, nothing.
+    let r = c
+        .get(format!("{}/api/v1/scheduler-clusters", m.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
