@@ -262,6 +262,62 @@ fn token_hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
+/// The environment variable that gives root a personal access token (Dragonfly's), for
+/// setups that configure Harbor without signing in.
+pub const PAT_ENV: &str = "DRAGONFLY_PAT";
+
+/// Keeps the token in `DRAGONFLY_PAT` (if set) as root's token `default`, with every scope,
+/// valid 10 years. Unlike upstream, a restart with the variable still set changes nothing, and
+/// a changed value replaces the earlier token. Whether it made or replaced one.
+pub async fn ensure_env_token(db: &Db) -> Result<bool, DbError> {
+    match std::env::var(PAT_ENV) {
+        Ok(token) => ensure_default_token(db, &token).await,
+        Err(_) => Ok(false),
+    }
+}
+
+/// [`ensure_env_token`] with the token given.
+pub async fn ensure_default_token(db: &Db, token: &str) -> Result<bool, DbError> {
+    if token.len() < 16 {
+        return Err(DbError::Other(format!(
+            "{PAT_ENV}: a personal access token needs at least 16 characters"
+        )));
+    }
+    let hash = token_hash(token);
+    let existing =
+        sqlx::query("SELECT token_hash FROM personal_access_tokens WHERE name = 'default'")
+            .fetch_optional(&db.pool)
+            .await
+            .map_err(DbError::sqlx("find the default token"))?;
+    if let Some(row) = existing {
+        let stored: String = row
+            .try_get("token_hash")
+            .map_err(DbError::sqlx("read a token"))?;
+        if bool::from(stored.as_bytes().ct_eq(hash.as_bytes())) {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM personal_access_tokens WHERE name = 'default'")
+            .execute(&db.pool)
+            .await
+            .map_err(DbError::sqlx("replace the default token"))?;
+    }
+    let t = now();
+    let expires = crate::db::timestamp(chrono::Utc::now() + chrono::Duration::days(3650));
+    sqlx::query(
+        "INSERT INTO personal_access_tokens (name, bio, token_hash, scopes, state, expired_at, user_id, created_at, updated_at) \
+         SELECT 'default', $1, $2, $3, 'active', $4, id, $5, $5 FROM users WHERE name = 'root'",
+    )
+    .bind(format!("from {PAT_ENV}"))
+    .bind(hash)
+    .bind(serde_json::to_string(SCOPES).unwrap_or_else(|_| "[]".into()))
+    .bind(expires)
+    .bind(&t)
+    .execute(&db.pool)
+    .await
+    .map_err(DbError::sqlx("create the default token"))?;
+    Ok(true)
+}
+
 /// Creates a token for `user_id`; the answer carries the token itself (shown this once).
 pub async fn create_token(
     db: &Db,

@@ -27,6 +27,12 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
             "created user root with a generated password, written to this file (mode 0600): sign in and keep it elsewhere, then remove the file"
         ),
     }
+    if auth::ensure_env_token(&db).await? {
+        tracing::info!(
+            "root's personal access token \"default\" is the one in {}",
+            auth::PAT_ENV
+        );
+    }
     if clusters::seed(&db).await? {
         tracing::info!("created the default scheduler cluster and seed peer cluster, cluster-1");
     }

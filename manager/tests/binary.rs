@@ -46,6 +46,7 @@ fn the_initial_root_password_comes_from_the_environment() {
     let mut child = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap()])
         .env("DRAGONFLY_INITIAL_ROOT_PASSWORD", "correct horse battery")
+        .env("DRAGONFLY_PAT", "pat-from-the-environment-0123456789")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -67,12 +68,28 @@ fn the_initial_root_password_comes_from_the_environment() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        c.post(format!("{url}/api/v1/users/signin"))
+        let signin = c
+            .post(format!("{url}/api/v1/users/signin"))
             .json(&serde_json::json!({"name": "root", "password": "correct horse battery"}))
             .send()
             .await
+            .unwrap();
+        assert_eq!(signin.status(), 200);
+        let session: serde_json::Value = signin.json().await.unwrap();
+        let tokens: Vec<serde_json::Value> = c
+            .get(format!("{url}/api/v1/personal-access-tokens"))
+            .bearer_auth(session["token"].as_str().unwrap())
+            .send()
+            .await
             .unwrap()
-            .status()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(tokens.len(), 1, "{tokens:?}");
+        assert_eq!(tokens[0]["name"], "default");
+        assert_eq!(tokens[0]["scopes"], serde_json::json!(["job", "cluster"]));
+        assert_eq!(tokens[0]["user_id"], 1);
+        200
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -67,6 +67,7 @@ on_both!(bad_input: bad_input_gets_a_4xx_naming_the_field_and_stores_nothing);
 on_both!(pages: lists_come_in_pages_with_dragonflys_link_header);
 on_both!(default_clusters: first_start_makes_dragonflys_default_clusters_once);
 on_both!(cluster_routes: clusters_are_created_read_changed_linked_and_deleted_over_rest);
+on_both!(env_token: the_environments_token_is_kept_once_and_replaced_when_it_changes);
 
 async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -858,4 +859,35 @@ async fn clusters_are_created_read_changed_linked_and_deleted_over_rest(b: Backe
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+async fn the_environments_token_is_kept_once_and_replaced_when_it_changes(b: Backend<'_>) {
+    let m = start(b).await;
+    let db = &m.state.db;
+    let first = "env-token-aaaaaaaaaaaaaaaa";
+    assert!(auth::ensure_default_token(db, first).await.unwrap());
+    // A restart with the same value changes nothing (upstream fails on the unique name).
+    assert!(!auth::ensure_default_token(db, first).await.unwrap());
+    assert!(auth::check_token(db, first, "job").await.unwrap().is_ok());
+    assert!(auth::check_token(db, first, "cluster")
+        .await
+        .unwrap()
+        .is_ok());
+    // A new value replaces the old token.
+    let second = "env-token-bbbbbbbbbbbbbbbb";
+    assert!(auth::ensure_default_token(db, second).await.unwrap());
+    assert_eq!(
+        auth::check_token(db, first, "job")
+            .await
+            .unwrap()
+            .unwrap_err(),
+        TokenRefusal::Unknown
+    );
+    assert!(auth::check_token(db, second, "job").await.unwrap().is_ok());
+    let all = auth::list_tokens(db, None).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].name, "default");
+    // Too short to be a secret.
+    let e = auth::ensure_default_token(db, "short").await.unwrap_err();
+    assert!(e.to_string().contains("DRAGONFLY_PAT"), "{e}");
 }
