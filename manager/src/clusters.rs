@@ -320,6 +320,45 @@ pub async fn link(db: &Db, spc: i64, sc: i64) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The clusters of the other kind linked to cluster `id` of `table` (a scheduler cluster's
+/// seed peer clusters, a seed peer cluster's scheduler clusters).
+async fn linked(db: &Db, table: Table, id: i64) -> Result<Vec<ClusterRef>, DbError> {
+    let (other, this_column, other_column) = match table {
+        Table::SchedulerClusters => (
+            Table::SeedPeerClusters,
+            "scheduler_cluster_id",
+            "seed_peer_cluster_id",
+        ),
+        Table::SeedPeerClusters => (
+            Table::SchedulerClusters,
+            "seed_peer_cluster_id",
+            "scheduler_cluster_id",
+        ),
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT c.id AS id, c.name AS name FROM {} c \
+         JOIN seed_peer_cluster_scheduler_clusters l ON l.{other_column} = c.id \
+         WHERE l.{this_column} = $1 ORDER BY c.id",
+        other.name()
+    ))
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(DbError::sqlx(format!(
+        "find the clusters linked to {} {id}",
+        table.name()
+    )))?;
+    rows.iter()
+        .map(|l| {
+            Ok(ClusterRef {
+                id: l.try_get("id")?,
+                name: l.try_get("name")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::sqlx("read linked clusters"))
+}
+
 /// Scheduler cluster `id`.
 pub async fn scheduler_cluster(db: &Db, id: i64) -> Result<Option<SchedulerCluster>, DbError> {
     let Some(r) = sqlx::query(
@@ -333,17 +372,7 @@ pub async fn scheduler_cluster(db: &Db, id: i64) -> Result<Option<SchedulerClust
     else {
         return Ok(None);
     };
-    let links = sqlx::query(
-        "SELECT c.id AS id, c.name AS name FROM seed_peer_clusters c \
-         JOIN seed_peer_cluster_scheduler_clusters l ON l.seed_peer_cluster_id = c.id \
-         WHERE l.scheduler_cluster_id = $1 ORDER BY c.id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await
-    .map_err(DbError::sqlx(
-        "find a scheduler cluster's seed peer clusters",
-    ))?;
+    let links = linked(db, Table::SchedulerClusters, id).await?;
     let read = || -> Result<SchedulerCluster, sqlx::Error> {
         Ok(SchedulerCluster {
             id: r.try_get("id")?,
@@ -357,15 +386,7 @@ pub async fn scheduler_cluster(db: &Db, id: i64) -> Result<Option<SchedulerClust
             seed_client_config: json(&r, "seed_client_config")?,
             scopes: json(&r, "scopes")?,
             is_default: r.try_get::<i64, _>("is_default")? != 0,
-            seed_peer_clusters: links
-                .iter()
-                .map(|l| {
-                    Ok(ClusterRef {
-                        id: l.try_get("id")?,
-                        name: l.try_get("name")?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()?,
+            seed_peer_clusters: links,
         })
     };
     read()
@@ -385,17 +406,7 @@ pub async fn seed_peer_cluster(db: &Db, id: i64) -> Result<Option<SeedPeerCluste
     else {
         return Ok(None);
     };
-    let links = sqlx::query(
-        "SELECT c.id AS id, c.name AS name FROM scheduler_clusters c \
-         JOIN seed_peer_cluster_scheduler_clusters l ON l.scheduler_cluster_id = c.id \
-         WHERE l.seed_peer_cluster_id = $1 ORDER BY c.id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await
-    .map_err(DbError::sqlx(
-        "find a seed peer cluster's scheduler clusters",
-    ))?;
+    let links = linked(db, Table::SeedPeerClusters, id).await?;
     let read = || -> Result<SeedPeerCluster, sqlx::Error> {
         Ok(SeedPeerCluster {
             id: r.try_get("id")?,
@@ -405,15 +416,7 @@ pub async fn seed_peer_cluster(db: &Db, id: i64) -> Result<Option<SeedPeerCluste
             name: r.try_get("name")?,
             bio: r.try_get("bio")?,
             config: json(&r, "config")?,
-            scheduler_clusters: links
-                .iter()
-                .map(|l| {
-                    Ok(ClusterRef {
-                        id: l.try_get("id")?,
-                        name: l.try_get("name")?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()?,
+            scheduler_clusters: links,
         })
     };
     read()

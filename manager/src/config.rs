@@ -163,7 +163,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtConfig {
-    /// Default: Dragonfly.
+    /// Accepted for upstream's configs; not used yet. Default: Dragonfly.
     pub realm: String,
     /// How long a console session lasts. Default: 14 days (Dragonfly's).
     #[serde(with = "humantime_serde")]

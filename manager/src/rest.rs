@@ -773,8 +773,18 @@ async fn delete_scheduler_cluster(
     axum::Extension(c): axum::Extension<Claims>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    require_root(&c)?;
-    if clusters::delete(&s.db, clusters::Table::SchedulerClusters, id).await? {
+    delete_cluster(&s, &c, clusters::Table::SchedulerClusters, id).await
+}
+
+/// Deletes cluster `id` of `table` (root only); 404 if there is none.
+async fn delete_cluster(
+    s: &AppState,
+    c: &Claims,
+    table: clusters::Table,
+    id: i64,
+) -> Result<StatusCode, ApiError> {
+    require_root(c)?;
+    if clusters::delete(&s.db, table, id).await? {
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::not_found())
@@ -860,12 +870,7 @@ async fn delete_seed_peer_cluster(
     axum::Extension(c): axum::Extension<Claims>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    require_root(&c)?;
-    if clusters::delete(&s.db, clusters::Table::SeedPeerClusters, id).await? {
-        Ok(StatusCode::OK)
-    } else {
-        Err(ApiError::not_found())
-    }
+    delete_cluster(&s, &c, clusters::Table::SeedPeerClusters, id).await
 }
 
 /// `PUT /seed-peer-clusters/{id}/scheduler-clusters/{scheduler_cluster_id}`: the seed peer

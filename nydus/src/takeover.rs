@@ -118,7 +118,7 @@ fn kernel_mount(mountpoint: &Path, config: &fuser::Config) -> io::Result<OwnedFd
     let data = format!(
         "fd={},rootmode={:o},user_id={},group_id={}{extra}",
         dev.as_raw_fd(),
-        root.st_mode & libc_s_ifmt(),
+        rustix::fs::FileType::from_raw_mode(root.st_mode).as_raw_mode(),
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
@@ -137,11 +137,6 @@ fn kernel_mount(mountpoint: &Path, config: &fuser::Config) -> io::Result<OwnedFd
         )
     })?;
     Ok(dev)
-}
-
-/// `S_IFMT`: the file type bits of a mode.
-const fn libc_s_ifmt() -> u32 {
-    0o170000
 }
 
 /// Serves `fs` on `dev`, the `/dev/fuse` descriptor of a mount whose INIT was answered by an
