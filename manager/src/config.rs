@@ -13,6 +13,27 @@ pub struct ManagerConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: Prometheus metrics are always on the REST listener at `/metrics`; with `enable`
+/// they are also served on `addr` (Dragonfly's separate metrics port).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on `addr` too. Default: false.
+    pub enable: bool,
+    /// Default: `:8000`.
+    pub addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enable: false,
+            addr: ":8000".into(),
+        }
+    }
 }
 
 /// `server`.
@@ -23,6 +44,7 @@ pub struct ServerConfig {
     /// Default: /var/lib/dragonfly/manager.
     pub work_home: PathBuf,
     pub rest: RestConfig,
+    pub grpc: GrpcConfig,
 }
 
 impl Default for ServerConfig {
@@ -30,7 +52,51 @@ impl Default for ServerConfig {
         ServerConfig {
             work_home: PathBuf::from("/var/lib/dragonfly/manager"),
             rest: RestConfig::default(),
+            grpc: GrpcConfig::default(),
         }
+    }
+}
+
+/// `server.grpc`: the `manager.v2.Manager` service for schedulers and peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcConfig {
+    /// Listen address. Default: 0.0.0.0.
+    #[serde(rename = "listenIP")]
+    pub listen_ip: std::net::IpAddr,
+    /// The address others are told to use. Default: the listen address. Accepted for
+    /// Dragonfly's configs; the manager announces itself to no one.
+    #[serde(rename = "advertiseIP")]
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// The first free port of `start..=end` is used. Default: 65003..=65003.
+    pub port: PortRange,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            advertise_ip: None,
+            port: PortRange {
+                start: 65003,
+                end: 65003,
+            },
+        }
+    }
+}
+
+/// A port range (`start`, `end`; an `end` of 0 means `start`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    /// The ports to try, in order.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.start..=self.end.max(self.start)
     }
 }
 
@@ -246,6 +312,15 @@ impl ManagerConfig {
                 "server.rest.addr: {:?} is not an address like :8080 or 127.0.0.1:8080",
                 self.server.rest.addr
             ));
+        }
+        if self.metrics.enable && rest_addr(&self.metrics.addr).is_err() {
+            p.push(format!(
+                "metrics.addr: {:?} is not an address like :8000 or 127.0.0.1:8000",
+                self.metrics.addr
+            ));
+        }
+        if self.server.grpc.port.start == 0 {
+            p.push("server.grpc.port.start: must be a port (1-65535)".into());
         }
         if self.database.kind == DatabaseKind::Postgres && self.database.postgres.user.is_empty() {
             p.push("database.postgres.user: needed with database.type postgres".into());

@@ -9,6 +9,9 @@ pub mod auth;
 pub mod clusters;
 pub mod config;
 pub mod db;
+pub mod grpc;
+pub mod instances;
+pub mod metrics;
 pub mod rest;
 
 use std::sync::Arc;
@@ -36,8 +39,72 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
     if clusters::seed(&db).await? {
         tracing::info!("created the default scheduler cluster and seed peer cluster, cluster-1");
     }
+    // No KeepAlive stream is open yet: every scheduler and seed peer is inactive until its
+    // stream comes back.
+    instances::all_inactive(&db).await?;
     let key = auth::jwt_key(&config.server.work_home)?;
-    Ok(rest::AppState::new(db, key, config.auth.jwt.timeout))
+    Ok(rest::AppState::new(
+        db,
+        key,
+        config.auth.jwt.timeout,
+        Arc::new(metrics::Metrics::new()),
+    ))
+}
+
+/// Serves only `/metrics` on `listener` (the `metrics.addr` port) until `shutdown` completes.
+pub async fn serve_metrics(
+    state: Arc<rest::AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(rest::metrics))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the gRPC listener: the first free port of `server.grpc.port`.
+pub async fn bind_grpc(config: &config::ManagerConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    let g = &config.server.grpc;
+    let mut last = None;
+    for port in g.port.ports() {
+        match tokio::net::TcpListener::bind((g.listen_ip, port)).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "server.grpc: cannot listen on {}:{}..={}: {}",
+        g.listen_ip,
+        g.port.start,
+        g.port.end.max(g.port.start),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Serves gRPC (`manager.v2.Manager` and gRPC health) on `listener` until `shutdown` completes.
+pub async fn serve_grpc(
+    state: Arc<rest::AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let service = grpc::ManagerService::new(state.db.clone(), state.metrics.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<dragonfly_api::manager::v2::manager_server::ManagerServer<grpc::ManagerService>>()
+        .await;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
 }
 
 /// Serves REST on `listener` until `shutdown` completes.

@@ -5,60 +5,10 @@
 mod support;
 
 use manager::auth::{self, TokenRefusal};
-use manager::config::ManagerConfig;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-struct Manager {
-    url: String,
-    state: std::sync::Arc<manager::rest::AppState>,
-    work: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-/// Which database a test runs on.
-#[derive(Clone, Copy)]
-enum Backend<'a> {
-    Sqlite,
-    Postgres(&'a support::Postgres),
-}
-
-fn config(work: &Path, b: Backend) -> ManagerConfig {
-    let mut c = ManagerConfig::default();
-    c.server.work_home = work.to_path_buf();
-    if let Backend::Postgres(pg) = b {
-        c.database.kind = manager::config::DatabaseKind::Postgres;
-        c.database.postgres.user = pg.user.clone();
-        c.database.postgres.port = pg.port;
-        c.database.postgres.dbname = "postgres".into();
-    }
-    c
-}
-
-/// Runs `$name(backend)` as two tests: `$name::sqlite` and `$name::postgres`.
-macro_rules! on_both {
-    ($module:ident: $name:ident) => {
-        mod $module {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                let pg = super::support::Postgres::start();
-                super::$name(super::Backend::Postgres(&pg)).await
-            }
-        }
-    };
-}
+use support::{root_password, root_session, signin, start, start_in, Backend, Manager};
 
 on_both!(first_start: first_start_makes_a_root_password_and_a_jwt_key_only_root_can_read);
 on_both!(signin: signin_answers_a_session_and_repeated_failures_are_refused_for_a_while);
@@ -68,50 +18,6 @@ on_both!(pages: lists_come_in_pages_with_dragonflys_link_header);
 on_both!(default_clusters: first_start_makes_dragonflys_default_clusters_once);
 on_both!(cluster_routes: clusters_are_created_read_changed_linked_and_deleted_over_rest);
 on_both!(env_token: the_environments_token_is_kept_once_and_replaced_when_it_changes);
-
-async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = manager::prepare(&config(work.path(), b)).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(manager::serve(state.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    Manager {
-        url,
-        state,
-        work,
-        stop: Some(stop),
-    }
-}
-
-async fn start(b: Backend<'_>) -> Manager {
-    start_in(tempfile::tempdir().unwrap(), b).await
-}
-
-fn root_password(work: &Path) -> String {
-    std::fs::read_to_string(work.join("initial-root-password"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-async fn signin(m: &Manager, name: &str, password: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/api/v1/users/signin", m.url))
-        .json(&serde_json::json!({ "name": name, "password": password }))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn root_session(m: &Manager) -> String {
-    let r = signin(m, "root", &root_password(m.work.path())).await;
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_string()
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777

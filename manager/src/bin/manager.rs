@@ -53,8 +53,30 @@ async fn run(config: manager::config::ManagerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("server.rest.addr {addr}: {e}"))?;
-    tracing::info!(rest = %listener.local_addr()?, "manager ready");
-    manager::serve(state, listener, async {
+    let grpc = manager::bind_grpc(&config).await?;
+    let metrics = if config.metrics.enable {
+        let a = manager::config::rest_addr(&config.metrics.addr).map_err(anyhow::Error::msg)?;
+        Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics.addr {a}: {e}"))?,
+        )
+    } else {
+        None
+    };
+    tracing::info!(rest = %listener.local_addr()?, grpc = %grpc.local_addr()?, "manager ready");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let grpc_task = tokio::spawn(manager::serve_grpc(state.clone(), grpc, stopped()));
+    if let Some(l) = metrics {
+        tokio::spawn(manager::serve_metrics(state.clone(), l, stopped()));
+    }
+    tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
@@ -62,7 +84,9 @@ async fn run(config: manager::config::ManagerConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down");
-    })
-    .await?;
+        let _ = stop_tx.send(true);
+    });
+    manager::serve(state, listener, stopped()).await?;
+    grpc_task.await??;
     Ok(())
 }

@@ -3,7 +3,11 @@
 //! directory), stopped by PID when dropped. Needs root and Debian's `postgresql` package
 //! (`hack/setup.sh` installs it); a test fails with a message saying which is missing.
 
+#![allow(dead_code)]
+
+use manager::config::ManagerConfig;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,3 +154,116 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `$name(backend)` as two tests: `$name::sqlite` and `$name::postgres`.
+#[macro_export]
+macro_rules! on_both {
+    ($module:ident: $name:ident) => {
+        mod $module {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let pg = crate::support::Postgres::start();
+                super::$name(crate::support::Backend::Postgres(&pg)).await
+            }
+        }
+    };
+}
+
+
+pub struct Manager {
+    pub url: String,
+    pub grpc: String,
+    pub state: std::sync::Arc<manager::rest::AppState>,
+    pub work: tempfile::TempDir,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Which database a test runs on.
+#[derive(Clone, Copy)]
+pub enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a Postgres),
+}
+
+pub fn config(work: &Path, b: Backend) -> ManagerConfig {
+    let mut c = ManagerConfig::default();
+    c.server.work_home = work.to_path_buf();
+    if let Backend::Postgres(pg) = b {
+        c.database.kind = manager::config::DatabaseKind::Postgres;
+        c.database.postgres.user = pg.user.clone();
+        c.database.postgres.port = pg.port;
+        c.database.postgres.dbname = "postgres".into();
+    }
+    c
+}
+
+pub async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = manager::prepare(&config(work.path(), b)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stop_rx_oneshot) = tokio::sync::oneshot::channel::<()>();
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", grpc_listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(manager::serve_grpc(state.clone(), grpc_listener, stopped()));
+    let rest_stopped = stopped();
+    tokio::spawn(async move {
+        let _ = stop_rx_oneshot.await;
+        let _ = stop_tx.send(true);
+    });
+    tokio::spawn(manager::serve(state.clone(), listener, rest_stopped));
+    Manager {
+        url,
+        grpc,
+        state,
+        work,
+        stop: Some(stop),
+    }
+}
+
+pub async fn start(b: Backend<'_>) -> Manager {
+    start_in(tempfile::tempdir().unwrap(), b).await
+}
+
+pub fn root_password(work: &Path) -> String {
+    std::fs::read_to_string(work.join("initial-root-password"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+pub async fn signin(m: &Manager, name: &str, password: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/v1/users/signin", m.url))
+        .json(&serde_json::json!({ "name": name, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn root_session(m: &Manager) -> String {
+    let r = signin(m, "root", &root_password(m.work.path())).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+

@@ -2,8 +2,9 @@
 //! tokens) and `/healthy`, with Dragonfly's routes and JSON shapes. Errors are
 //! `{"message": "..."}` naming what is wrong.
 
+mod clusters;
+
 use crate::auth;
-use crate::clusters;
 use crate::db::{parse_timestamp, Db, DbError};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -27,15 +28,22 @@ pub struct AppState {
     pub db: Db,
     pub jwt_key: Vec<u8>,
     pub jwt_timeout: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
 }
 
 impl AppState {
-    pub fn new(db: Db, jwt_key: Vec<u8>, jwt_timeout: Duration) -> Arc<AppState> {
+    pub fn new(
+        db: Db,
+        jwt_key: Vec<u8>,
+        jwt_timeout: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             db,
             jwt_key,
             jwt_timeout,
+            metrics,
             failures: Mutex::new(HashMap::new()),
         })
     }
@@ -134,39 +142,37 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/personal-access-tokens/{id}",
             get(get_token).patch(update_token).delete(delete_token),
         )
-        .route(
-            "/scheduler-clusters",
-            post(create_scheduler_cluster).get(list_scheduler_clusters),
-        )
-        .route(
-            "/scheduler-clusters/{id}",
-            get(get_scheduler_cluster)
-                .patch(update_scheduler_cluster)
-                .delete(delete_scheduler_cluster),
-        )
-        .route(
-            "/seed-peer-clusters",
-            post(create_seed_peer_cluster).get(list_seed_peer_clusters),
-        )
-        .route(
-            "/seed-peer-clusters/{id}",
-            get(get_seed_peer_cluster)
-                .patch(update_seed_peer_cluster)
-                .delete(delete_seed_peer_cluster),
-        )
-        .route(
-            "/seed-peer-clusters/{id}/scheduler-clusters/{scheduler_cluster_id}",
-            axum::routing::put(link_clusters),
-        )
+        .merge(clusters::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_session,
         ))
         .route("/users/signin", post(signin));
+    let oapi = Router::new()
+        .merge(clusters::open_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_pat,
+        ));
     Router::new()
         .route("/healthy", get(|| async { "OK" }))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .nest("/oapi/v1", oapi)
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(s): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let text = s.metrics.render(&s.db).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// Claims of a console session.
@@ -288,6 +294,94 @@ async fn require_session(
     req.extensions_mut().insert(claims);
     Ok(next.run(req).await)
 }
+
+/// The personal access token of an Open API request: `?access_token=` (first) or
+/// `Authorization: Bearer <token>`, as Dragonfly reads it.
+fn presented_token(req: &Request) -> Option<String> {
+    if let Some(q) = req.uri().query() {
+        let found = form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.trim().to_string());
+        if let Some(v) = found.filter(|v| !v.is_empty()) {
+            return Some(v);
+        }
+    }
+    let h = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let fields: Vec<&str> = h.split_whitespace().collect();
+    match fields.as_slice() {
+        [scheme, token] if scheme.eq_ignore_ascii_case("bearer") => Some(token.to_string()),
+        _ => None,
+    }
+}
+
+/// The scope an Open API path needs: `job` for `/oapi/v1/jobs...`, `cluster` for
+/// `/oapi/v1/clusters...`.
+fn scope_of(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/oapi/v1/")?;
+    let resource = rest.split('/').next().unwrap_or("");
+    match resource {
+        "jobs" => Some("job"),
+        "clusters" => Some("cluster"),
+        _ => None,
+    }
+}
+
+/// Open API authentication: a personal access token, active, unexpired, with the path's
+/// scope. The request then runs as the token's user.
+async fn require_pat(
+    State(s): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = presented_token(&req).ok_or_else(ApiError::unauthorized)?;
+    let path = format!("/oapi/v1{}", req.uri().path());
+    let path = if req.uri().path().starts_with("/oapi/") {
+        req.uri().path().to_string()
+    } else {
+        path
+    };
+    let scope = scope_of(&path).ok_or_else(|| {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            format!("Failed to extract resource type from path: {path}"),
+        )
+    })?;
+    let pat = match auth::check_token(&s.db, &token, scope).await? {
+        Ok(p) => p,
+        Err(auth::TokenRefusal::Unknown) => return Err(ApiError::unauthorized()),
+        Err(auth::TokenRefusal::Inactive) => {
+            return Err(ApiError(StatusCode::FORBIDDEN, "Token is inactive".into()))
+        }
+        Err(auth::TokenRefusal::Expired) => {
+            return Err(ApiError(StatusCode::FORBIDDEN, "Token has expired".into()))
+        }
+        Err(auth::TokenRefusal::Scope(need)) => {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Token doesn't have permission to access this resource. Required permission: {need}"
+                ),
+            ))
+        }
+    };
+    let user = match auth::user(&s.db, pat.user_id).await? {
+        Some(u) if u.state == "enable" => u,
+        _ => return Err(ApiError::unauthorized()),
+    };
+    req.extensions_mut().insert(Claims {
+        id: user.id,
+        name: user.name.clone(),
+        role: user.role.clone(),
+        exp: 0,
+        iat: 0,
+    });
+    req.extensions_mut().insert(TokenName(pat.name.clone()));
+    Ok(next.run(req).await)
+}
+
+/// The name of the personal access token an Open API request runs with.
+#[derive(Debug, Clone)]
+pub struct TokenName(pub String);
 
 async fn get_user(
     State(s): State<Arc<AppState>>,
@@ -589,303 +683,3 @@ fn conflict(e: DbError, what: &str, name: &str) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateSchedulerCluster {
-    name: String,
-    #[serde(default)]
-    bio: String,
-    config: clusters::SchedulerClusterConfig,
-    client_config: clusters::ClientConfig,
-    seed_client_config: clusters::SeedClientConfig,
-    #[serde(default)]
-    scopes: clusters::Scopes,
-    #[serde(default)]
-    is_default: bool,
-    #[serde(default)]
-    seed_peer_cluster_id: i64,
-}
-
-fn scheduler_cluster_problems(
-    config: Option<&clusters::SchedulerClusterConfig>,
-    client: Option<&clusters::ClientConfig>,
-    scopes: Option<&clusters::Scopes>,
-) -> Vec<String> {
-    let mut p = Vec::new();
-    if let Some(c) = config {
-        p.extend(c.problems("config"));
-    }
-    if let Some(c) = client {
-        p.extend(c.problems("client_config"));
-    }
-    if let Some(s) = scopes {
-        p.extend(s.problems("scopes"));
-    }
-    p
-}
-
-async fn create_scheduler_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    JsonBody(req): JsonBody<CreateSchedulerCluster>,
-) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
-    require_root(&c)?;
-    check_name("name", &req.name)?;
-    reject(scheduler_cluster_problems(
-        Some(&req.config),
-        Some(&req.client_config),
-        Some(&req.scopes),
-    ))?;
-    if req.seed_peer_cluster_id > 0
-        && clusters::seed_peer_cluster(&s.db, req.seed_peer_cluster_id)
-            .await?
-            .is_none()
-    {
-        return Err(ApiError::bad(format!(
-            "seed_peer_cluster_id: no seed peer cluster {}",
-            req.seed_peer_cluster_id
-        )));
-    }
-    let name = req.name.trim();
-    let id = clusters::create_scheduler_cluster(
-        &s.db,
-        name,
-        &req.bio,
-        &req.config,
-        &req.client_config,
-        &req.seed_client_config,
-        &req.scopes,
-        req.is_default,
-    )
-    .await
-    .map_err(|e| conflict(e, "scheduler cluster", name))?;
-    if req.seed_peer_cluster_id > 0 {
-        clusters::link(&s.db, req.seed_peer_cluster_id, id).await?;
-    }
-    clusters::scheduler_cluster(&s.db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
-}
-
-#[derive(Deserialize)]
-struct NameQuery {
-    name: Option<String>,
-    page: Option<i64>,
-    per_page: Option<i64>,
-}
-
-/// One page of `table` as the API lists it.
-async fn cluster_page<T, F, Fut>(
-    s: &AppState,
-    table: clusters::Table,
-    path: &str,
-    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
-    get: F,
-) -> Result<Response, ApiError>
-where
-    T: Serialize,
-    F: Fn(i64) -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>, DbError>>,
-{
-    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
-    let (page, per_page, offset) = page_of(q.page, q.per_page)?;
-    let (ids, total) =
-        clusters::list_ids(&s.db, table, q.name.as_deref(), per_page, offset).await?;
-    let mut list = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(c) = get(id).await? {
-            list.push(c);
-        }
-    }
-    let mut kept = Vec::new();
-    if let Some(n) = q.name {
-        kept.push(("name".to_string(), n));
-    }
-    let link = link_header(path, kept, page, per_page, total);
-    Ok(([(header::LINK, link)], Json(list)).into_response())
-}
-
-async fn list_scheduler_clusters(
-    State(s): State<Arc<AppState>>,
-    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let db = s.db.clone();
-    cluster_page(
-        &s,
-        clusters::Table::SchedulerClusters,
-        "/api/v1/scheduler-clusters",
-        q,
-        |id| {
-            let db = db.clone();
-            async move { clusters::scheduler_cluster(&db, id).await }
-        },
-    )
-    .await
-}
-
-async fn get_scheduler_cluster(
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<i64>,
-) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
-    clusters::scheduler_cluster(&s.db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
-}
-
-async fn update_scheduler_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    Path(id): Path<i64>,
-    JsonBody(req): JsonBody<clusters::SchedulerClusterPatch>,
-) -> Result<Json<clusters::SchedulerCluster>, ApiError> {
-    require_root(&c)?;
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-    }
-    reject(scheduler_cluster_problems(
-        req.config.as_ref(),
-        req.client_config.as_ref(),
-        req.scopes.as_ref(),
-    ))?;
-    if clusters::scheduler_cluster(&s.db, id).await?.is_none() {
-        return Err(ApiError::not_found());
-    }
-    if let Some(spc) = req.seed_peer_cluster_id.filter(|v| *v > 0) {
-        if clusters::seed_peer_cluster(&s.db, spc).await?.is_none() {
-            return Err(ApiError::bad(format!(
-                "seed_peer_cluster_id: no seed peer cluster {spc}"
-            )));
-        }
-    }
-    clusters::update_scheduler_cluster(&s.db, id, &req)
-        .await
-        .map_err(|e| conflict(e, "scheduler cluster", req.name.as_deref().unwrap_or("")))?;
-    if let Some(spc) = req.seed_peer_cluster_id.filter(|v| *v > 0) {
-        clusters::link(&s.db, spc, id).await?;
-    }
-    get_scheduler_cluster(State(s), Path(id)).await
-}
-
-async fn delete_scheduler_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    delete_cluster(&s, &c, clusters::Table::SchedulerClusters, id).await
-}
-
-/// Deletes cluster `id` of `table` (root only); 404 if there is none.
-async fn delete_cluster(
-    s: &AppState,
-    c: &Claims,
-    table: clusters::Table,
-    id: i64,
-) -> Result<StatusCode, ApiError> {
-    require_root(c)?;
-    if clusters::delete(&s.db, table, id).await? {
-        Ok(StatusCode::OK)
-    } else {
-        Err(ApiError::not_found())
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateSeedPeerCluster {
-    name: String,
-    #[serde(default)]
-    bio: String,
-    config: clusters::SeedPeerClusterConfig,
-}
-
-async fn create_seed_peer_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    JsonBody(req): JsonBody<CreateSeedPeerCluster>,
-) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
-    require_root(&c)?;
-    check_name("name", &req.name)?;
-    reject(req.config.problems("config"))?;
-    let name = req.name.trim();
-    let id = clusters::create_seed_peer_cluster(&s.db, name, &req.bio, &req.config)
-        .await
-        .map_err(|e| conflict(e, "seed peer cluster", name))?;
-    get_seed_peer_cluster(State(s), Path(id)).await
-}
-
-async fn list_seed_peer_clusters(
-    State(s): State<Arc<AppState>>,
-    q: Result<Query<NameQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let db = s.db.clone();
-    cluster_page(
-        &s,
-        clusters::Table::SeedPeerClusters,
-        "/api/v1/seed-peer-clusters",
-        q,
-        |id| {
-            let db = db.clone();
-            async move { clusters::seed_peer_cluster(&db, id).await }
-        },
-    )
-    .await
-}
-
-async fn get_seed_peer_cluster(
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<i64>,
-) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
-    clusters::seed_peer_cluster(&s.db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
-}
-
-async fn update_seed_peer_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    Path(id): Path<i64>,
-    JsonBody(req): JsonBody<clusters::SeedPeerClusterPatch>,
-) -> Result<Json<clusters::SeedPeerCluster>, ApiError> {
-    require_root(&c)?;
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-    }
-    if let Some(cfg) = &req.config {
-        reject(cfg.problems("config"))?;
-    }
-    if !clusters::update_seed_peer_cluster(&s.db, id, &req)
-        .await
-        .map_err(|e| conflict(e, "seed peer cluster", req.name.as_deref().unwrap_or("")))?
-    {
-        return Err(ApiError::not_found());
-    }
-    get_seed_peer_cluster(State(s), Path(id)).await
-}
-
-async fn delete_seed_peer_cluster(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    delete_cluster(&s, &c, clusters::Table::SeedPeerClusters, id).await
-}
-
-/// `PUT /seed-peer-clusters/{id}/scheduler-clusters/{scheduler_cluster_id}`: the seed peer
-/// cluster now serves that scheduler cluster (its only one).
-async fn link_clusters(
-    State(s): State<Arc<AppState>>,
-    axum::Extension(c): axum::Extension<Claims>,
-    Path((id, sc)): Path<(i64, i64)>,
-) -> Result<StatusCode, ApiError> {
-    require_root(&c)?;
-    if clusters::seed_peer_cluster(&s.db, id).await?.is_none()
-        || clusters::scheduler_cluster(&s.db, sc).await?.is_none()
-    {
-        return Err(ApiError::not_found());
-    }
-    clusters::link(&s.db, id, sc).await?;
-    Ok(StatusCode::OK)
-}
