@@ -26,20 +26,8 @@ pub fn host_identity(cfg: &Config) -> (String, IpAddr) {
             .to_string_lossy()
             .into_owned()
     });
-    let ip = cfg.host.ip.unwrap_or_else(detect_ip);
+    let ip = cfg.host.ip.unwrap_or_else(common::net::detect_ip);
     (hostname, ip)
-}
-
-/// The source address the kernel would use for outbound traffic (a UDP
-/// `connect` sends no packet), or loopback when there is no route.
-fn detect_ip() -> IpAddr {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("192.0.2.1:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 fn refresh_gauges(store: &Store, metrics: &Metrics) {
@@ -244,7 +232,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
 
-    if !cfg.scheduler.addrs.is_empty() {
+    if !cfg.scheduler.addrs.is_empty() || !cfg.manager.addr.is_empty() {
         let upload_addr = SocketAddr::new(cfg.upload.server.ip, cfg.upload.server.port);
         let upload_listener = bind(upload_addr, "upload.server").await?;
         let vortex_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.tcp_port);
@@ -302,6 +290,47 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .context("scheduler.addrs")?,
         );
         engine.set_scheduler(sched.clone());
+        if !cfg.manager.addr.is_empty() {
+            let channel = common::manager_client::channel(&cfg.manager.addr)
+                .map_err(|e| anyhow::anyhow!("manager.addr: {e}"))?;
+            let request = dragonfly_api::manager::v2::ListSchedulersRequest {
+                source_type: if cfg.seed_peer.enable {
+                    dragonfly_api::manager::v2::SourceType::SeedPeerSource
+                } else {
+                    dragonfly_api::manager::v2::SourceType::PeerSource
+                } as i32,
+                hostname: hostname.clone(),
+                ip: ip.to_string(),
+                idc: Some(cfg.host.idc.clone()),
+                location: Some(cfg.host.location.clone()),
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: String::new(),
+                scheduler_cluster_id: cfg.host.scheduler_cluster_id.unwrap_or(0),
+            };
+            let dynconfig = crate::dynconfig::Dynconfig {
+                channel: channel.clone(),
+                request,
+                cache: cfg.storage.dir.join("dynconfig.json"),
+                sched: sched.clone(),
+                refresh: cfg.dynconfig.refresh_interval,
+            };
+            dynconfig.use_kept();
+            tokio::spawn(dynconfig.run());
+            if cfg.seed_peer.enable {
+                tokio::spawn(crate::dynconfig::keep_seed_peer_alive(
+                    channel,
+                    crate::dynconfig::SeedPeerIdentity {
+                        hostname: hostname.clone(),
+                        ip: ip.to_string(),
+                        port: cfg.upload.server.port,
+                        idc: cfg.host.idc.clone(),
+                        location: cfg.host.location.clone(),
+                        cluster_id: cfg.seed_peer.cluster_id,
+                    },
+                    cfg.seed_peer.keepalive_interval,
+                ));
+            }
+        }
         tokio::spawn(async move {
             let every = std::time::Duration::from_secs(5);
             loop {

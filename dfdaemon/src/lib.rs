@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dfget;
 pub mod dfinit;
 pub mod download;
+pub mod dynconfig;
 pub mod gc;
 pub mod grpc;
 pub mod lazy;

@@ -59,10 +59,30 @@ pub enum Decision {
     Empty,
 }
 
-/// Client of the configured schedulers.
-pub struct SchedulerClient {
+/// The schedulers in use and their hash ring.
+struct Ring {
     ring: hashring::HashRing<VNode>,
     addrs: Vec<SocketAddr>,
+}
+
+impl Ring {
+    fn of(addrs: &[SocketAddr]) -> Ring {
+        let mut ring = hashring::HashRing::new();
+        let mut list = Vec::new();
+        for a in addrs {
+            if !list.contains(a) {
+                ring.add(VNode { addr: *a });
+                list.push(*a);
+            }
+        }
+        Ring { ring, addrs: list }
+    }
+}
+
+/// Client of the schedulers: configured, or given by the manager (then replaced when the
+/// manager's list changes).
+pub struct SchedulerClient {
+    ring: std::sync::RwLock<Ring>,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     host: Host,
 }
@@ -70,7 +90,6 @@ pub struct SchedulerClient {
 impl SchedulerClient {
     /// Resolves the `host:port` addresses; `host` is what AnnounceHost sends.
     pub async fn new(addrs: &[String], host: Host) -> Result<SchedulerClient, SchedulerError> {
-        let mut ring = hashring::HashRing::new();
         let mut resolved = Vec::new();
         for a in addrs {
             let addr = tokio::net::lookup_host(a.as_str())
@@ -84,15 +103,44 @@ impl SchedulerClient {
                     addr: a.clone(),
                     message: "no address".into(),
                 })?;
-            ring.add(VNode { addr });
             resolved.push(addr);
         }
-        Ok(SchedulerClient {
-            ring,
-            addrs: resolved,
+        Ok(Self::with_addrs(&resolved, host))
+    }
+
+    /// A client of these schedulers (none: every download goes to the origin until
+    /// [`set_addrs`](Self::set_addrs) gives some).
+    pub fn with_addrs(addrs: &[SocketAddr], host: Host) -> SchedulerClient {
+        SchedulerClient {
+            ring: std::sync::RwLock::new(Ring::of(addrs)),
             channels: Mutex::new(HashMap::new()),
             host,
-        })
+        }
+    }
+
+    /// Uses these schedulers from now on; whether the set changed. Tasks already on a
+    /// scheduler keep their stream; new ones hash over the new set.
+    pub fn set_addrs(&self, addrs: &[SocketAddr]) -> bool {
+        let new = Ring::of(addrs);
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let mut old_sorted = ring.addrs.clone();
+        old_sorted.sort();
+        let mut new_sorted = new.addrs.clone();
+        new_sorted.sort();
+        if old_sorted == new_sorted {
+            return false;
+        }
+        *ring = new;
+        true
+    }
+
+    /// The schedulers in use.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .addrs
+            .clone()
     }
 
     /// This host's ID.
@@ -103,7 +151,12 @@ impl SchedulerClient {
     /// The scheduler responsible for a task.
     pub fn scheduler_for(&self, task_id: &str) -> Option<SocketAddr> {
         let key: String = task_id.chars().take(5).collect();
-        self.ring.get(&key).map(|v| v.addr)
+        self.ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ring
+            .get(&key)
+            .map(|v| v.addr)
     }
 
     fn client(&self, addr: SocketAddr) -> Result<GrpcClient<Channel>, SchedulerError> {
@@ -125,7 +178,7 @@ impl SchedulerClient {
     /// Announces this host to every scheduler; returns how many accepted it.
     pub async fn announce_host(&self, interval: Duration) -> usize {
         let mut ok = 0;
-        for addr in &self.addrs {
+        for addr in &self.addrs() {
             let Ok(mut c) = self.client(*addr) else {
                 continue;
             };

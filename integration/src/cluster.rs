@@ -94,3 +94,166 @@ pub async fn start_peers(
     scheduler.wait_hosts(peers + 1).await?;
     Ok((seed, all))
 }
+
+/// A running `manager` process on loopback: REST, gRPC and its SQLite database under the test
+/// dir, root's password known to the test.
+pub struct Manager {
+    pub rest_port: u16,
+    pub grpc_port: u16,
+    pub work: std::path::PathBuf,
+    pub process: ChildProcess,
+}
+
+/// Root's password in test managers.
+pub const MANAGER_ROOT_PASSWORD: &str = "test-root-password-0123456789";
+
+impl Manager {
+    /// Starts a manager named `name` with `extra_yaml` appended to its config, and waits until
+    /// `/healthy` answers.
+    pub async fn start(dir: &TestDir, name: &str, extra_yaml: &str) -> Result<Manager> {
+        Self::start_on(dir, name, free_port(), free_port(), extra_yaml).await
+    }
+
+    /// [`Manager::start`] on given ports (e.g. to restart one on its old ports).
+    pub async fn start_on(
+        dir: &TestDir,
+        name: &str,
+        rest_port: u16,
+        grpc_port: u16,
+        extra_yaml: &str,
+    ) -> Result<Manager> {
+        let work = dir.join(format!("{name}-work"));
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "server:\n  workHome: {}\n  rest:\n    addr: 127.0.0.1:{rest_port}\n  grpc:\n    listenIP: 127.0.0.1\n    port:\n      start: {grpc_port}\n      end: {grpc_port}\n{extra_yaml}",
+                work.display()
+            ),
+        )
+        .map_err(|e| crate::Error::io("write", &cfg, e))?;
+        let mut cmd = Command::new(bin("manager"));
+        cmd.arg("--config")
+            .arg(&cfg)
+            .env("DRAGONFLY_INITIAL_ROOT_PASSWORD", MANAGER_ROOT_PASSWORD);
+        let m = Manager {
+            rest_port,
+            grpc_port,
+            work,
+            process: ChildProcess::spawn(dir, name, cmd)?,
+        };
+        let url = m.url("/healthy");
+        let client = crate::http_client();
+        wait_for(Duration::from_secs(30), "manager /healthy", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await?;
+        Ok(m)
+    }
+
+    /// `http://127.0.0.1:<rest>{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.rest_port)
+    }
+
+    /// The gRPC address as a dfdaemon config writes it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// A console session of root (a JWT).
+    pub async fn root_session(&self) -> Result<String> {
+        let r = crate::http_client()
+            .post(self.url("/api/v1/users/signin"))
+            .json(&serde_json::json!({"name": "root", "password": MANAGER_ROOT_PASSWORD}))
+            .send()
+            .await
+            .map_err(|e| crate::Error::malformed("manager signin", e.to_string()))?;
+        let body: serde_json::Value = r
+            .json()
+            .await
+            .map_err(|e| crate::Error::malformed("manager signin", e.to_string()))?;
+        body["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| crate::Error::malformed("manager signin", body.to_string()))
+    }
+
+    /// GET `path` with `session`, as JSON.
+    pub async fn get_json(&self, session: &str, path: &str) -> Result<serde_json::Value> {
+        let r = crate::http_client()
+            .get(self.url(path))
+            .bearer_auth(session)
+            .send()
+            .await
+            .map_err(|e| crate::Error::malformed(path, e.to_string()))?;
+        r.json()
+            .await
+            .map_err(|e| crate::Error::malformed(path, e.to_string()))
+    }
+
+    /// Waits until the instance named `hostname` in the REST list `path` (`/api/v1/schedulers`,
+    /// `/api/v1/seed-peers`) has `state`.
+    pub async fn wait_state(
+        &self,
+        session: &str,
+        path: &str,
+        hostname: &str,
+        state: &str,
+    ) -> Result<()> {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{hostname} {state} in {path}"),
+            || async move {
+                self.get_json(session, path).await.is_ok_and(|l| {
+                    l.as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|s| s["hostname"] == hostname && s["state"] == state)
+                    })
+                })
+            },
+        )
+        .await
+    }
+}
+
+impl Scheduler {
+    /// Starts the scheduler named `name` on a free port, registered with `manager` in
+    /// scheduler cluster 1 (KeepAlive every second, cluster config read every second).
+    pub fn start_with_manager(dir: &TestDir, name: &str, manager: &Manager) -> Result<Scheduler> {
+        let port = free_port();
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "server:\n  listenIP: 127.0.0.1\n  port: {port}\n  host: {name}\nscheduler:\n  retryInterval: 100ms\n\
+                 manager:\n  addr: 127.0.0.1:{}\n  schedulerClusterID: 1\n  keepAlive:\n    interval: 1s\n\
+                 dynConfig:\n  refreshInterval: 1s\n",
+                manager.grpc_port
+            ),
+        )
+        .map_err(|e| crate::Error::io("write", &cfg, e))?;
+        let mut cmd = Command::new(bin("scheduler"));
+        cmd.arg("--config").arg(&cfg);
+        Ok(Scheduler {
+            port,
+            process: ChildProcess::spawn(dir, name, cmd)?,
+        })
+    }
+}
+
+/// dfdaemon config of a peer (or seed peer) named `name` that finds its schedulers through the
+/// manager (refreshing every second).
+pub fn managed_peer_yaml(name: &str, manager: &Manager, seed: bool) -> String {
+    format!(
+        "host:\n  hostname: {name}\n  ip: 127.0.0.1\nmanager:\n  addr: {}\ndynconfig:\n  refreshInterval: 1s\nseedPeer:\n  enable: {seed}\n  keepaliveInterval: 1s\ndownload:\n  pieceTimeout: 20s\n",
+        manager.grpc_url()
+    )
+}

@@ -337,11 +337,11 @@ impl Manager for ManagerService {
             .or(list.first())
             .cloned()
             .ok_or_else(|| {
-            Status::not_found(format!(
-                "scheduler {} ({}) of scheduler cluster {cluster} is not registered",
-                r.hostname, r.ip
-            ))
-        })?;
+                Status::not_found(format!(
+                    "scheduler {} ({}) of scheduler cluster {cluster} is not registered",
+                    r.hostname, r.ip
+                ))
+            })?;
         Ok(Response::new(self.full_scheduler(&s).await?))
     }
 

@@ -127,7 +127,10 @@ impl Metrics {
                 r.try_get("n").unwrap_or_default(),
             );
             self.jobs
-                .get_or_create(&JobLabels { r#type: t, state: s })
+                .get_or_create(&JobLabels {
+                    r#type: t,
+                    state: s,
+                })
                 .set(n);
         }
         self.instances.clear();

@@ -320,7 +320,10 @@ async fn list_schedulers_ranks_clusters_by_their_scopes(b: Backend<'_>) {
         .await
         .unwrap();
     assert_eq!(order(by_idc.into_inner()), ["sched-east", "sched-default"]);
-    let other = c.list_schedulers(ask("192.168.0.1", None, 0)).await.unwrap();
+    let other = c
+        .list_schedulers(ask("192.168.0.1", None, 0))
+        .await
+        .unwrap();
     assert_eq!(order(other.into_inner()), ["sched-default", "sched-east"]);
     // A peer that names its cluster gets that cluster's schedulers only, with its config.
     let only = c

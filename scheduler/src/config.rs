@@ -67,6 +67,65 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// A scheduler cluster's settings from the manager (Dragonfly's cluster `config`,
+/// `client_config` and seed peer cluster `config`); `None`: keep the file's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `config.candidate_parent_limit` (1-20).
+    pub candidate_parent_limit: Option<u32>,
+    /// `config.filter_parent_limit` (at least the candidate limit, at most 1000).
+    pub filter_parent_limit: Option<u32>,
+    /// `client_config.load_limit`: children a peer serves at once.
+    pub peer_upload_limit: Option<u32>,
+    /// The seed peer cluster's `config.load_limit`: children a seed peer serves at once.
+    pub seed_peer_upload_limit: Option<u32>,
+}
+
+impl SchedulerConfig {
+    /// This config with `c` applied where its values are valid; the keys that changed.
+    pub fn apply(&mut self, c: &ClusterConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut set = |field: &mut u32, v: Option<u32>, ok: bool, name: &'static str| {
+            if let Some(v) = v.filter(|_| ok) {
+                if *field != v {
+                    *field = v;
+                    changed.push(name);
+                }
+            }
+        };
+        let candidate = c
+            .candidate_parent_limit
+            .unwrap_or(self.candidate_parent_limit);
+        let filter = c.filter_parent_limit.unwrap_or(self.filter_parent_limit);
+        let limits_ok = (1..=20).contains(&candidate) && (candidate..=1000).contains(&filter);
+        set(
+            &mut self.candidate_parent_limit,
+            c.candidate_parent_limit,
+            limits_ok,
+            "candidate_parent_limit",
+        );
+        set(
+            &mut self.filter_parent_limit,
+            c.filter_parent_limit,
+            limits_ok,
+            "filter_parent_limit",
+        );
+        set(
+            &mut self.peer_concurrent_upload_limit,
+            c.peer_upload_limit,
+            c.peer_upload_limit.is_some_and(|v| v > 0),
+            "peer load_limit",
+        );
+        set(
+            &mut self.seed_peer_concurrent_upload_limit,
+            c.seed_peer_upload_limit,
+            c.seed_peer_upload_limit.is_some_and(|v| v > 0),
+            "seed peer load_limit",
+        );
+        changed
+    }
+}
+
 /// Exponential registration delay with jitter; seed peers are never delayed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -222,6 +281,39 @@ mod tests {
         assert_eq!(c.gc.host_ttl, Duration::from_secs(600));
         assert_eq!(c.gc.task_gc_interval, Duration::from_secs(60));
         assert_eq!(c.gc.piece_download_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn a_clusters_config_applies_where_valid() {
+        let mut c = SchedulerConfig::default();
+        let changed = c.apply(&ClusterConfig {
+            candidate_parent_limit: Some(3),
+            filter_parent_limit: Some(40),
+            peer_upload_limit: Some(50),
+            seed_peer_upload_limit: None,
+        });
+        assert_eq!(
+            changed,
+            [
+                "candidate_parent_limit",
+                "filter_parent_limit",
+                "peer load_limit"
+            ]
+        );
+        assert_eq!((c.candidate_parent_limit, c.filter_parent_limit), (3, 40));
+        assert_eq!(c.peer_concurrent_upload_limit, 50);
+        assert_eq!(c.seed_peer_concurrent_upload_limit, 2000);
+        // Out of range (candidate above filter): nothing changes.
+        let before = c.clone();
+        assert!(c
+            .apply(&ClusterConfig {
+                candidate_parent_limit: Some(20),
+                filter_parent_limit: Some(10),
+                ..Default::default()
+            })
+            .is_empty());
+        assert_eq!(c, before);
+        assert!(c.validate("scheduler").is_empty());
     }
 
     #[test]

@@ -19,13 +19,16 @@
 
 #![warn(missing_docs)]
 
+pub mod announcer;
 pub mod config;
 pub mod dag;
 mod error;
 pub mod evaluator;
+pub mod file_config;
 pub mod fsm;
 pub mod gc;
 pub mod hashring;
+pub mod metrics;
 pub mod register_delay;
 pub mod resource;
 pub mod scheduling;
@@ -34,7 +37,7 @@ mod state;
 #[cfg(test)]
 mod test_support;
 
-pub use config::{GcConfig, RegisterDelayConfig, SchedulerConfig};
+pub use config::{ClusterConfig, GcConfig, RegisterDelayConfig, SchedulerConfig};
 pub use error::SchedulerError;
 pub use fsm::{PeerEvent, PeerState, TaskEvent, TaskState, TransitionError};
 pub use gc::{GcDecisions, PeerGcReason};

@@ -3,6 +3,7 @@
 //! seed peers it is told to trigger, and keeps the announced host records
 //! (addresses and ports) that candidate parents are described with.
 
+use crate::metrics::TypeLabels;
 use crate::{
     FailReason, HostId, HostInfo, HostType, PeerId, PieceFinished, RegisterDecision, RegisterPeer,
     ScheduleDecision, Scheduler, SchedulerError, TaskId, TaskInfo,
@@ -40,6 +41,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct SchedulerService {
     inner: Arc<Mutex<Inner>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn status(e: SchedulerError) -> Status {
@@ -65,7 +67,35 @@ impl SchedulerService {
                 hosts: HashMap::new(),
                 rng: StdRng::from_os_rng(),
             })),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    /// The metrics in Prometheus' text format, the host, task and peer counts read now.
+    pub fn render_metrics(&self) -> String {
+        use crate::metrics::{StateLabels, TypeLabels};
+        let m = &self.metrics;
+        {
+            let inner = self.lock();
+            let seeds = inner.core.seed_host_count() as i64;
+            let all = inner.core.hosts().count() as i64;
+            m.hosts
+                .get_or_create(&TypeLabels { r#type: "seed" })
+                .set(seeds);
+            m.hosts
+                .get_or_create(&TypeLabels { r#type: "normal" })
+                .set(all - seeds);
+            m.tasks.set(inner.core.tasks().count() as i64);
+            let mut by_state: HashMap<String, i64> = HashMap::new();
+            for p in inner.core.peers() {
+                *by_state.entry(p.state().as_str().to_string()).or_default() += 1;
+            }
+            m.peers.clear();
+            for (state, n) in by_state {
+                m.peers.get_or_create(&StateLabels { state }).set(n);
+            }
+        }
+        m.render()
     }
 
     /// The tonic server for this service.
@@ -75,6 +105,14 @@ impl SchedulerService {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a cluster's settings from the manager (logged when something changes).
+    pub fn apply_cluster_config(&self, c: &crate::config::ClusterConfig) {
+        let changed = self.lock().core.apply_cluster_config(c);
+        if !changed.is_empty() {
+            tracing::info!(?changed, config = ?c, "cluster config from the manager applied");
+        }
     }
 
     /// Runs a GC pass of the core (the caller's timer decides when).
@@ -121,6 +159,7 @@ impl SchedulerService {
                         .map_err(status)?;
                 }
                 ScheduleDecision::Parents(ids) => {
+                    bump(&self.metrics.schedule, "parents");
                     let inner = self.lock();
                     let parents: Vec<Peer> = ids
                         .iter()
@@ -133,13 +172,17 @@ impl SchedulerService {
                     )));
                 }
                 ScheduleDecision::NeedBackToSource(reason) => {
+                    bump(&self.metrics.schedule, "back_to_source");
                     return Ok(AnnounceAnswer::Respond(Resp::NeedBackToSourceResponse(
                         v2::NeedBackToSourceResponse {
                             description: Some(format!("{reason:?}")),
                         },
-                    )))
+                    )));
                 }
-                ScheduleDecision::Fail(reason) => return Err(fail_status(reason)),
+                ScheduleDecision::Fail(reason) => {
+                    bump(&self.metrics.schedule, "fail");
+                    return Err(fail_status(reason));
+                }
             }
         }
     }
@@ -184,6 +227,7 @@ impl SchedulerService {
             .get(seed_host.as_str())
             .map(|h| format!("http://{}:{}", h.ip, h.port));
         let this = self.clone();
+        bump(&self.metrics.seed_trigger, "started");
         tokio::spawn(async move {
             let result = async {
                 let addr = addr.ok_or_else(|| "seed host has no address".to_string())?;
@@ -203,6 +247,7 @@ impl SchedulerService {
             }
             .await;
             if let Err(e) = result {
+                bump(&this.metrics.seed_trigger, "failed");
                 tracing::warn!(seed = %seed_host, error = %e, "seed peer trigger failed");
                 let _ = this
                     .lock()
@@ -300,8 +345,12 @@ impl SchedulerService {
             inner
                 .core
                 .register_peer(reg, SystemTime::now(), &mut inner.rng)
-                .map_err(status)?
+                .map_err(|e| {
+                    self.metrics.register_peer_failure.inc();
+                    status(e)
+                })?
         };
+        self.metrics.register_peer.inc();
         if let Some(t) = registration.seed_trigger.clone() {
             self.trigger_seed(t.seed_host_id, t.seed_peer_id, download);
         }
@@ -329,6 +378,29 @@ impl SchedulerService {
                     .unwrap_or_default(),
             })
         };
+        let m = &self.metrics;
+        match &r {
+            Req::DownloadPeerStartedRequest(_) => bump(&m.download_peer_started, "p2p"),
+            Req::DownloadPeerBackToSourceStartedRequest(_) => {
+                bump(&m.download_peer_started, "back_to_source")
+            }
+            Req::DownloadPeerFinishedRequest(_) => bump(&m.download_peer_finished, "p2p"),
+            Req::DownloadPeerBackToSourceFinishedRequest(_) => {
+                bump(&m.download_peer_finished, "back_to_source")
+            }
+            Req::DownloadPeerFailedRequest(_) => bump(&m.download_peer_failure, "p2p"),
+            Req::DownloadPeerBackToSourceFailedRequest(_) => {
+                bump(&m.download_peer_failure, "back_to_source")
+            }
+            Req::DownloadPieceFinishedRequest(_) => bump(&m.download_piece_finished, "p2p"),
+            Req::DownloadPieceBackToSourceFinishedRequest(_) => {
+                bump(&m.download_piece_finished, "back_to_source")
+            }
+            Req::DownloadPieceFailedRequest(_) => {
+                m.download_piece_failure.inc();
+            }
+            _ => {}
+        }
         let result: Result<Option<ScheduleDecision>, SchedulerError> = {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -391,6 +463,17 @@ impl SchedulerService {
 enum AnnounceAnswer {
     Respond(Resp),
     Nothing,
+}
+
+/// Counts one event of kind `t`.
+fn bump(
+    family: &prometheus_client::metrics::family::Family<
+        TypeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    t: &'static str,
+) {
+    family.get_or_create(&TypeLabels { r#type: t }).inc();
 }
 
 fn fail_status(reason: FailReason) -> Status {
@@ -486,6 +569,7 @@ impl SchedulerApi for SchedulerService {
                 host.id, host.ip
             )));
         }
+        self.metrics.announce_host.inc();
         let mut inner = self.lock();
         inner
             .core

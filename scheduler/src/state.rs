@@ -59,6 +59,11 @@ impl Scheduler {
         &self.config
     }
 
+    /// Applies a cluster's settings from the manager; the keys that changed.
+    pub fn apply_cluster_config(&mut self, c: &crate::config::ClusterConfig) -> Vec<&'static str> {
+        self.config.apply(c)
+    }
+
     /// A host by ID.
     pub fn host(&self, id: &HostId) -> Option<&Host> {
         self.hosts.get(id)

@@ -12,4 +12,8 @@ pub struct Host {
     pub idc: String,
     /// Location (`country|province|city|...`), used for affinity. Default: empty.
     pub location: String,
+    /// The scheduler cluster to use: the manager then lists that cluster's schedulers only.
+    /// Default: none (the manager's searcher chooses).
+    #[serde(rename = "schedulerClusterID")]
+    pub scheduler_cluster_id: Option<u64>,
 }

@@ -57,20 +57,68 @@ pub struct Scheduler {
 }
 
 /// Seed peer mode.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct SeedPeer {
     /// Announce this host as a seed peer (host type super seed, host ID ending in
     /// `-seed`): schedulers trigger it to fetch tasks from the origin for others.
     /// Default: false.
     pub enable: bool,
+    /// Dragonfly's seed peer type; `super` (default) is the only one (accepted for upstream
+    /// configs).
+    #[serde(rename = "type")]
+    pub kind: SeedPeerType,
+    /// With a manager: the seed peer cluster this seed peer registers in. Default: 1.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: u64,
+    /// With a manager: one KeepAlive message this often. Default: 15s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: std::time::Duration,
+}
+
+impl Default for SeedPeer {
+    fn default() -> Self {
+        SeedPeer {
+            enable: false,
+            kind: SeedPeerType::Super,
+            cluster_id: 1,
+            keepalive_interval: std::time::Duration::from_secs(15),
+        }
+    }
+}
+
+/// Dragonfly's host types for seed peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedPeerType {
+    #[default]
+    Super,
+}
+
+/// `dynconfig`: how often the manager is asked for schedulers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DynConfig {
+    /// Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: std::time::Duration,
+}
+
+impl Default for DynConfig {
+    fn default() -> Self {
+        DynConfig {
+            refresh_interval: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// The manager section (used by the manager issue).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Manager {
-    /// Manager gRPC address (`host:port`). Empty: run without a manager.
+    /// Manager gRPC address: `http://host:port` (as Dragonfly's dfdaemon writes it) or
+    /// `host:port`. Empty: run without a manager. With one, the schedulers come from the
+    /// manager's `ListSchedulers` (and `scheduler.addrs` are used until it answers).
     pub addr: String,
 }
 
@@ -100,6 +148,8 @@ pub struct Config {
     pub seed_peer: SeedPeer,
     /// Manager (control plane).
     pub manager: Manager,
+    /// Refresh of what the manager says.
+    pub dynconfig: DynConfig,
     /// Lazy-loading runtime (Nydus image mounts).
     pub runtime: Runtime,
     /// containerd snapshotter.
@@ -177,11 +227,21 @@ impl Config {
                 p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));
             }
         }
-        if !self.manager.addr.is_empty() && !is_host_port(&self.manager.addr, true) {
+        if !self.manager.addr.is_empty() && !common::manager_client::valid_addr(&self.manager.addr)
+        {
             p.push(format!(
-                "manager.addr: {:?} is not host:port",
+                "manager.addr: {:?} is not http://host:port or host:port",
                 self.manager.addr
             ));
+        }
+        if self.dynconfig.refresh_interval.is_zero() {
+            p.push("dynconfig.refreshInterval: must be greater than 0".into());
+        }
+        if self.seed_peer.cluster_id == 0 {
+            p.push("seedPeer.clusterID: must be at least 1".into());
+        }
+        if self.seed_peer.keepalive_interval.is_zero() {
+            p.push("seedPeer.keepaliveInterval: must be greater than 0".into());
         }
         p
     }

@@ -351,7 +351,9 @@ pub(super) fn open_routes() -> Router<Arc<AppState>> {
         .route("/clusters", post(create_cluster).get(list_clusters))
         .route(
             "/clusters/{id}",
-            get(get_cluster).patch(update_cluster).delete(delete_combined),
+            get(get_cluster)
+                .patch(update_cluster)
+                .delete(delete_combined),
         )
 }
 
@@ -561,7 +563,10 @@ async fn create_cluster(
         Some(&req.peer_cluster_config),
         Some(&req.scopes),
     );
-    p.extend(req.seed_peer_cluster_config.problems("seed_peer_cluster_config"));
+    p.extend(
+        req.seed_peer_cluster_config
+            .problems("seed_peer_cluster_config"),
+    );
     reject(p)?;
     let name = req.name.trim();
     let spc =

@@ -148,12 +148,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             require_session,
         ))
         .route("/users/signin", post(signin));
-    let oapi = Router::new()
-        .merge(clusters::open_routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_pat,
-        ));
+    let oapi = Router::new().merge(clusters::open_routes()).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), require_pat),
+    );
     Router::new()
         .route("/healthy", get(|| async { "OK" }))
         .route("/metrics", get(metrics))
@@ -682,4 +679,3 @@ fn conflict(e: DbError, what: &str, name: &str) -> ApiError {
         e.into()
     }
 }
-

@@ -156,7 +156,10 @@ impl Drop for Postgres {
 }
 
 /// Runs `$name(backend)` as two tests: `$name::sqlite` and `$name::postgres`.
+/// Runs `$name(backend)` as two tests: `$name::sqlite` and `$name::postgres`. It names the
+/// test crate's own `support` module (each test binary includes it).
 #[macro_export]
+#[allow(clippy::crate_in_macro_def)]
 macro_rules! on_both {
     ($module:ident: $name:ident) => {
         mod $module {
@@ -172,7 +175,6 @@ macro_rules! on_both {
         }
     };
 }
-
 
 pub struct Manager {
     pub url: String,
@@ -266,4 +268,3 @@ pub async fn root_session(m: &Manager) -> String {
     let body: serde_json::Value = r.json().await.unwrap();
     body["token"].as_str().unwrap().to_string()
 }
-

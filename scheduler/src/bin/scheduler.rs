@@ -2,39 +2,12 @@
 
 use anyhow::Context;
 use clap::Parser;
+use scheduler::file_config::FileConfig as Config;
 use scheduler::service::SchedulerService;
-use scheduler::{Scheduler, SchedulerConfig};
-use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, SocketAddr};
+use scheduler::Scheduler;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Listener of the scheduler.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-struct Server {
-    /// Listen address. Default: 0.0.0.0.
-    ip: IpAddr,
-    /// gRPC port. Default: 8002.
-    port: u16,
-}
-
-impl Default for Server {
-    fn default() -> Self {
-        Server {
-            ip: IpAddr::from([0, 0, 0, 0]),
-            port: 8002,
-        }
-    }
-}
-
-/// The scheduler's config file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-struct Config {
-    server: Server,
-    scheduler: SchedulerConfig,
-}
 
 #[derive(Parser)]
 #[command(
@@ -49,32 +22,18 @@ struct Args {
     /// Print the default config and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Check the config file and exit (2 and the problem if it is invalid).
+    #[arg(long)]
+    check_config: bool,
     /// Log filter (also RUST_LOG).
     #[arg(long, default_value = "info")]
     log_level: String,
 }
 
-fn load(path: &Path) -> anyhow::Result<Config> {
+fn load(path: &Path) -> anyhow::Result<(Config, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let cfg: Config = if text.trim().is_empty() {
-        Config::default()
-    } else {
-        serde_yaml_ng::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
-    };
-    let mut problems = cfg.scheduler.validate("scheduler");
-    if cfg.server.port == 0 {
-        problems.push("server.port: port must be 1-65535".into());
-    }
-    if !problems.is_empty() {
-        anyhow::bail!(
-            "config file {} is invalid:\n  {}",
-            path.display(),
-            problems.join("\n  ")
-        );
-    }
-    Ok(cfg)
+    Config::parse(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -89,7 +48,42 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .min(cfg.scheduler.gc.task_gc_interval)
         .min(cfg.scheduler.gc.host_gc_interval)
         .max(std::time::Duration::from_secs(1));
-    let service = SchedulerService::new(Scheduler::new(cfg.scheduler));
+    let service = SchedulerService::new(Scheduler::new(cfg.scheduler.clone()));
+    if let Some(manager) = &cfg.manager.addr {
+        let channel = common::manager_client::channel(manager)
+            .map_err(|e| anyhow::anyhow!("manager.addr: {e}"))?;
+        let ip = cfg.server.advertise_ip.unwrap_or_else(|| {
+            if cfg.server.ip.is_unspecified() {
+                common::net::detect_ip()
+            } else {
+                cfg.server.ip
+            }
+        });
+        let me = scheduler::announcer::Identity {
+            hostname: cfg
+                .server
+                .host
+                .clone()
+                .unwrap_or_else(common::net::hostname),
+            ip: ip.to_string(),
+            port: if cfg.server.advertise_port == 0 {
+                cfg.server.port
+            } else {
+                cfg.server.advertise_port
+            },
+            idc: cfg.host.idc.clone(),
+            location: cfg.host.location.clone(),
+            cluster_id: cfg.manager.scheduler_cluster_id,
+        };
+        tracing::info!(manager = %manager, cluster = me.cluster_id, "registering with the manager");
+        tokio::spawn(scheduler::announcer::run(
+            channel,
+            me,
+            cfg.manager.keep_alive.interval,
+            cfg.dyn_config.refresh_interval,
+            service.clone(),
+        ));
+    }
     let gc = service.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(gc_every);
@@ -98,6 +92,27 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             gc.collect_garbage();
         }
     });
+    if cfg.metrics.enable {
+        let addr =
+            scheduler::file_config::listen_addr(&cfg.metrics.addr).context("metrics.addr")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics.addr)"))?;
+        let svc = service.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let svc = svc.clone();
+                async move { svc.render_metrics() }
+            }),
+        );
+        tracing::info!(%addr, "metrics");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<dragonfly_api::scheduler::v2::scheduler_server::SchedulerServer<SchedulerService>>()
@@ -151,12 +166,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cfg = match load(&args.config) {
-        Ok(c) => c,
+        Ok((c, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{}: {w}", args.config.display());
+            }
+            c
+        }
         Err(e) => {
             eprintln!("scheduler: {e:#}");
             return ExitCode::from(2);
         }
     };
+    if args.check_config {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
