@@ -203,20 +203,24 @@ pub fn host_id(ip: &str, hostname: &str, seed: bool) -> String {
     }
 }
 
-/// Peer ID of a download by host `host_id` (`{ip}-{hostname}[-seed]`): `{ip}-{hostname}-{uuid}`
-/// (`-seed` kept last), the UUID a version 4 one made of `random`.
-pub fn peer_id(host_id: &str, random: u128) -> String {
-    // Version 4 (random), RFC 4122 variant.
+/// A version 4 (random) UUID, RFC 4122 variant, made of `random`.
+pub fn uuid_v4(random: u128) -> String {
     let v = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let h = format!("{v:032x}");
-    let uuid = format!(
+    format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..]
-    );
+    )
+}
+
+/// Peer ID of a download by host `host_id` (`{ip}-{hostname}[-seed]`): `{ip}-{hostname}-{uuid}`
+/// (`-seed` kept last), the UUID a version 4 one made of `random`.
+pub fn peer_id(host_id: &str, random: u128) -> String {
+    let uuid = uuid_v4(random);
     match host_id.strip_suffix("-seed") {
         Some(base) => format!("{base}-{uuid}-seed"),
         None => format!("{host_id}-{uuid}"),

@@ -5,4 +5,11 @@ pub mod id;
 pub mod manager_client;
 pub mod net;
 pub mod piece;
+pub mod registry_challenge;
 pub mod upstream_keys;
+/// The scheduler's job service (`dragonfly_rs.jobs.v1.Jobs`, `proto/jobs.proto`).
+#[cfg(feature = "jobs-api")]
+pub mod jobs_api {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("dragonfly_rs.jobs.v1");
+}

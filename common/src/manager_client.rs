@@ -22,12 +22,20 @@ pub fn channel(addr: &str) -> Result<Channel, String> {
         ));
     }
     let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{addr:?}: {e}"))?;
+    // No whole-call timeout here: KeepAlive streams live for good. Unary calls set their own
+    // (`request`).
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .connect_lazy())
+}
+
+/// A unary request to the manager, limited to 10 s.
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(Duration::from_secs(10));
+    r
 }
 
 /// Whether `addr` is a manager address [`channel`] takes.
@@ -83,6 +91,7 @@ pub async fn keep_alive<R, F>(
         tokio::pin!(call);
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
+        let opened = std::time::Instant::now();
         let ended = loop {
             tokio::select! {
                 r = &mut call => break match r {
@@ -97,7 +106,10 @@ pub async fn keep_alive<R, F>(
             }
         };
         tracing::warn!(reason = %ended, "KeepAlive to the manager ended; reconnecting");
-        tokio::time::sleep(interval).await;
+        // A stream that held for a while is reopened at once; one that broke at once waits.
+        if opened.elapsed() < interval * 2 {
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 

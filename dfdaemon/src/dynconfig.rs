@@ -96,7 +96,7 @@ impl Dynconfig {
     pub async fn refresh(&self) -> Result<Cached, tonic::Status> {
         let mut c = ManagerClient::new(self.channel.clone());
         let list = c
-            .list_schedulers(self.request.clone())
+            .list_schedulers(common::manager_client::request(self.request.clone()))
             .await?
             .into_inner()
             .schedulers;
@@ -161,7 +161,7 @@ pub async fn keep_seed_peer_alive(channel: Channel, me: SeedPeerIdentity, interv
     let register = move |mut c: ManagerClient<Channel>| {
         let me = me.clone();
         async move {
-            c.update_seed_peer(UpdateSeedPeerRequest {
+            c.update_seed_peer(common::manager_client::request(UpdateSeedPeerRequest {
                 source_type: SourceType::SeedPeerSource as i32,
                 hostname: me.hostname.clone(),
                 r#type: "super".into(),
@@ -171,7 +171,7 @@ pub async fn keep_seed_peer_alive(channel: Channel, me: SeedPeerIdentity, interv
                 port: i32::from(me.port),
                 download_port: i32::from(me.port),
                 seed_peer_cluster_id: me.cluster_id,
-            })
+            }))
             .await?;
             Ok(())
         }

@@ -257,3 +257,30 @@ pub fn managed_peer_yaml(name: &str, manager: &Manager, seed: bool) -> String {
         manager.grpc_url()
     )
 }
+
+impl Manager {
+    /// A personal access token of root named `name` with `scopes`, valid for a day.
+    pub async fn create_token(&self, session: &str, name: &str, scopes: &[&str]) -> Result<String> {
+        let expires = chrono::Utc::now() + chrono::Duration::days(1);
+        let r = crate::http_client()
+            .post(self.url("/api/v1/personal-access-tokens"))
+            .bearer_auth(session)
+            .json(&serde_json::json!({
+                "name": name,
+                "scopes": scopes,
+                "expired_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "user_id": 1,
+            }))
+            .send()
+            .await
+            .map_err(|e| crate::Error::malformed("create a token", e.to_string()))?;
+        let body: serde_json::Value = r
+            .json()
+            .await
+            .map_err(|e| crate::Error::malformed("create a token", e.to_string()))?;
+        body["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| crate::Error::malformed("create a token", body.to_string()))
+    }
+}

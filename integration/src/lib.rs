@@ -15,6 +15,7 @@ pub mod containerd;
 pub mod cri;
 mod error;
 pub mod fstree;
+pub mod harbor;
 mod http_client;
 mod http_server;
 pub mod image;

@@ -14,6 +14,39 @@ pub struct ManagerConfig {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
+    pub job: JobConfig,
+}
+
+/// `job`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobConfig {
+    pub preheat: PreheatConfig,
+}
+
+/// `job.preheat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreheatConfig {
+    /// The registries and file hosts preheat jobs may fetch from: `host`, `host:port`, or
+    /// `*.domain`. Empty (the default): every preheat job is refused, so the Open API cannot
+    /// make peers fetch internal URLs until an operator names the registries.
+    pub allowed_hosts: Vec<String>,
+    /// How the manager reaches registries to resolve images.
+    pub tls: PreheatTls,
+    /// Platform preheated from a multi-platform image when the job names none. Default: this
+    /// machine's (`linux/amd64` on x86-64), as Dragonfly does.
+    pub platform: Option<String>,
+}
+
+/// `job.preheat.tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreheatTls {
+    /// A PEM file of CA certificates trusted for registries, besides the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip certificate verification of registries (never in production). Default: false.
+    pub insecure_skip_verify: bool,
 }
 
 /// `metrics`: Prometheus metrics are always on the REST listener at `/metrics`; with `enable`
@@ -318,6 +351,19 @@ impl ManagerConfig {
                 "metrics.addr: {:?} is not an address like :8000 or 127.0.0.1:8000",
                 self.metrics.addr
             ));
+        }
+        if let Some(platform) = &self.job.preheat.platform {
+            if let Err(e) = crate::resolve::parse_platform(platform) {
+                p.push(format!("job.preheat.{e}"));
+            }
+        }
+        if let Some(ca) = &self.job.preheat.tls.ca_cert {
+            if !ca.is_file() {
+                p.push(format!(
+                    "job.preheat.tls.caCert: {} is not a file",
+                    ca.display()
+                ));
+            }
         }
         if self.server.grpc.port.start == 0 {
             p.push("server.grpc.port.start: must be a port (1-65535)".into());

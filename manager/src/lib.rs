@@ -11,7 +11,9 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod instances;
+pub mod jobs;
 pub mod metrics;
+pub mod resolve;
 pub mod rest;
 
 use std::sync::Arc;
@@ -43,11 +45,26 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
     // stream comes back.
     instances::all_inactive(&db).await?;
     let key = auth::jwt_key(&config.server.work_home)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(metrics::Metrics::new());
+    if config.job.preheat.allowed_hosts.is_empty() {
+        tracing::warn!("job.preheat.allowedHosts is empty: preheat jobs are refused until it names the registries and file hosts peers may fetch from");
+    }
+    let runner = Arc::new(jobs::Runner::new(
+        db.clone(),
+        metrics.clone(),
+        config.job.preheat.clone(),
+    )?);
+    let resumed = runner.resume().await?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "pending jobs run again");
+    }
     Ok(rest::AppState::new(
         db,
         key,
         config.auth.jwt.timeout,
-        Arc::new(metrics::Metrics::new()),
+        metrics,
+        runner,
     ))
 }
 

@@ -78,7 +78,7 @@ pub async fn run(
             let service = service.clone();
             async move {
                 let s = c
-                    .update_scheduler(UpdateSchedulerRequest {
+                    .update_scheduler(common::manager_client::request(UpdateSchedulerRequest {
                         source_type: SourceType::SchedulerSource as i32,
                         hostname: me.hostname.clone(),
                         scheduler_cluster_id: me.cluster_id,
@@ -91,7 +91,7 @@ pub async fn run(
                             "manager_keep_alive_interval": keepalive.as_nanos() as u64
                         }))
                         .unwrap_or_default(),
-                    })
+                    }))
                     .await?
                     .into_inner();
                 service.apply_cluster_config(&cluster_config(&s));
@@ -125,12 +125,12 @@ pub async fn run(
         tick.tick().await;
         let mut c = ManagerClient::new(channel.clone());
         match c
-            .get_scheduler(GetSchedulerRequest {
+            .get_scheduler(common::manager_client::request(GetSchedulerRequest {
                 source_type: SourceType::SchedulerSource as i32,
                 hostname: me.hostname.clone(),
                 scheduler_cluster_id: me.cluster_id,
                 ip: me.ip.clone(),
-            })
+            }))
             .await
         {
             Ok(s) => service.apply_cluster_config(&cluster_config(&s.into_inner())),

@@ -28,6 +28,7 @@ pub mod file_config;
 pub mod fsm;
 pub mod gc;
 pub mod hashring;
+pub mod jobs;
 pub mod metrics;
 pub mod register_delay;
 pub mod resource;

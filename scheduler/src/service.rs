@@ -107,6 +107,16 @@ impl SchedulerService {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The hosts announced (as they sent themselves), in no order.
+    pub fn announced_hosts(&self) -> Vec<Host> {
+        self.lock().hosts.values().cloned().collect()
+    }
+
+    /// The seed peer host the hash ring gives `task_id` (the one triggered for that task).
+    pub fn seed_host_for(&self, task_id: &str) -> Option<crate::HostId> {
+        self.lock().core.seed_host_for(task_id)
+    }
+
     /// Applies a cluster's settings from the manager (logged when something changes).
     pub fn apply_cluster_config(&self, c: &crate::config::ClusterConfig) {
         let changed = self.lock().core.apply_cluster_config(c);

@@ -59,6 +59,11 @@ impl Scheduler {
         &self.config
     }
 
+    /// The seed peer host owning `task_id` on the hash ring.
+    pub fn seed_host_for(&self, task_id: &str) -> Option<HostId> {
+        self.seed_ring.get(task_id).cloned()
+    }
+
     /// Applies a cluster's settings from the manager; the keys that changed.
     pub fn apply_cluster_config(&mut self, c: &crate::config::ClusterConfig) -> Vec<&'static str> {
         self.config.apply(c)

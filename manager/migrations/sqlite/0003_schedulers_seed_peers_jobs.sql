@@ -40,6 +40,9 @@ CREATE TABLE jobs (
     state TEXT NOT NULL CHECK (state IN ('PENDING', 'SUCCESS', 'FAILURE')),
     args TEXT NOT NULL DEFAULT '{}',
     result TEXT NOT NULL DEFAULT '{}',
+    -- What the job does once resolved (tasks, headers, per-cluster scheduler choice): kept so
+    -- a restarted manager resumes the job without resolving the image again.
+    plan TEXT NOT NULL DEFAULT '{}',
     user_id INTEGER NOT NULL DEFAULT 0,
     scheduler_cluster_ids TEXT NOT NULL DEFAULT '[]',
     created_at TEXT NOT NULL,

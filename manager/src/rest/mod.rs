@@ -3,6 +3,7 @@
 //! `{"message": "..."}` naming what is wrong.
 
 mod clusters;
+mod jobs;
 
 use crate::auth;
 use crate::db::{parse_timestamp, Db, DbError};
@@ -29,6 +30,7 @@ pub struct AppState {
     pub jwt_key: Vec<u8>,
     pub jwt_timeout: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub runner: Arc<crate::jobs::Runner>,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
 }
 
@@ -38,12 +40,14 @@ impl AppState {
         jwt_key: Vec<u8>,
         jwt_timeout: Duration,
         metrics: Arc<crate::metrics::Metrics>,
+        runner: Arc<crate::jobs::Runner>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             db,
             jwt_key,
             jwt_timeout,
             metrics,
+            runner,
             failures: Mutex::new(HashMap::new()),
         })
     }
@@ -143,14 +147,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_token).patch(update_token).delete(delete_token),
         )
         .merge(clusters::routes())
+        .merge(jobs::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_session,
         ))
         .route("/users/signin", post(signin));
-    let oapi = Router::new().merge(clusters::open_routes()).route_layer(
-        axum::middleware::from_fn_with_state(state.clone(), require_pat),
-    );
+    let oapi = Router::new()
+        .merge(clusters::open_routes())
+        .merge(jobs::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_pat,
+        ));
     Router::new()
         .route("/healthy", get(|| async { "OK" }))
         .route("/metrics", get(metrics))

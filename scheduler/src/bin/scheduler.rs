@@ -125,6 +125,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(scheduler::jobs::JobService::new(service.clone()).into_server())
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
