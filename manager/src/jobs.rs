@@ -25,6 +25,8 @@ pub const DEFAULT_CONCURRENT_PEERS: i64 = 500;
 pub const DEFAULT_TIMEOUT_NS: i64 = 3_600_000_000_000;
 /// Most URLs of a file preheat.
 pub const MAX_URLS: usize = 1000;
+/// How long a job waits for an active scheduler in its cluster before that cluster fails.
+const SCHEDULER_WAIT: Duration = Duration::from_secs(30);
 /// Result writes of one job are at most this frequent (and always at the end).
 const WRITE_EVERY: Duration = Duration::from_millis(250);
 
@@ -779,14 +781,25 @@ impl Runner {
         cluster: i64,
         progress: &Progress,
     ) -> Result<(), String> {
-        let sched = preheat_scheduler(&self.db, cluster)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "scheduler cluster {cluster} has no active scheduler with the preheat feature"
-                )
-            })?;
+        // A scheduler may be between two KeepAlive streams (a manager that just started, a
+        // scheduler restarting): wait a little for one before giving up.
+        let give_up = Instant::now() + SCHEDULER_WAIT;
+        let sched = loop {
+            match preheat_scheduler(&self.db, cluster)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(s) => break s,
+                None if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
+                None => {
+                    return Err(format!(
+                        "scheduler cluster {cluster} has no active scheduler with the preheat feature"
+                    ))
+                }
+            }
+        };
         let addr = format!("http://{}:{}", sched.ip, sched.port);
         let who = format!("scheduler {}:{}", sched.ip, sched.port);
         progress.set_scheduler(i, &who);
