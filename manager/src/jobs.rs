@@ -542,8 +542,7 @@ impl Runner {
 
     /// The plan of a preheat and its arguments as shown (defaulted, secrets hidden).
     async fn plan_preheat(&self, args: &Value) -> Result<(Plan, Value), Refusal> {
-        let a: PreheatArgs =
-            serde_json::from_value(args.clone()).map_err(|e| Refusal::bad(format!("args: {e}")))?;
+        let a: PreheatArgs = parse_args(args)?;
         check_preheat(&a)?;
         let headers = a.headers.clone().unwrap_or_default();
         let filtered = if a.filtered_query_params.is_empty() {
@@ -910,10 +909,23 @@ impl Runner {
     }
 }
 
+/// `args` as `T`; an error names the field (`args.count: invalid type ...`).
+fn parse_args<T: serde::de::DeserializeOwned>(args: &Value) -> Result<T, Refusal> {
+    let text = args.to_string();
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            Refusal::bad(format!("args: {}", e.inner()))
+        } else {
+            Refusal::bad(format!("args.{path}: {}", e.inner()))
+        }
+    })
+}
+
 /// The plan and shown arguments of a `get_task` / `delete_task`.
 fn plan_task(kind: &str, args: &Value) -> Result<(Plan, Value), Refusal> {
-    let a: TaskArgs =
-        serde_json::from_value(args.clone()).map_err(|e| Refusal::bad(format!("args: {e}")))?;
+    let a: TaskArgs = parse_args(args)?;
     let task_id = if !a.task_id.is_empty() {
         a.task_id.clone()
     } else if !a.url.is_empty() {

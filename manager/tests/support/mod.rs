@@ -212,8 +212,19 @@ pub fn config(work: &Path, b: Backend) -> ManagerConfig {
 }
 
 pub async fn start_in(work: tempfile::TempDir, b: Backend<'_>) -> Manager {
+    start_with(work, b, |_| {}).await
+}
+
+/// A manager whose config `edit` changed.
+pub async fn start_with(
+    work: tempfile::TempDir,
+    b: Backend<'_>,
+    edit: impl FnOnce(&mut ManagerConfig),
+) -> Manager {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = manager::prepare(&config(work.path(), b)).await.unwrap();
+    let mut cfg = config(work.path(), b);
+    edit(&mut cfg);
+    let state = manager::prepare(&cfg).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stop_rx_oneshot) = tokio::sync::oneshot::channel::<()>();
