@@ -87,9 +87,11 @@ async fn a_job_running_when_the_manager_is_killed_finishes_after_it_restarts() {
         .await
         .unwrap();
     // The seed peer is downloading (its request to the origin hangs) when the manager dies.
-    wait_for(Duration::from_secs(30), "the seed peer asks the origin", || async {
-        origin.requests_for(path) > 0
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the seed peer asks the origin",
+        || async { origin.requests_for(path) > 0 },
+    )
     .await
     .unwrap();
     assert_eq!(harbor.get(id).await.unwrap()["state"], "PENDING");
@@ -155,9 +157,11 @@ async fn a_scheduler_killed_mid_job_fails_the_job_with_an_error_per_host() {
         .create(&file_job(&origin.url(path), "all_peers"))
         .await
         .unwrap();
-    wait_for(Duration::from_secs(30), "a download reaches the origin", || async {
-        origin.requests_for(path) > 0
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "a download reaches the origin",
+        || async { origin.requests_for(path) > 0 },
+    )
     .await
     .unwrap();
     sched.process.kill(Signal::KILL).unwrap();

@@ -6,6 +6,46 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Keys of Dragonfly's `manager.yaml` this manager accepts and ignores, with why.
+pub const IGNORED: &[common::upstream_keys::Ignored] = &[
+    ("console", "logs always go to stderr"),
+    ("verbose", "set RUST_LOG"),
+    ("pprofPort", "no pprof endpoint"),
+    ("tracing", "no OpenTelemetry exporter"),
+    ("server.name", "not used"),
+    ("server.logDir", "logs go to stderr"),
+    ("server.logLevel", "set RUST_LOG"),
+    ("server.logMaxSize", "logs go to stderr"),
+    ("server.logMaxAge", "logs go to stderr"),
+    ("server.logMaxBackups", "logs go to stderr"),
+    ("server.pluginDir", "no searcher plugins: the searcher is built in"),
+    ("server.cacheDir", "no disk cache is needed"),
+    ("server.grpc.requestRateLimit", "no gRPC request rate limit"),
+    (
+        "auth.jwt.key",
+        "session keys are generated and kept in <server.workHome>/jwt.key (a key from a config file, often the chart's public default, would let anyone sign sessions)",
+    ),
+    ("auth.jwt.maxRefresh", "sessions are not refreshed; sign in again after auth.jwt.timeout"),
+    (
+        "database.mysql",
+        "MySQL is not supported: the manager uses database.type (sqlite, the default, or postgres)",
+    ),
+    (
+        "database.polardb",
+        "PolarDB is not supported: the manager uses database.type (sqlite, the default, or postgres)",
+    ),
+    ("database.redis", "no Redis is needed: jobs run in the manager and state is in its database"),
+    ("database.postgres.preferSimpleProtocol", "not needed by this driver"),
+    ("cache", "no Redis or local answer cache is needed"),
+    ("job.rateLimit", "removed upstream: each cluster's job_rate_limit applies"),
+    ("job.gc", "removed upstream"),
+    ("job.syncPeers", "hosts are known live from the schedulers"),
+    ("job.preheat.registryTimeout", "registry requests time out after 10 s each"),
+    ("objectStorage", "removed upstream"),
+    ("security", "removed upstream"),
+    ("network.enableIPv6", "the listen addresses decide the IP family"),
+];
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -298,11 +338,18 @@ pub enum ConfigError {
 impl ManagerConfig {
     /// Reads and checks `path`.
     pub fn load(path: &std::path::Path) -> Result<ManagerConfig, ConfigError> {
+        Self::load_with_warnings(path).map(|(c, _)| c)
+    }
+
+    /// Reads and checks `path`; also a warning per upstream key ignored ([`IGNORED`]).
+    pub fn load_with_warnings(
+        path: &std::path::Path,
+    ) -> Result<(ManagerConfig, Vec<String>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        Self::parse_with_warnings(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
@@ -317,18 +364,20 @@ impl ManagerConfig {
 
     /// Parses and checks YAML text (an empty text is the defaults).
     pub fn parse(text: &str) -> Result<ManagerConfig, ConfigError> {
+        Self::parse_with_warnings(text).map(|(c, _)| c)
+    }
+
+    /// [`ManagerConfig::parse`], with a warning per upstream key ignored.
+    pub fn parse_with_warnings(text: &str) -> Result<(ManagerConfig, Vec<String>), ConfigError> {
         let parse_err = |message: String| ConfigError::Parse {
             path: PathBuf::new(),
             message,
         };
-        let c: ManagerConfig = if text.trim().is_empty() {
-            ManagerConfig::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|e| parse_err(e.to_string()))?
-        };
+        let (c, warnings): (ManagerConfig, _) =
+            common::upstream_keys::parse(text, IGNORED).map_err(parse_err)?;
         let problems = c.validate();
         if problems.is_empty() {
-            Ok(c)
+            Ok((c, warnings))
         } else {
             Err(ConfigError::Invalid {
                 path: PathBuf::new(),

@@ -23,7 +23,10 @@ async fn token(m: &Manager, session: &str, name: &str, scopes: &[&str]) -> (i64,
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    (v["id"].as_i64().unwrap(), v["token"].as_str().unwrap().to_string())
+    (
+        v["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_string(),
+    )
 }
 
 async fn post(m: &Manager, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
@@ -66,30 +69,44 @@ async fn jobs_refuse_bad_tokens_and_bad_requests_and_store_nothing(b: Backend<'_
     let (revoked_id, revoked) = token(&m, &session, "revoked", &["job"]).await;
     let (expired_id, expired) = token(&m, &session, "expired", &["job"]).await;
     let r = reqwest::Client::new()
-        .patch(format!("{}/api/v1/personal-access-tokens/{revoked_id}", m.url))
+        .patch(format!(
+            "{}/api/v1/personal-access-tokens/{revoked_id}",
+            m.url
+        ))
         .bearer_auth(&session)
         .json(&json!({"state": "inactive"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    sqlx::query("UPDATE personal_access_tokens SET expired_at = '2000-01-01T00:00:00Z' WHERE id = $1")
-        .bind(expired_id)
-        .execute(&m.state.db.pool)
-        .await
-        .unwrap();
-    let good = r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a.bin"}}"#;
+    sqlx::query(
+        "UPDATE personal_access_tokens SET expired_at = '2000-01-01T00:00:00Z' WHERE id = $1",
+    )
+    .bind(expired_id)
+    .execute(&m.state.db.pool)
+    .await
+    .unwrap();
+    let good =
+        r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a.bin"}}"#;
 
     // Tokens, as Dragonfly answers them.
     for (t, status, message) in [
         (None, 401, "Unauthorized"),
         (Some("not-a-token"), 401, "Unauthorized"),
-        (Some(cluster_token.as_str()), 403, "Token doesn't have permission to access this resource. Required permission: job"),
+        (
+            Some(cluster_token.as_str()),
+            403,
+            "Token doesn't have permission to access this resource. Required permission: job",
+        ),
         (Some(revoked.as_str()), 403, "Token is inactive"),
         (Some(expired.as_str()), 403, "Token has expired"),
     ] {
         let (s, v) = post(&m, t, good).await;
-        assert_eq!((s, v["message"].as_str().unwrap()), (status, message), "{t:?}");
+        assert_eq!(
+            (s, v["message"].as_str().unwrap()),
+            (status, message),
+            "{t:?}"
+        );
     }
     // Basic auth is not a token.
     let r = reqwest::Client::new()
@@ -105,18 +122,66 @@ async fn jobs_refuse_bad_tokens_and_bad_requests_and_store_nothing(b: Backend<'_
     for (body, status, names) in [
         ("{not json", 422, "JSON"),
         (r#"{"args":{}}"#, 422, "type"),
-        (r#"{"type":"sync_everything","args":{}}"#, 422, "Unknow type"),
-        (r#"{"type":"preheat","args":{"type":"docker","url":"x"}}"#, 422, "args.type"),
-        (r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","percentage":0}}"#, 422, "args.percentage"),
-        (r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","count":100000}}"#, 422, "args.count"),
-        (r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","count":"two"}}"#, 422, "count"),
-        (r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/not/a/manifest"}}"#, 422, "args.url"),
-        (r#"{"type":"preheat","args":{"type":"image","url":"http://169.254.169.254/v2/a/manifests/1"}}"#, 403, "allowedHosts"),
-        (r#"{"type":"preheat","args":{"type":"file","urls":["http://files.example.com/a","http://10.0.0.1:8080/admin"]}}"#, 403, "10.0.0.1:8080"),
-        (r#"{"type":"preheat","args":{"type":"file"}}"#, 422, "args.urls"),
-        (r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a","platform":"linux"}}"#, 422, "args.platform"),
-        (r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a"},"scheduler_cluster_ids":[42]}"#, 404, "scheduler cluster id 42"),
-        (r#"{"type":"get_task","args":{"task_id":"../../etc/passwd"}}"#, 422, "args.task_id"),
+        (
+            r#"{"type":"sync_everything","args":{}}"#,
+            422,
+            "Unknow type",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"docker","url":"x"}}"#,
+            422,
+            "args.type",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","percentage":0}}"#,
+            422,
+            "args.percentage",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","count":100000}}"#,
+            422,
+            "args.count",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/v2/a/manifests/1","count":"two"}}"#,
+            422,
+            "count",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"image","url":"https://registry.example.com/not/a/manifest"}}"#,
+            422,
+            "args.url",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"image","url":"http://169.254.169.254/v2/a/manifests/1"}}"#,
+            403,
+            "allowedHosts",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"file","urls":["http://files.example.com/a","http://10.0.0.1:8080/admin"]}}"#,
+            403,
+            "10.0.0.1:8080",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"file"}}"#,
+            422,
+            "args.urls",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a","platform":"linux"}}"#,
+            422,
+            "args.platform",
+        ),
+        (
+            r#"{"type":"preheat","args":{"type":"file","url":"http://files.example.com/a"},"scheduler_cluster_ids":[42]}"#,
+            404,
+            "scheduler cluster id 42",
+        ),
+        (
+            r#"{"type":"get_task","args":{"task_id":"../../etc/passwd"}}"#,
+            422,
+            "args.task_id",
+        ),
         (r#"{"type":"delete_task","args":{}}"#, 422, "args.task_id"),
         // No scheduler has registered: nothing can run it.
         (good, 500, "candidate schedulers not found"),
@@ -180,7 +245,8 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     .unwrap();
     let mut ka = c.clone();
     let _stream = tokio::spawn(async move {
-        ka.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        ka.keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let bio = "'; DROP TABLE jobs; --";

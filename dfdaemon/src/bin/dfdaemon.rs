@@ -75,8 +75,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cfg = match Config::load(&args.config) {
-        Ok(c) => c,
+    let cfg = match Config::load_with_warnings(&args.config) {
+        Ok((c, warnings)) => {
+            for w in warnings {
+                tracing::warn!("{}: {w}", args.config.display());
+            }
+            c
+        }
         Err(e) => {
             eprintln!("dfdaemon: {e}");
             return ExitCode::from(2);

@@ -45,6 +45,7 @@ pub struct Download {
     pub protocol: Protocol,
     /// Most bytes per second downloaded (origin and parents together), e.g.
     /// `200MiB`. Default: 0 (unlimited).
+    #[serde(alias = "bandwidthLimit")]
     pub rate_limit: bytesize::ByteSize,
     /// Most bytes per second fetched in the background for range-read tasks
     /// (the runtime's prefetch, completing pieces a read touched), within

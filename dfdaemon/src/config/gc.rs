@@ -10,12 +10,15 @@ pub struct GcPolicy {
     pub task_ttl: Duration,
     /// When usage reaches this percentage, evict least recently used tasks.
     /// Usage is of `distThreshold` when set, else of the store's filesystem. Default: 80.
+    #[serde(alias = "diskHighThresholdPercent")]
     pub dist_high_threshold_percent: u8,
     /// Eviction stops at this percentage. Default: 60.
+    #[serde(alias = "diskLowThresholdPercent")]
     pub dist_low_threshold_percent: u8,
     /// Logical capacity of the store (e.g. `10GiB`). When set, the thresholds are
     /// percentages of it and only the store's own files count. Default: 0 (use the
     /// filesystem's size and usage).
+    #[serde(alias = "diskThreshold")]
     pub dist_threshold: bytesize::ByteSize,
 }
 

@@ -122,6 +122,110 @@ pub struct Manager {
     pub addr: String,
 }
 
+/// Keys of Dragonfly's `dfdaemon.yaml` (dragonfly-client) this dfdaemon accepts and ignores,
+/// with why. Keys that ask for TLS or authentication are not here: ignoring them would open
+/// what the config meant to close, so they stay errors.
+pub const IGNORED: &[common::upstream_keys::Ignored] = &[
+    ("server.pluginDir", "no backend plugins"),
+    ("server.cacheDir", "everything is kept under storage.dir"),
+    (
+        "server.adaptiveRateLimit",
+        "no adaptive rate limit; download.rateLimit and upload.rateLimit apply",
+    ),
+    (
+        "download.server.requestRateLimit",
+        "no request rate limit on the download socket",
+    ),
+    ("download.server.requestBufferSize", "not needed"),
+    (
+        "download.backToSourceBandwidthLimit",
+        "origin traffic counts against download.rateLimit",
+    ),
+    (
+        "download.collectedPieceTimeout",
+        "download.pieceTimeout bounds every piece",
+    ),
+    (
+        "upload.server.requestRateLimit",
+        "no request rate limit on the upload port",
+    ),
+    ("upload.server.requestBufferSize", "not needed"),
+    (
+        "scheduler.announceInterval",
+        "this host is announced every 5 s",
+    ),
+    (
+        "scheduler.scheduleTimeout",
+        "scheduling follows the scheduler's retry limits, then the origin",
+    ),
+    (
+        "scheduler.maxScheduleCount",
+        "scheduling follows the scheduler's retry limits, then the origin",
+    ),
+    (
+        "scheduler.enableBackToSource",
+        "peers always go to the origin when scheduling fails",
+    ),
+    ("storage.server.tcpFastopen", "not used"),
+    (
+        "storage.writePieceTimeout",
+        "writes are local and not timed",
+    ),
+    (
+        "storage.writeBufferSize",
+        "pieces are written as they arrive",
+    ),
+    (
+        "storage.cacheCapacity",
+        "no in-memory piece cache: the kernel's page cache keeps hot pieces",
+    ),
+    (
+        "backend.requestHeader",
+        "origin requests carry the client's headers",
+    ),
+    (
+        "backend.putConcurrentChunkCount",
+        "no uploads to object storage",
+    ),
+    ("backend.putChunkSize", "no uploads to object storage"),
+    ("backend.putTimeout", "no uploads to object storage"),
+    ("backend.enableHickoryDNS", "the system resolver is used"),
+    ("gc.policy.persistentTaskTTL", "no persistent tasks"),
+    (
+        "gc.policy.persistentCacheTaskTTL",
+        "no persistent cache tasks",
+    ),
+    ("gc.policy.pageCacheIdleTimeout", "no page cache of its own"),
+    (
+        "proxy.server.requestRateLimit",
+        "no request rate limit on the proxy",
+    ),
+    (
+        "proxy.disableBackToSource",
+        "the proxy goes to the origin when no peer has the task",
+    ),
+    (
+        "proxy.prefetch",
+        "a range request fetches the pieces it covers (whole tasks above 64 MiB)",
+    ),
+    (
+        "proxy.prefetchBandwidthLimit",
+        "no prefetch through the proxy",
+    ),
+    ("proxy.readBufferSize", "storage.readBufferSize sets it"),
+    ("security", "removed upstream"),
+    (
+        "health",
+        "the health endpoint is /healthy on metrics.server",
+    ),
+    ("stats", "no stats server"),
+    ("tracing", "no OpenTelemetry exporter"),
+    (
+        "network.enableIPv6",
+        "the configured addresses decide the IP family",
+    ),
+];
+
 /// The whole dfdaemon configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -191,17 +295,32 @@ impl Config {
 
     /// Parses and validates YAML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_warnings(text, path).map(|(c, _)| c)
+    }
+
+    /// Loads and validates a config file; also a warning per upstream key ignored
+    /// ([`IGNORED`]).
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_with_warnings(&text, path)
+    }
+
+    /// [`Config::parse`], with a warning per upstream key ignored.
+    pub fn parse_with_warnings(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let (config, warnings): (Config, _) =
+            common::upstream_keys::parse(text, IGNORED).map_err(|message| ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
-            })?
-        };
+                message,
+            })?;
         let problems = config.validate();
         if problems.is_empty() {
-            Ok(config)
+            Ok((config, warnings))
         } else {
             Err(ConfigError::Invalid {
                 path: path.to_path_buf(),

@@ -30,6 +30,7 @@ pub struct Upload {
     pub disable_shared: bool,
     /// Most bytes per second served to other peers, over all connections
     /// (e.g. `100MiB`). Default: 0 (unlimited).
+    #[serde(alias = "bandwidthLimit")]
     pub rate_limit: bytesize::ByteSize,
 }
 

@@ -16,7 +16,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -24,8 +27,13 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let config = if cli.config.exists() {
-        match manager::config::ManagerConfig::load(&cli.config) {
-            Ok(c) => c,
+        match manager::config::ManagerConfig::load_with_warnings(&cli.config) {
+            Ok((c, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{}: {w}", cli.config.display());
+                }
+                c
+            }
             Err(e) => {
                 eprintln!("manager: {e}");
                 return std::process::ExitCode::from(2);
