@@ -57,7 +57,15 @@ where
         return Ok((T::default(), Vec::new()));
     }
     let warnings = strip(&mut doc, ignored);
-    let value = serde_yaml_ng::from_value(doc).map_err(|e| e.to_string())?;
+    // The error names the key's path (`proxy.registryMirror: unknown field ...`).
+    let value = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })?;
     Ok((value, warnings))
 }
 
