@@ -14,11 +14,13 @@ export DEBIAN_FRONTEND=noninteractive
 # a runnable test image; jq, curl, procps, bc, ca-certificates: scripts; g++ (with gcc): the
 # linker, and libfuzzer-sys's C++ build in hack/test.sh's fuzz step and hack/fuzz.sh;
 # postgresql: the manager's tests run their suite on a real PostgreSQL too (each test starts
-# its own server on 127.0.0.1 as the postgres user, never the package's own cluster).
+# its own server on 127.0.0.1 as the postgres user, never the package's own cluster);
+# chromium, chromium-driver: the manager's web console is tested in a real headless Chromium
+# driven over WebDriver.
 PACKAGES=(
   containerd runc docker-registry skopeo umoci protobuf-compiler fuse3 libfuse3-dev
   erofs-utils iproute2 jq curl busybox-static ca-certificates openssl apache2-utils procps bc
-  g++ postgresql
+  g++ postgresql chromium chromium-driver
 )
 MIN_RUST=1.88
 

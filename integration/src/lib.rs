@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod browser;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;

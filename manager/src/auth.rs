@@ -223,6 +223,44 @@ pub async fn user(db: &Db, id: i64) -> Result<Option<User>, DbError> {
         .map_err(DbError::sqlx("read a user"))
 }
 
+/// Every user, in id order.
+pub async fn list_users(db: &Db) -> Result<Vec<User>, DbError> {
+    sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))
+        .fetch_all(&db.pool)
+        .await
+        .map_err(DbError::sqlx("list users"))?
+        .iter()
+        .map(user_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(DbError::sqlx("read users"))
+}
+
+/// Creates a user with `role` (`root` or `guest`); its record.
+pub async fn create_user(
+    db: &Db,
+    name: &str,
+    password: &str,
+    email: &str,
+    role: &str,
+) -> Result<User, DbError> {
+    let t = now();
+    let id: i64 = sqlx::query(
+        "INSERT INTO users (name, email, password_hash, role, state, created_at, updated_at)          VALUES ($1, $2, $3, $4, 'enable', $5, $5) RETURNING id",
+    )
+    .bind(name)
+    .bind(email)
+    .bind(hash_password(password)?)
+    .bind(role)
+    .bind(&t)
+    .fetch_one(&db.pool)
+    .await
+    .and_then(|r| r.try_get("id"))
+    .map_err(DbError::sqlx("create a user"))?;
+    user(db, id)
+        .await?
+        .ok_or_else(|| DbError::Other("the new user vanished".into()))
+}
+
 /// A personal access token as the API shows it (`token` only in the answer that created it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PersonalAccessToken {

@@ -792,9 +792,11 @@ impl Runner {
                 None if Instant::now() < give_up => {
                     tokio::time::sleep(Duration::from_millis(250)).await
                 }
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "scheduler cluster {cluster} has no active scheduler with the preheat feature"
-                )),
+                ))
+                }
             }
         };
         let addr = format!("http://{}:{}", sched.ip, sched.port);

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod clusters;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod grpc;
 pub mod instances;

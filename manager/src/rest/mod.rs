@@ -137,6 +137,8 @@ where
 /// The routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
+        .route("/users", get(list_users))
+        .route("/users/signup", post(signup))
         .route("/users/{id}", get(get_user))
         .route(
             "/personal-access-tokens",
@@ -152,7 +154,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             require_session,
         ))
-        .route("/users/signin", post(signin));
+        .route("/users/signin", post(signin))
+        .route("/users/signout", post(signout));
     let oapi = Router::new()
         .merge(clusters::open_routes())
         .merge(jobs::routes())
@@ -161,6 +164,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             require_pat,
         ));
     Router::new()
+        .merge(crate::console::routes())
         .route("/healthy", get(|| async { "OK" }))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
@@ -388,6 +392,61 @@ async fn require_pat(
 /// The name of the personal access token an Open API request runs with.
 #[derive(Debug, Clone)]
 pub struct TokenName(pub String);
+
+/// `POST /api/v1/users/signout`: the session cookie is cleared.
+async fn signout() -> Response {
+    (
+        [(
+            header::SET_COOKIE,
+            "jwt=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        )],
+        StatusCode::OK,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/users`: every user for root, oneself for others.
+async fn list_users(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+) -> Result<Json<Vec<auth::User>>, ApiError> {
+    let all = auth::list_users(&s.db).await?;
+    Ok(Json(if c.role == "root" {
+        all
+    } else {
+        all.into_iter().filter(|u| u.id == c.id).collect()
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupRequest {
+    name: String,
+    password: String,
+    #[serde(default)]
+    email: String,
+}
+
+/// `POST /api/v1/users/signup`: root creates a guest user (Dragonfly lets anyone sign up; here
+/// only root adds users).
+async fn signup(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    JsonBody(req): JsonBody<SignupRequest>,
+) -> Result<Json<auth::User>, ApiError> {
+    require_root(&c)?;
+    check_name("name", &req.name)?;
+    if req.password.chars().count() < 8 || req.password.len() > 1024 {
+        return Err(ApiError::bad("password: 8 to 1024 characters"));
+    }
+    if req.email.len() > 256 {
+        return Err(ApiError::bad("email: at most 256 characters"));
+    }
+    auth::create_user(&s.db, req.name.trim(), &req.password, &req.email, "guest")
+        .await
+        .map(Json)
+        .map_err(|e| conflict(e, "user", req.name.trim()))
+}
 
 async fn get_user(
     State(s): State<Arc<AppState>>,
