@@ -2,6 +2,9 @@
 # hack/cluster.sh — a local multi-host P2P cluster in network namespaces.
 #
 #   hack/cluster.sh up N [RATE]   # 1 scheduler, 1 origin registry, 1 seed peer, N-1 peers
+#   MANAGER=1 hack/cluster.sh up N [RATE]   # also a manager (10.231.0.4, REST :8080, gRPC
+#                                           # :65003) the scheduler registers with and the
+#                                           # dfdaemons find the scheduler through
 #   hack/cluster.sh down          # stop everything started by `up`, delete the namespaces
 #   hack/cluster.sh status
 #
@@ -73,16 +76,23 @@ upload: {server: {ip: $2, port: 4000}, rateLimit: $upload_rate}
 download: {server: {socketPath: $d/dfdaemon.sock}}
 runtime: {mountRoot: $d/mounts}
 snapshotter: {socketPath: $d/snapshotter.sock, root: $d/snapshotter}
-scheduler: {addrs: ['$NET.2:8002']}
-seedPeer: {enable: $3}
+seedPeer: {enable: $3, keepaliveInterval: 1s}
 YAML
+  if [[ ${MANAGER:-0} == 1 ]]; then
+    echo "manager: {addr: 'http://$NET.4:65003'}" >> "$d/dfdaemon.yaml"
+    echo "dynconfig: {refreshInterval: 1s}" >> "$d/dfdaemon.yaml"
+  else
+    echo "scheduler: {addrs: ['$NET.2:8002']}" >> "$d/dfdaemon.yaml"
+  fi
 }
 
 up() {
   local n=${1:?usage: cluster.sh up N [RATE]} rate=${2:-} i
   ((n >= 2)) || { say "N must be at least 2 (a seed and a peer)"; exit 2; }
   [[ -e $DIR/hosts ]] && { say "a cluster is up ($DIR); run down first"; exit 1; }
-  for b in dfdaemon scheduler dfget; do
+  local bins=(dfdaemon scheduler dfget)
+  [[ ${MANAGER:-0} == 1 ]] && bins+=(manager)
+  for b in "${bins[@]}"; do
     [[ -x $BIN/$b ]] || { say "$BIN/$b missing: cargo build --workspace --bins"; exit 1; }
   done
   mkdir -p "$DIR"; : > "$DIR/hosts"
@@ -91,6 +101,7 @@ up() {
   ip -n "$HUB" link set br0 up
   add_host scheduler 2
   add_host origin 3 "$rate"
+  [[ ${MANAGER:-0} == 1 ]] && add_host manager 4
   add_host seed 10 "$rate"
   for ((i = 1; i < n; i++)); do add_host "peer$i" $((10 + i)) "$rate"; done
 
@@ -103,8 +114,25 @@ http: {addr: $NET.3:5000, secret: dfrs-cluster}
 YAML
   spawn origin dfrs-origin docker-registry serve "$DIR/origin/config.yml"
   cat > "$DIR/scheduler.yaml" <<YAML
-server: {ip: $NET.2, port: 8002}
+server: {ip: $NET.2, port: 8002, host: scheduler}
 YAML
+  if [[ ${MANAGER:-0} == 1 ]]; then
+    mkdir -p "$DIR/manager"
+    cat > "$DIR/manager.yaml" <<YAML
+server:
+  workHome: $DIR/manager
+  rest: {addr: '$NET.4:8080'}
+  grpc: {listenIP: $NET.4, port: {start: 65003, end: 65003}}
+job: {preheat: {allowedHosts: ['$NET.3:5000']}}
+YAML
+    DRAGONFLY_INITIAL_ROOT_PASSWORD=${MANAGER_ROOT_PASSWORD:-dfrs-cluster-root} \
+      spawn manager dfrs-manager "$BIN/manager" --config "$DIR/manager.yaml"
+    wait_http dfrs-manager "http://$NET.4:8080/healthy"
+    cat >> "$DIR/scheduler.yaml" <<YAML
+manager: {addr: '$NET.4:65003', schedulerClusterID: 1, keepAlive: {interval: 1s}}
+dynConfig: {refreshInterval: 10s}
+YAML
+  fi
   spawn scheduler dfrs-scheduler "$BIN/scheduler" --config "$DIR/scheduler.yaml"
   dfdaemon_config seed "$NET.10" true "$rate"
   spawn seed dfrs-seed "$BIN/dfdaemon" --config "$DIR/seed/dfdaemon.yaml"
@@ -116,6 +144,7 @@ YAML
   wait_http dfrs-seed "http://$NET.10:4002/healthy"
   for ((i = 1; i < n; i++)); do wait_http "dfrs-peer$i" "http://$NET.$((10 + i)):4002/healthy"; done
   say "up: origin registry http://$NET.3:5000 (in dfrs-origin), scheduler $NET.2:8002, seed $NET.10, peers $NET.11-$NET.$((10 + n - 1))"
+  [[ ${MANAGER:-0} == 1 ]] && say "manager: http://$NET.4:8080 (root's password: \$MANAGER_ROOT_PASSWORD, default dfrs-cluster-root)"
   say "dfget: $BIN/dfget -e $DIR/peer1/dfdaemon.sock http://$NET.3:5000/v2/<repo>/blobs/sha256:<hex> -O FILE"
 }
 

@@ -909,6 +909,40 @@ impl Runner {
     }
 }
 
+/// Checks a job request body as `POST /oapi/v1/jobs` does before it touches the network or the
+/// database: JSON, type, and every argument's range and form. The job type.
+pub fn check_request(body: &[u8]) -> Result<String, Refusal> {
+    let req: CreateJob =
+        serde_json::from_slice(body).map_err(|e| Refusal::bad(format!("body: {e}")))?;
+    let args = req
+        .args
+        .clone()
+        .unwrap_or(Value::Object(Default::default()));
+    match req.kind.as_str() {
+        "preheat" => {
+            let a: PreheatArgs = parse_args(&args)?;
+            check_preheat(&a)?;
+            if a.kind == "image" {
+                resolve::ManifestUrl::parse(&a.url)
+                    .map_err(|e| Refusal::bad(format!("args.{e}")))?;
+            }
+            if !a.platform.is_empty() {
+                resolve::parse_platform(&a.platform)
+                    .map_err(|e| Refusal::bad(format!("args.{e}")))?;
+            }
+        }
+        "get_task" | "delete_task" => {
+            plan_task(&req.kind, &args)?;
+        }
+        _ => {
+            return Err(Refusal::bad(
+                "type: Unknow type (preheat, get_task or delete_task)",
+            ))
+        }
+    }
+    Ok(req.kind)
+}
+
 /// `args` as `T`; an error names the field (`args.count: invalid type ...`).
 fn parse_args<T: serde::de::DeserializeOwned>(args: &Value) -> Result<T, Refusal> {
     let text = args.to_string();
@@ -1401,6 +1435,29 @@ mod tests {
             let e = check_preheat(&args(v.clone())).unwrap_err();
             assert_eq!(e.status, 422);
             assert!(e.message.starts_with(field), "{v}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_without_the_network() {
+        assert_eq!(
+            check_request(br#"{"type":"get_task","args":{"task_id":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}"#).unwrap(),
+            "get_task"
+        );
+        for (body, field) in [
+            (&b"not json"[..], "body"),
+            (
+                br#"{"type":"preheat","args":{"type":"image","url":"x"}}"#,
+                "args.url",
+            ),
+            (
+                br#"{"type":"preheat","args":{"type":"file","platform":"x"}}"#,
+                "args.platform",
+            ),
+            (br#"{"type":"x"}"#, "type"),
+        ] {
+            let e = check_request(body).unwrap_err();
+            assert!(e.message.starts_with(field), "{}", e.message);
         }
     }
 

@@ -5,6 +5,7 @@
 //! config), migrations, the root user's first password (never a default), console sessions and
 //! personal access tokens over REST.
 
+pub mod audit;
 pub mod auth;
 pub mod clusters;
 pub mod config;
@@ -57,6 +58,20 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
         config.job.preheat.clone(),
     )?);
     let resumed = runner.resume().await?;
+    let gc_db = db.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match audit::collect(&gc_db).await {
+                Ok((0, 0)) => {}
+                Ok((audits, jobs)) => {
+                    tracing::info!(audits, jobs, "old audit records and finished jobs removed")
+                }
+                Err(e) => tracing::warn!(error = %e, "collecting old audit records and jobs"),
+            }
+        }
+    });
     if resumed > 0 {
         tracing::info!(jobs = resumed, "pending jobs run again");
     }

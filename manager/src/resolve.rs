@@ -141,8 +141,6 @@ pub struct Resolved {
 
 #[derive(Deserialize)]
 struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
     digest: String,
     #[serde(default)]
     platform: Option<Platform>,
@@ -168,6 +166,69 @@ struct Manifest {
     config: Option<Descriptor>,
     #[serde(default)]
     layers: Option<Vec<Descriptor>>,
+}
+
+/// What a manifest body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// An index (or manifest list): the digest of the entry for the platform asked.
+    Index(String),
+    /// An image manifest: its blobs' digests, config first.
+    Image(Vec<String>),
+}
+
+/// Reads a manifest or index body (`content_type` as the registry sent it) and, for an index,
+/// picks the entry of `platform` (`os`, `arch`, `variant`). Every error says what is wrong.
+pub fn parse_manifest(
+    body: &[u8],
+    content_type: &str,
+    platform: &(String, String, Option<String>),
+) -> Result<Parsed, String> {
+    let m: Manifest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let is_index = m.manifests.is_some()
+        || content_type.contains("index")
+        || content_type.contains("manifest.list")
+        || m.media_type.contains("index")
+        || m.media_type.contains("manifest.list");
+    if is_index {
+        let entries = m.manifests.unwrap_or_default();
+        if entries.len() > MAX_INDEX_ENTRIES {
+            return Err(format!(
+                "an index of {} manifests (limit {MAX_INDEX_ENTRIES})",
+                entries.len()
+            ));
+        }
+        let (os, arch, variant) = platform;
+        let pick = entries
+            .iter()
+            .find(|d| {
+                d.platform.as_ref().is_some_and(|p| {
+                    &p.os == os
+                        && &p.architecture == arch
+                        && (variant.is_none() || &p.variant == variant)
+                })
+            })
+            .ok_or_else(|| {
+                let v = variant
+                    .as_deref()
+                    .map(|v| format!("/{v}"))
+                    .unwrap_or_default();
+                format!("no matching manifest for platform {os}/{arch}{v}")
+            })?;
+        if common::id::BlobDigest::parse(&pick.digest).is_none() {
+            return Err(format!("the index names a manifest {:?}", pick.digest));
+        }
+        return Ok(Parsed::Index(pick.digest.clone()));
+    }
+    let config = m.config.ok_or("the manifest has no config")?;
+    let mut out = Vec::new();
+    for d in std::iter::once(config).chain(m.layers.unwrap_or_default()) {
+        if common::id::BlobDigest::parse(&d.digest).is_none() {
+            return Err(format!("the manifest names a blob {:?}", d.digest));
+        }
+        out.push(d.digest);
+    }
+    Ok(Parsed::Image(out))
 }
 
 /// `os/arch[/variant]`, as Dragonfly's `platform` argument; the error names the field.
@@ -210,81 +271,43 @@ pub async fn resolve(
     extra_headers: &BTreeMap<String, String>,
     platform: &str,
 ) -> Result<Resolved, String> {
-    let (os, arch, variant) = parse_platform(platform)?;
+    let platform_parts = parse_platform(platform)?;
     let mut authorization = auth.authorization.clone();
-    let (body, media_type) = get_manifest(
-        client,
-        &url.manifest(&url.reference),
-        auth,
-        &mut authorization,
-        extra_headers,
-        url,
-    )
-    .await?;
-    let mut manifest: Manifest = serde_json::from_slice(&body)
-        .map_err(|e| format!("manifest {}: {e}", url.manifest(&url.reference)))?;
-    let is_index = |m: &Manifest, ct: &str| {
-        m.manifests.is_some()
-            || ct.contains("index")
-            || ct.contains("manifest.list")
-            || m.media_type.contains("index")
-            || m.media_type.contains("manifest.list")
-    };
-    if is_index(&manifest, &media_type) {
-        let entries = manifest.manifests.take().unwrap_or_default();
-        if entries.len() > MAX_INDEX_ENTRIES {
-            return Err(format!(
-                "index {} names {} manifests (limit {MAX_INDEX_ENTRIES})",
-                url.manifest(&url.reference),
-                entries.len()
-            ));
-        }
-        let pick = entries
-            .iter()
-            .find(|d| {
-                d.platform.as_ref().is_some_and(|p| {
-                    p.os == os
-                        && p.architecture == arch
-                        && (variant.is_none() || p.variant == variant)
-                })
-            })
-            .ok_or_else(|| format!("no matching manifest for platform {platform}"))?;
-        let digest = pick.digest.clone();
-        let (body, _) = get_manifest(
+    let mut reference = url.reference.clone();
+    let mut blobs = Vec::new();
+    // The manifest, or an index and then its platform's manifest (an index in an index is an
+    // error).
+    for depth in 0..2 {
+        let manifest_url = url.manifest(&reference);
+        let (body, media_type) = get_manifest(
             client,
-            &url.manifest(&digest),
+            &manifest_url,
             auth,
             &mut authorization,
             extra_headers,
             url,
         )
         .await?;
-        manifest = serde_json::from_slice(&body)
-            .map_err(|e| format!("manifest {}: {e}", url.manifest(&digest)))?;
-        if manifest.manifests.is_some() {
-            return Err(format!(
-                "manifest {} is an index inside an index",
-                url.manifest(&digest)
-            ));
+        match parse_manifest(&body, &media_type, &platform_parts)
+            .map_err(|e| format!("manifest {manifest_url}: {e}"))?
+        {
+            Parsed::Index(digest) if depth == 0 => reference = digest,
+            Parsed::Index(_) => {
+                return Err(format!(
+                    "manifest {manifest_url} is an index inside an index"
+                ))
+            }
+            Parsed::Image(digests) => {
+                blobs = digests
+                    .into_iter()
+                    .map(|d| Blob {
+                        url: url.blob(&d),
+                        digest: d,
+                    })
+                    .collect();
+                break;
+            }
         }
-    }
-    let mut blobs = Vec::new();
-    let config = manifest
-        .config
-        .ok_or_else(|| format!("manifest {} has no config", url.manifest(&url.reference)))?;
-    for d in std::iter::once(config).chain(manifest.layers.unwrap_or_default()) {
-        if common::id::BlobDigest::parse(&d.digest).is_none() {
-            return Err(format!(
-                "manifest {} names a blob with digest {:?}",
-                url.manifest(&url.reference),
-                d.digest
-            ));
-        }
-        let _ = d.media_type;
-        blobs.push(Blob {
-            url: url.blob(&d.digest),
-            digest: d.digest,
-        });
     }
     Ok(Resolved {
         blobs,
@@ -496,6 +519,54 @@ mod tests {
         assert!(!allowed("evil.com", &list));
         assert!(!allowed("169.254.169.254", &list));
         assert!(!allowed("harbor.example.com", &[]));
+    }
+
+    #[test]
+    fn an_index_leads_to_the_platforms_manifest_and_a_manifest_to_its_blobs() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": d('a'), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"digest": d('b'), "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        })
+        .to_string();
+        let amd64 = ("linux".to_string(), "amd64".to_string(), None);
+        let arm64 = parse_platform("linux/arm64/v8").unwrap();
+        assert_eq!(
+            parse_manifest(index.as_bytes(), "", &amd64).unwrap(),
+            Parsed::Index(d('b'))
+        );
+        assert_eq!(
+            parse_manifest(index.as_bytes(), "", &arm64).unwrap(),
+            Parsed::Index(d('a'))
+        );
+        let s390 = ("linux".to_string(), "s390x".to_string(), None);
+        let e = parse_manifest(index.as_bytes(), "", &s390).unwrap_err();
+        assert_eq!(e, "no matching manifest for platform linux/s390x");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"digest": d('c')},
+            "layers": [{"digest": d('1')}, {"digest": d('2')}]
+        })
+        .to_string();
+        assert_eq!(
+            parse_manifest(
+                manifest.as_bytes(),
+                "application/vnd.oci.image.manifest.v1+json",
+                &amd64
+            )
+            .unwrap(),
+            Parsed::Image(vec![d('c'), d('1'), d('2')])
+        );
+        let bad = r#"{"config": {"digest": "sha256:../../x"}, "layers": []}"#;
+        assert!(parse_manifest(bad.as_bytes(), "", &amd64).is_err());
+        assert!(parse_manifest(b"{", "", &amd64).is_err());
+        assert!(parse_manifest(br#"{"layers": []}"#, "", &amd64)
+            .unwrap_err()
+            .contains("no config"));
     }
 
     #[test]

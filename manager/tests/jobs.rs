@@ -290,4 +290,30 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     let error = job["result"]["job_states"][0]["error"].as_str().unwrap();
     assert!(error.contains("scheduler 127.0.0.1:1"), "{error}");
     assert_eq!(stored_jobs(&m, &job_token).await, 1);
+
+    // The audit log names who did each write and how it went.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/audits?per_page=100", m.url))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let audits: Vec<serde_json::Value> = r.json().await.unwrap();
+    let created: Vec<&serde_json::Value> = audits
+        .iter()
+        .filter(|a| a["event"] == "POST /oapi/v1/jobs" && a["status_code"] == 200)
+        .collect();
+    assert_eq!(created.len(), 1, "{audits:?}");
+    assert_eq!(created[0]["actor_type"], "token");
+    assert_eq!(created[0]["actor_name"], "harbor");
+    assert!(audits
+        .iter()
+        .any(|a| a["event"] == "POST /api/v1/personal-access-tokens"
+            && a["actor_type"] == "user"
+            && a["actor_name"] == "root"
+            && a["state"] == "success"));
+    assert!(audits
+        .iter()
+        .any(|a| a["event"] == "POST /oapi/v1/jobs" && a["state"] == "failure"));
 }

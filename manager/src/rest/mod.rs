@@ -150,6 +150,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(clusters::routes())
         .merge(jobs::routes())
+        .route("/audits", get(list_audits))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_session,
@@ -159,6 +161,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let oapi = Router::new()
         .merge(clusters::open_routes())
         .merge(jobs::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_pat,
@@ -387,6 +390,58 @@ async fn require_pat(
     });
     req.extensions_mut().insert(TokenName(pat.name.clone()));
     Ok(next.run(req).await)
+}
+
+/// Records every write (not GET or HEAD) with its actor and outcome; runs after
+/// authentication.
+async fn audit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return next.run(req).await;
+    }
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let (kind, name) = match (
+        req.extensions().get::<TokenName>(),
+        req.extensions().get::<Claims>(),
+    ) {
+        (Some(t), _) => ("token", t.0.clone()),
+        (None, Some(c)) => ("user", c.name.clone()),
+        (None, None) => ("anonymous", String::new()),
+    };
+    let resp = next.run(req).await;
+    if let Err(e) = crate::audit::record(
+        &s.db,
+        kind,
+        &name,
+        method.as_str(),
+        &path,
+        resp.status().as_u16(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "audit record not written");
+    }
+    resp
+}
+
+/// `GET /api/v1/audits[?page=&per_page=]` (root): the audit log, newest first.
+async fn list_audits(
+    State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    if c.role != "root" {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "permission deny".into()));
+    }
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let (page, per_page, offset) = page_of(q.page, q.per_page)?;
+    let (list, total) = crate::audit::list(&s.db, per_page, offset).await?;
+    let link = link_header("/api/v1/audits", Vec::new(), page, per_page, total);
+    Ok(([(header::LINK, link)], Json(list)).into_response())
 }
 
 /// The name of the personal access token an Open API request runs with.
