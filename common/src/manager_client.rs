@@ -8,6 +8,23 @@ use std::future::Future;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// Who a scheduler or seed peer is to the manager.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Hostname (with the cluster, the manager's key).
+    pub hostname: String,
+    /// The address others dial.
+    pub ip: String,
+    /// The port others dial.
+    pub port: u16,
+    /// Data centre, for the searcher.
+    pub idc: String,
+    /// Location, for the searcher.
+    pub location: String,
+    /// Its cluster (a scheduler cluster or a seed peer cluster).
+    pub cluster_id: u64,
+}
+
 /// The manager at `addr` (`host:port`, `http://host:port`), connected lazily: a manager that is
 /// down at start is reached when it comes back.
 pub fn channel(addr: &str) -> Result<Channel, String> {

@@ -140,15 +140,7 @@ impl Dynconfig {
 }
 
 /// Who this seed peer is to the manager.
-#[derive(Debug, Clone)]
-pub struct SeedPeerIdentity {
-    pub hostname: String,
-    pub ip: String,
-    pub port: u16,
-    pub idc: String,
-    pub location: String,
-    pub cluster_id: u64,
-}
+pub use common::manager_client::Identity as SeedPeerIdentity;
 
 /// Registers this seed peer (`UpdateSeedPeer`) and keeps it active, forever.
 pub async fn keep_seed_peer_alive(channel: Channel, me: SeedPeerIdentity, interval: Duration) {

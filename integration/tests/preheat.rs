@@ -131,6 +131,18 @@ fn harbor_token(registry: &Registry, repo: &str) -> String {
         .issue_token("distributor", &[(repo, &["pull"])])
 }
 
+/// Posts a job, waits for its end, and checks it succeeded; the job.
+async fn run_job(harbor: &HarborProvider, body: serde_json::Value) -> serde_json::Value {
+    let (status, v) = harbor.post(&body).await.unwrap();
+    assert_eq!(status, 200, "{body}: {v}");
+    let job = harbor
+        .wait(v["id"].as_u64().unwrap(), POLL, LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    job
+}
+
 async fn push(registry: &Registry, repo: &str, seed: u64, sizes: &[u64]) -> ImageInfo {
     let layers: Vec<LayerSpec> = sizes
         .iter()
@@ -250,6 +262,7 @@ async fn harbor_preheats_every_scope_and_a_preheated_node_pulls_nothing_from_the
         "blob GETs sent to the registry by the pull"
     );
     drop(containerd);
+    let first_layer = image.layers[1].0.clone();
 
     // single_seed_peer (Harbor's default): the seed peer only.
     let image = push(&registry, "library/seedonly", 310, &[2 * MIB, MIB]).await;
@@ -317,21 +330,14 @@ async fn harbor_preheats_every_scope_and_a_preheated_node_pulls_nothing_from_the
         origin.put(&path, data.clone());
         files.push((origin.url(&path), path, data));
     }
-    let (status, v) = c
-        .harbor
-        .post(&serde_json::json!({
+    let job = run_job(
+        &c.harbor,
+        serde_json::json!({
             "type": "preheat",
             "args": {"type": "file", "urls": files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(), "scope": "all_peers"},
-        }))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{v}");
-    let job = c
-        .harbor
-        .wait(v["id"].as_u64().unwrap(), POLL, LIMIT)
-        .await
-        .unwrap();
-    assert_eq!(job["state"], "SUCCESS", "{job}");
+        }),
+    )
+    .await;
     assert_eq!(successes(&job).len(), 2 * 3, "{job}");
     for (url, path, data) in &files {
         let before = origin.requests_for(path);
@@ -367,4 +373,29 @@ async fn harbor_preheats_every_scope_and_a_preheated_node_pulls_nothing_from_the
         metrics.contains("dragonfly_manager_jobs{type=\"preheat\",state=\"SUCCESS\"} 6"),
         "{metrics}"
     );
+
+    // get_task: the hosts holding a layer; delete_task: it is then gone from all of them.
+    let hex = first_layer.strip_prefix("sha256:").unwrap().to_string();
+    let held = holders(&agents, &first_layer);
+    assert_eq!(held.len(), 4, "{held:?}");
+    let job = run_job(
+        &c.harbor,
+        serde_json::json!({"type": "get_task", "args": {"task_id": hex}}),
+    )
+    .await;
+    let peers: BTreeSet<String> = job["result"]["job_states"][0]["results"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["hostname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(peers, held);
+    let job = run_job(
+        &c.harbor,
+        serde_json::json!({"type": "delete_task", "args": {"task_id": hex}}),
+    )
+    .await;
+    let deleted: BTreeSet<String> = successes(&job).into_iter().map(|t| t.1).collect();
+    assert_eq!(deleted, held);
+    assert!(holders(&agents, &first_layer).is_empty());
 }

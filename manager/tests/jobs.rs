@@ -292,6 +292,8 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     assert_eq!(stored_jobs(&m, &job_token).await, 1);
 
     // The audit log names who did each write and how it went.
+    let (status, _) = post(&m, Some(&job_token), r#"{"type":"nope"}"#).await;
+    assert_eq!(status, 422);
     let r = reqwest::Client::new()
         .get(format!("{}/api/v1/audits?per_page=100", m.url))
         .bearer_auth(&session)

@@ -13,21 +13,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Who this scheduler is to the manager.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// Hostname (with the cluster, the manager's key).
-    pub hostname: String,
-    /// The address peers dial.
-    pub ip: String,
-    /// The gRPC port peers dial.
-    pub port: u16,
-    /// Data centre, for the searcher.
-    pub idc: String,
-    /// Location, for the searcher.
-    pub location: String,
-    /// Scheduler cluster.
-    pub cluster_id: u64,
-}
+pub use common::manager_client::Identity;
 
 /// The cluster config carried by a manager's `Scheduler` answer.
 pub fn cluster_config(s: &Scheduler) -> ClusterConfig {
