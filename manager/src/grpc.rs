@@ -9,7 +9,7 @@ use crate::instances::{self, Kind};
 use dragonfly_api::manager::v2 as pb;
 use dragonfly_api::manager::v2::manager_server::{Manager, ManagerServer};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
@@ -26,7 +26,9 @@ pub struct ManagerService {
     db: Db,
     /// Open KeepAlive streams per instance: an instance becomes inactive only when its last
     /// stream ends (a reconnect may overlap the old stream's end).
-    streams: Arc<Mutex<HashMap<Identity, usize>>>,
+    /// Held across a count change and its database write, so a stream ending and a new one
+    /// opening for the same instance are written in the order they happen.
+    streams: Arc<tokio::sync::Mutex<HashMap<Identity, usize>>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -34,24 +36,13 @@ impl ManagerService {
     pub fn new(db: Db, metrics: Arc<crate::metrics::Metrics>) -> ManagerService {
         ManagerService {
             db,
-            streams: Arc::new(Mutex::new(HashMap::new())),
+            streams: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             metrics,
         }
     }
 
     pub fn into_server(self) -> ManagerServer<ManagerService> {
         ManagerServer::new(self)
-    }
-
-    fn count(&self, who: &Identity, delta: isize) -> usize {
-        let mut m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(who.clone()).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        let left = *n;
-        if left == 0 {
-            m.remove(who);
-        }
-        left
     }
 }
 
@@ -450,19 +441,22 @@ impl Manager for ManagerService {
             }
         };
         let cluster = cluster_id(first.cluster_id)?;
-        if !instances::set_state(&self.db, kind, &first.hostname, &first.ip, cluster, true)
-            .await
-            .map_err(internal)?
-        {
-            return Err(Status::not_found(format!(
-                "{} {} ({}) of cluster {cluster} is not registered: call Update first",
-                kind.noun(),
-                first.hostname,
-                first.ip
-            )));
-        }
         let who: Identity = (kind, first.hostname.clone(), first.ip.clone(), cluster);
-        self.count(&who, 1);
+        {
+            let mut streams = self.streams.lock().await;
+            if !instances::set_state(&self.db, kind, &first.hostname, &first.ip, cluster, true)
+                .await
+                .map_err(internal)?
+            {
+                return Err(Status::not_found(format!(
+                    "{} {} ({}) of cluster {cluster} is not registered: call Update first",
+                    kind.noun(),
+                    first.hostname,
+                    first.ip
+                )));
+            }
+            *streams.entry(who.clone()).or_insert(0) += 1;
+        }
         tracing::info!(kind = kind.noun(), hostname = %who.1, ip = %who.2, cluster, "active");
         // The watch runs on its own task: when the connection drops, hyper drops this
         // handler, but the task still sees the stream end and marks the instance inactive.
@@ -476,7 +470,16 @@ impl Manager for ManagerService {
                     Err(_) => break format!("silent for {}s", KEEPALIVE_TIMEOUT.as_secs()),
                 }
             };
-            if svc.count(&who, -1) == 0 {
+            let mut streams = svc.streams.lock().await;
+            let left = match streams.get_mut(&who) {
+                Some(n) => {
+                    *n = n.saturating_sub(1);
+                    *n
+                }
+                None => 0,
+            };
+            if left == 0 {
+                streams.remove(&who);
                 if let Err(e) =
                     instances::set_state(&svc.db, kind, &who.1, &who.2, cluster, false).await
                 {

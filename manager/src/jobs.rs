@@ -206,18 +206,13 @@ fn default_filtered() -> String {
     common::id::default_filtered_query_params().join("&")
 }
 
-/// `headers` with `Authorization` values hidden (jobs are listed to every holder of a `job`
-/// token; the registry token stays in the plan only).
+/// `headers` with every value hidden (jobs are listed to every holder of a `job` token, and
+/// headers carry credentials under many names: `Authorization`, `Cookie`, API keys); the values
+/// stay in the plan only.
 fn redacted(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     headers
-        .iter()
-        .map(|(k, v)| {
-            if k.eq_ignore_ascii_case("authorization") {
-                (k.clone(), "<redacted>".to_string())
-            } else {
-                (k.clone(), v.clone())
-            }
-        })
+        .keys()
+        .map(|k| (k.clone(), "<redacted>".to_string()))
         .collect()
 }
 
@@ -336,6 +331,28 @@ impl RateLimiter {
     }
 }
 
+/// Redirects are followed (at most 5) only to allowlisted hosts, so an allowlisted registry
+/// cannot send the manager elsewhere.
+fn redirect_policy(allowed: Vec<String>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        let host = match (attempt.url().host_str(), attempt.url().port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => return attempt.stop(),
+        };
+        if resolve::allowed(&host, &allowed) {
+            attempt.follow()
+        } else {
+            attempt.error(format!(
+                "a redirect to {host}, which is not in job.preheat.allowedHosts"
+            ))
+        }
+    })
+}
+
 /// Runs jobs.
 pub struct Runner {
     db: Db,
@@ -413,7 +430,7 @@ impl Runner {
     ) -> anyhow::Result<Runner> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(redirect_policy(preheat.allowed_hosts.clone()));
         if let Some(ca) = &preheat.tls.ca_cert {
             let pem = std::fs::read(ca)
                 .map_err(|e| anyhow::anyhow!("job.preheat.tls.caCert {}: {e}", ca.display()))?;
@@ -611,9 +628,16 @@ impl Runner {
                     username: a.username.clone(),
                     password: a.password.clone(),
                 };
-                let resolved = resolve::resolve(&self.client, &url, &auth, &headers, &platform)
-                    .await
-                    .map_err(Refusal::internal)?;
+                let resolved = resolve::resolve(
+                    &self.client,
+                    &url,
+                    &auth,
+                    &headers,
+                    &platform,
+                    &self.preheat.allowed_hosts,
+                )
+                .await
+                .map_err(Refusal::internal)?;
                 plan.headers
                     .retain(|k, _| !k.eq_ignore_ascii_case("authorization"));
                 if let Some(a) = resolved.authorization {
@@ -689,7 +713,8 @@ impl Runner {
         running.insert(id, handle.abort_handle());
     }
 
-    /// Runs every `PENDING` job again (at start: their runs died with the last process).
+    /// Runs every `PENDING` job that is not running (at start: their runs died with the last
+    /// process; later: a run whose last write failed). How many were started.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, DbError> {
         let ids: Vec<i64> = sqlx::query("SELECT id FROM jobs WHERE state = 'PENDING' ORDER BY id")
             .fetch_all(&self.db.pool)
@@ -698,11 +723,20 @@ impl Runner {
             .iter()
             .filter_map(|r| r.try_get("id").ok())
             .collect();
+        let mut started = 0;
         for &id in &ids {
-            tracing::info!(job = id, "resuming a job left pending by the last run");
-            self.start(id);
+            let running = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id);
+            if !running {
+                tracing::info!(job = id, "resuming a job left pending by the last run");
+                self.start(id);
+                started += 1;
+            }
         }
-        Ok(ids.len())
+        Ok(started)
     }
 
     /// Stops job `id` if it runs.
@@ -1234,8 +1268,20 @@ impl Progress {
         } else {
             None
         };
-        if let Err(e) = store(&self.db, self.id, &result, state.as_deref()).await {
-            tracing::error!(job = self.id, error = %e, "cannot store a job's progress");
+        // The final write is retried: a job must not stay PENDING because the database was
+        // busy at that moment (and a sweeper runs PENDING jobs that nothing runs).
+        let attempts = if fin { 5 } else { 1 };
+        for attempt in 1..=attempts {
+            match store(&self.db, self.id, &result, state.as_deref()).await {
+                Ok(()) => break,
+                Err(e) if attempt < attempts => {
+                    tracing::warn!(job = self.id, error = %e, "cannot store a job's progress; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                Err(e) => {
+                    tracing::error!(job = self.id, error = %e, "cannot store a job's progress")
+                }
+            }
         }
     }
 }
@@ -1476,6 +1522,6 @@ mod tests {
         h.insert("X-Other".to_string(), "v".to_string());
         let r = redacted(&h);
         assert_eq!(r["Authorization"], "<redacted>");
-        assert_eq!(r["X-Other"], "v");
+        assert_eq!(r["X-Other"], "<redacted>");
     }
 }

@@ -58,6 +58,17 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
         config.job.preheat.clone(),
     )?);
     let resumed = runner.resume().await?;
+    let sweeper = runner.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeper.resume().await {
+                tracing::warn!(error = %e, "looking for pending jobs");
+            }
+        }
+    });
     let gc_db = db.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));

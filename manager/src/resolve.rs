@@ -270,6 +270,7 @@ pub async fn resolve(
     auth: &Auth,
     extra_headers: &BTreeMap<String, String>,
     platform: &str,
+    allowed_hosts: &[String],
 ) -> Result<Resolved, String> {
     let platform_parts = parse_platform(platform)?;
     let mut authorization = auth.authorization.clone();
@@ -286,6 +287,7 @@ pub async fn resolve(
             &mut authorization,
             extra_headers,
             url,
+            allowed_hosts,
         )
         .await?;
         match parse_manifest(&body, &media_type, &platform_parts)
@@ -325,6 +327,7 @@ async fn get_manifest(
     authorization: &mut Option<String>,
     extra_headers: &BTreeMap<String, String>,
     url: &ManifestUrl,
+    allowed_hosts: &[String],
 ) -> Result<(Vec<u8>, String), String> {
     for attempt in 0..2 {
         let mut rb = client
@@ -354,11 +357,13 @@ async fn get_manifest(
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| format!("GET {manifest_url}: 401 without a challenge"))?
                 .to_string();
-            *authorization = Some(answer(client, &challenge, auth, url).await?);
+            *authorization = Some(answer(client, &challenge, auth, url, allowed_hosts).await?);
             continue;
         }
         if !status.is_success() {
-            let text = read_limited(resp, 4096).await.unwrap_or_default();
+            // The registry's own words, short: it is allowlisted, and redirects elsewhere are
+            // refused.
+            let text = read_limited(resp, 512).await.unwrap_or_default();
             return Err(format!(
                 "GET {manifest_url}: {status}: {}",
                 String::from_utf8_lossy(&text).trim()
@@ -406,6 +411,7 @@ async fn answer(
     challenge: &str,
     auth: &Auth,
     url: &ManifestUrl,
+    allowed_hosts: &[String],
 ) -> Result<String, String> {
     let has_credentials = !auth.username.is_empty();
     match parse_challenge(challenge).map_err(|e| format!("registry {}: {e}", url.host))? {
@@ -419,6 +425,15 @@ async fn answer(
             Ok(basic(auth))
         }
         Challenge::Bearer { realm, service, .. } => {
+            // The token service is fetched (with the credentials) only if it is allowlisted
+            // too: a registry must not send the manager to other hosts.
+            let realm_host = url_host(&realm).map_err(|e| format!("realm: {e}"))?;
+            if !allowed(&realm_host, allowed_hosts) {
+                return Err(format!(
+                    "registry {} sends tokens from {realm_host}, which is not in job.preheat.allowedHosts (add it to preheat from this registry)",
+                    url.host
+                ));
+            }
             let mut token_url =
                 url::Url::parse(&realm).map_err(|e| format!("realm {realm:?}: {e}"))?;
             {

@@ -318,4 +318,22 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     assert!(audits
         .iter()
         .any(|a| a["event"] == "POST /oapi/v1/jobs" && a["state"] == "failure"));
+    // Refused before authentication is settled, and sign-ins, are recorded too.
+    let (status, _) = post(&m, Some("not-a-token"), "{}").await;
+    assert_eq!(status, 401);
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/audits?per_page=100", m.url))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    let audits: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert!(audits.iter().any(|a| a["event"] == "POST /oapi/v1/jobs"
+        && a["actor_type"] == "anonymous"
+        && a["status_code"] == 401));
+    assert!(audits
+        .iter()
+        .any(|a| a["event"] == "POST /api/v1/users/signin"
+            && a["actor_name"] == "root"
+            && a["state"] == "success"));
 }

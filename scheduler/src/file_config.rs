@@ -234,8 +234,13 @@ impl FileConfig {
                 p.push("manager.schedulerClusterID: must be at least 1".into());
             }
         }
-        if self.manager.keep_alive.interval.is_zero() {
-            p.push("manager.keepAlive.interval: must be greater than 0".into());
+        if self.manager.keep_alive.interval.is_zero()
+            || self.manager.keep_alive.interval >= std::time::Duration::from_secs(30)
+        {
+            p.push(
+                "manager.keepAlive.interval: must be more than 0 and under 30s (the manager counts a stream silent for 30s as gone)"
+                    .into(),
+            );
         }
         if self.dyn_config.refresh_interval.is_zero() {
             p.push("dynConfig.refreshInterval: must be greater than 0".into());

@@ -119,22 +119,25 @@ fn download_of(t: &PreheatTask, r: &PreheatRequest, timeout: Duration) -> Downlo
     }
 }
 
+/// One connection to a host's upload service (HTTP/2: every download of a job to that host
+/// shares it), made when first used.
+fn channel_to(h: &Host) -> Result<tonic::transport::Channel, String> {
+    let url = format!("http://{}:{}", h.ip, h.port);
+    Ok(tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
 async fn upload_client(
     h: &Host,
 ) -> Result<DfdaemonUploadClient<tonic::transport::Channel>, String> {
-    let url = format!("http://{}:{}", h.ip, h.port);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("{url}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    Ok(DfdaemonUploadClient::new(channel))
+    Ok(DfdaemonUploadClient::new(channel_to(h)?))
 }
 
-/// Downloads `t` on `h` to the end; the content length.
-async fn download_on(h: &Host, d: Download) -> Result<u64, String> {
-    let mut c = upload_client(h).await?;
+/// Downloads `d` over `channel` (to one host) to the end; the content length.
+async fn download_on(channel: tonic::transport::Channel, d: Download) -> Result<u64, String> {
+    let mut c = DfdaemonUploadClient::new(channel);
     let mut s = c
         .download_task(DownloadTaskRequest { download: Some(d) })
         .await
@@ -210,7 +213,7 @@ impl Jobs for JobService {
         }
         let scope = r.scope.as_str();
         // Per task, the hosts that download it.
-        let (plan, chosen, missing): (Vec<Vec<Host>>, Vec<Host>, Vec<String>) = match scope {
+        let (plan, chosen, missing): (Vec<Arc<Vec<Host>>>, Vec<Host>, Vec<String>) = match scope {
             "all_peers" | "all_seed_peers" => {
                 let seeds = scope == "all_seed_peers";
                 let (hosts, missing) = narrow(self.hosts(seeds), &r.ips, r.count, r.percentage);
@@ -220,7 +223,9 @@ impl Jobs for JobService {
                         if seeds { "seed peer is" } else { "peer is" }
                     )));
                 }
-                (vec![hosts.clone(); r.tasks.len()], hosts, missing)
+                // One list shared by every task (a fleet's hosts are not copied per task).
+                let shared = Arc::new(hosts.clone());
+                (vec![shared; r.tasks.len()], hosts, missing)
             }
             // single_seed_peer, and (as Dragonfly) anything else, e.g. Harbor 2.12's single_peer.
             _ => {
@@ -238,7 +243,7 @@ impl Jobs for JobService {
                     if !chosen.iter().any(|c| c.id == host.id) {
                         chosen.push(host.clone());
                     }
-                    plan.push(vec![host]);
+                    plan.push(Arc::new(vec![host]));
                 }
                 (plan, chosen, Vec::new())
             }
@@ -266,27 +271,38 @@ impl Jobs for JobService {
             "preheat started"
         );
         let closed = tx.clone();
+        let mut channels = std::collections::HashMap::new();
+        for h in &chosen {
+            let c = channel_to(h).map_err(Status::internal)?;
+            channels.insert(h.id.clone(), c);
+        }
+        let channels = Arc::new(channels);
         let r = Arc::new(r);
         let task_slots = Arc::new(Semaphore::new(tasks_at_once));
         let work = async move {
             let mut all = tokio::task::JoinSet::new();
             for ((t, id), hosts) in r.tasks.iter().cloned().zip(ids).zip(plan) {
-                let (r, tx, task_slots) = (r.clone(), tx.clone(), task_slots.clone());
+                let (r, tx, task_slots, channels) =
+                    (r.clone(), tx.clone(), task_slots.clone(), channels.clone());
                 all.spawn(async move {
                     let Ok(_slot) = task_slots.acquire_owned().await else {
                         return;
                     };
                     let host_slots = Arc::new(Semaphore::new(hosts_at_once));
                     let mut each = tokio::task::JoinSet::new();
-                    for h in hosts {
+                    for h in hosts.iter().cloned() {
                         let (t, id, tx, host_slots) =
                             (t.clone(), id.clone(), tx.clone(), host_slots.clone());
+                        let channel = channels.get(&h.id).cloned();
                         let d = download_of(&t, &r, timeout);
                         each.spawn(async move {
                             let Ok(_slot) = host_slots.acquire_owned().await else {
                                 return;
                             };
-                            let out = download_on(&h, d).await;
+                            let out = match channel {
+                                Some(c) => download_on(c, d).await,
+                                None => Err("no connection to the host".to_string()),
+                            };
                             if let Err(e) = &out {
                                 tracing::warn!(url = %t.url, host = %h.hostname, error = %e, "preheat download failed");
                             }

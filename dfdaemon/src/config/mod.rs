@@ -359,8 +359,13 @@ impl Config {
         if self.seed_peer.cluster_id == 0 {
             p.push("seedPeer.clusterID: must be at least 1".into());
         }
-        if self.seed_peer.keepalive_interval.is_zero() {
-            p.push("seedPeer.keepaliveInterval: must be greater than 0".into());
+        if self.seed_peer.keepalive_interval.is_zero()
+            || self.seed_peer.keepalive_interval >= std::time::Duration::from_secs(30)
+        {
+            p.push(
+                "seedPeer.keepaliveInterval: must be more than 0 and under 30s (the manager counts a stream silent for 30s as gone)"
+                    .into(),
+            );
         }
         p
     }

@@ -27,8 +27,12 @@ fn job_id(
 async fn create_job(
     State(s): State<Arc<AppState>>,
     axum::Extension(c): axum::Extension<Claims>,
-    JsonBody(req): JsonBody<jobs::CreateJob>,
+    JsonBody(mut req): JsonBody<jobs::CreateJob>,
 ) -> Result<Response, ApiError> {
+    // Jobs make every node download or delete: root's (as Dragonfly's roles have it), and the
+    // job is recorded as the caller's.
+    require_root(&c)?;
+    req.user_id = None;
     match s.runner.create(req, c.id).await {
         Ok(job) => Ok(Json(job).into_response()),
         // Dragonfly answers a job rate limit in plain text.
@@ -104,9 +108,11 @@ struct UpdateJob {
 
 async fn update_job(
     State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(req): JsonBody<UpdateJob>,
 ) -> Result<Json<jobs::Job>, ApiError> {
+    require_root(&c)?;
     let id = job_id(p)?;
     if let Some(bio) = &req.bio {
         if bio.len() > 1024 {
@@ -124,8 +130,10 @@ async fn update_job(
 
 async fn delete_job(
     State(s): State<Arc<AppState>>,
+    axum::Extension(c): axum::Extension<Claims>,
     p: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    require_root(&c)?;
     let id = job_id(p)?;
     s.runner.stop(id);
     if jobs::delete(&s.db, id).await? {

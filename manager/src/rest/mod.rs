@@ -151,21 +151,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(clusters::routes())
         .merge(jobs::routes())
         .route("/audits", get(list_audits))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_session,
         ))
         .route("/users/signin", post(signin))
-        .route("/users/signout", post(signout));
+        .route("/users/signout", post(signout))
+        // Outside authentication: refused writes and sign-ins are recorded too.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit));
     let oapi = Router::new()
         .merge(clusters::open_routes())
         .merge(jobs::routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_pat,
-        ));
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit));
     Router::new()
         .merge(crate::console::routes())
         .route("/healthy", get(|| async { "OK" }))
@@ -206,10 +207,22 @@ struct SigninRequest {
     password: String,
 }
 
+/// `POST /api/v1/users/signin`; the name tried goes to the audit log (never the password).
 async fn signin(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(req): JsonBody<SigninRequest>,
+) -> Response {
+    let name: String = req.name.chars().take(256).collect();
+    let mut resp = signin_as(s, peer, req).await.into_response();
+    resp.extensions_mut().insert(Actor { kind: "user", name });
+    resp
+}
+
+async fn signin_as(
+    s: Arc<AppState>,
+    peer: SocketAddr,
+    req: SigninRequest,
 ) -> Result<Response, ApiError> {
     let ip = peer.ip();
     let recent = s.recent_failures(ip);
@@ -304,8 +317,14 @@ async fn require_session(
         Some(u) if u.state == "enable" => {}
         _ => return Err(ApiError::unauthorized()),
     }
+    let actor = Actor {
+        kind: "user",
+        name: claims.name.clone(),
+    };
     req.extensions_mut().insert(claims);
-    Ok(next.run(req).await)
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(actor);
+    Ok(resp)
 }
 
 /// The personal access token of an Open API request: `?access_token=` (first) or
@@ -389,7 +408,12 @@ async fn require_pat(
         iat: 0,
     });
     req.extensions_mut().insert(TokenName(pat.name.clone()));
-    Ok(next.run(req).await)
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(Actor {
+        kind: "token",
+        name: pat.name.clone(),
+    });
+    Ok(resp)
 }
 
 /// Records every write (not GET or HEAD) with its actor and outcome; runs after
@@ -404,15 +428,12 @@ async fn audit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
         .get::<axum::extract::OriginalUri>()
         .map(|u| u.path().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let (kind, name) = match (
-        req.extensions().get::<TokenName>(),
-        req.extensions().get::<Claims>(),
-    ) {
-        (Some(t), _) => ("token", t.0.clone()),
-        (None, Some(c)) => ("user", c.name.clone()),
-        (None, None) => ("anonymous", String::new()),
-    };
     let resp = next.run(req).await;
+    // Who it was, as authentication (or sign-in) found out.
+    let (kind, name) = match resp.extensions().get::<Actor>() {
+        Some(a) => (a.kind, a.name.clone()),
+        None => ("anonymous", String::new()),
+    };
     if let Err(e) = crate::audit::record(
         &s.db,
         kind,
@@ -442,6 +463,14 @@ async fn list_audits(
     let (list, total) = crate::audit::list(&s.db, per_page, offset).await?;
     let link = link_header("/api/v1/audits", Vec::new(), page, per_page, total);
     Ok(([(header::LINK, link)], Json(list)).into_response())
+}
+
+/// Who made a request, put on the response for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// `user` (a session, or a sign-in attempt: then the name tried) or `token`.
+    pub kind: &'static str,
+    pub name: String,
 }
 
 /// The name of the personal access token an Open API request runs with.
