@@ -145,18 +145,29 @@ fn seed_peer_pb(p: &instances::SeedPeer) -> pb::SeedPeer {
 impl ManagerService {
     /// Scheduler `s` with its cluster and the active seed peers serving it.
     async fn full_scheduler(&self, s: &instances::Scheduler) -> Result<pb::Scheduler, Status> {
-        let mut out = scheduler_pb(s);
-        let cluster = clusters::scheduler_cluster(&self.db, s.scheduler_cluster_id)
+        let (cluster, seed_peers) = self.cluster_part(s.scheduler_cluster_id).await?;
+        Ok(pb::Scheduler {
+            scheduler_cluster: cluster,
+            seed_peers,
+            ..scheduler_pb(s)
+        })
+    }
+
+    /// What every scheduler of cluster `id` carries: the cluster and its active seed peers.
+    async fn cluster_part(
+        &self,
+        id: i64,
+    ) -> Result<(Option<pb::SchedulerCluster>, Vec<pb::SeedPeer>), Status> {
+        let cluster = clusters::scheduler_cluster(&self.db, id)
             .await
             .map_err(internal)?;
-        out.scheduler_cluster = cluster.as_ref().map(scheduler_cluster_pb);
-        out.seed_peers = instances::active_seed_peers_of(&self.db, s.scheduler_cluster_id)
+        let seed_peers = instances::active_seed_peers_of(&self.db, id)
             .await
             .map_err(internal)?
             .iter()
             .map(seed_peer_pb)
             .collect();
-        Ok(out)
+        Ok((cluster.as_ref().map(scheduler_cluster_pb), seed_peers))
     }
 
     /// Seed peer `p` with its cluster.
@@ -403,8 +414,20 @@ impl Manager for ManagerService {
             return Err(Status::not_found(format!("no active scheduler {scope}")));
         }
         let mut schedulers = Vec::with_capacity(found.len());
+        // Read once per cluster, not once per scheduler (this answers every peer's refresh).
+        let mut parts = HashMap::new();
         for s in &found {
-            schedulers.push(self.full_scheduler(s).await?);
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                parts.entry(s.scheduler_cluster_id)
+            {
+                e.insert(self.cluster_part(s.scheduler_cluster_id).await?);
+            }
+            let (cluster, seed_peers) = &parts[&s.scheduler_cluster_id];
+            schedulers.push(pb::Scheduler {
+                scheduler_cluster: cluster.clone(),
+                seed_peers: seed_peers.clone(),
+                ..scheduler_pb(s)
+            });
         }
         Ok(Response::new(pb::ListSchedulersResponse { schedulers }))
     }

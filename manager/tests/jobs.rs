@@ -46,6 +46,18 @@ async fn post(m: &Manager, token: Option<&str>, body: &str) -> (u16, serde_json:
     )
 }
 
+/// GET `path` with `token` (a session or a personal access token): the status and the JSON.
+async fn get(m: &Manager, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", m.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 async fn stored_jobs(m: &Manager, token: &str) -> usize {
     let r = reqwest::Client::new()
         .get(format!("{}/oapi/v1/jobs?access_token={token}", m.url))
@@ -192,30 +204,12 @@ async fn jobs_refuse_bad_tokens_and_bad_requests_and_store_nothing(b: Backend<'_
         assert!(text.contains(names), "{body}: {text}");
     }
     assert_eq!(stored_jobs(&m, &job_token).await, 0, "nothing was stored");
-    let r = reqwest::Client::new()
-        .get(format!("{}/oapi/v1/jobs/abc", m.url))
-        .bearer_auth(&job_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let r = reqwest::Client::new()
-        .get(format!("{}/oapi/v1/jobs/999", m.url))
-        .bearer_auth(&job_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(get(&m, &job_token, "/oapi/v1/jobs/abc").await.0, 422);
+    let (status, v) = get(&m, &job_token, "/oapi/v1/jobs/999").await;
+    assert_eq!(status, 404);
     assert_eq!(v["message"], "record not found");
     // The cluster-scoped token reaches clusters, not jobs.
-    let r = reqwest::Client::new()
-        .get(format!("{}/oapi/v1/clusters", m.url))
-        .bearer_auth(&cluster_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(get(&m, &cluster_token, "/oapi/v1/clusters").await.0, 200);
 }
 
 async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pending(b: Backend<'_>) {
@@ -273,13 +267,7 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     let id = job["id"].as_i64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let job = loop {
-        let r = reqwest::Client::new()
-            .get(format!("{}/oapi/v1/jobs/{id}", m.url))
-            .bearer_auth(&job_token)
-            .send()
-            .await
-            .unwrap();
-        let v: serde_json::Value = r.json().await.unwrap();
+        let (_, v) = get(&m, &job_token, &format!("/oapi/v1/jobs/{id}")).await;
         if v["state"] != "PENDING" {
             break v;
         }
@@ -294,14 +282,9 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     // The audit log names who did each write and how it went.
     let (status, _) = post(&m, Some(&job_token), r#"{"type":"nope"}"#).await;
     assert_eq!(status, 422);
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/v1/audits?per_page=100", m.url))
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let audits: Vec<serde_json::Value> = r.json().await.unwrap();
+    let (status, audits) = get(&m, &session, "/api/v1/audits?per_page=100").await;
+    assert_eq!(status, 200);
+    let audits = audits.as_array().unwrap().clone();
     let created: Vec<&serde_json::Value> = audits
         .iter()
         .filter(|a| a["event"] == "POST /oapi/v1/jobs" && a["status_code"] == 200)
@@ -321,13 +304,8 @@ async fn a_job_whose_scheduler_cannot_be_reached_fails_instead_of_staying_pendin
     // Refused before authentication is settled, and sign-ins, are recorded too.
     let (status, _) = post(&m, Some("not-a-token"), "{}").await;
     assert_eq!(status, 401);
-    let r = reqwest::Client::new()
-        .get(format!("{}/api/v1/audits?per_page=100", m.url))
-        .bearer_auth(&session)
-        .send()
-        .await
-        .unwrap();
-    let audits: Vec<serde_json::Value> = r.json().await.unwrap();
+    let (_, audits) = get(&m, &session, "/api/v1/audits?per_page=100").await;
+    let audits = audits.as_array().unwrap().clone();
     assert!(audits.iter().any(|a| a["event"] == "POST /oapi/v1/jobs"
         && a["actor_type"] == "anonymous"
         && a["status_code"] == 401));

@@ -129,9 +129,7 @@ fn channel_to(h: &Host) -> Result<tonic::transport::Channel, String> {
         .connect_lazy())
 }
 
-async fn upload_client(
-    h: &Host,
-) -> Result<DfdaemonUploadClient<tonic::transport::Channel>, String> {
+fn upload_client(h: &Host) -> Result<DfdaemonUploadClient<tonic::transport::Channel>, String> {
     Ok(DfdaemonUploadClient::new(channel_to(h)?))
 }
 
@@ -350,7 +348,7 @@ impl Jobs for JobService {
         let results = fan_out(self.all_hosts(), move |h| {
             let id = id.clone();
             async move {
-                let mut c = upload_client(&h).await?;
+                let mut c = upload_client(&h)?;
                 match c
                     .stat_task(StatTaskRequest {
                         task_id: id.clone(),
@@ -396,7 +394,7 @@ impl Jobs for JobService {
                 move |h| {
                     let id = id.clone();
                     async move {
-                        let mut c = upload_client(&h).await?;
+                        let mut c = upload_client(&h)?;
                         match c
                             .delete_task(dragonfly_api::dfdaemon::v2::DeleteTaskRequest {
                                 task_id: id.clone(),
