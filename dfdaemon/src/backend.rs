@@ -13,6 +13,10 @@ const MAX_REDIRECTS: usize = 10;
 /// Largest error body kept from an origin to pass back to the client.
 pub const MAX_ERROR_BODY: usize = 1024 * 1024;
 
+/// The end of a range to [`Backend::get`] that asks for everything from its start
+/// (`bytes=N-`).
+pub const OPEN_ENDED: u64 = u64::MAX;
+
 /// Errors talking to an origin.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -169,9 +173,14 @@ impl Backend {
                 strip_credentials(&mut req_headers);
             }
             if let Some((start, end_incl)) = range {
+                let value = if end_incl == OPEN_ENDED {
+                    format!("bytes={start}-")
+                } else {
+                    format!("bytes={start}-{end_incl}")
+                };
                 req_headers.insert(
                     http::header::RANGE,
-                    HeaderValue::from_str(&format!("bytes={start}-{end_incl}"))
+                    HeaderValue::from_str(&value)
                         .map_err(|e| BackendError::Client(e.to_string()))?,
                 );
             }

@@ -10,7 +10,7 @@ use crate::storage::{now_millis, FailureKind, PieceMeta, Store, Task, TaskMeta, 
 use crate::transport::{store_body, Network, Source, Transport, TransportError};
 use bytes::{Bytes, BytesMut};
 use common::id::BlobDigest;
-use common::piece::{piece_length_for, piece_range, MIN_PIECE_LENGTH};
+use common::piece::{piece_length_for, piece_range};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use sha2::Digest;
@@ -174,6 +174,40 @@ pub struct Engine {
     /// Pieces from parents.
     pub(crate) peers: Arc<crate::p2p::Peers>,
 }
+
+/// How the body of the first GET is used.
+enum Body {
+    /// It covers the task from offset 0 (`ranges`: the origin serves ranges, so what the
+    /// stream does not bring can be fetched by ranges).
+    Stream { resp: reqwest::Response, ranges: bool },
+    /// A ranged GET: its body is piece `.0` when it covers exactly that piece.
+    FirstPiece(Option<(u32, reqwest::Response)>),
+}
+
+/// The digest check of a download ([`Engine::spawn_verifier`]).
+struct Verifier {
+    handle: tokio::task::JoinHandle<Result<String, DownloadError>>,
+    /// Takes committed pieces' bytes in order; dropped, the verifier reads the file instead.
+    feed: Option<tokio::sync::mpsc::Sender<FedPiece>>,
+}
+
+/// A committed piece's bytes, as the stream received them.
+struct FedPiece {
+    offset: u64,
+    chunks: Vec<Bytes>,
+}
+
+impl FedPiece {
+    fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// Pieces fed to a verifier that it has not hashed yet, at most: a stream ahead of the hash
+/// waits (the task cannot complete before the hash anyway).
+const FEED_PIECES: usize = 4;
+/// Pieces longer than this are not held in memory for the verifier (it reads them back).
+const MAX_FED_PIECE: u64 = 16 * 1024 * 1024;
 
 enum Probe {
     /// Range supported; the reply covered `range` of `total` bytes.
@@ -557,16 +591,20 @@ impl Engine {
                 reason: "no parent could provide the task and back-to-source is disabled".into(),
             });
         }
-        let probe_range = match &existing {
+        // A task with nothing stored yet is fetched by one streamed GET (`bytes=0-`): the
+        // origin sends it in order at its own pace (no per-range cost), pieces are recorded
+        // as they land. A task with pieces stored resumes with ranged GETs of what is missing.
+        let resume = existing.as_ref().filter(|t| !t.meta().pieces.is_empty());
+        let probe_range = match resume {
             Some(t) => {
                 let first = t.missing_pieces().first().copied().unwrap_or(0);
                 let (off, len) = piece_range(first, t.content_length(), t.piece_length());
                 (off, off + len.max(1) - 1)
             }
-            None => (0, req.piece_length.unwrap_or(MIN_PIECE_LENGTH) - 1),
+            None => (0, crate::backend::OPEN_ENDED),
         };
         let probe = self.probe(req, probe_range).await?;
-        let (task, first_body) = match probe {
+        let (task, body) = match probe {
             Probe::Error(r) => {
                 let _ = tx.send(Some(StartState::Origin(r)));
                 return Ok(());
@@ -579,16 +617,16 @@ impl Engine {
             Probe::Empty => {
                 let task = self.create_task(req, 0, existing, None)?;
                 let _ = tx.send(Some(StartState::Ready(task.clone())));
-                let verifier = self.spawn_verifier(req, &task);
+                let verifier = self.spawn_verifier(req, &task, false);
                 return self.conclude(req, &task, Ok(()), verifier).await;
             }
             Probe::Whole { total, resp } => {
                 let task = self.create_task(req, total, None, content_type(&resp))?;
-                let _ = tx.send(Some(StartState::Ready(task.clone())));
-                let _use = task.use_task();
-                let verifier = self.spawn_verifier(req, &task);
-                let r = self.fetch_sequential(&task, resp).await;
-                return self.conclude(req, &task, r, verifier).await;
+                (task, Body::Stream { resp, ranges: false })
+            }
+            Probe::Ranged { total, range, resp } if range == (0, total - 1) => {
+                let task = self.create_task(req, total, existing, content_type(&resp))?;
+                (task, Body::Stream { resp, ranges: true })
             }
             Probe::Ranged { total, range, resp } => {
                 let task = self.create_task(req, total, existing, content_type(&resp))?;
@@ -600,44 +638,91 @@ impl Engine {
                 } else {
                     None
                 };
-                (task, body)
+                (task, Body::FirstPiece(body))
             }
         };
         task.clear_failure();
         let _ = tx.send(Some(StartState::Ready(task.clone())));
         let _use = task.use_task();
-        let verifier = self.spawn_verifier(req, &task);
-        let r = self.fetch_pieces(req, &task, first_body).await;
+        let r = match body {
+            Body::Stream { resp, ranges } => {
+                let mut verifier = self.spawn_verifier(req, &task, true);
+                let feed = verifier.as_mut().and_then(|v| v.feed.take());
+                let streamed = self.fetch_stream(req, &task, resp, feed, ranges).await;
+                let r = match streamed {
+                    // The stream broke off: what it did not store is fetched by ranges, with
+                    // the usual retries.
+                    Err(e) if ranges && !matches!(e, DownloadError::Store(_)) => {
+                        tracing::info!(task_id = %task.id, error = %e, missing = task.missing_pieces().len(),
+                            "origin stream ended early; fetching the rest by ranges");
+                        self.fetch_pieces(req, &task, None).await
+                    }
+                    r => r,
+                };
+                return self.conclude(req, &task, r, verifier).await;
+            }
+            Body::FirstPiece(first) => first,
+        };
+        let verifier = self.spawn_verifier(req, &task, false);
+        let r = self.fetch_pieces(req, &task, r).await;
         self.conclude(req, &task, r, verifier).await
     }
 
-    /// Hashes the content in order while pieces land, so verification ends
-    /// right after the last piece instead of re-reading the whole task.
-    fn spawn_verifier(
-        &self,
-        req: &DownloadRequest,
-        task: &Arc<Task>,
-    ) -> Option<tokio::task::JoinHandle<Result<String, DownloadError>>> {
+    /// Hashes the content in order while pieces land, so verification ends right after the
+    /// last piece instead of re-reading the whole task. With `feed`, the stream that fetches
+    /// the task hands over each committed piece's bytes ([`Verifier::feed`]) and the hash
+    /// reads nothing back; pieces the feed does not bring (it ended early, or there was none)
+    /// are read from the content file once stored. The hash runs on the blocking pool, beside
+    /// the download rather than in its way.
+    fn spawn_verifier(&self, req: &DownloadRequest, task: &Arc<Task>, feed: bool) -> Option<Verifier> {
         let algorithm = req.digest.as_ref()?.algorithm.clone();
         let task = task.clone();
-        Some(tokio::spawn(async move {
+        let (feed_tx, mut feed_rx) = if feed && task.piece_length() <= MAX_FED_PIECE {
+            let (tx, rx) = tokio::sync::mpsc::channel::<FedPiece>(FEED_PIECES);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let handle = tokio::spawn(async move {
+            let internal = |e: tokio::task::JoinError| DownloadError::Internal {
+                task_id: task.id.clone(),
+                reason: e.to_string(),
+            };
             let mut hasher = ContentHasher::new(&algorithm);
             for number in 0..task.piece_count() {
+                let (off, len) = piece_range(number, task.content_length(), task.piece_length());
+                if let Some(rx) = feed_rx.as_mut() {
+                    match rx.recv().await {
+                        Some(piece) if piece.offset == off && piece.len() == len => {
+                            hasher = tokio::task::spawn_blocking(move || {
+                                for c in &piece.chunks {
+                                    hasher.update(c);
+                                }
+                                hasher
+                            })
+                            .await
+                            .map_err(internal)?;
+                            continue;
+                        }
+                        // The stream ended (or fed out of order): the file from here on.
+                        _ => feed_rx = None,
+                    }
+                }
                 task.wait_stored(number).await?;
                 let t = task.clone();
                 hasher = tokio::task::spawn_blocking(move || {
-                    let (off, len) = piece_range(number, t.content_length(), t.piece_length());
                     hasher.update_from(&t, off, len)?;
                     Ok::<_, crate::storage::StoreError>(hasher)
                 })
                 .await
-                .map_err(|e| DownloadError::Internal {
-                    task_id: task.id.clone(),
-                    reason: e.to_string(),
-                })??;
+                .map_err(internal)??;
             }
             Ok(hasher.finish())
-        }))
+        });
+        Some(Verifier {
+            handle,
+            feed: feed_tx,
+        })
     }
 
     /// Downloads from parents (falling back to the origin for what they cannot
@@ -659,7 +744,7 @@ impl Engine {
         task.clear_failure();
         let _ = tx.send(Some(StartState::Ready(task.clone())));
         let _use = task.use_task();
-        let verifier = self.spawn_verifier(req, &task);
+        let verifier = self.spawn_verifier(req, &task, false);
         let from_parents = self
             .peers
             .fetch_from_parents(
@@ -947,63 +1032,132 @@ impl Engine {
             .inc();
     }
 
-    /// Origin without range support: the body is read once, in order, piece by piece.
-    async fn fetch_sequential(
+    /// Stores a body that starts at offset 0 of the task, in order: each piece is committed
+    /// as its last byte is written (its CRC-32 computed on the way) and handed to the digest
+    /// verifier through `feed`. The bytes go from the response to the content file without a
+    /// copy in between (vectored writes of the chunks as received). A piece already stored (a
+    /// reader asked for it ahead of the stream, and a ranged GET fetched it) is not written
+    /// again, but its bytes must be the same. Pieces readers wait for ahead of the stream are
+    /// fetched by ranged GETs beside it (origins that serve ranges only).
+    async fn fetch_stream(
+        self: &Arc<Self>,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        resp: reqwest::Response,
+        feed: Option<tokio::sync::mpsc::Sender<FedPiece>>,
+        ranges: bool,
+    ) -> Result<(), DownloadError> {
+        let at_piece = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ahead = async {
+            if !ranges {
+                return std::future::pending().await;
+            }
+            let mut changed = task.subscribe();
+            loop {
+                let next = at_piece.load(Ordering::Acquire).saturating_add(1);
+                let beyond: BTreeSet<u32> = task
+                    .missing_pieces()
+                    .into_iter()
+                    .filter(|n| *n > next)
+                    .collect();
+                if let Some(n) = task.take_wanted(&beyond) {
+                    if let Err(e) = self.fetch_piece(req, task, n).await {
+                        tracing::debug!(task_id = %task.id, piece = n, error = %e, "piece ahead of the stream failed");
+                    }
+                    continue;
+                }
+                if changed.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.store_stream(task, resp, feed, &at_piece) => r,
+            () = ahead => unreachable!("the ranged fetcher beside a stream never ends"),
+        }
+    }
+
+    async fn store_stream(
         &self,
         task: &Arc<Task>,
         resp: reqwest::Response,
+        mut feed: Option<tokio::sync::mpsc::Sender<FedPiece>>,
+        at_piece: &std::sync::atomic::AtomicU32,
     ) -> Result<(), DownloadError> {
         let total = task.content_length();
         let pl = task.piece_length();
-        let mut stream = resp.bytes_stream();
-        let mut pos = 0u64;
-        let mut crc = crc32fast::Hasher::new();
         let fail = |m: String| DownloadError::Failed {
             task_id: task.id.clone(),
             reason: m,
         };
-        let mut pending = BytesMut::new();
-        while let Some(c) = tokio::time::timeout(self.config.piece_timeout, stream.next())
-            .await
-            .map_err(|_| fail(crate::transport::stalled(self.config.piece_timeout)))?
-        {
-            let c = c.map_err(|e| fail(error_chain(&e)))?;
+        let mut stream = resp.bytes_stream();
+        // Bytes received so far; where the unwritten batch starts, and the batch.
+        let mut pos = 0u64;
+        let mut batch_at = 0u64;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
+        // The current piece: its CRC-32, its chunks (for the verifier), whether it was stored
+        // before the stream reached it.
+        let mut crc = crc32fast::Hasher::new();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut stored_before = task.has_piece(0);
+        while pos < total {
+            let next = tokio::time::timeout(self.config.piece_timeout, stream.next())
+                .await
+                .map_err(|_| fail(crate::transport::stalled(self.config.piece_timeout)))?;
+            let Some(c) = next else { break };
+            let mut c = c.map_err(|e| fail(error_chain(&e)))?;
             self.limiter.acquire(c.len() as u64).await;
-            if pos + pending.len() as u64 + c.len() as u64 > total {
+            if pos + c.len() as u64 > total {
                 return Err(fail("origin sent more bytes than Content-Length".into()));
             }
-            pending.extend_from_slice(&c);
-            loop {
+            while !c.is_empty() {
                 let number = (pos / pl) as u32;
                 let (off, len) = piece_range(number, total, pl);
-                let need = (off + len - pos) as usize;
-                let take = need.min(pending.len());
-                if take == 0 || (take < need && pending.len() < WRITE_CHUNK) {
-                    break;
+                let part = c.split_to(((off + len - pos) as usize).min(c.len()));
+                pos += part.len() as u64;
+                crc.update(&part);
+                if feed.is_some() {
+                    chunks.push(part.clone());
                 }
-                let data = pending.split_to(take).freeze();
-                crc.update(&data);
-                let t = task.clone();
-                let at = pos;
-                tokio::task::spawn_blocking(move || t.write_at(at, &data))
-                    .await
-                    .map_err(|e| fail(e.to_string()))??;
-                pos += take as u64;
-                if pos == off + len {
-                    let c = std::mem::replace(&mut crc, crc32fast::Hasher::new());
-                    self.store.commit_piece(
-                        task,
-                        number,
-                        PieceMeta {
-                            length: len,
-                            crc32: c.finalize(),
-                        },
-                    );
-                    self.piece_fetched(len);
+                if !stored_before {
+                    batch_len += part.len();
+                    batch.push(part);
                 }
-                if pos == total {
-                    break;
+                let piece_done = pos == off + len;
+                if !batch.is_empty() && (piece_done || batch_len >= WRITE_CHUNK) {
+                    let (t, at, data) = (task.clone(), batch_at, std::mem::take(&mut batch));
+                    crate::storage::blocking::blocking(move || t.write_chunks_at(at, &data))
+                        .await
+                        .map_err(|e| fail(e.to_string()))??;
+                    batch_at += batch_len as u64;
+                    batch_len = 0;
                 }
+                if !piece_done {
+                    continue;
+                }
+                let got = std::mem::replace(&mut crc, crc32fast::Hasher::new()).finalize();
+                match task.piece(number) {
+                    Some(p) if p.crc32 != got => {
+                        return Err(fail(format!(
+                            "origin sent different bytes for piece {number} than a ranged GET of it"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => self.commit_fetched_piece(task, number, len, got),
+                }
+                if let Some(f) = &feed {
+                    let piece = FedPiece {
+                        offset: off,
+                        chunks: std::mem::take(&mut chunks),
+                    };
+                    if f.send(piece).await.is_err() {
+                        feed = None;
+                    }
+                }
+                at_piece.store(number + 1, Ordering::Release);
+                stored_before = task.has_piece(number + 1);
+                batch_at = pos;
             }
         }
         if pos != total {
@@ -1017,11 +1171,11 @@ impl Engine {
         req: &DownloadRequest,
         task: &Arc<Task>,
         fetched: Result<(), DownloadError>,
-        verifier: Option<tokio::task::JoinHandle<Result<String, DownloadError>>>,
+        verifier: Option<Verifier>,
     ) -> Result<(), DownloadError> {
         if let Err(e) = fetched {
             if let Some(v) = verifier {
-                v.abort();
+                v.handle.abort();
             }
             match &e {
                 DownloadError::Store(s) if s.is_disk_full() => {
@@ -1035,7 +1189,7 @@ impl Engine {
         }
         let computed = match verifier {
             None => None,
-            Some(v) => Some(v.await.map_err(|e| DownloadError::Internal {
+            Some(v) => Some(v.handle.await.map_err(|e| DownloadError::Internal {
                 task_id: task.id.clone(),
                 reason: format!("digest verifier: {e}"),
             })??),
@@ -1127,6 +1281,13 @@ impl ContentHasher {
             pos += n as u64;
         }
         Ok(())
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        match self {
+            ContentHasher::Sha256(h) => h.update(data),
+            ContentHasher::Sha512(h) => h.update(data),
+        }
     }
 
     pub(crate) fn finish(self) -> String {

@@ -33,6 +33,9 @@ pub struct ObjectOptions {
     /// whose range starts there hangs before the response headers; a request whose range spans
     /// the offset gets headers and the bytes before it, then hangs mid-body.
     pub stall_from_offset: Option<u64>,
+    /// The first response whose body spans this offset sends the bytes before it and then
+    /// ends the connection (a transfer that breaks off); later responses are whole.
+    pub break_once_at: Option<u64>,
     /// Extra response headers (e.g. `ETag`, `Docker-Content-Digest`).
     pub extra_headers: Vec<(String, String)>,
 }
@@ -130,6 +133,8 @@ struct Object {
     body: Bytes,
     opts: ObjectOptions,
     released: watch::Sender<bool>,
+    /// A response was broken off at `opts.break_once_at`.
+    broke: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -209,6 +214,7 @@ impl TestOrigin {
                 body: body.into(),
                 opts,
                 released,
+                broke: Arc::default(),
             },
         );
     }
@@ -384,8 +390,15 @@ async fn handle(
 
     let found = lock(&shared.objects)
         .get(&path)
-        .map(|o| (o.body.clone(), o.opts.clone(), o.released.subscribe()));
-    let Some((body, opts, mut released)) = found else {
+        .map(|o| {
+            (
+                o.body.clone(),
+                o.opts.clone(),
+                o.released.subscribe(),
+                o.broke.clone(),
+            )
+        });
+    let Some((body, opts, mut released, broke)) = found else {
         log(StatusCode::NOT_FOUND);
         return Ok(simple(StatusCode::NOT_FOUND, "not found\n"));
     };
@@ -440,7 +453,27 @@ async fn handle(
     }
 
     let count = end_excl - start;
-    let body_out = if is_head || count == 0 {
+    let cut = opts.break_once_at.filter(|o| {
+        !is_head
+            && start < *o
+            && *o < end_excl
+            && !broke.swap(true, std::sync::atomic::Ordering::AcqRel)
+    });
+    let body_out = if let Some(cut) = cut {
+        let (tx, rx) = mpsc::channel(4);
+        let before = body.slice(start as usize..cut as usize);
+        tokio::spawn(async move {
+            for c in before.chunks(256 * 1024) {
+                if tx.send(before.slice_ref(c)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        OriginBody::Channel {
+            rx,
+            remaining: count,
+        }
+    } else if is_head || count == 0 {
         OriginBody::Full(None)
     } else if opts.bytes_per_sec.is_none() && opts.stall_from_offset.is_none_or(|o| o >= end_excl) {
         OriginBody::full(body.slice(start as usize..end_excl as usize))

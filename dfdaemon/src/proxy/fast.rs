@@ -1,9 +1,11 @@
-//! Zero-copy fast path. A GET for a task that is already complete in the store
-//! is answered with `sendfile(2)` straight from the content file, the way the
-//! registry itself serves blobs; any other request (and everything after it on
-//! that connection) is handed to hyper with the bytes already read.
+//! Zero-copy fast path. A GET of a whole task through the store is answered with
+//! `sendfile(2)` straight from the content file, the way the registry itself serves blobs:
+//! a complete task at once, a task being downloaded piece by piece as the pieces land (the
+//! download is started here, as hyper's path would). Any other request (and everything after
+//! it on that connection) is handed to hyper with the bytes already read, together with the
+//! answer when the fast path already knows it (an origin error, a response it cannot cache).
 
-use super::{content_headers, Plan, Proxy, Served};
+use super::{content_headers, Body, Plan, Proxy, Served, StoreStart};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use std::io;
@@ -20,13 +22,28 @@ const MAX_HEADERS: usize = 100;
 /// Bytes per sendfile call.
 const SENDFILE_CHUNK: u64 = 256 * 1024;
 
-/// A cached response to send with sendfile.
+/// A response to send with sendfile.
 struct Fast {
     head: Vec<u8>,
     task: crate::storage::TaskUse,
     start: u64,
     end: u64,
     keep_alive: bool,
+    /// The task was complete when the request came (else pieces are sent as they land).
+    cached: bool,
+}
+
+/// What the fast path does with a request.
+enum Plan2 {
+    Send(Fast),
+    /// Hyper serves it (with this answer to the first request, if any).
+    Hyper(Option<First>),
+}
+
+/// The answer to the request the fast path read, for hyper to send.
+pub(super) enum First {
+    Respond(http::Response<Body>),
+    Forward(url::Url),
 }
 
 /// Serves one connection: fast-path requests here, the rest through hyper.
@@ -52,14 +69,20 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: std::n
                 Err(_) => return,
             }
         };
-        let fast = head_len.and_then(|n| proxy.fast_response(&buf[..n]).map(|f| (n, f)));
-        let Some((n, fast)) = fast else {
-            proxy
-                .serve_hyper(Rewind::new(buf.freeze(), stream), peer)
-                .await;
-            return;
+        let plan = match head_len {
+            Some(n) => proxy.fast_plan(&buf[..n]).await,
+            None => Plan2::Hyper(None),
         };
-        buf.advance(n);
+        let fast = match plan {
+            Plan2::Send(f) => f,
+            Plan2::Hyper(first) => {
+                proxy
+                    .serve_hyper(Rewind::new(buf.freeze(), stream), peer, first)
+                    .await;
+                return;
+            }
+        };
+        buf.advance(head_len.unwrap_or(0));
         if let Err(e) = send(&proxy, &mut stream, &fast).await {
             tracing::debug!(%peer, error = %e, "fast path send failed");
             return;
@@ -76,17 +99,47 @@ async fn send(proxy: &Proxy, stream: &mut TcpStream, f: &Fast) -> io::Result<()>
         .task
         .open_file()
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let metrics = proxy.engine.metrics();
+    if f.cached {
+        return send_file(proxy, stream, &file, f.start, f.end, true).await;
+    }
+    // Piece by piece as they land (the last one of a digest task once verified).
+    let pl = f.task.piece_length().max(1);
     let mut off = f.start;
     while off < f.end {
+        let number = (off / pl) as u32;
+        f.task
+            .wait_piece(number)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let piece_end = ((u64::from(number) + 1) * pl).min(f.end);
+        send_file(proxy, stream, &file, off, piece_end, false).await?;
+        off = piece_end;
+    }
+    Ok(())
+}
+
+/// Sends bytes `start..end` of `file` with sendfile; `cached` counts them as served from
+/// the cache.
+async fn send_file(
+    proxy: &Proxy,
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    end: u64,
+    cached: bool,
+) -> io::Result<()> {
+    let metrics = proxy.engine.metrics();
+    let mut off = start;
+    while off < end {
         stream.writable().await?;
-        let count = (f.end - off).min(SENDFILE_CHUNK) as usize;
+        let count = (end - off).min(SENDFILE_CHUNK) as usize;
         let sent = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(&*stream, &*file, Some(&mut off), count).map_err(io::Error::from)
+            rustix::fs::sendfile(&*stream, file, Some(&mut off), count).map_err(io::Error::from)
         });
         match sent {
             Ok(0) => return Err(io::Error::other("content file ended early")),
-            Ok(n) => metrics.traffic("local_cache", n as u64),
+            Ok(n) if cached => metrics.traffic("local_cache", n as u64),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -100,9 +153,35 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 impl Proxy {
-    /// The fast response for a request head, if it is a GET of a complete
-    /// cached task with a satisfiable range; `None` sends it to hyper.
-    fn fast_response(&self, head: &[u8]) -> Option<Fast> {
+    /// What to do with a request head: a GET of a complete task (with a satisfiable range)
+    /// or of a whole task through the store is sent from here; the rest goes to hyper.
+    async fn fast_plan(&self, head: &[u8]) -> Plan2 {
+        let Some((map, p, version)) = self.fast_request(head) else {
+            return Plan2::Hyper(None);
+        };
+        let complete = self
+            .engine
+            .store()
+            .get(&p.task_id)
+            .filter(|t| t.is_complete());
+        let (task, cached) = match complete {
+            Some(t) => (t, true),
+            // Ranges of a task not complete are range reads or waits: hyper's path.
+            None if p.range.is_some() => return Plan2::Hyper(None),
+            None => match self.start_store(Self::store_request(&map, &p)).await {
+                StoreStart::Task { task, cached } => (task, cached),
+                StoreStart::Respond(resp) => return Plan2::Hyper(Some(First::Respond(resp))),
+                StoreStart::Forward => return Plan2::Hyper(Some(First::Forward(p.url))),
+            },
+        };
+        match self.fast_response(&map, &p, version, task, cached) {
+            Some(f) => Plan2::Send(f),
+            None => Plan2::Hyper(None),
+        }
+    }
+
+    /// The headers, store plan and HTTP minor version of a GET served through the store.
+    fn fast_request(&self, head: &[u8]) -> Option<(HeaderMap, super::StorePlan, u8)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -128,10 +207,19 @@ impl Proxy {
         let Plan::Store(p) = self.plan(&Method::GET, &uri, &map) else {
             return None;
         };
-        let task = self.engine.store().get(&p.task_id)?;
-        if !task.is_complete() {
-            return None;
-        }
+        Some((map, p, version))
+    }
+
+    /// The response to send for `task` (`cached`: complete when asked), `None` if its range
+    /// cannot be satisfied (hyper answers that).
+    fn fast_response(
+        &self,
+        map: &HeaderMap,
+        p: &super::StorePlan,
+        version: u8,
+        task: Arc<crate::storage::Task>,
+        cached: bool,
+    ) -> Option<Fast> {
         let task = task.use_task();
         let meta = task.meta();
         let len = meta.content_length;
@@ -164,7 +252,7 @@ impl Proxy {
             partial,
             digest: p.digest.as_ref(),
             task_id: &p.task_id,
-            cached: true,
+            cached,
         });
         if !keep_alive {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -183,14 +271,21 @@ impl Proxy {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        self.engine.store().touch(&task);
-        self.engine.metrics().proxy_outcome("cache_hit");
+        if cached {
+            self.engine.store().touch(&task);
+        }
+        self.engine.metrics().proxy_outcome(if cached {
+            "cache_hit"
+        } else {
+            "back_to_source"
+        });
         Some(Fast {
             head,
             task,
             start,
             end,
             keep_alive,
+            cached,
         })
     }
 }

@@ -165,12 +165,27 @@ impl Proxy {
         }
     }
 
-    /// Serves a connection with hyper (everything but the fast path).
-    async fn serve_hyper(self: Arc<Self>, io: fast::Rewind, peer: SocketAddr) {
+    /// Serves a connection with hyper (everything but the fast path). With `first`, the
+    /// first request (which the fast path read and started) is answered so.
+    async fn serve_hyper(
+        self: Arc<Self>,
+        io: fast::Rewind,
+        peer: SocketAddr,
+        first: Option<fast::First>,
+    ) {
         let max_head = self.max_head;
+        let first = Arc::new(std::sync::Mutex::new(first));
         let svc = hyper::service::service_fn(move |req| {
             let this = self.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.handle(req, peer).await) }
+            let first = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move {
+                let resp = match first {
+                    None => this.handle(req, peer).await,
+                    Some(fast::First::Respond(resp)) => resp,
+                    Some(fast::First::Forward(url)) => this.forward(req, url).await,
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let r = hyper::server::conn::http1::Builder::new()
             .max_buf_size(max_head)
@@ -422,56 +437,65 @@ impl Proxy {
         }
     }
 
-    async fn via_store(&self, req: Request<Incoming>, p: StorePlan) -> Response<Body> {
-        let StorePlan {
-            url,
-            task_id,
-            digest,
-            piece_length,
-            range,
-        } = p;
-        let url_s = url.to_string();
-        let headers = req.headers();
-        let dreq = DownloadRequest {
-            task_id: task_id.clone(),
-            url: url_s.clone(),
+    /// The download a store plan asks for.
+    fn store_request(headers: &HeaderMap, p: &StorePlan) -> DownloadRequest {
+        DownloadRequest {
+            task_id: p.task_id.clone(),
+            url: p.url.to_string(),
             headers: Self::origin_headers(headers, true),
             // The client's own credentials (in `headers`); dfdaemon's are never lent.
             auth: None,
-            digest: digest.clone(),
-            piece_length,
+            digest: p.digest.clone(),
+            piece_length: p.piece_length,
             parents: Vec::new(),
             disable_back_to_source: false,
             need_back_to_source: false,
             reporter: None,
             parent_updates: None,
-        };
+        }
+    }
+
+    /// Starts (or joins) the download of a store plan's task: the task to serve from (and
+    /// whether it was complete already), or what to answer instead.
+    async fn start_store(&self, dreq: DownloadRequest) -> StoreStart {
+        let metrics = self.engine.metrics();
+        match self.engine.start(dreq).await {
+            Ok(Started::Stored { task, cached }) => StoreStart::Task { task, cached },
+            Ok(Started::Origin(reply)) => {
+                metrics.proxy_outcome("origin_error");
+                StoreStart::Respond(origin_reply(reply))
+            }
+            Ok(Started::NotCacheable(Some(resp))) => {
+                metrics.proxy_outcome("passthrough");
+                StoreStart::Respond(stream_response(resp))
+            }
+            Ok(Started::NotCacheable(None)) => StoreStart::Forward,
+            Err(e) => {
+                metrics.proxy_outcome("error");
+                StoreStart::Respond(text(failure_status(e.kind()), "backend", e.to_string()))
+            }
+        }
+    }
+
+    async fn via_store(&self, req: Request<Incoming>, p: StorePlan) -> Response<Body> {
+        let dreq = Self::store_request(req.headers(), &p);
+        let StorePlan {
+            url,
+            task_id,
+            digest,
+            range,
+            ..
+        } = p;
         if let Some((r, raw)) = &range {
             if let Some(resp) = self.range_read(&dreq, r, raw, digest.as_ref()).await {
                 return resp;
             }
         }
         let metrics = self.engine.metrics().clone();
-        let started = match self.engine.start(dreq).await {
-            Ok(s) => s,
-            Err(e) => {
-                metrics.proxy_outcome("error");
-                return text(failure_status(e.kind()), "backend", e.to_string());
-            }
-        };
-        let (task, cached) = match started {
-            Started::Stored { task, cached } => (task, cached),
-            Started::Origin(reply) => {
-                metrics.proxy_outcome("origin_error");
-                return origin_reply(reply);
-            }
-            Started::NotCacheable(Some(resp)) => {
-                metrics.proxy_outcome("passthrough");
-                return stream_response(resp);
-            }
-            Started::NotCacheable(None) => {
-                return self.forward(req, url).await;
-            }
+        let (task, cached) = match self.start_store(dreq).await {
+            StoreStart::Task { task, cached } => (task, cached),
+            StoreStart::Respond(resp) => return resp,
+            StoreStart::Forward => return self.forward(req, url).await,
         };
         let len = task.content_length();
         let (start, end, partial) = match &range {
@@ -605,6 +629,18 @@ enum Plan {
         outcome: &'static str,
         message: String,
     },
+}
+
+/// How the download of a store plan started ([`Proxy::start_store`]).
+enum StoreStart {
+    Task {
+        task: Arc<crate::storage::Task>,
+        cached: bool,
+    },
+    /// Answer this instead.
+    Respond(Response<Body>),
+    /// The origin's answer cannot be cached and another request took it: forward this one.
+    Forward,
 }
 
 /// A GET served through the piece store.

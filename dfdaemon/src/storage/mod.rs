@@ -76,6 +76,9 @@ impl StoreError {
     }
 }
 
+/// Buffers per vectored write (Linux's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 512;
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),
@@ -192,6 +195,11 @@ impl Task {
         (0..n).filter(|i| !s.meta.pieces.contains_key(i)).collect()
     }
 
+    /// Piece `number`, if stored.
+    pub fn piece(&self, number: u32) -> Option<PieceMeta> {
+        self.lock().meta.pieces.get(&number).copied()
+    }
+
     pub fn has_piece(&self, number: u32) -> bool {
         self.lock().meta.pieces.contains_key(&number)
     }
@@ -242,6 +250,53 @@ impl Task {
         self.handle()?
             .write_all_at(data, offset)
             .map_err(io_err(&self.path))
+    }
+
+    /// Writes `chunks`, one after the other, at `offset` of the content file with vectored
+    /// writes (blocking; as [`Task::write_at`]).
+    pub fn write_chunks_at(&self, offset: u64, chunks: &[bytes::Bytes]) -> Result<(), StoreError> {
+        if self.lock().removed {
+            return Err(StoreError::TaskRemoved {
+                task_id: self.id.clone(),
+            });
+        }
+        let file = self.handle()?;
+        let mut at = offset;
+        let (mut i, mut skip) = (0usize, 0usize);
+        while i < chunks.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[i][skip..])
+                .chain(chunks[i + 1..].iter().map(|c| &c[..]))
+                .take(MAX_IOVECS)
+                .map(std::io::IoSlice::new)
+                .collect();
+            let mut n = match rustix::io::pwritev(&*file, &slices, at) {
+                Ok(0) => {
+                    return Err(io_err(&self.path)(std::io::Error::from(
+                        std::io::ErrorKind::WriteZero,
+                    )))
+                }
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_err(&self.path)(e.into())),
+            };
+            at += n as u64;
+            while i < chunks.len() && n > 0 {
+                let left = chunks[i].len() - skip;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    skip = 0;
+                } else {
+                    skip += n;
+                    n = 0;
+                }
+            }
+            while i < chunks.len() && chunks[i].len() == skip {
+                i += 1;
+                skip = 0;
+            }
+        }
+        Ok(())
     }
 
     /// Reads bytes at `offset` (blocking).
