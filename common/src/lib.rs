@@ -6,6 +6,7 @@ pub mod manager_client;
 pub mod net;
 pub mod piece;
 pub mod registry_challenge;
+pub mod swarm;
 pub mod upstream_keys;
 /// The scheduler's job service (`dragonfly_rs.jobs.v1.Jobs`, `proto/jobs.proto`).
 #[cfg(feature = "jobs-api")]

@@ -179,7 +179,10 @@ pub struct Engine {
 enum Body {
     /// It covers the task from offset 0 (`ranges`: the origin serves ranges, so what the
     /// stream does not bring can be fetched by ranges).
-    Stream { resp: reqwest::Response, ranges: bool },
+    Stream {
+        resp: reqwest::Response,
+        ranges: bool,
+    },
     /// A ranged GET: its body is piece `.0` when it covers exactly that piece.
     FirstPiece(Option<(u32, reqwest::Response)>),
 }
@@ -622,7 +625,13 @@ impl Engine {
             }
             Probe::Whole { total, resp } => {
                 let task = self.create_task(req, total, None, content_type(&resp))?;
-                (task, Body::Stream { resp, ranges: false })
+                (
+                    task,
+                    Body::Stream {
+                        resp,
+                        ranges: false,
+                    },
+                )
             }
             Probe::Ranged { total, range, resp } if range == (0, total - 1) => {
                 let task = self.create_task(req, total, existing, content_type(&resp))?;
@@ -674,7 +683,12 @@ impl Engine {
     /// reads nothing back; pieces the feed does not bring (it ended early, or there was none)
     /// are read from the content file once stored. The hash runs on the blocking pool, beside
     /// the download rather than in its way.
-    fn spawn_verifier(&self, req: &DownloadRequest, task: &Arc<Task>, feed: bool) -> Option<Verifier> {
+    fn spawn_verifier(
+        &self,
+        req: &DownloadRequest,
+        task: &Arc<Task>,
+        feed: bool,
+    ) -> Option<Verifier> {
         let algorithm = req.digest.as_ref()?.algorithm.clone();
         let task = task.clone();
         let (feed_tx, mut feed_rx) = if feed && task.piece_length() <= MAX_FED_PIECE {

@@ -61,6 +61,12 @@ pub struct ImageLabels {
     pub image: String,
 }
 
+/// A parent host (its IP: one series per host, whatever the tasks).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParentLabels {
+    pub parent_ip: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn fuse_histogram() -> Histogram {
@@ -103,6 +109,11 @@ pub struct Metrics {
     pub fuse_requests: HistogramFamily<FuseOpLabels>,
     /// Bytes read from each mounted image.
     pub image_read_bytes: Family<ImageLabels, Counter>,
+    /// Bytes of pieces fetched from each parent host.
+    pub parent_bytes: Family<ParentLabels, Counter>,
+    /// Rate of the last piece fetched from each parent host, in bytes per second (how fast
+    /// its uplink serves this host now).
+    pub parent_rate: Family<ParentLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -130,6 +141,8 @@ impl Metrics {
             chunk_check_failures: Counter::default(),
             fuse_requests: Family::new_with_constructor(fuse_histogram as fn() -> Histogram),
             image_read_bytes: Family::default(),
+            parent_bytes: Family::default(),
+            parent_rate: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -195,6 +208,16 @@ impl Metrics {
             "Bytes read from each mounted image (file data in fuse mode, blob data in erofs mode)",
             m.image_read_bytes.clone(),
         );
+        registry.register(
+            "parent_download_traffic_bytes",
+            "Bytes of pieces fetched from each parent host",
+            m.parent_bytes.clone(),
+        );
+        registry.register(
+            "parent_download_rate_bytes_per_second",
+            "Rate of the last piece fetched from each parent host",
+            m.parent_rate.clone(),
+        );
         // Pre-create the label sets users look for, so they read 0 rather than absent.
         for source in ["origin", "parent", "local"] {
             let _ = m.lazy_traffic.get_or_create(&SourceLabels { source });
@@ -237,6 +260,18 @@ impl Metrics {
                     .get()
             })
             .sum()
+    }
+
+    /// Counts a piece of `bytes` fetched from the parent at `ip` in `elapsed`.
+    pub fn from_parent(&self, ip: std::net::IpAddr, bytes: u64, elapsed: std::time::Duration) {
+        let labels = ParentLabels {
+            parent_ip: ip.to_string(),
+        };
+        self.parent_bytes.get_or_create(&labels).inc_by(bytes);
+        let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
+        self.parent_rate
+            .get_or_create(&labels)
+            .set(rate.min(i64::MAX as f64) as i64);
     }
 
     pub fn proxy_outcome(&self, outcome: &'static str) {

@@ -1,17 +1,18 @@
 //! Downloading pieces from parent peers: each parent announces the pieces it
-//! has over `SyncPieces`; workers fetch each piece from one parent over Vortex
-//! (CRC-checked), spreading pieces over parents; a parent that fails or sends
-//! a bad piece is dropped and its pieces go to the others.
+//! has over `SyncPieces`; the child asks each parent for the rarest pieces it holds, a few
+//! requests per parent at a time ([`common::swarm`]), over Vortex (CRC-checked); a parent
+//! that fails or sends a bad piece is dropped and its pieces go to the others.
 
 use crate::metrics::{Metrics, TrafficLabels};
 use crate::parent::{connect, Parent};
 use crate::scheduler_client::PeerReporter;
 use crate::storage::{PieceMeta, Store, Task};
 use crate::transport::{Source, Transport};
+use common::swarm::{Pick, Swarm};
 use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
 use dragonfly_api::scheduler::v2::announce_peer_request::Request;
 use dragonfly_api::scheduler::v2::DownloadPieceFailedRequest;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,17 +52,9 @@ pub fn choose_weighted(candidates: &[usize], weights: &[u64], r: f64) -> Option<
 /// How long a parent may take to create a task it was handed out for.
 const TASK_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a child keeps its workers on normal parents with bandwidth to
-/// spare, when they are behind, before it also loads busy ones (see
-/// [`pick_piece`]).
+/// How long a child waits for a parent that joined to announce something, before reading
+/// elsewhere ([`ParentSet::settling`]).
 const PATIENCE: Duration = Duration::from_secs(1);
-
-/// How long a child keeps its workers on its normal parents, when they are
-/// behind, before it also takes pieces from seed peers.
-const SEED_PATIENCE: Duration = Duration::from_secs(2);
-
-const TIER_BUSY: usize = 1;
-const TIER_SEED: usize = 2;
 
 /// Latest load report of a parent (from `SyncHost`), in bits per second.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,19 +69,11 @@ impl Load {
     fn weight(self) -> u64 {
         parent_weight(self.max_tx, self.tx)
     }
-
-    /// Busy: the parent announced an upload limit and uses most of it. A
-    /// parent without a known limit is never busy (its weight assumes 10 Gbit/s).
-    fn busy(self) -> bool {
-        self.max_tx > 0 && self.tx.saturating_mul(10) >= self.max_tx.saturating_mul(8)
-    }
 }
 
-/// What a child knows of one of its parents.
+/// What a child knows of one of its parents besides its pieces.
 struct Slot {
     parent: Parent,
-    /// Its SyncPieces stream ended (it announces nothing more).
-    ended: bool,
     /// Its latest SyncHost report.
     load: Load,
     /// Pieces fetched from it.
@@ -99,28 +84,20 @@ struct Slot {
     joined: Instant,
 }
 
+/// The parents of one task and the pieces each announced ([`Swarm`] decides what to ask
+/// whom).
 struct Board {
-    /// The parents, in the order they joined (a parent's index is its position).
+    /// The parents, in the order they joined (a parent's index is its position, in `swarm`
+    /// too).
     slots: Vec<Slot>,
-    /// Piece number -> parents (indices) that announced it.
-    available: HashMap<u32, Vec<usize>>,
-    /// Parents dropped after a failure.
-    failed: BTreeSet<usize>,
-    /// Pieces being fetched.
-    in_flight: BTreeSet<u32>,
-    /// When a normal parent with bandwidth to spare, and any normal parent,
-    /// last announced a piece.
-    progress: [Instant; 2],
+    swarm: Swarm,
 }
 
 impl Board {
-    fn new(now: Instant) -> Board {
+    fn new() -> Board {
         Board {
             slots: Vec::new(),
-            available: HashMap::new(),
-            failed: BTreeSet::new(),
-            in_flight: BTreeSet::new(),
-            progress: [now; 2],
+            swarm: Swarm::new(),
         }
     }
 
@@ -131,55 +108,20 @@ impl Board {
         }
         self.slots.push(Slot {
             parent: p.clone(),
-            ended: false,
             load: Load::default(),
             fetched: 0,
             heard: false,
             joined: Instant::now(),
         });
-        Some(self.slots.len() - 1)
-    }
-
-    fn live(&self, p: usize) -> bool {
-        !self.failed.contains(&p)
-    }
-
-    /// How much a child should avoid loading parent `p`: 0 for a normal peer
-    /// with upload bandwidth to spare, 1 for a normal peer using most of its
-    /// announced upload limit, 2 for a seed peer (it feeds the peers that have
-    /// no one else).
-    fn tier(&self, p: usize) -> usize {
-        let Some(slot) = self.slots.get(p) else {
-            return TIER_SEED;
-        };
-        if slot.parent.seed {
-            TIER_SEED
-        } else if slot.load.busy() {
-            TIER_BUSY
-        } else {
-            0
-        }
+        Some(self.swarm.add_parent())
     }
 
     /// Records that parent `p` has piece `number`.
-    fn announce(&mut self, p: usize, number: u32, now: Instant) {
-        self.available.entry(number).or_default().push(p);
+    fn announce(&mut self, p: usize, number: u32) {
+        self.swarm.announce(p, number);
         if let Some(s) = self.slots.get_mut(p) {
             s.heard = true;
         }
-        match self.tier(p) {
-            0 => self.progress = [now, now],
-            TIER_BUSY => self.progress[1] = now,
-            _ => {}
-        }
-    }
-
-    /// The parents holding `number` that pass `keep`.
-    fn holders(&self, number: u32, keep: impl Fn(usize) -> bool) -> Vec<usize> {
-        self.available
-            .get(&number)
-            .map(|ps| ps.iter().copied().filter(|p| keep(*p)).collect())
-            .unwrap_or_default()
     }
 }
 
@@ -198,7 +140,7 @@ impl ParentSet {
     /// Parents of `task_id` announcing any of `pieces`.
     pub(crate) fn new(task_id: &str, pieces: Vec<u32>) -> ParentSet {
         ParentSet {
-            board: Arc::new(Mutex::new(Board::new(Instant::now()))),
+            board: Arc::new(Mutex::new(Board::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
             syncs: Mutex::new(tokio::task::JoinSet::new()),
             task_id: task_id.to_string(),
@@ -225,13 +167,10 @@ impl ParentSet {
         }
     }
 
-    /// A live parent holding piece `number`, from the least avoided tier,
-    /// drawn by idle upload bandwidth.
+    /// A live parent holding piece `number`, drawn by idle upload bandwidth.
     pub(crate) fn holder(&self, number: u32) -> Option<usize> {
         let b = lock(&self.board);
-        let live = b.holders(number, |p| b.live(p));
-        let best = live.iter().map(|p| b.tier(*p)).min()?;
-        let holders: Vec<usize> = live.into_iter().filter(|p| b.tier(*p) == best).collect();
+        let holders = b.swarm.holders(number);
         let weights: Vec<u64> = b.slots.iter().map(|s| s.load.weight()).collect();
         choose_weighted(&holders, &weights, rand::random::<f64>())
     }
@@ -244,7 +183,7 @@ impl ParentSet {
     /// Parent `index` failed or sent a bad piece: it is not asked again.
     /// True the first time.
     pub(crate) fn fail(&self, index: usize) -> bool {
-        lock(&self.board).failed.insert(index)
+        lock(&self.board).swarm.fail(index)
     }
 
     /// Counts a piece fetched from parent `index`.
@@ -261,7 +200,7 @@ impl ParentSet {
         let b = lock(&self.board);
         let now = Instant::now();
         (0..b.slots.len())
-            .filter(|i| b.live(*i) && !b.slots[*i].heard && !b.slots[*i].ended)
+            .filter(|i| b.swarm.live(*i) && !b.slots[*i].heard && !b.swarm.ended(*i))
             .map(|i| PATIENCE.saturating_sub(now.saturating_duration_since(b.slots[i].joined)))
             .filter(|d| !d.is_zero())
             .max()
@@ -350,14 +289,12 @@ fn spawn_feeds(
                         q.quic_port = Some(port);
                     }
                 }
-                b.announce(i, m.number, Instant::now());
+                b.announce(i, m.number);
                 drop(b);
                 changed.notify_waiters();
             }
         }
-        if let Some(slot) = lock(&board).slots.get_mut(i) {
-            slot.ended = true;
-        }
+        lock(&board).swarm.end(i);
         changed.notify_waiters();
     });
 }
@@ -413,7 +350,7 @@ impl Peers {
         if missing.is_empty() {
             return Ok(());
         }
-        let board = Arc::new(Mutex::new(Board::new(Instant::now())));
+        let board = Arc::new(Mutex::new(Board::new()));
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut syncs = tokio::task::JoinSet::new();
         let join = |syncs: &mut tokio::task::JoinSet<()>, new: &[Parent]| {
@@ -425,89 +362,94 @@ impl Peers {
             }
         };
         join(&mut syncs, parents);
-        let n = self.concurrent;
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..n {
-            let (peers, task, board, changed) =
-                (self.clone(), task.clone(), board.clone(), changed.clone());
-            let reporter = reporter.cloned();
-            workers.spawn(async move {
-                loop {
-                    let notified = changed.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    let pick = {
-                        let mut b = lock(&board);
-                        pick_piece(
-                            task.missing_pieces(),
-                            |m| task.take_wanted(m),
-                            &mut b,
-                            Instant::now(),
-                            rand::random::<f64>(),
-                        )
-                        .map(|(n, p)| (n, b.slots[p].parent.clone(), p))
-                    };
-                    match pick {
-                        Pick::Done => return,
-                        Pick::Wait(Some(patience)) => {
-                            let _ = tokio::time::timeout(patience, notified).await;
-                        }
-                        Pick::Wait(None) => {
-                            let wait = peers.piece_timeout;
-                            if tokio::time::timeout(wait, notified).await.is_err() {
-                                // No parent announced anything for a piece timeout.
-                                return;
-                            }
-                        }
-                        Pick::Fetch((number, parent, index)) => {
-                            let ok = peers.fetch_piece_from(&task, number, &parent).await;
-                            let newly_failed = {
-                                let mut b = lock(&board);
-                                b.in_flight.remove(&number);
-                                if ok {
-                                    if let Some(slot) = b.slots.get_mut(index) {
-                                        slot.fetched += 1;
-                                    }
-                                }
-                                !ok && b.failed.insert(index)
-                            };
-                            if let (true, Some(r)) = (newly_failed, &reporter) {
-                                // The scheduler blocks this parent for us and counts the
-                                // failure against its host.
-                                r.send(Request::DownloadPieceFailedRequest(
-                                    DownloadPieceFailedRequest {
-                                        piece_number: Some(number),
-                                        parent_id: parent.id.clone(),
-                                        temporary: false,
-                                    },
-                                ))
-                                .await;
-                            }
-                            changed.notify_waiters();
-                        }
-                    }
-                }
-            });
-        }
+        let mut running: tokio::task::JoinSet<(u32, usize, bool)> = tokio::task::JoinSet::new();
+        let mut task_changed = task.subscribe();
         loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Fill the free slots.
+            let done = loop {
+                let pick = {
+                    let mut b = lock(&board);
+                    let missing: BTreeSet<u32> = task.missing_pieces().into_iter().collect();
+                    match b.swarm.pick(
+                        &missing,
+                        |c| task.first_wanted(c),
+                        self.concurrent,
+                        rand::random(),
+                    ) {
+                        Pick::Fetch { piece, parent } => {
+                            Some((piece, parent, b.slots[parent].parent.clone()))
+                        }
+                        Pick::Wait => break false,
+                        Pick::Done => break true,
+                    }
+                };
+                if let Some((number, index, parent)) = pick {
+                    let (peers, task) = (self.clone(), task.clone());
+                    running.spawn(async move {
+                        let ok = peers.fetch_piece_from(&task, number, &parent).await;
+                        (number, index, ok)
+                    });
+                }
+            };
+            if done && running.is_empty() {
+                break;
+            }
             let update = async {
                 match more.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
                     None => std::future::pending().await,
                 }
             };
+            let idle = running.is_empty();
             tokio::select! {
-                done = workers.join_next() => if done.is_none() { break },
+                Some(r) = running.join_next() => {
+                    let (number, index, ok) = match r {
+                        Ok(r) => r,
+                        // A fetch panicked: its piece stays missing and its slot is freed below.
+                        Err(e) => {
+                            tracing::warn!(task_id = %task.id, error = %e, "piece fetch panicked");
+                            continue;
+                        }
+                    };
+                    let (newly_failed, parent) = {
+                        let mut b = lock(&board);
+                        let was_live = b.swarm.live(index);
+                        b.swarm.finish(number, ok);
+                        if ok {
+                            if let Some(slot) = b.slots.get_mut(index) {
+                                slot.fetched += 1;
+                            }
+                        }
+                        (was_live && !ok, b.slots.get(index).map(|s| s.parent.id.clone()))
+                    };
+                    if let (true, Some(r), Some(parent_id)) = (newly_failed, reporter, parent) {
+                        // The scheduler blocks this parent for us and counts the failure
+                        // against its host.
+                        r.send(Request::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
+                            piece_number: Some(number),
+                            parent_id,
+                            temporary: false,
+                        }))
+                        .await;
+                    }
+                }
+                () = &mut notified => {}
+                r = task_changed.changed() => if r.is_err() { break },
                 ok = update => match (ok, more.as_mut()) {
                     (true, Some(rx)) => {
                         let new = rx.borrow_and_update().clone();
                         join(&mut syncs, &new);
-                        changed.notify_waiters();
                     }
                     _ => more = None,
                 },
+                // Nothing in flight and no parent announced anything for a piece timeout.
+                () = tokio::time::sleep(self.piece_timeout), if idle => break,
             }
         }
+        running.abort_all();
         syncs.abort_all();
         {
             let b = lock(&board);
@@ -549,8 +491,10 @@ impl Peers {
                 return false;
             }
         };
+        let elapsed = started.elapsed();
         tracing::debug!(task_id = %task.id, piece = number, parent = %parent.id,
-            elapsed = ?started.elapsed(), "piece from parent");
+            ?elapsed, "piece from parent");
+        self.metrics.from_parent(parent.ip, length, elapsed);
         self.store
             .commit_piece(task, number, PieceMeta { length, crc32: crc });
         self.metrics.traffic("remote_peer", length);
@@ -564,110 +508,6 @@ impl Peers {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Pick<T = (u32, usize)> {
-    /// A piece and the parent to fetch it from.
-    Fetch(T),
-    /// Nothing to take now: pick again when a parent announces a piece or a
-    /// fetch ends, or after the given patience.
-    Wait(Option<Duration>),
-    Done,
-}
-
-impl<T> Pick<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Pick<U> {
-        match self {
-            Pick::Fetch(t) => Pick::Fetch(f(t)),
-            Pick::Wait(w) => Pick::Wait(w),
-            Pick::Done => Pick::Done,
-        }
-    }
-}
-
-/// Chooses the next piece and a parent for it (`r` uniform in [0, 1) for the
-/// weighted draw).
-///
-/// A piece a reader is waiting for comes first, from any parent holding it
-/// (the least avoided first). Otherwise parents are taken tier by tier
-/// ([`Board::tier`]: normal peers with bandwidth to spare, then busy normal
-/// peers, then seed peers): the lowest missing piece a parent of the tier
-/// holds; and if none, while a parent of that tier is behind but announced a
-/// piece within [`PATIENCE`], the child waits for it rather than load the
-/// next tier. So a seed's uplink feeds the peers that have no one else and
-/// each other peer pulls from peers a little ahead with bandwidth to spare:
-/// the swarm pipelines instead of every peer pulling through one uplink.
-///
-/// Among holders, a parent is drawn with probability proportional to its idle
-/// upload bandwidth.
-fn pick_piece(
-    missing: Vec<u32>,
-    take_wanted: impl FnOnce(&BTreeSet<u32>) -> Option<u32>,
-    b: &mut Board,
-    now: Instant,
-    r: f64,
-) -> Pick {
-    let missing: BTreeSet<u32> = missing
-        .into_iter()
-        .filter(|n| !b.in_flight.contains(n))
-        .collect();
-    if missing.is_empty() {
-        return if b.in_flight.is_empty() {
-            Pick::Done
-        } else {
-            Pick::Wait(None)
-        };
-    }
-    let parents = b.slots.len();
-    if b.failed.len() >= parents {
-        return Pick::Done;
-    }
-    let weights: Vec<u64> = b.slots.iter().map(|s| s.load.weight()).collect();
-    let take = |b: &mut Board, number: u32, holders: &[usize]| {
-        let parent = choose_weighted(holders, &weights, r).unwrap_or(holders[0]);
-        b.in_flight.insert(number);
-        Pick::Fetch((number, parent))
-    };
-    let wanted = take_wanted(&missing).filter(|n| !b.holders(*n, |p| b.live(p)).is_empty());
-    if let Some(n) = wanted {
-        let live = b.holders(n, |p| b.live(p));
-        let best = live.iter().map(|p| b.tier(*p)).min().unwrap_or(0);
-        let holders: Vec<usize> = live.into_iter().filter(|p| b.tier(*p) == best).collect();
-        return take(b, n, &holders);
-    }
-    for tier in 0..=2 {
-        let of_tier = |p: usize| b.live(p) && b.tier(p) == tier;
-        // Checked without allocating: this runs for every missing piece on every pick.
-        let held = missing.iter().copied().find(|n| {
-            b.available
-                .get(n)
-                .is_some_and(|ps| ps.iter().any(|p| of_tier(*p)))
-        });
-        if let Some(n) = held {
-            let holders = b.holders(n, of_tier);
-            return take(b, n, &holders);
-        }
-        // Before the next tier: wait while parents of this one (or, before
-        // the seeds, any normal parent) are behind but making progress.
-        let (patience, waited_for): (Duration, &dyn Fn(usize) -> bool) = match tier {
-            0 => (PATIENCE, &|p| b.tier(p) == 0),
-            TIER_BUSY => (SEED_PATIENCE, &|p| b.tier(p) < TIER_SEED),
-            _ => continue,
-        };
-        let behind = (0..parents).any(|p| b.live(p) && !b.slots[p].ended && waited_for(p));
-        let left = patience.saturating_sub(now.saturating_duration_since(b.progress[tier]));
-        if behind && !left.is_zero() {
-            return Pick::Wait(Some(left));
-        }
-    }
-    // Nothing announced; if every stream ended, nothing more will be.
-    let live_streams = (0..parents).any(|p| b.live(p) && !b.slots[p].ended);
-    if !live_streams && b.in_flight.is_empty() {
-        Pick::Done
-    } else {
-        Pick::Wait(None)
-    }
-}
-
 fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -675,7 +515,6 @@ fn lock(b: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
     #[test]
     fn idle_bandwidth_weighs_parents() {
@@ -690,206 +529,5 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| **p == 0).count(), 9);
         assert_eq!(choose_weighted(&[1], &w, 0.99), Some(1));
         assert_eq!(choose_weighted(&[], &w, 0.5), None);
-    }
-
-    fn parent(i: usize, seed: bool) -> Parent {
-        Parent {
-            id: format!("p{i}"),
-            ip: IpAddr::from([127, 0, 0, 1]),
-            grpc_port: 4000,
-            vortex_port: 4005,
-            quic_port: None,
-            seed,
-        }
-    }
-
-    /// A board whose parents are seeds where `seeds[i]`.
-    fn board(seeds: &[bool], t0: Instant) -> Board {
-        let mut b = Board::new(t0);
-        for (i, seed) in seeds.iter().enumerate() {
-            assert_eq!(b.add(&parent(i, *seed)), Some(i));
-        }
-        assert_eq!(
-            b.add(&parent(0, false)),
-            None,
-            "known parents are not added twice"
-        );
-        b
-    }
-
-    #[test]
-    fn normal_parents_are_preferred_and_waited_for() {
-        let t0 = Instant::now();
-        // Parent 0 (seed) has pieces 0..4, parent 1 (a normal peer) has 0..2.
-        let mut b = board(&[true, false], t0);
-        for n in 0..4 {
-            b.announce(0, n, t0);
-        }
-        for n in 0..2 {
-            b.announce(1, n, t0);
-        }
-        let missing = || (0..4).collect::<Vec<u32>>();
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
-            Pick::Fetch((0, 1))
-        );
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, t0, 0.99),
-            Pick::Fetch((1, 1))
-        );
-        // Pieces 2 and 3 only at the seed: wait for the normal parent a while...
-        let later = t0 + Duration::from_millis(100);
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, later, 0.0),
-            Pick::Wait(Some(PATIENCE - Duration::from_millis(100)))
-        );
-        // ...longer before a seed than before a busy normal parent...
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, t0 + PATIENCE, 0.0),
-            Pick::Wait(Some(SEED_PATIENCE - PATIENCE))
-        );
-        // ...and take them from the seed once it stops making progress.
-        let stalled = t0 + SEED_PATIENCE;
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
-            Pick::Fetch((2, 0))
-        );
-        // A new announcement from the normal parent renews the patience.
-        b.announce(1, 3, stalled);
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, stalled, 0.0),
-            Pick::Fetch((3, 1))
-        );
-        b.in_flight.clear();
-        assert_eq!(
-            pick_piece(vec![2], |_| None, &mut b, stalled, 0.0),
-            Pick::Wait(Some(PATIENCE))
-        );
-    }
-
-    #[test]
-    fn a_normal_parent_whose_stream_ended_is_not_waited_for() {
-        let t0 = Instant::now();
-        let mut b = board(&[true, false], t0);
-        b.announce(0, 0, t0);
-        b.slots[1].ended = true;
-        assert_eq!(
-            pick_piece(vec![0], |_| None, &mut b, t0, 0.5),
-            Pick::Fetch((0, 0))
-        );
-    }
-
-    #[test]
-    fn with_only_seed_parents_the_seed_is_used_at_once() {
-        let t0 = Instant::now();
-        let mut b = board(&[true], t0);
-        b.announce(0, 3, t0);
-        assert_eq!(
-            pick_piece(vec![3], |_| None, &mut b, t0, 0.5),
-            Pick::Fetch((3, 0))
-        );
-    }
-
-    #[test]
-    fn wanted_pieces_go_first_from_any_holder() {
-        let t0 = Instant::now();
-        let mut b = board(&[true, false], t0);
-        b.announce(0, 5, t0);
-        b.announce(1, 0, t0);
-        let pick = pick_piece(vec![0, 5], |m| m.contains(&5).then_some(5), &mut b, t0, 0.0);
-        assert_eq!(pick, Pick::Fetch((5, 0)));
-    }
-
-    #[test]
-    fn holders_are_drawn_by_idle_upload_bandwidth() {
-        let t0 = Instant::now();
-        let half = Load {
-            max_tx: 1_000,
-            tx: 700,
-        };
-        let idle = Load {
-            max_tx: 1_000,
-            tx: 100,
-        };
-        let picks: Vec<usize> = (0..10)
-            .map(|i| {
-                let mut b = board(&[false, false], t0);
-                b.slots[0].load = half;
-                b.slots[1].load = idle;
-                b.announce(0, 0, t0);
-                b.announce(1, 0, t0);
-                match pick_piece(vec![0], |_| None, &mut b, t0, i as f64 / 10.0) {
-                    Pick::Fetch((_, p)) => p,
-                    other => panic!("{other:?}"),
-                }
-            })
-            .collect();
-        // Weights 300 : 900.
-        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 7);
-    }
-
-    #[test]
-    fn failed_parents_are_skipped_and_all_failed_is_done() {
-        let t0 = Instant::now();
-        let mut b = board(&[false, false], t0);
-        b.announce(0, 0, t0);
-        b.announce(1, 0, t0);
-        b.failed.insert(0);
-        assert_eq!(
-            pick_piece(vec![0], |_| None, &mut b, t0, 0.0),
-            Pick::Fetch((0, 1))
-        );
-        b.in_flight.clear();
-        b.failed.insert(1);
-        assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
-        // Every stream ended and nothing in flight: done, even with pieces missing.
-        let mut b = board(&[false], t0);
-        b.slots[0].ended = true;
-        assert_eq!(pick_piece(vec![0], |_| None, &mut b, t0, 0.0), Pick::Done);
-    }
-
-    #[test]
-    fn busy_normal_parents_come_after_idle_ones_and_before_seeds() {
-        let t0 = Instant::now();
-        // 0: seed, 1: busy normal peer, 2: idle normal peer.
-        let mut b = board(&[true, false, false], t0);
-        b.slots[1].load = Load {
-            max_tx: 1_000,
-            tx: 900,
-        };
-        b.slots[2].load = Load {
-            max_tx: 1_000,
-            tx: 100,
-        };
-        for n in 0..3 {
-            b.announce(0, n, t0);
-        }
-        b.announce(1, 1, t0);
-        b.announce(2, 0, t0);
-        let missing = || (0..3).collect::<Vec<u32>>();
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
-            Pick::Fetch((0, 2))
-        );
-        // The idle peer announced within the patience: wait for it.
-        assert!(matches!(
-            pick_piece(missing(), |_| None, &mut b, t0, 0.0),
-            Pick::Wait(Some(_))
-        ));
-        // It stalls: the busy normal peer's piece next, then (the normal peers stall
-        // too) the seed's.
-        let later = t0 + PATIENCE;
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, later, 0.0),
-            Pick::Fetch((1, 1))
-        );
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, later, 0.0),
-            Pick::Wait(Some(SEED_PATIENCE - PATIENCE))
-        );
-        assert_eq!(
-            pick_piece(missing(), |_| None, &mut b, t0 + SEED_PATIENCE, 0.0),
-            Pick::Fetch((2, 0))
-        );
     }
 }

@@ -55,11 +55,14 @@ limit=$(echo "$SIZE_MIB * 1048576 * 8 / $rate_bps" | bc -l)
 printf '# P2P swarm: 1 seed + %d peers, %d MiB, each host at %s\n' "$PEERS" "$SIZE_MIB" "$RATE"
 printf '| measure | value | target |\n|---|---|---|\n'
 printf '| slowest peer | %.2f s (link limit %.2f s) | |\n' "$slowest" "$limit"
-printf '| slowest / (size / rate) | %.2f | <= 1.25 |\n' "$(echo "$slowest / $limit" | bc -l)"
+printf '| slowest / (size / rate) | %.2f | <= 1.3 at 250mbit, <= 2.0 at 1gbit |\n' "$(echo "$slowest / $limit" | bc -l)"
 printf '| origin bytes / size | %.3f | <= 1.02 |\n' "$(echo "$origin_bytes / ($SIZE_MIB * 1048576)" | bc -l)"
 # All hosts share this machine's CPUs: when they are saturated, the CPU, not the links, sets the pace.
 printf '| machine CPU busy during the run | %.0f %% of %d cores | |\n' \
   "$(echo "100 * (1 - ($cpu_idle1 - $cpu_idle0) / ($cpu_total1 - $cpu_total0))" | bc -l)" "$(nproc)"
+# What the swarm simulation (the scheduler's and the children's own code on a model network
+# whose links are the limit, CPU not modelled) predicts for this scenario.
+"$DFRS_BIN_DIR/swarm-sim" "$PEERS" "$SIZE_MIB" "$RATE" || true
 # Where the bytes went: each host's upload total and each peer's time.
 metric() { # metric NS IP NAME
   ip netns exec "$1" curl -sf "http://$2:4002/metrics" | awk -v m="$3" '$1 == m {print $2}'

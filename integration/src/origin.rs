@@ -388,16 +388,14 @@ async fn handle(
         lock(&shared.log).push(record.clone());
     };
 
-    let found = lock(&shared.objects)
-        .get(&path)
-        .map(|o| {
-            (
-                o.body.clone(),
-                o.opts.clone(),
-                o.released.subscribe(),
-                o.broke.clone(),
-            )
-        });
+    let found = lock(&shared.objects).get(&path).map(|o| {
+        (
+            o.body.clone(),
+            o.opts.clone(),
+            o.released.subscribe(),
+            o.broke.clone(),
+        )
+    });
     let Some((body, opts, mut released, broke)) = found else {
         log(StatusCode::NOT_FOUND);
         return Ok(simple(StatusCode::NOT_FOUND, "not found\n"));

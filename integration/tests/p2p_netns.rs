@@ -1,6 +1,7 @@
-//! A multi-host cluster in network namespaces (hack/cluster.sh): 1 seed peer
-//! and 4 peers fetch a 256 MiB blob at once; every host gets identical bytes,
-//! the origin serves each byte once, and the peers' bytes come from peers.
+//! A multi-host cluster in network namespaces (hack/cluster.sh), every host's uplink shaped
+//! to 1 Gbit/s: 1 seed peer and 4 peers fetch a 256 MiB blob at once; every host gets
+//! identical bytes, the origin serves each byte once, the peers' bytes come from peers, and
+//! the swarm uses every uplink: every host uploads, none more than twice the blob.
 
 use integration::agent::{bin, sum_metric};
 use integration::image::sha256_digest;
@@ -18,7 +19,7 @@ fn script() -> PathBuf {
 }
 
 impl Cluster {
-    fn up(dir: PathBuf, hosts: u32) -> Cluster {
+    fn up(dir: PathBuf, hosts: u32, rate: &str) -> Cluster {
         let _ = Command::new("bash")
             .arg(script())
             .arg("down")
@@ -26,7 +27,7 @@ impl Cluster {
             .status();
         let o = Command::new("bash")
             .arg(script())
-            .args(["up", &hosts.to_string()])
+            .args(["up", &hosts.to_string(), rate])
             .env("CLUSTER_DIR", &dir)
             .output()
             .unwrap();
@@ -61,7 +62,7 @@ impl Drop for Cluster {
 async fn one_seed_and_four_peers_in_namespaces_share_a_256_mib_blob() {
     integration::require_root_and_tools(&["ip", "tc", "curl", "docker-registry"]);
     let dir = TestDir::new("p2p-netns").unwrap();
-    let cluster = Cluster::up(dir.join("cluster"), 5);
+    let cluster = Cluster::up(dir.join("cluster"), 5, "1gbit");
     let data = random_bytes(121, 256 * 1024 * 1024);
     let digest = sha256_digest(&data);
     let blob = dir.join("blob");
@@ -159,24 +160,47 @@ async fn one_seed_and_four_peers_in_namespaces_share_a_256_mib_blob() {
         256 * 1024 * 1024,
         "bytes the origin sent for the blob"
     );
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let metrics = |ns: &str, ip: &str| {
+        let m = cluster.in_ns(ns, &["curl", "-sf", &format!("http://{ip}:4002/metrics")]);
+        String::from_utf8_lossy(&m.stdout).to_string()
+    };
     let mut remote = 0.0;
+    let mut uploads = vec![(
+        "seed".to_string(),
+        sum_metric(
+            &metrics("dfrs-seed", "10.231.0.10"),
+            "dragonfly_dfdaemon_upload_traffic_bytes_total",
+        ),
+    )];
     for p in 1..=4 {
-        let m = cluster.in_ns(
-            &format!("dfrs-peer{p}"),
-            &[
-                "curl",
-                "-sf",
-                &format!("http://10.231.0.{}:4002/metrics", 10 + p),
-            ],
-        );
-        remote += sum_metric(
-            &String::from_utf8_lossy(&m.stdout),
+        let m = metrics(&format!("dfrs-peer{p}"), &format!("10.231.0.{}", 10 + p));
+        let from_peers = sum_metric(
+            &m,
             "dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}",
         );
+        // Every byte from a peer is counted against the parent host it came from.
+        let by_parent = sum_metric(&m, "dragonfly_dfdaemon_parent_download_traffic_bytes_total");
+        assert_eq!(by_parent, from_peers, "peer{p}: bytes by parent");
+        remote += from_peers;
+        uploads.push((
+            format!("peer{p}"),
+            sum_metric(&m, "dragonfly_dfdaemon_upload_traffic_bytes_total"),
+        ));
     }
     assert_eq!(
         remote as u64,
-        4 * 256 * 1024 * 1024,
+        4 * SIZE,
         "the peers got everything from peers"
     );
+    // Each byte a peer got was uploaded once, and every host's uplink took part.
+    let total: f64 = uploads.iter().map(|(_, u)| u).sum();
+    assert_eq!(total as u64, 4 * SIZE, "uploads: {uploads:?}");
+    for (host, up) in &uploads {
+        assert!(*up > 0.0, "{host} uploaded nothing: {uploads:?}");
+        assert!(
+            *up <= 2.0 * SIZE as f64,
+            "{host} uploaded over twice the blob: {uploads:?}"
+        );
+    }
 }

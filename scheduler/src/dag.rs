@@ -1,6 +1,13 @@
-//! A directed acyclic graph of the peers of one task: an edge `parent -> child` means the child
-//! downloads from the parent. Each edge carries a value (the load reserved on the parent's
-//! host), handed back when the edge goes so the caller can undo it.
+//! The graph of the peers of one task: an edge `parent -> child` means the child downloads
+//! from the parent. Each edge carries a value (the load reserved on the parent's host), handed
+//! back when the edge goes so the caller can undo it.
+//!
+//! Unlike Dragonfly's, the graph may have cycles: two peers downloading at the same time can
+//! be each other's parents and trade the pieces each got elsewhere (a child only asks a parent
+//! for pieces the parent announced, so a cycle cannot make anyone wait for nothing). An
+//! acyclic graph leaves the last peer of every topological order with nobody to upload to,
+//! and the peers that start together with little to give each other. A peer is never its own
+//! parent, and an edge exists at most once.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -36,14 +43,6 @@ pub enum DagError {
     /// A peer cannot be its own parent.
     #[error("edge {0} -> {0} would be a self loop")]
     SelfLoop(PeerId),
-    /// The child already reaches the parent, so the edge would close a cycle.
-    #[error("edge {from} -> {to} would create a cycle")]
-    WouldCycle {
-        /// Parent.
-        from: PeerId,
-        /// Child.
-        to: PeerId,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -181,19 +180,9 @@ impl<E: Clone> Dag<E> {
         }
         let parent = self.vertex(from)?;
         let child = self.vertex(to)?;
+        let _ = parent;
         if child.parents.contains_key(from) {
             return Err(DagError::EdgeExists {
-                from: from.clone(),
-                to: to.clone(),
-            });
-        }
-        // A cycle needs a path to -> ... -> from: impossible when `from` has no parent or `to`
-        // has no child, which is the common case (a fresh peer asking for parents).
-        if parent.parents.is_empty() || child.children.is_empty() {
-            return Ok(());
-        }
-        if self.reaches(to, from) {
-            return Err(DagError::WouldCycle {
                 from: from.clone(),
                 to: to.clone(),
             });
@@ -201,12 +190,12 @@ impl<E: Clone> Dag<E> {
         Ok(())
     }
 
-    /// Whether edge `from -> to` can be added (both exist, no duplicate, no cycle).
+    /// Whether edge `from -> to` can be added (both exist, no duplicate, no self loop).
     pub fn can_add_edge(&self, from: &PeerId, to: &PeerId) -> bool {
         self.check_edge(from, to).is_ok()
     }
 
-    /// Adds edge `from -> to` carrying `value`, after checking it closes no cycle.
+    /// Adds edge `from -> to` carrying `value`, after [`Dag::check_edge`].
     pub fn add_edge(&mut self, from: &PeerId, to: &PeerId, value: E) -> Result<(), DagError> {
         self.check_edge(from, to)?;
         if let Some(child) = self.vertices.get_mut(to) {
@@ -220,31 +209,19 @@ impl<E: Clone> Dag<E> {
     }
 
     /// Adds edges from each of `parents` into `to`, skipping a parent that is unknown, is `to`,
-    /// is already a parent, or descends from `to` (the edge would close a cycle). Descendants
-    /// of `to` are computed once, so adding k parents to a peer with a large subtree costs one
-    /// traversal, not k. Returns the parents added.
+    /// or is already a parent. Returns the parents added.
     pub fn add_edges(
         &mut self,
         parents: Vec<(PeerId, E)>,
         to: &PeerId,
     ) -> Result<Vec<PeerId>, DagError> {
-        let child = self.vertex(to)?;
-        let accepted: Vec<(PeerId, E)> = {
-            let descendants = if child.children.is_empty() {
-                None
-            } else {
-                Some(self.descendants(to)?)
-            };
-            parents
-                .into_iter()
-                .filter(|(from, _)| {
-                    from != to
-                        && self.vertices.contains_key(from)
-                        && self.edge(from, to).is_none()
-                        && !descendants.as_ref().is_some_and(|d| d.contains(from))
-                })
-                .collect()
-        };
+        self.vertex(to)?;
+        let accepted: Vec<(PeerId, E)> = parents
+            .into_iter()
+            .filter(|(from, _)| {
+                from != to && self.vertices.contains_key(from) && self.edge(from, to).is_none()
+            })
+            .collect();
         let mut added = Vec::with_capacity(accepted.len());
         for (from, value) in accepted {
             // A parent listed twice is added once.
@@ -350,58 +327,10 @@ impl<E: Clone> Dag<E> {
             .collect()
     }
 
-    /// Whether the graph has a cycle (never, if edges only come through `add_edge`); O(V + E).
-    pub fn has_cycle(&self) -> bool {
-        // Kahn's algorithm: a cycle leaves vertices that never reach in-degree 0.
-        let mut in_degree: BTreeMap<&PeerId, usize> = self
-            .vertices
-            .iter()
-            .map(|(id, v)| (id, v.parents.len()))
-            .collect();
-        let mut ready: Vec<&PeerId> = in_degree
-            .iter()
-            .filter(|(_, d)| **d == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut seen = 0;
-        while let Some(id) = ready.pop() {
-            seen += 1;
-            if let Some(v) = self.vertices.get(id) {
-                for child in &v.children {
-                    if let Some(d) = in_degree.get_mut(child) {
-                        *d -= 1;
-                        if *d == 0 {
-                            ready.push(child);
-                        }
-                    }
-                }
-            }
-        }
-        seen != self.vertices.len()
-    }
-
     fn vertex(&self, id: &PeerId) -> Result<&Vertex<E>, DagError> {
         self.vertices
             .get(id)
             .ok_or_else(|| DagError::VertexNotFound(id.clone()))
-    }
-
-    /// Whether a path `start -> ... -> target` exists (depth-first over children).
-    fn reaches(&self, start: &PeerId, target: &PeerId) -> bool {
-        let mut stack = vec![start];
-        let mut visited = HashSet::new();
-        while let Some(id) = stack.pop() {
-            if id == target {
-                return true;
-            }
-            if !visited.insert(id) {
-                continue;
-            }
-            if let Some(v) = self.vertices.get(id) {
-                stack.extend(v.children.iter());
-            }
-        }
-        false
     }
 }
 
@@ -473,34 +402,37 @@ mod tests {
     }
 
     #[test]
-    fn cycles_are_refused_before_adding() {
-        let mut d = dag(&["a", "b", "c", "d"]);
+    fn peers_may_be_each_others_parents_but_not_their_own() {
+        let mut d = dag(&["a", "b", "c"]);
         d.add_edge(&id("a"), &id("b"), 0).unwrap();
         d.add_edge(&id("b"), &id("c"), 0).unwrap();
-        d.add_edge(&id("c"), &id("d"), 0).unwrap();
-        assert!(!d.can_add_edge(&id("d"), &id("a")));
+        // b and a trade pieces; c closes a ring.
+        d.add_edge(&id("b"), &id("a"), 0).unwrap();
+        d.add_edge(&id("c"), &id("a"), 0).unwrap();
+        assert_eq!(d.edge_count(), 4);
         assert_eq!(
-            d.add_edge(&id("d"), &id("a"), 0),
-            Err(DagError::WouldCycle {
-                from: id("d"),
-                to: id("a")
+            d.add_edge(&id("a"), &id("a"), 0),
+            Err(DagError::SelfLoop(id("a")))
+        );
+        assert_eq!(
+            d.add_edge(&id("a"), &id("b"), 0),
+            Err(DagError::EdgeExists {
+                from: id("a"),
+                to: id("b")
             })
         );
-        assert!(!d.can_add_edge(&id("c"), &id("b")));
-        // Shortcuts along the order are fine.
-        assert!(d.can_add_edge(&id("a"), &id("d")));
-        d.add_edge(&id("a"), &id("d"), 0).unwrap();
-        assert!(!d.has_cycle());
-        assert_eq!(d.edge_count(), 4);
+        let desc = d.descendants(&id("a")).unwrap();
+        assert_eq!(desc.len(), 3, "a ring reaches everyone once");
     }
 
     #[test]
-    fn add_edges_skips_cycles_duplicates_and_unknowns() {
+    fn add_edges_skips_duplicates_self_and_unknowns() {
         let mut d = dag(&["a", "b", "c", "x", "y"]);
         d.add_edge(&id("x"), &id("a"), 0).unwrap();
         d.add_edge(&id("a"), &id("b"), 0).unwrap();
         d.add_edge(&id("b"), &id("c"), 0).unwrap();
-        // Parents for a: y is fine, c and b descend from a, x is already a parent, a is a.
+        // Parents for a: y, c and b are fine (b and c descend from a: they trade), x is
+        // already a parent, a is a.
         let added = d
             .add_edges(
                 vec![
@@ -514,11 +446,11 @@ mod tests {
                 &id("a"),
             )
             .unwrap();
-        assert_eq!(added, vec![id("y")]);
+        assert_eq!(added, vec![id("y"), id("c"), id("b")]);
         assert_eq!(d.edge(&id("y"), &id("a")), Some(&1));
+        assert_eq!(d.edge(&id("b"), &id("a")), Some(&3));
         assert_eq!(d.edge(&id("x"), &id("a")), Some(&0), "existing value kept");
-        assert_eq!(d.edge_count(), 4);
-        assert!(!d.has_cycle());
+        assert_eq!(d.edge_count(), 6);
         assert!(d.add_edges(vec![], &id("nope")).is_err());
         let desc = d.descendants(&id("a")).unwrap();
         assert_eq!(desc.len(), 3);
@@ -571,24 +503,5 @@ mod tests {
         assert_eq!(distinct.len(), 15);
         assert_eq!(d.random_vertices(500, &mut rng).len(), 50);
         assert!(Dag::<u32>::new().random_vertices(3, &mut rng).is_empty());
-    }
-
-    #[test]
-    fn has_cycle_detects_forced_cycles() {
-        let mut d = dag(&["a", "b"]);
-        d.add_edge(&id("a"), &id("b"), 0).unwrap();
-        assert!(!d.has_cycle());
-        // Bypass the check to prove the detector works.
-        d.vertices
-            .get_mut(&id("a"))
-            .unwrap()
-            .parents
-            .insert(id("b"), 0);
-        d.vertices
-            .get_mut(&id("b"))
-            .unwrap()
-            .children
-            .insert(id("a"));
-        assert!(d.has_cycle());
     }
 }

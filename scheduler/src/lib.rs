@@ -8,14 +8,17 @@
 //!
 //! - [`resource`]: hosts, tasks, peers and their identifiers;
 //! - [`fsm`]: peer and task state machines with checked transitions;
-//! - [`dag`]: the per-task graph of who downloads from whom, refusing cycles;
+//! - [`dag`]: the per-task graph of who downloads from whom (peers downloading together may be
+//!   each other's parents);
 //! - [`evaluator`]: the load-aware parent score and the bad-parent test;
 //! - [`scheduling`]: registration, candidate filtering, ranking, the back-to-source policy and
 //!   seed peer triggering;
 //! - [`hashring`]: consistent hashing of task IDs over seed peers;
 //! - [`register_delay`](mod@register_delay): registration delay against thundering herds;
 //! - [`gc`]: what to reclaim, as a function of time;
-//! - [`config`]: the policy (`scheduler:` config section).
+//! - [`config`]: the policy (`scheduler:` config section);
+//! - [`swarm_sim`]: a simulation of one swarm on equal links (this core plus the children's
+//!   piece choice), which predicts `hack/bench/p2p.sh`.
 
 #![warn(missing_docs)]
 
@@ -35,6 +38,7 @@ pub mod resource;
 pub mod scheduling;
 pub mod service;
 mod state;
+pub mod swarm_sim;
 #[cfg(test)]
 mod test_support;
 

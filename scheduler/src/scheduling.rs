@@ -6,7 +6,7 @@
 //! [`Scheduler::schedule_candidate_parents`] again after the delay; the count of fruitless
 //! rounds lives in the peer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -177,8 +177,6 @@ pub enum RejectReason {
     UploadLimit,
     /// Already a parent of this peer.
     AlreadyParent,
-    /// The child is an ancestor of it: the edge would close a cycle.
-    WouldCycle,
 }
 
 /// Result of filtering a random sample of the task's peers.
@@ -197,6 +195,32 @@ pub struct ScoredParent {
     pub peer: PeerId,
     /// Its total score in `[0, 1]`.
     pub score: f64,
+}
+
+/// The running peers of `task_id` (seed peers included) serving fewer than `limit` children,
+/// fewest first: `(false, children, id)`.
+fn task_parents_with_room(
+    s: &Scheduler,
+    task_id: &TaskId,
+    limit: usize,
+) -> Vec<(bool, usize, PeerId)> {
+    let Some(task) = s.tasks.get(task_id) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(bool, usize, PeerId)> = task
+        .dag
+        .vertices()
+        .filter_map(|id| {
+            let p = s.peers.get(id)?;
+            if !matches!(p.state, PeerState::Running | PeerState::BackToSource) {
+                return None;
+            }
+            let children = task.dag.out_degree(id).ok()?;
+            (children < limit).then(|| (false, children, id.clone()))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Most peers given more parents by one [`Scheduler::top_up_parents`] call (it runs each time
@@ -434,13 +458,21 @@ impl Scheduler {
     ///
     /// Only `Running` peers with at least one and fewer than `candidateParentLimit` parents
     /// are topped up, fewest parents first, at most [`TOP_UP_BATCH`] per call. Current
-    /// parents are kept; the usual filters apply (no cycles, upload limits, bad parents).
+    /// parents are kept; the usual filters apply (upload limits, bad parents).
+    ///
+    /// Then `started`, the peer that just started, and the running peers serving fewer than
+    /// `candidateParentLimit` children (fewest first) are given children: running peers with
+    /// the fewest parents, even those that have `candidateParentLimit` already (up to twice
+    /// that). Without this the peers that start last find everyone's parent list full, and
+    /// the first find nobody left to take them, and never upload, though their uplinks are
+    /// as idle as anyone's.
     /// Unlike [`Scheduler::schedule_candidate_parents`] this never fails a peer, never sends
     /// one to the origin and never counts an attempt: finding nothing changes nothing.
     /// Returns each topped-up peer with the parents added.
     pub fn top_up_parents<R: Rng + ?Sized>(
         &mut self,
         task_id: &TaskId,
+        started: Option<&PeerId>,
         rng: &mut R,
     ) -> Result<Vec<(PeerId, Vec<PeerId>)>, SchedulerError> {
         let Some(task) = self.tasks.get(task_id) else {
@@ -474,7 +506,79 @@ impl Scheduler {
                 out.push((child, added));
             }
         }
+        // Then parents with room: the peer that started, then the running peers with the
+        // fewest children.
+        let mut serving: Vec<(bool, usize, PeerId)> = task_parents_with_room(self, task_id, limit);
+        if let Some(started) = started {
+            let x = self.canonical(started)?;
+            serving.retain(|(_, _, p)| *p != x);
+            serving.insert(0, (false, 0, x));
+        }
+        serving.truncate(TOP_UP_BATCH);
+        for (_, _, x) in serving {
+            for child in self.children_for(task_id, &x)? {
+                if self.add_edges(task_id, vec![x.clone()], &child)?.is_empty() {
+                    continue;
+                }
+                tracing::debug!(task_id = %task_id, peer_id = %child, parent = %x, "added a starting parent");
+                match out.iter_mut().find(|(c, _)| *c == child) {
+                    Some((_, ps)) => ps.push(x.clone()),
+                    None => out.push((child, vec![x.clone()])),
+                }
+            }
+        }
         Ok(out)
+    }
+
+    /// The running peers of `task_id` that `parent` (which just started) should serve: up to
+    /// `candidateParentLimit` minus its children, those with the fewest parents first (below
+    /// twice the limit), that it may serve (the usual filters) within its host's upload limit.
+    fn children_for(
+        &self,
+        task_id: &TaskId,
+        parent: &PeerId,
+    ) -> Result<Vec<PeerId>, SchedulerError> {
+        let parent = self.canonical(parent)?;
+        let Some(task) = self.tasks.get(task_id) else {
+            return Err(SchedulerError::TaskNotFound(task_id.clone()));
+        };
+        let limit = self.config.candidate_parent_limit as usize;
+        let Some(host) = self
+            .peers
+            .get(&parent)
+            .and_then(|p| self.hosts.get(&p.host_id))
+        else {
+            return Ok(Vec::new());
+        };
+        let most = limit;
+        let have = task.dag.out_degree(&parent).unwrap_or(most);
+        if have >= most {
+            return Ok(Vec::new());
+        }
+        let mut kids: Vec<(usize, PeerId)> = task
+            .dag
+            .vertices()
+            .filter_map(|id| {
+                let p = self.peers.get(id)?;
+                if p.state != PeerState::Running || p.need_back_to_source {
+                    return None;
+                }
+                let parents = task.dag.in_degree(id).ok()?;
+                (parents >= 1
+                    && parents < 2 * limit
+                    && self.reject_reason(p, task, &parent).is_none())
+                .then(|| (parents, id.clone()))
+            })
+            .collect();
+        kids.sort();
+        let room = host
+            .concurrent_upload_limit
+            .saturating_sub(host.concurrent_upload_count) as usize;
+        Ok(kids
+            .into_iter()
+            .map(|(_, id)| id)
+            .take((most - have).min(room))
+            .collect())
     }
 
     /// Up to `most` of the ranked candidates whose hosts can take one more upload. Two
@@ -548,31 +652,20 @@ impl Scheduler {
 
     /// Samples `filterParentLimit` peers of the task at random and keeps those that may be
     /// parents of `peer`: not itself, not blocked, host sharing, not on the same host, in the
-    /// DAG, with a source (normal hosts), not a bad parent, host under its upload limit, and
-    /// no cycle.
+    /// graph, with a source (normal hosts), not a bad parent, host under its upload limit, and
+    /// not already its parent (its own children may be: they trade pieces).
     pub fn filter_candidate_parents<R: Rng + ?Sized>(
         &self,
         peer: &PeerId,
         rng: &mut R,
     ) -> Result<FilterOutcome, SchedulerError> {
         let (child, task) = self.peer_and_task(peer)?;
-        let dag_error = |source| SchedulerError::Dag {
-            task: task.id.clone(),
-            source,
-        };
-        // A candidate among the child's descendants would close a cycle. The child is usually
-        // new (no descendants); a rescheduled one may have many, so walk them once.
-        let descendants = if task.dag.out_degree(&child.id).map_err(dag_error)? > 0 {
-            Some(task.dag.descendants(&child.id).map_err(dag_error)?)
-        } else {
-            None
-        };
         let mut out = FilterOutcome::default();
         for id in task
             .dag
             .random_vertices(self.config.filter_parent_limit as usize, rng)
         {
-            match self.reject_reason(child, task, id, descendants.as_ref()) {
+            match self.reject_reason(child, task, id) {
                 Some(reason) => out.rejected.push((id.clone(), reason)),
                 None => out.candidates.push(id.clone()),
             }
@@ -580,13 +673,7 @@ impl Scheduler {
         Ok(out)
     }
 
-    fn reject_reason(
-        &self,
-        child: &Peer,
-        task: &Task,
-        id: &PeerId,
-        descendants: Option<&HashSet<&PeerId>>,
-    ) -> Option<RejectReason> {
+    fn reject_reason(&self, child: &Peer, task: &Task, id: &PeerId) -> Option<RejectReason> {
         if *id == child.id {
             return Some(RejectReason::SelfPeer);
         }
@@ -622,9 +709,6 @@ impl Scheduler {
         }
         if task.dag.edge(id, &child.id).is_some() {
             return Some(RejectReason::AlreadyParent);
-        }
-        if descendants.is_some_and(|d| d.contains(id)) {
-            return Some(RejectReason::WouldCycle);
         }
         None
     }
@@ -1383,7 +1467,7 @@ mod tests {
     }
 
     #[test]
-    fn filter_drops_descendants_and_current_parents() {
+    fn filter_keeps_children_as_parents_and_drops_current_parents() {
         let (mut s, _) = with_child();
         let h = normal_host(&mut s, "h1");
         add_peer(&mut s, "desc", &h, PeerState::Running);
@@ -1395,13 +1479,11 @@ mod tests {
         s.add_edge(&t, &pid("par"), &pid("c")).unwrap();
         let r = rejected(&s);
         assert!(
-            r.contains(&(pid("desc"), RejectReason::WouldCycle)),
-            "{r:?}"
-        );
-        assert!(
             r.contains(&(pid("par"), RejectReason::AlreadyParent)),
             "{r:?}"
         );
+        // c's own child may serve c (they trade pieces).
+        assert!(candidates(&s).contains(&pid("desc")), "{r:?}");
     }
 
     #[test]
@@ -1589,27 +1671,38 @@ mod tests {
         }
         // Nothing to add while nobody runs.
         assert!(s
-            .top_up_parents(&TaskId::from(TASK), &mut rng())
+            .top_up_parents(&TaskId::from(TASK), None, &mut rng())
             .unwrap()
             .is_empty());
         let mut added_total = 0;
         for (i, name) in names.iter().enumerate() {
             s.download_peer_started(&pid(name), at(2 + i as u64))
                 .unwrap();
-            for (child, added) in s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap() {
+            for (child, added) in s
+                .top_up_parents(&TaskId::from(TASK), Some(&pid(name)), &mut rng())
+                .unwrap()
+            {
                 assert!(!added.is_empty());
                 assert!(!added.contains(&child));
                 added_total += added.len();
             }
             s.verify_invariants().unwrap();
         }
-        // Every peer but the first to start ends with more than the seed; the parents form a
-        // DAG (verify_invariants) and every peer is still running.
+        // Every peer ends with more than the seed (the first to start too: the later ones
+        // serve it, they trade pieces), every peer serves another, and every peer is still
+        // running.
         let with_more = names
             .iter()
             .filter(|n| s.parents_of(&pid(n)).unwrap().len() > 1)
             .count();
-        assert_eq!(with_more, 3, "added {added_total} parents");
+        assert_eq!(with_more, names.len(), "added {added_total} parents");
+        let t = s.task(&TaskId::from(TASK)).unwrap();
+        for n in names {
+            assert!(
+                t.dag().out_degree(&pid(n)).unwrap() > 0,
+                "{n} serves nobody"
+            );
+        }
         for n in names {
             assert_eq!(s.peer(&pid(n)).unwrap().state(), PeerState::Running);
             assert!(s
@@ -1619,7 +1712,8 @@ mod tests {
         }
         // Topping up again with nothing new changes nothing and fails nobody.
         for _ in 0..10 {
-            s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap();
+            s.top_up_parents(&TaskId::from(TASK), None, &mut rng())
+                .unwrap();
         }
         for n in names {
             assert_eq!(s.peer(&pid(n)).unwrap().state(), PeerState::Running);
@@ -1643,10 +1737,13 @@ mod tests {
         for i in 0..5 {
             s.download_peer_started(&pid(&format!("p{i}")), at(2))
                 .unwrap();
-            s.top_up_parents(&TaskId::from(TASK), &mut rng()).unwrap();
+            s.top_up_parents(&TaskId::from(TASK), None, &mut rng())
+                .unwrap();
         }
+        // Topping up a child's own list stops at the limit; a parent with room for
+        // children may take a child past it, never past twice the limit.
         for i in 0..5 {
-            assert!(s.parents_of(&pid(&format!("p{i}"))).unwrap().len() <= 2);
+            assert!(s.parents_of(&pid(&format!("p{i}"))).unwrap().len() <= 4);
         }
         s.verify_invariants().unwrap();
     }

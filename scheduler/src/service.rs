@@ -204,7 +204,7 @@ impl SchedulerService {
         let Some(task) = inner.core.peer(peer).map(|p| p.task_id().clone()) else {
             return;
         };
-        let added = match inner.core.top_up_parents(&task, &mut inner.rng) {
+        let added = match inner.core.top_up_parents(&task, Some(peer), &mut inner.rng) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(task_id = %task, error = %e, "adding parents failed");

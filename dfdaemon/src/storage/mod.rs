@@ -336,6 +336,13 @@ impl Task {
         first
     }
 
+    /// The lowest piece among `candidates` a reader waits for; it stays wanted (until
+    /// [`Task::take_wanted`] drops it or it is stored).
+    pub fn first_wanted(&self, candidates: &BTreeSet<u32>) -> Option<u32> {
+        let w = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter().copied().find(|n| candidates.contains(n))
+    }
+
     /// A receiver that changes whenever a piece lands or the state changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
