@@ -15,7 +15,8 @@
 //! - **Readers first.** A piece a local reader waits for is taken before anything else, from
 //!   its least loaded holder.
 //! - **Least loaded parent first.** Slots are filled parent by parent, the parent with the
-//!   fewest requests in flight first, so a seed peer with spare upload keeps serving.
+//!   fewest requests in flight first (then the one asked least so far), so a seed peer with
+//!   spare upload keeps serving and no parent is left out by chance.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -209,7 +210,10 @@ impl Swarm {
         }
         // Then parent by parent, least loaded first: its rarest piece.
         let mut order: Vec<usize> = (0..self.parents.len()).filter(|p| free(self, *p)).collect();
-        order.sort_by_key(|p| (self.parents[*p].in_flight, tie(random, *p as u64)));
+        order.sort_by_key(|p| {
+            let s = &self.parents[*p];
+            (s.in_flight, s.fetched, tie(random, *p as u64))
+        });
         for p in order {
             let mut best: Option<(usize, u64, u32)> = None;
             for n in &open {
@@ -361,6 +365,27 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn parents_equally_loaded_are_asked_in_turn() {
+        let mut s = Swarm::new().with_per_parent_limit(1);
+        let (a, b) = (s.add_parent(), s.add_parent());
+        for n in 0..8 {
+            s.announce(a, n);
+            s.announce(b, n);
+        }
+        let mut by_parent = [0, 0];
+        let mut m = missing(0..8);
+        for r in 0..8 {
+            let Pick::Fetch { piece, parent } = s.pick(&m, |_| None, 1, r) else {
+                panic!("nothing picked");
+            };
+            by_parent[parent] += 1;
+            s.finish(piece, true);
+            m.remove(&piece);
+        }
+        assert_eq!(by_parent, [4, 4]);
     }
 
     #[test]

@@ -65,7 +65,8 @@ async fn a_parent_that_corrupts_pieces_is_rejected_reported_and_excluded() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let origin_requests = origin.requests_for(&path);
 
-    // The child's parents are `bad` (a normal peer, preferred) and the seed peer.
+    // The child's parents are `bad` and the seed peer; with one request at a time it asks
+    // them in turn, so `bad` is asked within the first two pieces.
     let out = dir.join("child.out");
     let o = child.dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -263,6 +263,24 @@ async fn upstream_manager_scheduler_and_dfdaemon_configs_run_unchanged() {
         metric(&t, "dragonfly_scheduler_register_peer_total") >= 2.0,
         "{t}"
     );
+    // Each host's upload utilisation and children are exported (one series per host).
+    for name in [
+        "dragonfly_scheduler_host_upload_bandwidth_utilization{",
+        "dragonfly_scheduler_host_upload_peers{",
+    ] {
+        let hosts = t.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(hosts, 2, "{name} for both hosts:\n{t}");
+    }
+    // The peer's bytes are counted against the seed peer's host.
+    let t = get_text(&format!("{peer_metrics}/metrics")).await;
+    assert_eq!(
+        metric(
+            &t,
+            "dragonfly_dfdaemon_parent_download_traffic_bytes_total{parent_ip=\"127.0.0.1\"}"
+        ) as usize,
+        len,
+        "{t}"
+    );
 
     // A typo is still an error naming the key, and --check-config says so.
     let bad = write(

@@ -22,6 +22,16 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// A host.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    /// The host's ID.
+    pub host_id: String,
+}
+
+/// A gauge of a fraction.
+pub type RatioGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// The build.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
@@ -59,6 +69,11 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Peers held, by state.
     pub peers: Family<StateLabels, Gauge>,
+    /// Each host's upload rate over its announced maximum (`upload.rateLimit`), from its
+    /// last AnnounceHost: how busy its uplink is.
+    pub host_upload_utilization: Family<HostLabels, RatioGauge>,
+    /// Children each host serves now (edges of the task graphs out of its peers).
+    pub host_upload_peers: Family<HostLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -94,6 +109,8 @@ impl Metrics {
             hosts: Family::default(),
             tasks: Gauge::default(),
             peers: Family::default(),
+            host_upload_utilization: Family::default(),
+            host_upload_peers: Family::default(),
         };
         r.register(
             "announce_host",
@@ -138,6 +155,16 @@ impl Metrics {
             m.seed_trigger.clone(),
         );
         r.register("hosts", "Hosts held", m.hosts.clone());
+        r.register(
+            "host_upload_bandwidth_utilization",
+            "Upload rate over the announced maximum upload rate, per host (0 when the host announces no maximum)",
+            m.host_upload_utilization.clone(),
+        );
+        r.register(
+            "host_upload_peers",
+            "Children a host serves now, per host",
+            m.host_upload_peers.clone(),
+        );
         r.register("tasks", "Tasks held", m.tasks.clone());
         r.register("peers", "Peers held, by state", m.peers.clone());
         Metrics { registry: r, ..m }

@@ -94,6 +94,23 @@ impl SchedulerService {
             for (state, n) in by_state {
                 m.peers.get_or_create(&StateLabels { state }).set(n);
             }
+            m.host_upload_utilization.clear();
+            m.host_upload_peers.clear();
+            for h in inner.core.hosts() {
+                let labels = crate::metrics::HostLabels {
+                    host_id: h.id().to_string(),
+                };
+                // The host's own measurement, not the scheduler's estimate with reservations.
+                let used = if h.max_tx_bandwidth > 0 {
+                    h.tx_bandwidth as f64 / h.max_tx_bandwidth as f64
+                } else {
+                    0.0
+                };
+                m.host_upload_utilization.get_or_create(&labels).set(used);
+                m.host_upload_peers
+                    .get_or_create(&labels)
+                    .set(i64::from(h.concurrent_upload_count()));
+            }
         }
         m.render()
     }
