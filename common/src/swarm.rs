@@ -19,6 +19,30 @@
 //!   spare upload keeps serving and no parent is left out by chance.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// A seed peer still fetching a task from the origin receives its pieces in order, at about the
+/// rate its children can take them, so at any moment the newest pieces are held by the seed
+/// alone and every child asks the seed for them: the seed's uplink would carry each piece
+/// several times. So, as BitTorrent's super-seeding does, the seed announces each new piece
+/// to one child at once (its subscribers take turns: piece `n` goes to subscriber
+/// `n % count`, in order of arrival) and to the others after [`offer_hold`], by which time the
+/// first child has it and announces it to its own children. Whether subscriber `index` of
+/// `count` is offered piece `piece` at once.
+pub fn offered_first(piece: u32, index: usize, count: usize) -> bool {
+    count == 0 || piece as usize % count == index
+}
+
+/// How long a seed peer holds a new piece back from its other children ([`offered_first`]):
+/// twice the time the piece takes to reach its first child when the seed's uplink
+/// (`upload_bytes_per_sec`, 0: unknown) is shared by its `children`, within 100 ms and 5 s.
+pub fn offer_hold(piece_length: u64, upload_bytes_per_sec: u64, children: usize) -> Duration {
+    if upload_bytes_per_sec == 0 {
+        return Duration::from_millis(200);
+    }
+    let secs = 2.0 * piece_length as f64 * children.max(1) as f64 / upload_bytes_per_sec as f64;
+    Duration::from_secs_f64(secs.clamp(0.1, 5.0))
+}
 
 /// What a child knows of one parent.
 #[derive(Debug, Clone, Default)]
@@ -386,6 +410,25 @@ mod tests {
             m.remove(&piece);
         }
         assert_eq!(by_parent, [4, 4]);
+    }
+
+    #[test]
+    fn a_seed_offers_each_new_piece_to_one_child_first() {
+        let firsts: Vec<usize> = (0..6u32)
+            .map(|n| (0..3).filter(|i| offered_first(n, *i, 3)).count())
+            .collect();
+        assert_eq!(firsts, vec![1; 6], "exactly one subscriber per piece");
+        assert!(offered_first(5, 0, 1) && offered_first(5, 0, 0));
+        assert_eq!(offer_hold(4 << 20, 0, 3), Duration::from_millis(200));
+        // 4 MiB at 250 Mbit/s: 134 ms to send alone, 403 ms shared by three children, held
+        // 805 ms; bounded both ways.
+        let h = offer_hold(4 << 20, 31_250_000, 3);
+        assert!(
+            h > Duration::from_millis(800) && h < Duration::from_millis(810),
+            "{h:?}"
+        );
+        assert_eq!(offer_hold(1, 1 << 30, 1), Duration::from_millis(100));
+        assert_eq!(offer_hold(1 << 30, 1, 1), Duration::from_secs(5));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use dragonfly_api::scheduler::v2::{
     AnnounceHostRequest, AnnouncePeerRequest, DownloadPeerStartedRequest, ListHostsRequest,
 };
 use integration::agent::Agent;
-use integration::cluster::{peer_yaml, start_peers, Scheduler};
+use integration::cluster::{peer_yaml, Scheduler};
 use integration::image::sha256_digest;
 use integration::{free_port, random_bytes, TestDir, TestOrigin};
 use std::time::Duration;
@@ -65,8 +65,18 @@ async fn a_scheduler_killed_mid_run_and_restarted_gets_peers_back_and_p2p_resume
     let origin = TestOrigin::start().await.unwrap();
     let mut sched = Scheduler::start(&dir, "scheduler").unwrap();
     let sport = sched.port;
-    let (seed, _) = start_peers(&dir, &sched, 0).await.unwrap();
-    // peer1 uploads at 4 MiB/s, so peer2's download from it takes seconds.
+    // The seed peer uploads at 8 MiB/s and peer1 at 4 MiB/s, so peer2's download from them
+    // takes seconds and peer2 asks both (a child takes turns among its idle parents).
+    let seed = Agent::start(
+        &dir,
+        "seed",
+        &format!(
+            "{}upload:\n  rateLimit: 8MiB\n",
+            peer_yaml("seed", sport, true)
+        ),
+    )
+    .await
+    .unwrap();
     let yaml = |name: &str, extra: &str| format!("{}{extra}", peer_yaml(name, sport, false));
     let peer1 = Agent::start(
         &dir,

@@ -9,7 +9,8 @@
 //! does. What is simulated is the network: a fluid model in which the transfers leaving one
 //! uplink share it equally (as TCP flows through one `tbf` queue do), each request starts after
 //! a fixed latency, and the seed peer fetches the task from the origin as one stream (one flow
-//! on the origin's uplink, pieces landing in order). CPU is not modelled: on the 2-core
+//! on the origin's uplink, pieces landing in order) and, as dfdaemon's seed peers do, offers
+//! each new piece to one child first ([`common::swarm::offered_first`]). CPU is not modelled: on the 2-core
 //! development machine the 1 Gbit/s bench is CPU-bound, the 250 Mbit/s one is not, so the
 //! prediction is for links that are the limit.
 
@@ -134,6 +135,10 @@ struct Sim<'a> {
     task: TaskId,
     pieces: u32,
     origin_bytes: u64,
+    /// Children of the seed peer, in the order they subscribed.
+    seed_subscribers: Vec<usize>,
+    /// Announcements the seed peer holds back: (when, child, piece).
+    held: Vec<(f64, usize, u32)>,
 }
 
 fn at(t: f64) -> SystemTime {
@@ -177,6 +182,8 @@ impl<'a> Sim<'a> {
             task: TaskId::from(format!("{:064x}", spec.seed)),
             pieces,
             origin_bytes: 0,
+            seed_subscribers: Vec::new(),
+            held: Vec::new(),
         })
     }
 
@@ -314,9 +321,48 @@ impl<'a> Sim<'a> {
             }
             let idx = self.hosts[h].swarm.add_parent();
             self.hosts[h].parents.push(ph);
+            if ph == 0 {
+                self.seed_subscribers.push(h);
+            }
             let held: Vec<u32> = self.hosts[ph].have.iter().copied().collect();
             for n in held {
-                self.hosts[h].swarm.announce(idx, n);
+                self.offer(ph, h, idx, n);
+            }
+        }
+    }
+
+    /// Parent `p` announces piece `n` to child `c` (its parent number `idx`): at once, or, for
+    /// the seed peer while it fetches the task, at once only on the child's turn.
+    fn offer(&mut self, p: usize, c: usize, idx: usize, n: u32) {
+        let taking_turns = p == 0 && self.hosts[0].finished.is_none();
+        if taking_turns {
+            let count = self.seed_subscribers.len();
+            let index = self
+                .seed_subscribers
+                .iter()
+                .position(|s| *s == c)
+                .unwrap_or(0);
+            if !common::swarm::offered_first(n, index, count) {
+                let hold =
+                    common::swarm::offer_hold(self.spec.piece_length, self.spec.rate as u64, count);
+                self.held.push((self.now + hold.as_secs_f64(), c, n));
+                return;
+            }
+        }
+        self.hosts[c].swarm.announce(idx, n);
+    }
+
+    /// Announces the seed peer's held pieces that are due (all of them once it finished).
+    fn release_held(&mut self) {
+        let all = self.hosts[0].finished.is_some();
+        let now = self.now;
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(at, _, _)| all || *at <= now + 1e-9);
+        self.held = keep;
+        for (_, c, n) in due {
+            if let Some(idx) = self.hosts[c].parents.iter().position(|p| *p == 0) {
+                self.hosts[c].swarm.announce(idx, n);
             }
         }
     }
@@ -387,6 +433,9 @@ impl<'a> Sim<'a> {
                 next = next.min(r);
             }
         }
+        for (at, _, _) in &self.held {
+            next = next.min(*at);
+        }
         if !next.is_finite() {
             return Err(SimError::Stalled("nothing in flight".into()));
         }
@@ -407,6 +456,7 @@ impl<'a> Sim<'a> {
         for t in done {
             self.landed(t)?;
         }
+        self.release_held();
         for h in 0..self.hosts.len() {
             if self.hosts[h].retry_at.is_some_and(|r| r <= self.now) {
                 self.hosts[h].retry_at = None;
@@ -443,13 +493,16 @@ impl<'a> Sim<'a> {
             },
             now,
         )?;
+        let complete = self.hosts[h].have.len() as u32 == self.pieces;
+        if complete {
+            self.hosts[h].finished = Some(self.now);
+        }
         for c in 0..self.hosts.len() {
             if let Some(idx) = self.hosts[c].parents.iter().position(|p| *p == h) {
-                self.hosts[c].swarm.announce(idx, t.piece);
+                self.offer(h, c, idx, t.piece);
             }
         }
-        if self.hosts[h].have.len() as u32 == self.pieces {
-            self.hosts[h].finished = Some(self.now);
+        if complete {
             if t.from == ORIGIN {
                 self.s
                     .download_peer_back_to_source_finished(&peer, TaskInfo::default(), now)?;

@@ -10,8 +10,8 @@ use crate::storage::Task;
 use dragonfly_api::common::v2::{Host, Network, Piece, SizeScope, TrafficType};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
 use dragonfly_api::dfdaemon::v2::*;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
@@ -69,11 +69,69 @@ impl HostInfo {
 pub struct UploadService {
     engine: Arc<Engine>,
     host: HostInfo,
+    /// The SyncPieces streams open per task, in order of arrival (a seed peer's turns,
+    /// [`common::swarm::offered_first`]).
+    subscribers: Arc<Mutex<Subscribers>>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    next: u64,
+    by_task: HashMap<String, Vec<u64>>,
+}
+
+/// A SyncPieces stream's place among its task's subscribers; leaves when dropped.
+struct Subscription {
+    all: Arc<Mutex<Subscribers>>,
+    task_id: String,
+    id: u64,
+}
+
+impl Subscription {
+    fn join(all: &Arc<Mutex<Subscribers>>, task_id: &str) -> Subscription {
+        let mut s = all.lock().unwrap_or_else(|p| p.into_inner());
+        s.next += 1;
+        let id = s.next;
+        s.by_task.entry(task_id.to_string()).or_default().push(id);
+        Subscription {
+            all: all.clone(),
+            task_id: task_id.to_string(),
+            id,
+        }
+    }
+
+    /// This stream's index among its task's subscribers, and their number.
+    fn turn(&self) -> (usize, usize) {
+        let s = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let list = s
+            .by_task
+            .get(&self.task_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let index = list.iter().position(|i| *i == self.id).unwrap_or(0);
+        (index, list.len())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut s = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = s.by_task.get_mut(&self.task_id) {
+            list.retain(|i| *i != self.id);
+            if list.is_empty() {
+                s.by_task.remove(&self.task_id);
+            }
+        }
+    }
 }
 
 impl UploadService {
     pub fn new(engine: Arc<Engine>, host: HostInfo) -> Self {
-        UploadService { engine, host }
+        UploadService {
+            engine,
+            host,
+            subscribers: Arc::default(),
+        }
     }
 
     pub fn into_server(self) -> DfdaemonUploadServer<Self> {
@@ -223,15 +281,38 @@ impl DfdaemonUpload for UploadService {
         }
         let (ip, port) = (self.host.ip.clone(), i32::from(self.host.vortex_tcp_port));
         let quic_port = self.host.vortex_quic_port.map(i32::from);
+        // A seed peer still fetching the task takes turns offering new pieces.
+        let seed = self.host.seed;
+        let (piece_length, upload) = (task.piece_length(), self.host.max_tx_bandwidth / 8);
+        let subscription = Subscription::join(&self.subscribers, &task.id);
         Ok(Response::new(async_stream(move |tx| async move {
             let _use = task.use_task();
+            let _subscription = &subscription;
             let mut changed = task.subscribe();
+            // When this stream first saw each piece it holds back.
+            let mut seen: HashMap<u32, tokio::time::Instant> = HashMap::new();
             loop {
                 let meta = task.meta();
+                let now = tokio::time::Instant::now();
+                let taking_turns = seed && !task.is_complete();
+                let (index, count) = subscription.turn();
+                let hold = common::swarm::offer_hold(piece_length, upload, count);
+                let mut release: Option<tokio::time::Instant> = None;
                 let ready: Vec<u32> = wanted
                     .iter()
                     .copied()
                     .filter(|n| meta.pieces.contains_key(n))
+                    .filter(|n| {
+                        if !taking_turns || common::swarm::offered_first(*n, index, count) {
+                            return true;
+                        }
+                        let due = *seen.entry(*n).or_insert(now) + hold;
+                        if due <= now {
+                            return true;
+                        }
+                        release = Some(release.map_or(due, |r| r.min(due)));
+                        false
+                    })
                     .collect();
                 for n in ready {
                     wanted.remove(&n);
@@ -256,9 +337,18 @@ impl DfdaemonUpload for UploadService {
                     let _ = tx.send(Err(Status::aborted(reason))).await;
                     return;
                 }
-                if changed.changed().await.is_err() {
-                    let _ = tx.send(Err(Status::aborted("task removed"))).await;
-                    return;
+                let wake = async {
+                    match release {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() {
+                        let _ = tx.send(Err(Status::aborted("task removed"))).await;
+                        return;
+                    },
+                    () = wake => {}
                 }
             }
         })))
@@ -274,6 +364,7 @@ impl DfdaemonUpload for UploadService {
         let this = UploadService {
             engine: self.engine.clone(),
             host: self.host.clone(),
+            subscribers: self.subscribers.clone(),
         };
         Ok(Response::new(async_stream(move |tx| async move {
             let metrics = this.engine.metrics().clone();
