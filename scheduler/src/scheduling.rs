@@ -479,18 +479,7 @@ impl Scheduler {
             return Err(SchedulerError::TaskNotFound(task_id.clone()));
         };
         let limit = self.config.candidate_parent_limit as usize;
-        let mut wanting: Vec<(usize, PeerId)> = task
-            .dag
-            .vertices()
-            .filter_map(|id| {
-                let p = self.peers.get(id)?;
-                if p.state != PeerState::Running || p.need_back_to_source {
-                    return None;
-                }
-                let parents = task.dag.in_degree(id).ok()?;
-                (parents >= 1 && parents < limit).then(|| (parents, id.clone()))
-            })
-            .collect();
+        let mut wanting = self.running_children(task, limit, |_| true);
         wanting.sort();
         wanting.truncate(TOP_UP_BATCH);
         let mut out = Vec::new();
@@ -530,6 +519,27 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// The running peers of `task` downloading from parents (not the origin) with at least one
+    /// and fewer than `below` parents, that pass `keep`: `(parents, id)`.
+    fn running_children(
+        &self,
+        task: &Task,
+        below: usize,
+        keep: impl Fn(&Peer) -> bool,
+    ) -> Vec<(usize, PeerId)> {
+        task.dag
+            .vertices()
+            .filter_map(|id| {
+                let p = self.peers.get(id)?;
+                if p.state != PeerState::Running || p.need_back_to_source || !keep(p) {
+                    return None;
+                }
+                let parents = task.dag.in_degree(id).ok()?;
+                (parents >= 1 && parents < below).then(|| (parents, id.clone()))
+            })
+            .collect()
+    }
+
     /// The running peers of `task_id` that `parent` (which just started) should serve: up to
     /// `candidateParentLimit` minus its children, those with the fewest parents first (below
     /// twice the limit), that it may serve (the usual filters) within its host's upload limit.
@@ -555,21 +565,9 @@ impl Scheduler {
         if have >= most {
             return Ok(Vec::new());
         }
-        let mut kids: Vec<(usize, PeerId)> = task
-            .dag
-            .vertices()
-            .filter_map(|id| {
-                let p = self.peers.get(id)?;
-                if p.state != PeerState::Running || p.need_back_to_source {
-                    return None;
-                }
-                let parents = task.dag.in_degree(id).ok()?;
-                (parents >= 1
-                    && parents < 2 * limit
-                    && self.reject_reason(p, task, &parent).is_none())
-                .then(|| (parents, id.clone()))
-            })
-            .collect();
+        let mut kids = self.running_children(task, 2 * limit, |p| {
+            self.reject_reason(p, task, &parent).is_none()
+        });
         kids.sort();
         let room = host
             .concurrent_upload_limit
