@@ -168,11 +168,6 @@ impl Swarm {
         self.in_flight.contains_key(&piece)
     }
 
-    /// Pieces fetched from each parent, by index.
-    pub fn fetched(&self) -> Vec<u64> {
-        self.parents.iter().map(|p| p.fetched).collect()
-    }
-
     /// Requests in flight to one parent, at most, with `total` in flight at most: the set
     /// limit, else enough that the live parents holding pieces can take `total` together
     /// (two at least, so each keeps one request queued behind the one it serves).

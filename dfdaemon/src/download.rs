@@ -1288,10 +1288,7 @@ impl ContentHasher {
         while pos < off + len {
             let n = (off + len - pos).min(buf.len() as u64) as usize;
             task.read_at(pos, &mut buf[..n])?;
-            match self {
-                ContentHasher::Sha256(h) => h.update(&buf[..n]),
-                ContentHasher::Sha512(h) => h.update(&buf[..n]),
-            }
+            self.update(&buf[..n]);
             pos += n as u64;
         }
         Ok(())

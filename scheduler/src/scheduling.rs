@@ -198,16 +198,12 @@ pub struct ScoredParent {
 }
 
 /// The running peers of `task_id` (seed peers included) serving fewer than `limit` children,
-/// fewest first: `(false, children, id)`.
-fn task_parents_with_room(
-    s: &Scheduler,
-    task_id: &TaskId,
-    limit: usize,
-) -> Vec<(bool, usize, PeerId)> {
+/// fewest first: `(children, id)`.
+fn task_parents_with_room(s: &Scheduler, task_id: &TaskId, limit: usize) -> Vec<(usize, PeerId)> {
     let Some(task) = s.tasks.get(task_id) else {
         return Vec::new();
     };
-    let mut v: Vec<(bool, usize, PeerId)> = task
+    let mut v: Vec<(usize, PeerId)> = task
         .dag
         .vertices()
         .filter_map(|id| {
@@ -216,7 +212,7 @@ fn task_parents_with_room(
                 return None;
             }
             let children = task.dag.out_degree(id).ok()?;
-            (children < limit).then(|| (false, children, id.clone()))
+            (children < limit).then(|| (children, id.clone()))
         })
         .collect();
     v.sort();
@@ -497,14 +493,14 @@ impl Scheduler {
         }
         // Then parents with room: the peer that started, then the running peers with the
         // fewest children.
-        let mut serving: Vec<(bool, usize, PeerId)> = task_parents_with_room(self, task_id, limit);
+        let mut serving = task_parents_with_room(self, task_id, limit);
         if let Some(started) = started {
             let x = self.canonical(started)?;
-            serving.retain(|(_, _, p)| *p != x);
-            serving.insert(0, (false, 0, x));
+            serving.retain(|(_, p)| *p != x);
+            serving.insert(0, (0, x));
         }
         serving.truncate(TOP_UP_BATCH);
-        for (_, _, x) in serving {
+        for (_, x) in serving {
             for child in self.children_for(task_id, &x)? {
                 if self.add_edges(task_id, vec![x.clone()], &child)?.is_empty() {
                     continue;
@@ -560,9 +556,8 @@ impl Scheduler {
         else {
             return Ok(Vec::new());
         };
-        let most = limit;
-        let have = task.dag.out_degree(&parent).unwrap_or(most);
-        if have >= most {
+        let have = task.dag.out_degree(&parent).unwrap_or(limit);
+        if have >= limit {
             return Ok(Vec::new());
         }
         let mut kids = self.running_children(task, 2 * limit, |p| {
@@ -575,7 +570,7 @@ impl Scheduler {
         Ok(kids
             .into_iter()
             .map(|(_, id)| id)
-            .take((most - have).min(room))
+            .take((limit - have).min(room))
             .collect())
     }
 

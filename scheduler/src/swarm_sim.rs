@@ -106,6 +106,7 @@ struct Transfer {
 const ORIGIN: usize = usize::MAX;
 
 struct Host {
+    id: HostId,
     peer: PeerId,
     /// The child's view of its parents ([`Swarm`] indices match `parents`).
     swarm: Swarm,
@@ -162,6 +163,7 @@ impl<'a> Sim<'a> {
             s.announce_host(info, at(0.0));
             hosts.push(Host {
                 peer: PeerId::from(format!("{id}-peer")),
+                id,
                 swarm: Swarm::new(),
                 parents: Vec::new(),
                 have: BTreeSet::new(),
@@ -238,7 +240,7 @@ impl<'a> Sim<'a> {
         let mut req = RegisterPeer::new(
             self.hosts[h].peer.clone(),
             self.task.clone(),
-            self.host_id(h),
+            self.hosts[h].id.clone(),
         );
         req.task = TaskInfo {
             content_length: Some(self.spec.size),
@@ -264,15 +266,6 @@ impl<'a> Sim<'a> {
             RegisterDecision::Schedule(d) => self.decided(h, d),
             _ => Ok(()),
         }
-    }
-
-    fn host_id(&self, h: usize) -> HostId {
-        let name = if h == 0 {
-            "seed".to_string()
-        } else {
-            format!("peer{h}")
-        };
-        HostId::from(format!("10.231.0.{}-{name}", 10 + h))
     }
 
     fn decided(&mut self, h: usize, d: ScheduleDecision) -> Result<(), SimError> {

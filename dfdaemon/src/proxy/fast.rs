@@ -32,7 +32,7 @@ struct Fast {
 }
 
 /// What the fast path does with a request.
-enum Plan2 {
+enum FastPlan {
     Send(Fast),
     /// Hyper serves it (with this answer to the first request, if any).
     Hyper(Option<First>),
@@ -69,11 +69,11 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: std::n
         };
         let plan = match head_len {
             Some(n) => proxy.fast_plan(&buf[..n]).await,
-            None => Plan2::Hyper(None),
+            None => FastPlan::Hyper(None),
         };
         let fast = match plan {
-            Plan2::Send(f) => f,
-            Plan2::Hyper(first) => {
+            FastPlan::Send(f) => f,
+            FastPlan::Hyper(first) => {
                 proxy
                     .serve_hyper(Rewind::new(buf.freeze(), stream), peer, first)
                     .await;
@@ -117,12 +117,12 @@ async fn send(proxy: &Proxy, stream: &mut TcpStream, f: &Fast) -> io::Result<()>
     Ok(())
 }
 
-/// Sends bytes `start..end` of `file`, read into `buf` (`storage.readBufferSize` at a time,
-/// on the blocking pool) and written to the socket; `cached` counts them as served from the
-/// cache. A copy through one reused buffer, not `sendfile(2)`: measured on loopback against
-/// the registry (which uses sendfile), 256 KiB sendfile calls served a cached blob at
-/// 0.6-1.05x the registry's rate, 1 MiB copies at 1.05-1.4x (`hack/bench/mirror.sh`); larger
-/// sendfile calls were slower still.
+/// Sends bytes `start..end` of `file`, read into `buf` (`storage.readBufferSize` at a time)
+/// and written to the socket; `cached` counts them as served from the cache. A copy through
+/// one reused buffer, not `sendfile(2)`: measured on loopback against the registry (which
+/// uses sendfile), 256 KiB sendfile calls served a cached blob at 0.75-1.05x the registry's
+/// rate, larger ones slower still, 1 MiB copies read in place at 1.05-1.4x
+/// (docs/performance.md).
 async fn send_range(
     proxy: &Proxy,
     stream: &mut TcpStream,
@@ -190,9 +190,9 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 impl Proxy {
     /// What to do with a request head: a GET of a complete task (with a satisfiable range)
     /// or of a whole task through the store is sent from here; the rest goes to hyper.
-    async fn fast_plan(&self, head: &[u8]) -> Plan2 {
+    async fn fast_plan(&self, head: &[u8]) -> FastPlan {
         let Some((map, p, version)) = self.fast_request(head) else {
-            return Plan2::Hyper(None);
+            return FastPlan::Hyper(None);
         };
         let complete = self
             .engine
@@ -202,16 +202,16 @@ impl Proxy {
         let (task, cached) = match complete {
             Some(t) => (t, true),
             // Ranges of a task not complete are range reads or waits: hyper's path.
-            None if p.range.is_some() => return Plan2::Hyper(None),
+            None if p.range.is_some() => return FastPlan::Hyper(None),
             None => match self.start_store(Self::store_request(&map, &p)).await {
                 StoreStart::Task { task, cached } => (task, cached),
-                StoreStart::Respond(resp) => return Plan2::Hyper(Some(First::Respond(resp))),
-                StoreStart::Forward => return Plan2::Hyper(Some(First::Forward(p.url))),
+                StoreStart::Respond(resp) => return FastPlan::Hyper(Some(First::Respond(resp))),
+                StoreStart::Forward => return FastPlan::Hyper(Some(First::Forward(p.url))),
             },
         };
         match self.fast_response(&map, &p, version, task, cached) {
-            Some(f) => Plan2::Send(f),
-            None => Plan2::Hyper(None),
+            Some(f) => FastPlan::Send(f),
+            None => FastPlan::Hyper(None),
         }
     }
 
