@@ -132,28 +132,13 @@ async fn send_range(
     cached: bool,
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
     let metrics = proxy.engine.metrics();
     let size = proxy.read_buffer.max(64 * 1024);
     let mut off = start;
     while off < end {
         let n = ((end - off) as usize).min(size);
         buf.resize(n, 0);
-        // What the page cache holds is read here, on this thread (the buffer stays in this
-        // core's cache for the write); the rest, which may wait for the disk, on the
-        // blocking pool.
-        let cached_part = read_cached(file, &mut buf[..n], off);
-        if cached_part < n {
-            let mut b = std::mem::take(buf);
-            let f = file.clone();
-            let (b, read) = crate::storage::blocking::blocking(move || {
-                let r = f.read_exact_at(&mut b[cached_part..n], off + cached_part as u64);
-                (b, r)
-            })
-            .await?;
-            *buf = b;
-            read?;
-        }
+        *buf = crate::storage::blocking::read_exact_at(file, std::mem::take(buf), off).await?;
         stream.write_all(&buf[..n]).await?;
         off += n as u64;
         if cached {
@@ -161,25 +146,6 @@ async fn send_range(
         }
     }
     Ok(())
-}
-
-/// Reads into `buf` from `off` as much as the page cache holds without waiting for the disk
-/// (`preadv2` with `RWF_NOWAIT`); the bytes read.
-fn read_cached(file: &std::fs::File, buf: &mut [u8], off: u64) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        let mut slices = [io::IoSliceMut::new(&mut buf[got..])];
-        match rustix::io::preadv2(
-            file,
-            &mut slices,
-            off + got as u64,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    got
 }
 
 /// Offset just past `\r\n\r\n`, if the head is complete.

@@ -36,6 +36,47 @@ where
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Reads `buf.len()` bytes of `file` at `off`: what the page cache holds in place, on this
+/// thread (`preadv2` with `RWF_NOWAIT`: the bytes stay in this core's cache for the send that
+/// follows), the rest, which may wait for the disk, through [`blocking`]. Gives the buffer back.
+pub async fn read_exact_at(
+    file: &std::sync::Arc<std::fs::File>,
+    mut buf: Vec<u8>,
+    off: u64,
+) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let cached = read_cached(file, &mut buf, off);
+    if cached == buf.len() {
+        return Ok(buf);
+    }
+    let f = file.clone();
+    let (buf, read) = blocking(move || {
+        let r = f.read_exact_at(&mut buf[cached..], off + cached as u64);
+        (buf, r)
+    })
+    .await?;
+    read.map(|()| buf)
+}
+
+/// Reads into `buf` from `off` as much as the page cache holds without waiting for the disk;
+/// the bytes read.
+fn read_cached(file: &std::fs::File, buf: &mut [u8], off: u64) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        let mut slices = [std::io::IoSliceMut::new(&mut buf[got..])];
+        match rustix::io::preadv2(
+            file,
+            &mut slices,
+            off + got as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use crate::storage::{Store, TaskUse};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use vortex_protocol::tlv::error::Code;
 use vortex_protocol::tlv::piece_content::PieceContent;
@@ -201,7 +201,7 @@ impl VortexServer {
         };
         stream.write_all(&head).await?;
         if self.corrupting() {
-            write_body(&mut stream, &task, offset, length, &self.limiter, true).await?;
+            write_corrupt_body(&mut stream, &task, offset, length, &self.limiter).await?;
             self.metrics.uploaded("tcp", length);
             stream.shutdown().await?;
             return Ok(());
@@ -254,7 +254,7 @@ impl VortexServer {
             } => {
                 send.write_all(&head).await.map_err(std::io::Error::from)?;
                 let corrupt = self.corrupting();
-                write_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
+                send_quic_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
                 self.metrics.uploaded("quic", length);
                 let _ = send.finish();
                 Ok(())
@@ -263,36 +263,59 @@ impl VortexServer {
     }
 }
 
-/// Copies a piece from the content file to a stream in bounded chunks
-/// (`corrupt`: fault injection, the first byte is flipped).
-async fn write_body<W: AsyncWrite + Unpin>(
-    w: &mut W,
+/// Sends a piece from the content file over a QUIC stream in bounded chunks, each read into a
+/// buffer of its own that quinn keeps until the peer acknowledged it (no copy into quinn's send
+/// buffer). `corrupt`: fault injection, the first byte is flipped.
+async fn send_quic_body(
+    send: &mut quinn::SendStream,
     task: &TaskUse,
     offset: u64,
     length: u64,
     limiter: &crate::rate_limit::RateLimiter,
     corrupt: bool,
 ) -> Result<(), VortexError> {
+    let file = task
+        .open_file()
+        .map_err(|e| VortexError::Malformed(e.to_string()))?;
     let mut pos = offset;
     let end = offset + length;
     while pos < end {
         let n = (end - pos).min(CHUNK) as usize;
         limiter.acquire(n as u64).await;
-        let t = (*task).clone();
-        let chunk = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            t.read_at(pos, &mut buf).map(|_| buf)
-        })
-        .await
-        .map_err(|e| VortexError::Malformed(e.to_string()))?
-        .map_err(|e| VortexError::Malformed(e.to_string()))?;
-        let mut chunk = chunk;
+        let mut chunk = crate::storage::blocking::read_exact_at(&file, vec![0; n], pos).await?;
         if corrupt && pos == offset {
-            if let Some(b) = chunk.first_mut() {
-                *b ^= 0xff;
-            }
+            chunk[0] ^= 0xff;
         }
-        w.write_all(&chunk).await?;
+        send.write_chunk(Bytes::from(chunk))
+            .await
+            .map_err(std::io::Error::from)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies a piece from the content file to a TCP stream in bounded chunks with the first byte
+/// flipped (fault injection).
+async fn write_corrupt_body(
+    stream: &mut TcpStream,
+    task: &TaskUse,
+    offset: u64,
+    length: u64,
+    limiter: &crate::rate_limit::RateLimiter,
+) -> Result<(), VortexError> {
+    let file = task
+        .open_file()
+        .map_err(|e| VortexError::Malformed(e.to_string()))?;
+    let mut pos = offset;
+    let end = offset + length;
+    while pos < end {
+        let n = (end - pos).min(CHUNK) as usize;
+        limiter.acquire(n as u64).await;
+        let mut chunk = crate::storage::blocking::read_exact_at(&file, vec![0; n], pos).await?;
+        if pos == offset {
+            chunk[0] ^= 0xff;
+        }
+        stream.write_all(&chunk).await?;
         pos += n as u64;
     }
     Ok(())
