@@ -50,32 +50,6 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// sha256/sha512 of a file, as `<algorithm>:<hex>`.
-pub fn file_digest(path: &Path, algorithm: &str) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut h256 = sha2::Sha256::new();
-    let mut h512 = sha2::Sha512::new();
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if algorithm == "sha512" {
-            h512.update(&buf[..n]);
-        } else {
-            h256.update(&buf[..n]);
-        }
-    }
-    Ok(if algorithm == "sha512" {
-        format!("sha512:{}", hex::encode(h512.finalize()))
-    } else {
-        format!("sha256:{}", hex::encode(h256.finalize()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,17 +33,33 @@ rm -f "$work/blob"
 sleep 6   # every host announces itself within 5 s
 
 cpu_sample() { awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8, $5+$6}' /proc/stat; }
+# The machine's CPU time by kind (user, system, irq + softirq: the hosts' packet paths), ticks.
+cpu_kinds() { awk '/^cpu /{print $2+$3, $4, $7+$8}' /proc/stat; }
+# Each process the cluster started: name and CPU ticks (utime + stime) so far.
+proc_cpu() {
+  local f p
+  for f in "$CLUSTER_DIR"/*.pid; do
+    p=$(cat "$f")
+    [ -r "/proc/$p/stat" ] || continue
+    echo "$(basename "$f" .pid) $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')"
+  done
+}
+proc_cpu | sort > "$work/cpu.before"
 read -r cpu_total0 cpu_idle0 < <(cpu_sample)
+read -r k_user0 k_sys0 k_irq0 < <(cpu_kinds)
 start=$(date +%s.%N)
 pids=()
 for ((i = 1; i <= PEERS; i++)); do
-  ( "$DFRS_BIN_DIR/dfget" --no-progress -e "$CLUSTER_DIR/peer$i/dfdaemon.sock" \
-      "$origin/v2/bench/blobs/$digest" --digest "$digest" -O "$work/out$i" 2>/dev/null
+  ( TIMEFORMAT='%U %S'
+    { time "$DFRS_BIN_DIR/dfget" --no-progress -e "$CLUSTER_DIR/peer$i/dfdaemon.sock" \
+        "$origin/v2/bench/blobs/$digest" --digest "$digest" -O "$work/out$i" 2>/dev/null; } 2> "$work/dfget-cpu$i"
     date +%s.%N > "$work/done$i" ) &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
 read -r cpu_total1 cpu_idle1 < <(cpu_sample)
+read -r k_user1 k_sys1 k_irq1 < <(cpu_kinds)
+proc_cpu | sort > "$work/cpu.after"
 slowest=0
 for ((i = 1; i <= PEERS; i++)); do
   t=$(echo "$(cat "$work/done$i") - $start" | bc -l)
@@ -60,6 +76,23 @@ printf '| origin bytes / size | %.3f | <= 1.02 |\n' "$(echo "$origin_bytes / ($S
 # All hosts share this machine's CPUs: when they are saturated, the CPU, not the links, sets the pace.
 printf '| machine CPU busy during the run | %.0f %% of %d cores | |\n' \
   "$(echo "100 * (1 - ($cpu_idle1 - $cpu_idle0) / ($cpu_total1 - $cpu_total0))" | bc -l)" "$(nproc)"
+# Where the CPU went: each process's CPU-seconds during the run and per GiB the peers received;
+# the floor is all the CPU time the run used spread over the cores.
+hz=$(getconf CLK_TCK)
+gib=$(echo "$PEERS * $SIZE_MIB / 1024" | bc -l)
+printf '\n| CPU during the run | CPU-s | per GiB received |\n|---|---|---|\n'
+join "$work/cpu.before" "$work/cpu.after" | while read -r name a b; do
+  printf '| %s | %.2f | %.2f |\n' "$name" "$(echo "($b - $a) / $hz" | bc -l)" "$(echo "($b - $a) / $hz / $gib" | bc -l)"
+done
+dfget_cpu=$(cat "$work"/dfget-cpu* | awk '{s += $1 + $2} END {print s + 0}')
+printf '| dfget (all %d) | %.2f | %.2f |\n' "$PEERS" "$dfget_cpu" "$(echo "$dfget_cpu / $gib" | bc -l)"
+for k in user sys irq; do
+  a=k_${k}0 b=k_${k}1
+  printf '| machine: %s | %.2f | %.2f |\n' "$k" "$(echo "(${!b} - ${!a}) / $hz" | bc -l)" "$(echo "(${!b} - ${!a}) / $hz / $gib" | bc -l)"
+done
+busy=$(echo "(($cpu_total1 - $cpu_idle1) - ($cpu_total0 - $cpu_idle0)) / $hz" | bc -l)
+printf '| machine: all busy time | %.2f | %.2f |\n' "$busy" "$(echo "$busy / $gib" | bc -l)"
+printf '| floor (busy time / %d cores) / slowest | %.2f | |\n' "$(nproc)" "$(echo "$busy / $(nproc) / $slowest" | bc -l)"
 # What the swarm simulation (the scheduler's and the children's own code on a model network
 # whose links are the limit, CPU not modelled) predicts for this scenario.
 "$DFRS_BIN_DIR/swarm-sim" "$PEERS" "$SIZE_MIB" "$RATE" || true
