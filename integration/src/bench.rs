@@ -1,7 +1,7 @@
-//! What the lazy-loading benchmarks share: an image's bootstrap fetched from the registry, and
-//! the registry floor of a read (the ranged GETs any server that fetches only the bytes read
-//! must make, timed one after the other), so a benchmark can tell the registry's time from
-//! ours.
+//! What the benchmarks share: an image's bootstrap fetched from the registry, the registry
+//! floor of a read (the ranged GETs any server that fetches only the bytes read must make,
+//! timed one after the other), so a benchmark can tell the registry's time from ours, and a
+//! pause of the VM's free page reporting.
 
 use crate::Registry;
 use nydus::image::Image;
@@ -69,4 +69,60 @@ pub async fn registry_floor<'a>(
         }
     }
     Ok((t.elapsed().as_secs_f64(), requests))
+}
+
+/// Free page reporting paused while this lives (a VM that hands freed memory back to the
+/// hypervisor makes touching it again cost a host page fault per 4 KiB page: page-cache
+/// writes of 1.5-4.0 CPU-s per GiB instead of 0.25 on this machine, docs/performance.md).
+/// A node's page cache is its own memory, so benchmarks that write gigabytes measure without
+/// it: reporting is set to order 11 (no free block is that large) and `warm_mib` MiB of memory
+/// is touched once (a file written and deleted in `dir`). The setting is restored on drop.
+/// `PAUSE_PAGE_REPORTING=0`, or a machine without the knob, leaves everything as it is.
+pub struct PageReportingPause {
+    old: Option<String>,
+}
+
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+
+impl PageReportingPause {
+    pub fn start(dir: &std::path::Path, warm_mib: usize) -> PageReportingPause {
+        let none = PageReportingPause { old: None };
+        if std::env::var("PAUSE_PAGE_REPORTING").is_ok_and(|v| v == "0") {
+            return none;
+        }
+        let Ok(old) = std::fs::read_to_string(PAGE_REPORTING_ORDER) else {
+            return none;
+        };
+        if std::fs::write(PAGE_REPORTING_ORDER, "11").is_err() {
+            return none;
+        }
+        let warm = dir.join("page-reporting.warm");
+        let touched = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&warm)?;
+            let block = vec![0u8; 1 << 20];
+            for _ in 0..warm_mib {
+                f.write_all(&block)?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&warm);
+        eprintln!(
+            "free page reporting paused (page_reporting_order {} -> 11){}",
+            old.trim(),
+            match touched {
+                Ok(()) => format!(", {warm_mib} MiB of memory touched beforehand"),
+                Err(e) => format!("; touching {warm_mib} MiB failed: {e}"),
+            }
+        );
+        PageReportingPause { old: Some(old) }
+    }
+}
+
+impl Drop for PageReportingPause {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            let _ = std::fs::write(PAGE_REPORTING_ORDER, old.trim());
+        }
+    }
 }

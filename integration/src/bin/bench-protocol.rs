@@ -118,14 +118,25 @@ fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The child is an engine in this process: it allocates as dfdaemon does.
+    dfdaemon::fix_mmap_threshold();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     integration::require_root_and_tools(&[]);
     let mib: usize = std::env::var("BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let dir = TestDir::new("bench-protocol")?;
+    // Each round writes the task twice (the raw copy's file, the child's store) and deletes it.
+    let _pause = integration::bench::PageReportingPause::start(dir.path(), 3 * mib);
     let origin = TestOrigin::start().await?;
     let data = random_bytes(77, mib * 1024 * 1024);
     let want = integration::image::sha256_digest(&data);
