@@ -205,7 +205,9 @@ async fn bench() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&out);
         rustix::fs::sync();
         mem_t.run(None, raw_copy(&file, None)).await?;
-        bare_t.run(None, bare_quic(len)).await?;
+        if std::env::var("BENCH_ONLY").is_err() {
+            bare_t.run(None, bare_quic(len)).await?;
+        }
         for (protocol, best, rss) in [
             (Protocol::Tcp, &mut tcp, &mut tcp_rss),
             (Protocol::Quic, &mut quic_t, &mut quic_rss),
