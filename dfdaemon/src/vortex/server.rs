@@ -201,7 +201,7 @@ impl VortexServer {
         };
         stream.write_all(&head).await?;
         if self.corrupting() {
-            write_corrupt_body(&mut stream, &task, offset, length, &self.limiter).await?;
+            send_body(&mut stream, &task, offset, length, &self.limiter, true).await?;
             self.metrics.uploaded("tcp", length);
             stream.shutdown().await?;
             return Ok(());
@@ -260,7 +260,7 @@ impl VortexServer {
             } => {
                 send.write_all(&head).await.map_err(std::io::Error::from)?;
                 let corrupt = self.corrupting();
-                send_quic_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
+                send_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
                 self.metrics.uploaded("quic", length);
                 let _ = send.finish();
                 Ok(())
@@ -269,11 +269,32 @@ impl VortexServer {
     }
 }
 
-/// Sends a piece from the content file over a QUIC stream in bounded chunks, each read into a
-/// buffer of its own that quinn keeps until the peer acknowledged it (no copy into quinn's send
-/// buffer). `corrupt`: fault injection, the first byte is flipped.
-async fn send_quic_body(
-    send: &mut quinn::SendStream,
+/// Where [`send_body`] puts each chunk it read.
+trait ChunkWriter {
+    async fn put(&mut self, chunk: Vec<u8>) -> Result<(), VortexError>;
+}
+
+/// Each chunk is handed to quinn, which keeps it until the peer acknowledged it (no copy into
+/// quinn's send buffer).
+impl ChunkWriter for quinn::SendStream {
+    async fn put(&mut self, chunk: Vec<u8>) -> Result<(), VortexError> {
+        self.write_chunk(Bytes::from(chunk))
+            .await
+            .map_err(std::io::Error::from)?;
+        Ok(())
+    }
+}
+
+impl ChunkWriter for TcpStream {
+    async fn put(&mut self, chunk: Vec<u8>) -> Result<(), VortexError> {
+        Ok(self.write_all(&chunk).await?)
+    }
+}
+
+/// Sends a piece from the content file in bounded chunks, each read into a buffer of its own
+/// (`corrupt`: fault injection, the first byte is flipped).
+async fn send_body<W: ChunkWriter>(
+    w: &mut W,
     task: &TaskUse,
     offset: u64,
     length: u64,
@@ -292,36 +313,7 @@ async fn send_quic_body(
         if corrupt && pos == offset {
             chunk[0] ^= 0xff;
         }
-        send.write_chunk(Bytes::from(chunk))
-            .await
-            .map_err(std::io::Error::from)?;
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-/// Copies a piece from the content file to a TCP stream in bounded chunks with the first byte
-/// flipped (fault injection).
-async fn write_corrupt_body(
-    stream: &mut TcpStream,
-    task: &TaskUse,
-    offset: u64,
-    length: u64,
-    limiter: &crate::rate_limit::RateLimiter,
-) -> Result<(), VortexError> {
-    let file = task
-        .open_file()
-        .map_err(|e| VortexError::Malformed(e.to_string()))?;
-    let mut pos = offset;
-    let end = offset + length;
-    while pos < end {
-        let n = (end - pos).min(CHUNK) as usize;
-        limiter.acquire(n as u64).await;
-        let mut chunk = crate::storage::blocking::read_exact_at(&file, vec![0; n], pos).await?;
-        if pos == offset {
-            chunk[0] ^= 0xff;
-        }
-        stream.write_all(&chunk).await?;
+        w.put(chunk).await?;
         pos += n as u64;
     }
     Ok(())
