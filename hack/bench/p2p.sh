@@ -22,7 +22,7 @@ keep_logs() {
 }
 # This machine is a VM that hands freed memory back to the hypervisor (free page reporting):
 # touching such memory again costs a host page fault per 4 KiB page, and page-cache writes of
-# the stored copies cost 1.5-3.7 CPU-s per GiB instead of 0.27. That is not what the bench
+# the stored copies cost 1.5-4.0 CPU-s per GiB instead of 0.25. That is not what the bench
 # measures (a node's page cache is its own memory), so by default reporting is paused for the
 # run (order 11: no free block is that large), the memory the run writes is touched once
 # beforehand, and the old setting is restored on exit. PAUSE_PAGE_REPORTING=0 keeps it on.

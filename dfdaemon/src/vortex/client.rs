@@ -105,7 +105,7 @@ pub async fn download_piece_into<S: PieceSink>(
         // A piece connection is short: the kernel's receive-window autotuning starts at
         // 128 KiB and the piece is over before the window has grown. A receive buffer the
         // size of the piece (up to 4 MiB) lets the parent send at full rate from the first
-        // round trip: on loopback 0.85-0.96 of a raw copy's rate became 0.99-1.2. Forced, so
+        // round trip: on loopback 0.85-0.96 of a raw copy's rate became 0.99-1.45. Forced, so
         // net.core.rmem_max does not cap it; without CAP_NET_ADMIN autotuning stays (a capped
         // buffer would also turn autotuning off).
         let want = length.clamp(64 * 1024, RECV_BUFFER as u64) as usize;
