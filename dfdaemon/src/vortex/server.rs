@@ -211,16 +211,10 @@ impl VortexServer {
             .map_err(|e| VortexError::Malformed(e.to_string()))?;
         let mut off = offset;
         let end = offset + length;
-        // Without a rate limit the kernel is asked for the whole piece at once.
-        let chunk = if self.limiter.is_limited() {
-            CHUNK
-        } else {
-            length
-        };
         while off < end {
             // Tokens once per chunk, for the bytes of the chunk: a socket that is
             // not writable yet (WouldBlock) or a short send must not be charged again.
-            let chunk_end = off + (end - off).min(chunk);
+            let chunk_end = off + (end - off).min(CHUNK);
             self.limiter.acquire(chunk_end - off).await;
             while off < chunk_end {
                 stream.writable().await?;
