@@ -26,22 +26,25 @@ use std::time::Duration;
 /// alone and every child asks the seed for them: the seed's uplink would carry each piece
 /// several times. So, as BitTorrent's super-seeding does, the seed announces each new piece
 /// to one child at once (its subscribers take turns: piece `n` goes to subscriber
-/// `n % count`, in order of arrival) and to the others after [`offer_hold`], by which time the
-/// first child has it and announces it to its own children. Whether subscriber `index` of
-/// `count` is offered piece `piece` at once.
+/// `n % count`, in order of arrival) and to the others once that first transfer is over, by
+/// which time the first child has it and announces it to its own children (or after
+/// [`offer_hold`], if it never finishes). Whether subscriber `index` of `count` is offered
+/// piece `piece` at once.
 pub fn offered_first(piece: u32, index: usize, count: usize) -> bool {
     count == 0 || piece as usize % count == index
 }
 
-/// How long a seed peer holds a new piece back from its other children ([`offered_first`]):
-/// twice the time the piece takes to reach its first child when the seed's uplink
-/// (`upload_bytes_per_sec`, 0: unknown) is shared by its `children`, within 100 ms and 5 s.
+/// How long a seed peer holds a new piece back from its other children ([`offered_first`])
+/// when the piece's first transfer does not finish (the first child died or is slow to ask):
+/// four times the time the piece takes to reach a child when the seed's uplink
+/// (`upload_bytes_per_sec`, 0: unknown) is shared by its `children`, within 0.5 s and 10 s;
+/// 1 s when the uplink is unknown.
 pub fn offer_hold(piece_length: u64, upload_bytes_per_sec: u64, children: usize) -> Duration {
     if upload_bytes_per_sec == 0 {
-        return Duration::from_millis(200);
+        return Duration::from_secs(1);
     }
-    let secs = 2.0 * piece_length as f64 * children.max(1) as f64 / upload_bytes_per_sec as f64;
-    Duration::from_secs_f64(secs.clamp(0.1, 5.0))
+    let secs = 4.0 * piece_length as f64 * children.max(1) as f64 / upload_bytes_per_sec as f64;
+    Duration::from_secs_f64(secs.clamp(0.5, 10.0))
 }
 
 /// What a child knows of one parent.
@@ -414,16 +417,16 @@ mod tests {
             .collect();
         assert_eq!(firsts, vec![1; 6], "exactly one subscriber per piece");
         assert!(offered_first(5, 0, 1) && offered_first(5, 0, 0));
-        assert_eq!(offer_hold(4 << 20, 0, 3), Duration::from_millis(200));
+        assert_eq!(offer_hold(4 << 20, 0, 3), Duration::from_secs(1));
         // 4 MiB at 250 Mbit/s: 134 ms to send alone, 403 ms shared by three children, held
-        // 805 ms; bounded both ways.
+        // at most 1.61 s; bounded both ways.
         let h = offer_hold(4 << 20, 31_250_000, 3);
         assert!(
-            h > Duration::from_millis(800) && h < Duration::from_millis(810),
+            h > Duration::from_millis(1600) && h < Duration::from_millis(1620),
             "{h:?}"
         );
-        assert_eq!(offer_hold(1, 1 << 30, 1), Duration::from_millis(100));
-        assert_eq!(offer_hold(1 << 30, 1, 1), Duration::from_secs(5));
+        assert_eq!(offer_hold(1, 1 << 30, 1), Duration::from_millis(500));
+        assert_eq!(offer_hold(1 << 30, 1, 1), Duration::from_secs(10));
     }
 
     #[test]

@@ -65,6 +65,11 @@ impl RateLimiter {
         }
     }
 
+    /// Whether a rate is set (else [`RateLimiter::acquire`] never waits).
+    pub fn is_limited(&self) -> bool {
+        self.bucket.is_some()
+    }
+
     /// Bytes asked for so far: what callers are charged, which must be what
     /// they send or receive.
     pub fn acquired(&self) -> u64 {

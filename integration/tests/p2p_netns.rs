@@ -195,6 +195,11 @@ async fn one_seed_and_four_peers_in_namespaces_share_a_256_mib_blob() {
     );
     // Each byte a peer got was uploaded once, and every host's uplink took part.
     let total: f64 = uploads.iter().map(|(_, u)| u).sum();
+    let mib: Vec<String> = uploads
+        .iter()
+        .map(|(h, u)| format!("{h} {:.0} MiB", u / 1048576.0))
+        .collect();
+    eprintln!("uploads: {}", mib.join(", "));
     assert_eq!(total as u64, 4 * SIZE, "uploads: {uploads:?}");
     for (host, up) in &uploads {
         assert!(*up > 0.0, "{host} uploaded nothing: {uploads:?}");

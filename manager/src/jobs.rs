@@ -551,10 +551,13 @@ impl Runner {
         .map_err(DbError::sqlx("create a job"))?;
         self.metrics.jobs_created.inc();
         tracing::info!(job = id, kind = %req.kind, clusters = ?runnable, "job created");
-        self.start(id);
-        job(&self.db, id)
+        // The job as stored is the answer: read before it runs, whose first result (a
+        // scheduler refusing at once) may land before a later read.
+        let stored = job(&self.db, id)
             .await?
-            .ok_or_else(|| Refusal::internal("the job vanished"))
+            .ok_or_else(|| Refusal::internal("the job vanished"))?;
+        self.start(id);
+        Ok(stored)
     }
 
     /// The plan of a preheat and its arguments as shown (defaulted, secrets hidden).

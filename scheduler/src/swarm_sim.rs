@@ -325,7 +325,9 @@ impl<'a> Sim<'a> {
     }
 
     /// Parent `p` announces piece `n` to child `c` (its parent number `idx`): at once, or, for
-    /// the seed peer while it fetches the task, at once only on the child's turn.
+    /// the seed peer while it fetches the task, at once only on the child's turn, else once the
+    /// seed is complete, or after [`common::swarm::offer_hold`] if the piece's first transfer
+    /// from the seed has not landed by then.
     fn offer(&mut self, p: usize, c: usize, idx: usize, n: u32) {
         let taking_turns = p == 0 && self.hosts[0].finished.is_none();
         if taking_turns {
@@ -473,6 +475,13 @@ impl<'a> Sim<'a> {
         } else {
             self.hosts[t.from].uploaded += len;
             self.hosts[h].swarm.finish(t.piece, true);
+            if t.from == 0 {
+                // The seed's first transfer of the piece is over: the first child passes it
+                // on, the seed offers it to its other children only once it is complete.
+                for held in self.held.iter_mut().filter(|(_, _, n)| *n == t.piece) {
+                    held.0 = f64::INFINITY;
+                }
+            }
         }
         if !self.hosts[h].have.insert(t.piece) {
             return Ok(());

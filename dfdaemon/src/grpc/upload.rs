@@ -289,7 +289,10 @@ impl DfdaemonUpload for UploadService {
             let _use = task.use_task();
             let _subscription = &subscription;
             let mut changed = task.subscribe();
-            // When this stream first saw each piece it holds back.
+            // When this stream first saw each piece it holds back. Once the piece's first
+            // transfer is over, the first child passes it on and this stream is offered it only
+            // when the task is complete; if that transfer does not finish within the hold
+            // (the first child died or does not ask), it is offered here too.
             let mut seen: HashMap<u32, tokio::time::Instant> = HashMap::new();
             loop {
                 let meta = task.meta();
@@ -305,6 +308,9 @@ impl DfdaemonUpload for UploadService {
                     .filter(|n| {
                         if !taking_turns || common::swarm::offered_first(*n, index, count) {
                             return true;
+                        }
+                        if task.was_uploaded(*n) {
+                            return false;
                         }
                         let due = *seen.entry(*n).or_insert(now) + hold;
                         if due <= now {

@@ -112,6 +112,9 @@ pub struct Task {
     changed: watch::Sender<u64>,
     users: AtomicUsize,
     wanted: Mutex<BTreeSet<u32>>,
+    /// Pieces this process has sent in full to a child (a seed peer's super-seeding follows
+    /// them, see `grpc::upload`).
+    uploaded: Mutex<BTreeSet<u32>>,
     /// Notified once the last user has left and the file is closed (a task dropped for a
     /// full disk wakes GC only once its space is really back).
     on_close: Mutex<Option<Arc<tokio::sync::Notify>>>,
@@ -186,6 +189,23 @@ impl Task {
     pub fn is_complete(&self) -> bool {
         let s = self.lock();
         s.is_complete() && !s.removed
+    }
+
+    /// Records that piece `number` was sent in full to a child (a seed peer then keeps it from
+    /// its other children until the task is complete: the first child passes it on).
+    pub fn piece_uploaded(&self, number: u32) {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number);
+    }
+
+    /// Whether piece `number` was sent in full to a child ([`Task::piece_uploaded`]).
+    pub fn was_uploaded(&self, number: u32) -> bool {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&number)
     }
 
     /// Pieces not yet stored, in order.
@@ -618,6 +638,7 @@ impl Store {
             changed,
             users: AtomicUsize::new(0),
             wanted: Mutex::new(BTreeSet::new()),
+            uploaded: Mutex::new(BTreeSet::new()),
             on_close: Mutex::new(None),
         })
     }

@@ -35,6 +35,7 @@ enum Answer {
     Piece {
         head: Bytes,
         task: TaskUse,
+        number: u32,
         offset: u64,
         length: u64,
     },
@@ -181,13 +182,14 @@ impl VortexServer {
         Ok(Answer::Piece {
             head: head.freeze(),
             task,
+            number: req.piece_number,
             offset,
             length,
         })
     }
 
     async fn handle_tcp(&self, mut stream: TcpStream) -> Result<(), VortexError> {
-        let (head, task, offset, length) = match self.answer(&mut stream).await? {
+        let (head, task, number, offset, length) = match self.answer(&mut stream).await? {
             Answer::Error(frame, e) => {
                 stream.write_all(&frame).await?;
                 return Err(e);
@@ -195,9 +197,10 @@ impl VortexServer {
             Answer::Piece {
                 head,
                 task,
+                number,
                 offset,
                 length,
-            } => (head, task, offset, length),
+            } => (head, task, number, offset, length),
         };
         stream.write_all(&head).await?;
         if self.corrupting() {
@@ -211,10 +214,16 @@ impl VortexServer {
             .map_err(|e| VortexError::Malformed(e.to_string()))?;
         let mut off = offset;
         let end = offset + length;
+        // Without a rate limit the kernel is asked for the whole piece at once.
+        let chunk = if self.limiter.is_limited() {
+            CHUNK
+        } else {
+            length
+        };
         while off < end {
             // Tokens once per chunk, for the bytes of the chunk: a socket that is
             // not writable yet (WouldBlock) or a short send must not be charged again.
-            let chunk_end = off + (end - off).min(CHUNK);
+            let chunk_end = off + (end - off).min(chunk);
             self.limiter.acquire(chunk_end - off).await;
             while off < chunk_end {
                 stream.writable().await?;
@@ -232,6 +241,7 @@ impl VortexServer {
         }
         self.metrics.uploaded("tcp", length);
         stream.shutdown().await?;
+        task.piece_uploaded(number);
         Ok(())
     }
 
@@ -249,6 +259,7 @@ impl VortexServer {
             Answer::Piece {
                 head,
                 task,
+                number,
                 offset,
                 length,
             } => {
@@ -256,7 +267,9 @@ impl VortexServer {
                 let corrupt = self.corrupting();
                 send_body(&mut send, &task, offset, length, &self.limiter, corrupt).await?;
                 self.metrics.uploaded("quic", length);
-                let _ = send.finish();
+                if send.finish().is_ok() && !corrupt {
+                    task.piece_uploaded(number);
+                }
                 Ok(())
             }
         }
