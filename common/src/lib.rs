@@ -7,6 +7,8 @@ pub mod net;
 pub mod piece;
 pub mod registry_challenge;
 pub mod swarm;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod upstream_keys;
 /// The scheduler's job service (`dragonfly_rs.jobs.v1.Jobs`, `proto/jobs.proto`).
 #[cfg(feature = "jobs-api")]

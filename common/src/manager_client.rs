@@ -6,7 +6,7 @@ use dragonfly_api::manager::v2::manager_client::ManagerClient;
 use dragonfly_api::manager::v2::KeepAliveRequest;
 use std::future::Future;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Who a scheduler or seed peer is to the manager.
 #[derive(Debug, Clone)]
@@ -25,20 +25,11 @@ pub struct Identity {
     pub cluster_id: u64,
 }
 
-/// The manager at `addr` (`host:port`, `http://host:port`), connected lazily: a manager that is
-/// down at start is reached when it comes back.
-pub fn channel(addr: &str) -> Result<Channel, String> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    if !url.starts_with("http://") {
-        return Err(format!(
-            "{addr:?}: only http:// manager addresses are supported"
-        ));
-    }
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{addr:?}: {e}"))?;
+/// The manager at `addr` (`host:port`, `http://host:port`, `https://host:port`), connected
+/// lazily: a manager that is down at start is reached when it comes back. With `tls` (the
+/// `manager` section's `caCert`, `cert`, `key`) over mutual TLS.
+pub fn channel(addr: &str, tls: Option<&crate::tls::Tls>) -> Result<Channel, String> {
+    let endpoint = crate::tls::endpoint(addr, tls, "manager")?;
     // No whole-call timeout here: KeepAlive streams live for good. Unary calls set their own
     // (`request`).
     Ok(endpoint
@@ -58,7 +49,7 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
 /// Whether `addr` is a manager address [`channel`] takes.
 pub fn valid_addr(addr: &str) -> bool {
     let rest = match addr.split_once("://") {
-        Some(("http", rest)) => rest,
+        Some(("http" | "https", rest)) => rest,
         Some(_) => return false,
         None => addr,
     };
@@ -141,7 +132,12 @@ mod tests {
         assert!(valid_addr("http://127.0.0.1:65003/"));
         assert!(valid_addr("[::1]:65003"));
         assert!(!valid_addr("manager"));
-        assert!(!valid_addr("https://manager:65003"));
+        // https:// is taken with the section's caCert, cert and key (checked by `channel`).
+        assert!(valid_addr("https://manager:65003"));
+        assert!(!valid_addr("grpc://manager:65003"));
+        assert!(channel("https://manager:65003", None)
+            .unwrap_err()
+            .contains("manager.caCert"));
         assert!(!valid_addr("manager:0"));
         assert!(!valid_addr(":65003"));
         assert!(!valid_addr("x/y:1"));

@@ -140,6 +140,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let backend = Arc::new(Backend::new(&cfg.backend).context("cannot set up the HTTP client")?);
     #[cfg(feature = "fault-injection")]
     let faults = cfg.fault_injection.clone();
+    let load_tls = |files: common::tls::TlsFiles, section: &str| {
+        files.load(section).map_err(|e| anyhow::anyhow!(e))
+    };
+    let upload_server_tls = load_tls(cfg.upload.server.tls_files(), "upload.server")?;
+    let upload_client_tls = load_tls(cfg.upload.client.tls_files(), "upload.client")?;
+    let scheduler_tls = load_tls(cfg.scheduler.tls_files(), "scheduler")?;
+    let manager_tls = load_tls(cfg.manager.tls_files(), "manager")?;
     let engine = Engine::with_transport(
         store.clone(),
         backend,
@@ -151,6 +158,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             protocol: cfg.download.protocol,
             rate_limit: cfg.download.rate_limit.as_u64(),
             background_rate_limit: cfg.download.background_rate_limit.as_u64(),
+            peer_tls: upload_client_tls.clone(),
         },
         |network| {
             #[cfg(feature = "fault-injection")]
@@ -250,10 +258,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_tx_bandwidth: cfg.upload.rate_limit.as_u64().saturating_mul(8),
             seed: cfg.seed_peer.enable,
         };
-        let upload =
-            crate::grpc::upload::UploadService::new(engine.clone(), host.clone()).into_server();
+        let upload = crate::grpc::upload::UploadService::new(engine.clone(), host.clone())
+            .with_allowed_hosts(cfg.proxy.allowed_registries.clone())
+            .into_server();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &upload_server_tls {
+            builder = builder
+                .tls_config(t.grpc_server())
+                .context("upload.server: TLS")?;
+        }
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = builder
                 .add_service(upload)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
                     upload_listener,
@@ -265,12 +280,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
         if !cfg.upload.disable_shared {
             let vortex_listener = bind(vortex_addr, "storage.server.tcpPort").await?;
-            let server = crate::vortex::server::VortexServer::with_rate_limit(
+            let server = crate::vortex::server::VortexServer::with_tls(
                 store.clone(),
                 host_id.clone(),
                 metrics.clone(),
                 cfg.upload.rate_limit.as_u64(),
-            );
+                upload_server_tls.as_deref(),
+            )
+            .context("upload.server: TLS for Vortex TCP")?;
             #[cfg(feature = "fault-injection")]
             if cfg.fault_injection.corrupt_uploaded_pieces {
                 tracing::warn!("fault injection: every uploaded piece is corrupted");
@@ -278,21 +295,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             tokio::spawn(server.clone().serve_tcp(vortex_listener));
             let quic_addr = SocketAddr::new(cfg.storage.server.ip, cfg.storage.server.quic_port);
-            let endpoint = crate::vortex::quic::server_endpoint(quic_addr).with_context(|| {
-                format!("cannot listen on {quic_addr}/udp (storage.server.quicPort)")
-            })?;
+            let endpoint =
+                crate::vortex::quic::server_endpoint(quic_addr, upload_server_tls.as_deref())
+                    .with_context(|| {
+                        format!("cannot listen on {quic_addr}/udp (storage.server.quicPort)")
+                    })?;
             tokio::spawn(server.serve_quic(endpoint));
         }
         let announce = host.to_host(0);
         let sched = Arc::new(
             crate::scheduler_client::SchedulerClient::new(&cfg.scheduler.addrs, announce)
                 .await
-                .context("scheduler.addrs")?,
+                .context("scheduler.addrs")?
+                .with_tls(scheduler_tls.clone()),
         );
         engine.set_scheduler(sched.clone());
         if !cfg.manager.addr.is_empty() {
-            let channel = common::manager_client::channel(&cfg.manager.addr)
-                .map_err(|e| anyhow::anyhow!("manager.addr: {e}"))?;
+            let channel =
+                common::manager_client::channel(&cfg.manager.addr, manager_tls.as_deref())
+                    .map_err(|e| anyhow::anyhow!("manager.addr: {e}"))?;
             let request = dragonfly_api::manager::v2::ListSchedulersRequest {
                 source_type: if cfg.seed_peer.enable {
                     dragonfly_api::manager::v2::SourceType::SeedPeerSource

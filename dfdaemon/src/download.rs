@@ -142,6 +142,8 @@ pub struct EngineConfig {
     pub rate_limit: u64,
     /// Bytes per second fetched in the background for range-read tasks (0: unlimited).
     pub background_rate_limit: u64,
+    /// Mutual TLS to parents (`upload.client`): upload gRPC, Vortex TCP and QUIC.
+    pub peer_tls: Option<Arc<common::tls::Tls>>,
 }
 
 /// The back-to-source engine.
@@ -255,6 +257,7 @@ impl Engine {
             limiter.clone(),
             config.piece_timeout,
             config.protocol,
+            config.peer_tls.clone(),
         ));
         let peers = Arc::new(crate::p2p::Peers::new(
             transport.clone(),
@@ -262,6 +265,7 @@ impl Engine {
             metrics.clone(),
             config.concurrent_piece_count as usize,
             config.piece_timeout,
+            config.peer_tls.clone(),
         ));
         Arc::new(Engine {
             store,
@@ -748,9 +752,13 @@ impl Engine {
         tx: &watch::Sender<Option<StartState>>,
         existing: Option<Arc<Task>>,
     ) -> Option<Result<(), DownloadError>> {
-        let (total, piece_length) =
-            crate::parent::describe_task(&req.parents, &req.task_id, self.config.piece_timeout)
-                .await?;
+        let (total, piece_length) = crate::parent::describe_task(
+            &req.parents,
+            &req.task_id,
+            self.config.piece_timeout,
+            self.config.peer_tls.as_deref(),
+        )
+        .await?;
         let task = match self.create_task_with(req, total, existing, None, Some(piece_length)) {
             Ok(t) => t,
             Err(e) => return Some(Err(e)),

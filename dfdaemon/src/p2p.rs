@@ -134,17 +134,23 @@ pub(crate) struct ParentSet {
     syncs: Mutex<tokio::task::JoinSet<()>>,
     task_id: String,
     pieces: Vec<u32>,
+    tls: Option<Arc<common::tls::Tls>>,
 }
 
 impl ParentSet {
-    /// Parents of `task_id` announcing any of `pieces`.
-    pub(crate) fn new(task_id: &str, pieces: Vec<u32>) -> ParentSet {
+    /// Parents of `task_id` announcing any of `pieces`, reached with `tls` if set.
+    pub(crate) fn new(
+        task_id: &str,
+        pieces: Vec<u32>,
+        tls: Option<Arc<common::tls::Tls>>,
+    ) -> ParentSet {
         ParentSet {
             board: Arc::new(Mutex::new(Board::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
             syncs: Mutex::new(tokio::task::JoinSet::new()),
             task_id: task_id.to_string(),
             pieces,
+            tls,
         }
     }
 
@@ -162,6 +168,7 @@ impl ParentSet {
                     p,
                     &self.task_id,
                     &self.pieces,
+                    self.tls.clone(),
                 );
             }
         }
@@ -223,6 +230,7 @@ impl ParentSet {
 
 /// Starts the two feeds of parent `i`: its load (`SyncHost`, weighs the
 /// choice of parent) and the pieces it has (`SyncPieces`).
+#[allow(clippy::too_many_arguments)]
 fn spawn_feeds(
     syncs: &mut tokio::task::JoinSet<()>,
     board: &Arc<Mutex<Board>>,
@@ -231,10 +239,11 @@ fn spawn_feeds(
     parent: &Parent,
     task_id: &str,
     missing: &[u32],
+    tls: Option<Arc<common::tls::Tls>>,
 ) {
-    let (load_board, p) = (board.clone(), parent.clone());
+    let (load_board, p, load_tls) = (board.clone(), parent.clone(), tls.clone());
     syncs.spawn(async move {
-        let Some(mut c) = connect(&p).await else {
+        let Some(mut c) = connect(&p, load_tls.as_deref()).await else {
             return;
         };
         let req = dragonfly_api::dfdaemon::v2::SyncHostRequest::default();
@@ -263,7 +272,7 @@ fn spawn_feeds(
         // ask again for a while before giving up on it.
         let deadline = Instant::now() + TASK_APPEAR_TIMEOUT;
         let stream = loop {
-            let Some(mut c) = connect(&p).await else {
+            let Some(mut c) = connect(&p, tls.as_deref()).await else {
                 break None;
             };
             match c.sync_pieces(req.clone()).await {
@@ -308,6 +317,8 @@ pub struct Peers {
     concurrent: usize,
     /// How long to wait for any parent to announce anything.
     piece_timeout: Duration,
+    /// Mutual TLS to the parents' upload servers (`upload.client`).
+    tls: Option<Arc<common::tls::Tls>>,
 }
 
 /// The parents could not provide every piece.
@@ -326,6 +337,7 @@ impl Peers {
         metrics: Arc<Metrics>,
         concurrent: usize,
         piece_timeout: Duration,
+        tls: Option<Arc<common::tls::Tls>>,
     ) -> Peers {
         Peers {
             transport,
@@ -333,6 +345,7 @@ impl Peers {
             metrics,
             concurrent: concurrent.max(1),
             piece_timeout,
+            tls,
         }
     }
 
@@ -357,7 +370,16 @@ impl Peers {
             let mut b = lock(&board);
             for p in new {
                 if let Some(i) = b.add(p) {
-                    spawn_feeds(syncs, &board, &changed, i, p, &task.id, &missing);
+                    spawn_feeds(
+                        syncs,
+                        &board,
+                        &changed,
+                        i,
+                        p,
+                        &task.id,
+                        &missing,
+                        self.tls.clone(),
+                    );
                 }
             }
         };

@@ -24,14 +24,18 @@ pub struct Parent {
 }
 
 impl Parent {
-    fn grpc_url(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.ip, self.grpc_port))
+    fn grpc_addr(&self) -> String {
+        SocketAddr::new(self.ip, self.grpc_port).to_string()
     }
 }
 
 /// A client of `p`'s upload service, if it answers within 3 s.
-pub(crate) async fn connect(p: &Parent) -> Option<DfdaemonUploadClient<tonic::transport::Channel>> {
-    let ep = tonic::transport::Endpoint::from_shared(p.grpc_url())
+/// Over mutual TLS with `tls` (`upload.client`).
+pub(crate) async fn connect(
+    p: &Parent,
+    tls: Option<&common::tls::Tls>,
+) -> Option<DfdaemonUploadClient<tonic::transport::Channel>> {
+    let ep = common::tls::endpoint(&p.grpc_addr(), tls, "upload.client")
         .ok()?
         .connect_timeout(CONNECT_TIMEOUT);
     tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
@@ -47,10 +51,11 @@ pub async fn describe_task(
     parents: &[Parent],
     task_id: &str,
     wait: std::time::Duration,
+    tls: Option<&common::tls::Tls>,
 ) -> Option<(u64, u64)> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if let Some(d) = describe_once(parents, task_id).await {
+        if let Some(d) = describe_once(parents, task_id, tls).await {
             return Some(d);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -60,9 +65,13 @@ pub async fn describe_task(
     }
 }
 
-async fn describe_once(parents: &[Parent], task_id: &str) -> Option<(u64, u64)> {
+async fn describe_once(
+    parents: &[Parent],
+    task_id: &str,
+    tls: Option<&common::tls::Tls>,
+) -> Option<(u64, u64)> {
     for p in parents {
-        let Some(mut c) = connect(p).await else {
+        let Some(mut c) = connect(p, tls).await else {
             continue;
         };
         let r = c

@@ -12,7 +12,7 @@ use dragonfly_api::scheduler::v2::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -85,6 +85,8 @@ pub struct SchedulerClient {
     ring: std::sync::RwLock<Ring>,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     host: Host,
+    /// Mutual TLS to the schedulers (`scheduler.caCert`, `cert`, `key`).
+    tls: Option<Arc<common::tls::Tls>>,
 }
 
 impl SchedulerClient {
@@ -115,7 +117,14 @@ impl SchedulerClient {
             ring: std::sync::RwLock::new(Ring::of(addrs)),
             channels: Mutex::new(HashMap::new()),
             host,
+            tls: None,
         }
+    }
+
+    /// Talks to the schedulers over mutual TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<common::tls::Tls>>) -> SchedulerClient {
+        self.tls = tls;
+        self
     }
 
     /// Uses these schedulers from now on; whether the set changed. Tasks already on a
@@ -164,11 +173,8 @@ impl SchedulerClient {
         if let Some(c) = channels.get(&addr) {
             return Ok(GrpcClient::new(c.clone()));
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| SchedulerError::Unavailable {
-                addr,
-                message: e.to_string(),
-            })?
+        let channel = common::tls::endpoint(&addr.to_string(), self.tls.as_deref(), "scheduler")
+            .map_err(|message| SchedulerError::Unavailable { addr, message })?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         channels.insert(addr, channel.clone());

@@ -83,29 +83,49 @@ pub struct Network {
     protocol: Protocol,
     /// Created on first use.
     quic: OnceLock<Result<Arc<QuicClient>, String>>,
+    /// Mutual TLS to parents (`upload.client`).
+    tls: Option<Arc<common::tls::Tls>>,
+    /// Vortex TCP over TLS, with `tls` (an error if its client config could not be built:
+    /// then no piece is fetched over plain TCP instead).
+    tcp_tls: Result<Option<tokio_rustls::TlsConnector>, String>,
 }
 
 impl Network {
     /// Transfers through `backend` and Vortex (`protocol`), charged to `limiter`; a transfer
-    /// that sends nothing for `timeout` fails.
+    /// that sends nothing for `timeout` fails. With `tls`, Vortex runs over mutual TLS.
     pub fn new(
         backend: Arc<Backend>,
         limiter: Arc<RateLimiter>,
         timeout: Duration,
         protocol: Protocol,
+        tls: Option<Arc<common::tls::Tls>>,
     ) -> Network {
+        let tcp_tls = tls
+            .as_ref()
+            .map(|t| {
+                t.rustls_client(false)
+                    .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))
+                    .map_err(|e| format!("upload.client: {e}"))
+            })
+            .transpose();
         Network {
             backend,
             limiter,
             timeout,
             protocol,
             quic: OnceLock::new(),
+            tls,
+            tcp_tls,
         }
     }
 
     fn quic(&self) -> Result<Arc<QuicClient>, VortexError> {
         self.quic
-            .get_or_init(|| QuicClient::new().map(Arc::new).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                QuicClient::with_tls(self.tls.as_deref())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
             .clone()
             .map_err(|e| VortexError::Io(std::io::Error::other(e)))
     }
@@ -194,6 +214,10 @@ impl Network {
                     start,
                     length,
                     self.timeout,
+                    self.tcp_tls
+                        .as_ref()
+                        .map_err(|e| VortexError::Io(std::io::Error::other(e.clone())))?
+                        .as_ref(),
                     &mut sink,
                 )
                 .await?

@@ -54,6 +54,7 @@ async fn setup() -> (
             protocol: Default::default(),
             rate_limit: 0,
             background_rate_limit: 0,
+            peer_tls: None,
         },
     );
     let task = store

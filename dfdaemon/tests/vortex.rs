@@ -78,7 +78,8 @@ async fn setup_both() -> (
         Arc::new(Metrics::new()),
     );
     tokio::spawn(server.clone().serve_tcp(listener));
-    let quic = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let quic =
+        dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let quic_addr = quic.local_addr().unwrap();
     tokio::spawn(server.serve_quic(quic));
     (dir, store, addr, quic_addr, id, bytes)

@@ -42,7 +42,7 @@ pub fn dfinit(config: &Path, registry: &str, proxy: &str, extra: &[&str]) -> std
 }
 
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+pub(crate) fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     match (base, extra) {
         (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
             for (k, v) in e {

@@ -22,14 +22,27 @@ impl Scheduler {
 
     /// Starts the scheduler on `port` (e.g. to restart one).
     pub fn start_on(dir: &TestDir, name: &str, port: u16) -> Result<Scheduler> {
+        Self::start_with(dir, name, port, "")
+    }
+
+    /// Starts the scheduler on `port` with `extra_yaml` merged into its config (deeply: a
+    /// `server:` mapping there adds keys to the server section).
+    pub fn start_with(dir: &TestDir, name: &str, port: u16, extra_yaml: &str) -> Result<Scheduler> {
         let cfg = dir.join(format!("{name}.yaml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "server:\n  ip: 127.0.0.1\n  port: {port}\nscheduler:\n  retryInterval: 100ms\n"
-            ),
-        )
-        .map_err(|e| crate::Error::io("write", &cfg, e))?;
+        let mut value = serde_json::json!({
+            "server": {"ip": "127.0.0.1", "port": port},
+            "scheduler": {"retryInterval": "100ms"},
+        });
+        if !extra_yaml.trim().is_empty() {
+            let extra: serde_json::Value = serde_yaml_ng::from_str(extra_yaml).map_err(|e| {
+                crate::Error::malformed("scheduler harness", format!("bad extra YAML: {e}"))
+            })?;
+            crate::agent::merge(&mut value, extra);
+        }
+        let text = serde_yaml_ng::to_string(&value).map_err(|e| {
+            crate::Error::malformed("scheduler harness", format!("cannot render config: {e}"))
+        })?;
+        std::fs::write(&cfg, text).map_err(|e| crate::Error::io("write", &cfg, e))?;
         let mut cmd = Command::new(bin("scheduler"));
         cmd.arg("--config").arg(&cfg);
         Ok(Scheduler {

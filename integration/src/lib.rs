@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod bench;
 pub mod browser;
+pub mod certs;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;

@@ -51,6 +51,7 @@ impl Peer {
                 protocol,
                 rate_limit: 0,
                 background_rate_limit: 0,
+                peer_tls: None,
             },
         );
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -59,7 +60,8 @@ impl Peer {
             grpc.local_addr().unwrap().port(),
             vortex.local_addr().unwrap().port(),
         );
-        let quic = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let quic =
+            dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let qport = quic.local_addr().unwrap().port();
         let id = format!("127.0.0.1-{name}");
         let host = HostInfo {

@@ -143,6 +143,10 @@ pub struct GrpcConfig {
     pub advertise_ip: Option<std::net::IpAddr>,
     /// The first free port of `start..=end` is used. Default: 65003..=65003.
     pub port: PortRange,
+    /// Mutual TLS (`caCert`, `cert`, `key`): callers must show a certificate issued by
+    /// `caCert`, and the manager shows `cert` to the schedulers it calls for jobs (so it must
+    /// allow client authentication too). Default: none (plain gRPC).
+    pub tls: Option<common::tls::TlsFiles>,
 }
 
 impl Default for GrpcConfig {
@@ -154,6 +158,7 @@ impl Default for GrpcConfig {
                 start: 65003,
                 end: 65003,
             },
+            tls: None,
         }
     }
 }
@@ -412,6 +417,11 @@ impl ManagerConfig {
                     "job.preheat.tls.caCert: {} is not a file",
                     ca.display()
                 ));
+            }
+        }
+        if let Some(files) = &self.server.grpc.tls {
+            if let Err(e) = files.load("server.grpc.tls") {
+                p.push(e);
             }
         }
         if self.server.grpc.port.start == 0 {

@@ -361,6 +361,8 @@ pub struct Runner {
     preheat: crate::config::PreheatConfig,
     running: Mutex<HashMap<i64, tokio::task::AbortHandle>>,
     pub rate: RateLimiter,
+    /// Mutual TLS to the schedulers (`server.grpc.tls`).
+    tls: Option<Arc<common::tls::Tls>>,
 }
 
 /// The cluster ids a job runs on: those asked for (each must exist), or every cluster.
@@ -427,6 +429,7 @@ impl Runner {
         db: Db,
         metrics: Arc<crate::metrics::Metrics>,
         preheat: crate::config::PreheatConfig,
+        tls: Option<Arc<common::tls::Tls>>,
     ) -> anyhow::Result<Runner> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -450,6 +453,7 @@ impl Runner {
             preheat,
             running: Mutex::new(HashMap::new()),
             rate: RateLimiter::default(),
+            tls,
         })
     }
 
@@ -836,10 +840,15 @@ impl Runner {
                 }
             }
         };
-        let addr = format!("http://{}:{}", sched.ip, sched.port);
         let who = format!("scheduler {}:{}", sched.ip, sched.port);
         progress.set_scheduler(i, &who);
-        let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+        let port = u16::try_from(sched.port)
+            .map_err(|_| format!("{who}: port {} is out of range", sched.port))?;
+        let addr = match sched.ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            Err(_) => format!("{}:{port}", sched.ip),
+        };
+        let channel = common::tls::endpoint(&addr, self.tls.as_deref(), "server.grpc.tls")
             .map_err(|e| format!("{who}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -52,10 +52,17 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
     if config.job.preheat.allowed_hosts.is_empty() {
         tracing::warn!("job.preheat.allowedHosts is empty: preheat jobs are refused until it names the registries and file hosts peers may fetch from");
     }
+    let grpc_tls = match &config.server.grpc.tls {
+        Some(files) => files
+            .load("server.grpc.tls")
+            .map_err(|e| anyhow::anyhow!(e))?,
+        None => None,
+    };
     let runner = Arc::new(jobs::Runner::new(
         db.clone(),
         metrics.clone(),
         config.job.preheat.clone(),
+        grpc_tls.clone(),
     )?);
     let resumed = runner.resume().await?;
     let sweeper = runner.clone();
@@ -92,6 +99,7 @@ pub async fn prepare(config: &config::ManagerConfig) -> anyhow::Result<Arc<rest:
         config.auth.jwt.timeout,
         metrics,
         runner,
+        grpc_tls,
     ))
 }
 
@@ -139,7 +147,11 @@ pub async fn serve_grpc(
     health
         .set_serving::<dragonfly_api::manager::v2::manager_server::ManagerServer<grpc::ManagerService>>()
         .await;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &state.grpc_tls {
+        builder = builder.tls_config(t.grpc_server())?;
+    }
+    builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)

@@ -5,6 +5,7 @@
 //! accepted with a warning each ([`IGNORED`]); any other unknown key is an error naming it.
 
 use crate::config::SchedulerConfig;
+use common::tls::TlsFiles;
 use common::upstream_keys::Ignored;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -75,6 +76,9 @@ pub struct Server {
     pub advertise_port: u16,
     /// The hostname given to the manager. Default: the system hostname.
     pub host: Option<String>,
+    /// Mutual TLS on the gRPC port (`caCert`, `cert`, `key`): callers must show a certificate
+    /// issued by `caCert`. Default: none (plain gRPC).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Server {
@@ -85,6 +89,7 @@ impl Default for Server {
             advertise_ip: None,
             advertise_port: 0,
             host: None,
+            tls: None,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct ManagerSection {
     pub scheduler_cluster_id: u64,
     /// The KeepAlive stream.
     pub keep_alive: KeepAlive,
+    /// Mutual TLS to the manager (`caCert`, `cert`, `key`). Default: none.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ManagerSection {
@@ -118,6 +125,7 @@ impl Default for ManagerSection {
             addr: None,
             scheduler_cluster_id: 1,
             keep_alive: KeepAlive::default(),
+            tls: None,
         }
     }
 }
@@ -195,6 +203,39 @@ pub struct FileConfig {
     pub dyn_config: DynConfig,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// How the scheduler reaches seed peers' upload services (preheat, jobs).
+    pub seed_peer: PeerSection,
+    /// How the scheduler reaches other peers' upload services (preheat, jobs).
+    pub peer: PeerSection,
+}
+
+/// `seedPeer` and `peer`: the client side of calls to peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerSection {
+    /// Mutual TLS to the peers' upload port (`caCert`, `cert`, `key`). Default: none.
+    pub tls: Option<TlsFiles>,
+}
+
+fn check_tls(p: &mut Vec<String>, section: &str, files: &Option<TlsFiles>) {
+    if let Some(f) = files {
+        if let Err(e) = f.load(section) {
+            p.push(e);
+        }
+    }
+}
+
+impl FileConfig {
+    /// Loads a section's mutual-TLS files (checked by [`FileConfig::validate`]).
+    pub fn tls(
+        files: &Option<TlsFiles>,
+        section: &str,
+    ) -> Result<Option<std::sync::Arc<common::tls::Tls>>, String> {
+        match files {
+            Some(f) => f.load(section),
+            None => Ok(None),
+        }
+    }
 }
 
 /// `:8000` or `ip:port`.
@@ -223,6 +264,10 @@ impl FileConfig {
     /// Every problem, each naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = self.scheduler.validate("scheduler");
+        check_tls(&mut p, "server.tls", &self.server.tls);
+        check_tls(&mut p, "manager.tls", &self.manager.tls);
+        check_tls(&mut p, "seedPeer.tls", &self.seed_peer.tls);
+        check_tls(&mut p, "peer.tls", &self.peer.tls);
         if self.server.port == 0 {
             p.push("server.port: port must be 1-65535".into());
         }

@@ -30,12 +30,39 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct JobService {
     scheduler: SchedulerService,
+    /// Mutual TLS to seed peers (`seedPeer.tls`) and to other peers (`peer.tls`).
+    seed_tls: Option<Arc<common::tls::Tls>>,
+    peer_tls: Option<Arc<common::tls::Tls>>,
 }
 
 impl JobService {
     /// A job service for the hosts `scheduler` knows.
     pub fn new(scheduler: SchedulerService) -> JobService {
-        JobService { scheduler }
+        JobService {
+            scheduler,
+            seed_tls: None,
+            peer_tls: None,
+        }
+    }
+
+    /// Reaches seed peers with `seed` and other peers with `peer` over mutual TLS.
+    pub fn with_tls(
+        mut self,
+        seed: Option<Arc<common::tls::Tls>>,
+        peer: Option<Arc<common::tls::Tls>>,
+    ) -> JobService {
+        self.seed_tls = seed;
+        self.peer_tls = peer;
+        self
+    }
+
+    /// The TLS for host `h`: a seed peer's or another peer's.
+    fn tls_for(&self, h: &Host) -> Option<Arc<common::tls::Tls>> {
+        if h.r#type != 0 {
+            self.seed_tls.clone()
+        } else {
+            self.peer_tls.clone()
+        }
     }
 
     /// The tonic server.
@@ -121,16 +148,30 @@ fn download_of(t: &PreheatTask, r: &PreheatRequest, timeout: Duration) -> Downlo
 
 /// One connection to a host's upload service (HTTP/2: every download of a job to that host
 /// shares it), made when first used.
-fn channel_to(h: &Host) -> Result<tonic::transport::Channel, String> {
-    let url = format!("http://{}:{}", h.ip, h.port);
-    Ok(tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("{url}: {e}"))?
+fn channel_to(
+    h: &Host,
+    tls: Option<&common::tls::Tls>,
+) -> Result<tonic::transport::Channel, String> {
+    let addr = std::net::SocketAddr::new(
+        h.ip.parse()
+            .map_err(|e| format!("host {} has IP {:?}: {e}", h.id, h.ip))?,
+        u16::try_from(h.port).map_err(|_| format!("host {} has port {}", h.id, h.port))?,
+    );
+    let section = if h.r#type != 0 {
+        "seedPeer.tls"
+    } else {
+        "peer.tls"
+    };
+    Ok(common::tls::endpoint(&addr.to_string(), tls, section)?
         .connect_timeout(Duration::from_secs(5))
         .connect_lazy())
 }
 
-fn upload_client(h: &Host) -> Result<DfdaemonUploadClient<tonic::transport::Channel>, String> {
-    Ok(DfdaemonUploadClient::new(channel_to(h)?))
+fn upload_client(
+    h: &Host,
+    tls: Option<&common::tls::Tls>,
+) -> Result<DfdaemonUploadClient<tonic::transport::Channel>, String> {
+    Ok(DfdaemonUploadClient::new(channel_to(h, tls)?))
 }
 
 /// Downloads `d` over `channel` (to one host) to the end; the content length.
@@ -271,7 +312,7 @@ impl Jobs for JobService {
         let closed = tx.clone();
         let mut channels = std::collections::HashMap::new();
         for h in &chosen {
-            let c = channel_to(h).map_err(Status::internal)?;
+            let c = channel_to(h, self.tls_for(h).as_deref()).map_err(Status::internal)?;
             channels.insert(h.id.clone(), c);
         }
         let channels = Arc::new(channels);
@@ -345,10 +386,12 @@ impl Jobs for JobService {
     ) -> Result<Response<GetTaskResponse>, Status> {
         let id = request.into_inner().task_id;
         check_task_id(&id)?;
+        let this = self.clone();
         let results = fan_out(self.all_hosts(), move |h| {
             let id = id.clone();
+            let tls = this.tls_for(&h);
             async move {
-                let mut c = upload_client(&h)?;
+                let mut c = upload_client(&h, tls.as_deref())?;
                 match c
                     .stat_task(StatTaskRequest {
                         task_id: id.clone(),
@@ -388,13 +431,15 @@ impl Jobs for JobService {
         check_task_id(&id)?;
         let hosts = self.all_hosts();
         let (tx, rx) = mpsc::channel(256);
+        let this = self.clone();
         tokio::spawn(async move {
             let results = fan_out(hosts, {
                 let id = id.clone();
                 move |h| {
                     let id = id.clone();
+                    let tls = this.tls_for(&h);
                     async move {
-                        let mut c = upload_client(&h)?;
+                        let mut c = upload_client(&h, tls.as_deref())?;
                         match c
                             .delete_task(dragonfly_api::dfdaemon::v2::DeleteTaskRequest {
                                 task_id: id.clone(),

@@ -42,6 +42,8 @@ struct Inner {
 pub struct SchedulerService {
     inner: Arc<Mutex<Inner>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Mutual TLS to seed peers when triggering them (`seedPeer.tls`).
+    seed_tls: Option<Arc<common::tls::Tls>>,
 }
 
 fn status(e: SchedulerError) -> Status {
@@ -68,7 +70,14 @@ impl SchedulerService {
                 rng: StdRng::from_os_rng(),
             })),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            seed_tls: None,
         }
+    }
+
+    /// Triggers seed peers over mutual TLS with `tls` (`seedPeer.tls`).
+    pub fn with_seed_tls(mut self, tls: Option<Arc<common::tls::Tls>>) -> SchedulerService {
+        self.seed_tls = tls;
+        self
     }
 
     /// The metrics in Prometheus' text format, the host, task and peer counts read now.
@@ -248,19 +257,24 @@ impl SchedulerService {
 
     /// Calls `DfdaemonUpload.DownloadTask` on a seed peer (in the background).
     fn trigger_seed(&self, seed_host: HostId, seed_peer: PeerId, download: Download) {
-        let addr = self
-            .lock()
-            .hosts
-            .get(seed_host.as_str())
-            .map(|h| format!("http://{}:{}", h.ip, h.port));
+        let addr = self.lock().hosts.get(seed_host.as_str()).and_then(|h| {
+            let port = u16::try_from(h.port).ok()?;
+            Some(match h.ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) => format!("{}:{port}", h.ip),
+            })
+        });
         let this = self.clone();
         bump(&self.metrics.seed_trigger, "started");
         tokio::spawn(async move {
             let result = async {
                 let addr = addr.ok_or_else(|| "seed host has no address".to_string())?;
-                let mut c = DfdaemonUploadClient::connect(addr.clone())
-                    .await
-                    .map_err(|e| format!("{addr}: {e}"))?;
+                let channel =
+                    common::tls::endpoint(&addr, this.seed_tls.as_deref(), "seedPeer.tls")?
+                        .connect()
+                        .await
+                        .map_err(|e| format!("{addr}: {e}"))?;
+                let mut c = DfdaemonUploadClient::new(channel);
                 let mut d = download;
                 d.need_back_to_source = true;
                 d.output_path = None;

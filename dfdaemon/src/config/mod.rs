@@ -54,6 +54,21 @@ pub enum ConfigError {
 pub struct Scheduler {
     /// Static scheduler addresses (`host:port`). Empty: no scheduler, no P2P.
     pub addrs: Vec<String>,
+    /// Mutual TLS to the schedulers (all three or none): their CA, and this peer's client
+    /// certificate and key (PEM). Default: none.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Scheduler {
+    pub fn tls_files(&self) -> common::tls::TlsFiles {
+        common::tls::TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Seed peer mode.
@@ -120,11 +135,26 @@ pub struct Manager {
     /// `host:port`. Empty: run without a manager. With one, the schedulers come from the
     /// manager's `ListSchedulers` (and `scheduler.addrs` are used until it answers).
     pub addr: String,
+    /// Mutual TLS to the manager (all three or none): its CA, and this peer's client
+    /// certificate and key (PEM). Default: none.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Manager {
+    pub fn tls_files(&self) -> common::tls::TlsFiles {
+        common::tls::TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Keys of Dragonfly's `dfdaemon.yaml` (dragonfly-client) this dfdaemon accepts and ignores,
 /// with why. Keys that ask for TLS or authentication are not here: ignoring them would open
-/// what the config meant to close, so they stay errors.
+/// what the config meant to close, so they are either honoured or errors.
 pub const IGNORED: &[common::upstream_keys::Ignored] = &[
     ("server.pluginDir", "no backend plugins"),
     ("server.cacheDir", "everything is kept under storage.dir"),
@@ -341,6 +371,8 @@ impl Config {
         self.metrics.validate(&mut p);
         self.runtime.validate(&mut p);
         self.snapshotter.validate(&mut p);
+        check_tls(&mut p, "scheduler", &self.scheduler.tls_files());
+        check_tls(&mut p, "manager", &self.manager.tls_files());
         for (i, a) in self.scheduler.addrs.iter().enumerate() {
             if !is_host_port(a, true) {
                 p.push(format!("scheduler.addrs[{i}]: {a:?} is not host:port"));
@@ -349,7 +381,7 @@ impl Config {
         if !self.manager.addr.is_empty() && !common::manager_client::valid_addr(&self.manager.addr)
         {
             p.push(format!(
-                "manager.addr: {:?} is not http://host:port or host:port",
+                "manager.addr: {:?} is not http://host:port, https://host:port or host:port",
                 self.manager.addr
             ));
         }
@@ -392,6 +424,13 @@ pub(crate) fn is_host_port(s: &str, need_port: bool) -> bool {
                 && !s.contains('/')
         }
         Err(_) => false,
+    }
+}
+
+/// Checks a section's mutual-TLS files (all three or none, readable, PEM, key matching).
+pub(crate) fn check_tls(p: &mut Vec<String>, section: &str, files: &common::tls::TlsFiles) {
+    if let Err(e) = files.load(section) {
+        p.push(e);
     }
 }
 

@@ -72,6 +72,9 @@ pub struct UploadService {
     /// The SyncPieces streams open per task, in order of arrival (a seed peer's turns,
     /// [`common::swarm::offered_first`]).
     subscribers: Arc<Mutex<Subscribers>>,
+    /// Hosts a caller may have this peer download from (`proxy.allowedRegistries`; empty:
+    /// any).
+    allowed: Vec<String>,
 }
 
 #[derive(Default)]
@@ -131,7 +134,32 @@ impl UploadService {
             engine,
             host,
             subscribers: Arc::default(),
+            allowed: Vec::new(),
         }
+    }
+
+    /// Only URLs on these hosts may be downloaded for a remote caller, as through the proxy
+    /// (`proxy.allowedRegistries`: `host`, `host:port`, `*.suffix`; empty: any).
+    pub fn with_allowed_hosts(mut self, allowed: Vec<String>) -> Self {
+        self.allowed = allowed;
+        self
+    }
+
+    /// Refuses a URL whose host is not allowed.
+    fn check_allowed(&self, raw: &str) -> Result<(), Status> {
+        let url = url::Url::parse(raw)
+            .map_err(|e| Status::invalid_argument(format!("download.url {raw:?}: {e}")))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| Status::invalid_argument(format!("download.url {raw:?} has no host")))?;
+        let port = url.port_or_known_default().unwrap_or(0);
+        if crate::proxy::host_allowed(&self.allowed, host, port) {
+            return Ok(());
+        }
+        tracing::warn!(%host, port, "DownloadTask refused: not in proxy.allowedRegistries");
+        Err(Status::permission_denied(format!(
+            "{host}:{port} is not in proxy.allowedRegistries"
+        )))
     }
 
     pub fn into_server(self) -> DfdaemonUploadServer<Self> {
@@ -210,8 +238,10 @@ impl DfdaemonUpload for UploadService {
             .into_inner()
             .download
             .ok_or_else(|| Status::invalid_argument("download is required"))?;
-        // A remote caller never chooses where this peer writes files.
+        // A remote caller never chooses where this peer writes files, nor a host the proxy
+        // would not reach.
         d.output_path = None;
+        self.check_allowed(&d.url)?;
         let s = download_task_stream(self.engine.clone(), self.host.id.clone(), d).await?;
         Ok(Response::new(s))
     }
@@ -371,6 +401,7 @@ impl DfdaemonUpload for UploadService {
             engine: self.engine.clone(),
             host: self.host.clone(),
             subscribers: self.subscribers.clone(),
+            allowed: self.allowed.clone(),
         };
         Ok(Response::new(async_stream(move |tx| async move {
             let metrics = this.engine.metrics().clone();

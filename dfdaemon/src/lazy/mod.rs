@@ -228,7 +228,13 @@ impl Engine {
         let described = if parents.is_empty() {
             None
         } else {
-            crate::parent::describe_task(&parents, &req.task_id, self.config.piece_timeout).await
+            crate::parent::describe_task(
+                &parents,
+                &req.task_id,
+                self.config.piece_timeout,
+                self.config.peer_tls.as_deref(),
+            )
+            .await
         };
         let task = match described {
             Some((total, pl)) => self.create_task_with(&req, total, None, None, Some(pl))?,
@@ -375,7 +381,11 @@ impl LazyTask {
         let (parents, reporter, decisions) = match scheduled {
             Some(s) => {
                 let parents = (!s.back_to_source).then(|| {
-                    let set = Arc::new(ParentSet::new(&task.id, task.missing_pieces()));
+                    let set = Arc::new(ParentSet::new(
+                        &task.id,
+                        task.missing_pieces(),
+                        engine.config.peer_tls.clone(),
+                    ));
                     set.join(&s.parents);
                     set
                 });
@@ -396,7 +406,11 @@ impl LazyTask {
                 (parents, Some((s.reporter, s.back_to_source)), decisions)
             }
             None if !req.parents.is_empty() => {
-                let set = Arc::new(ParentSet::new(&task.id, task.missing_pieces()));
+                let set = Arc::new(ParentSet::new(
+                    &task.id,
+                    task.missing_pieces(),
+                    engine.config.peer_tls.clone(),
+                ));
                 set.join(&req.parents);
                 (Some(set), None, None)
             }

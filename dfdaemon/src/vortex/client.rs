@@ -78,13 +78,16 @@ pub async fn download_piece(
     timeout: Duration,
 ) -> Result<ReceivedPiece, VortexError> {
     let mut sink = MemorySink::new(offset, length)?;
-    let info =
-        download_piece_into(addr, task_id, number, offset, length, timeout, &mut sink).await?;
+    let info = download_piece_into(
+        addr, task_id, number, offset, length, timeout, None, &mut sink,
+    )
+    .await?;
     Ok(sink.into_piece(number, offset, info))
 }
 
 /// Like [`download_piece`], streaming the bytes into `sink` as they arrive
-/// (no buffer of a whole piece).
+/// (no buffer of a whole piece); over TLS with `tls` (mutual TLS: the parent's certificate is
+/// checked for its IP address).
 #[allow(clippy::too_many_arguments)]
 pub async fn download_piece_into<S: PieceSink>(
     addr: SocketAddr,
@@ -93,6 +96,7 @@ pub async fn download_piece_into<S: PieceSink>(
     offset: u64,
     length: u64,
     timeout: Duration,
+    tls: Option<&tokio_rustls::TlsConnector>,
     sink: &mut S,
 ) -> Result<PieceInfo, VortexError> {
     check_task_id(task_id)?;
@@ -112,6 +116,14 @@ pub async fn download_piece_into<S: PieceSink>(
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, want);
         let mut stream = socket.connect(addr).await?;
         let _ = stream.set_nodelay(true);
+        if let Some(tls) = tls {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let mut s = tls.connect(name, stream).await?;
+            s.write_all(&request(task_id, number)).await?;
+            s.flush().await?;
+            return receive_piece_into(&mut s, &addr.to_string(), number, offset, length, sink)
+                .await;
+        }
         let (mut recv, mut send) = stream.split();
         send.write_all(&request(task_id, number)).await?;
         receive_piece_into(&mut recv, &addr.to_string(), number, offset, length, sink).await

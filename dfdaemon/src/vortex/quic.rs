@@ -1,7 +1,10 @@
-//! Vortex over QUIC (quinn): the server presents a self-signed certificate
-//! for `d7y` and clients do not verify it, as Dragonfly's peers do (pieces are
-//! CRC-checked and blobs digest-checked end to end); one bidirectional stream
-//! per piece over pooled connections.
+//! Vortex over QUIC (quinn): one bidirectional stream per piece over pooled connections.
+//!
+//! Without mutual TLS the server presents a self-signed certificate for `d7y` and clients do
+//! not verify it, as Dragonfly's peers do (pieces are CRC-checked and blobs digest-checked end
+//! to end). With it (`upload.server` / `upload.client` `caCert`, `cert`, `key`) the server
+//! presents its certificate and requires one from the CA of every client, and clients verify
+//! the server's certificate for the parent's IP address.
 
 use super::client::{
     check_task_id, receive_piece_into, request, PieceInfo, PieceSink, ReceivedPiece,
@@ -66,18 +69,28 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A QUIC endpoint serving Vortex on `addr`.
-pub fn server_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, VortexError> {
+/// A QUIC endpoint serving Vortex on `addr`; with `mtls`, only to clients with a certificate
+/// from its CA.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    mtls: Option<&common::tls::Tls>,
+) -> Result<quinn::Endpoint, VortexError> {
     let other = |e: String| VortexError::Io(std::io::Error::other(e));
-    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-        .map_err(|e| other(e.to_string()))?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .map_err(|e| other(e.to_string()))?;
+    let tls = match mtls {
+        Some(t) => t.rustls_server(true).map_err(|e| other(e.to_string()))?,
+        None => {
+            let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+                .map_err(|e| other(e.to_string()))?;
+            let key =
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| other(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .map_err(|e| other(e.to_string()))?
+        }
+    };
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| other(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -138,18 +151,29 @@ impl rustls::client::danger::ServerCertVerifier for NoVerifier {
 pub struct QuicClient {
     endpoint: quinn::Endpoint,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Whether servers are verified (mutual TLS): then the name checked is the parent's IP.
+    verify: bool,
 }
 
 impl QuicClient {
+    /// A client that does not verify servers, as Dragonfly's (see the module docs).
     pub fn new() -> Result<QuicClient, VortexError> {
+        Self::with_tls(None)
+    }
+
+    /// With `mtls`, a client that verifies servers against its CA and shows its certificate.
+    pub fn with_tls(mtls: Option<&common::tls::Tls>) -> Result<QuicClient, VortexError> {
         let other = |e: String| VortexError::Io(std::io::Error::other(e));
         let p = provider();
-        let tls = rustls::ClientConfig::builder_with_provider(p.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| other(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerifier(p)))
-            .with_no_client_auth();
+        let tls = match mtls {
+            Some(t) => t.rustls_client(true).map_err(|e| other(e.to_string()))?,
+            None => rustls::ClientConfig::builder_with_provider(p.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| other(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerifier(p)))
+                .with_no_client_auth(),
+        };
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| other(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
@@ -159,6 +183,7 @@ impl QuicClient {
         Ok(QuicClient {
             endpoint,
             conns: Mutex::new(HashMap::new()),
+            verify: mtls.is_some(),
         })
     }
 
@@ -169,9 +194,14 @@ impl QuicClient {
                 return Ok(c.clone());
             }
         }
+        let name = if self.verify {
+            addr.ip().to_string()
+        } else {
+            SERVER_NAME.to_string()
+        };
         let c = self
             .endpoint
-            .connect(addr, SERVER_NAME)
+            .connect(addr, &name)
             .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?
             .await
             .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?;

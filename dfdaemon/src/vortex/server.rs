@@ -27,6 +27,8 @@ pub struct VortexServer {
     limiter: crate::rate_limit::RateLimiter,
     /// Fault injection: flip a byte of every piece body sent.
     corrupt: std::sync::atomic::AtomicBool,
+    /// Mutual TLS on Vortex TCP (`upload.server`): only clients with a certificate from its CA.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// What to send back for a request.
@@ -63,7 +65,34 @@ impl VortexServer {
             metrics,
             limiter: crate::rate_limit::RateLimiter::new(bytes_per_sec),
             corrupt: std::sync::atomic::AtomicBool::new(false),
+            tls: None,
         })
+    }
+
+    /// [`VortexServer::with_rate_limit`], serving Vortex TCP over mutual TLS with `tls` (only
+    /// to clients with a certificate from its CA).
+    pub fn with_tls(
+        store: Arc<Store>,
+        host_id: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        bytes_per_sec: u64,
+        tls: Option<&common::tls::Tls>,
+    ) -> Result<Arc<Self>, VortexError> {
+        let tls = match tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                t.rustls_server(false)
+                    .map_err(|e| VortexError::Io(std::io::Error::other(e.to_string())))?,
+            ))),
+            None => None,
+        };
+        Ok(Arc::new(VortexServer {
+            store,
+            host_id,
+            metrics,
+            limiter: crate::rate_limit::RateLimiter::new(bytes_per_sec),
+            corrupt: std::sync::atomic::AtomicBool::new(false),
+            tls,
+        }))
     }
 
     /// Fault injection (test builds): from now on every piece body sent has
@@ -188,7 +217,51 @@ impl VortexServer {
         })
     }
 
+    /// Serves one request over TLS (no `sendfile`: the bytes are encrypted in user space).
+    async fn handle_tls(
+        &self,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> Result<(), VortexError> {
+        let mut s = acceptor.accept(stream).await?;
+        match self.answer(&mut s).await? {
+            Answer::Error(frame, e) => {
+                s.write_all(&frame).await?;
+                let _ = s.shutdown().await;
+                Err(e)
+            }
+            Answer::Piece {
+                head,
+                task,
+                number,
+                offset,
+                length,
+            } => {
+                s.write_all(&head).await?;
+                let corrupt = self.corrupting();
+                send_body(
+                    &mut Written(&mut s),
+                    &task,
+                    offset,
+                    length,
+                    &self.limiter,
+                    corrupt,
+                )
+                .await?;
+                self.metrics.uploaded("tcp", length);
+                s.shutdown().await?;
+                if !corrupt {
+                    task.piece_uploaded(number);
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn handle_tcp(&self, mut stream: TcpStream) -> Result<(), VortexError> {
+        if let Some(acceptor) = &self.tls {
+            return self.handle_tls(stream, acceptor.clone()).await;
+        }
         let (head, task, number, offset, length) = match self.answer(&mut stream).await? {
             Answer::Error(frame, e) => {
                 stream.write_all(&frame).await?;
@@ -204,7 +277,15 @@ impl VortexServer {
         };
         stream.write_all(&head).await?;
         if self.corrupting() {
-            send_body(&mut stream, &task, offset, length, &self.limiter, true).await?;
+            send_body(
+                &mut Written(&mut stream),
+                &task,
+                offset,
+                length,
+                &self.limiter,
+                true,
+            )
+            .await?;
             self.metrics.uploaded("tcp", length);
             stream.shutdown().await?;
             return Ok(());
@@ -292,9 +373,12 @@ impl ChunkWriter for quinn::SendStream {
     }
 }
 
-impl ChunkWriter for TcpStream {
+/// A byte stream (plain TCP, TLS) written chunk by chunk.
+struct Written<'a, W>(&'a mut W);
+
+impl<W: tokio::io::AsyncWrite + Unpin> ChunkWriter for Written<'_, W> {
     async fn put(&mut self, chunk: Vec<u8>) -> Result<(), VortexError> {
-        Ok(self.write_all(&chunk).await?)
+        Ok(self.0.write_all(&chunk).await?)
     }
 }
 

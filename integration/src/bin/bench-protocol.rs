@@ -37,6 +37,7 @@ fn engine(dir: &TestDir, name: &str, protocol: Protocol) -> Arc<Engine> {
             protocol,
             rate_limit: 0,
             background_rate_limit: 0,
+            peer_tls: None,
         },
     )
 }
@@ -319,7 +320,7 @@ async fn raw_copy(
 /// process, with Vortex's QUIC settings, in 8 streams (as 8 pieces in flight); the receiver
 /// drops the bytes. Returns the receiver's time: what the QUIC stack alone costs.
 async fn bare_quic(len: u64) -> anyhow::Result<Duration> {
-    let server = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse()?)?;
+    let server = dfdaemon::vortex::quic::server_endpoint("127.0.0.1:0".parse()?, None)?;
     let addr = server.local_addr()?;
     let block = bytes::Bytes::from(vec![0x5au8; 4 << 20]);
     let accept = tokio::spawn(async move {

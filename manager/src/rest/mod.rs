@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub runner: Arc<crate::jobs::Runner>,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    /// Mutual TLS on the gRPC port (`server.grpc.tls`).
+    pub grpc_tls: Option<Arc<common::tls::Tls>>,
 }
 
 impl AppState {
@@ -41,6 +43,7 @@ impl AppState {
         jwt_timeout: Duration,
         metrics: Arc<crate::metrics::Metrics>,
         runner: Arc<crate::jobs::Runner>,
+        grpc_tls: Option<Arc<common::tls::Tls>>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             db,
@@ -49,6 +52,7 @@ impl AppState {
             metrics,
             runner,
             failures: Mutex::new(HashMap::new()),
+            grpc_tls,
         })
     }
 

@@ -48,9 +48,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .min(cfg.scheduler.gc.task_gc_interval)
         .min(cfg.scheduler.gc.host_gc_interval)
         .max(std::time::Duration::from_secs(1));
-    let service = SchedulerService::new(Scheduler::new(cfg.scheduler.clone()));
+    let tls = |files, section| Config::tls(files, section).map_err(|e| anyhow::anyhow!(e));
+    let server_tls = tls(&cfg.server.tls, "server.tls")?;
+    let manager_tls = tls(&cfg.manager.tls, "manager.tls")?;
+    let seed_peer_tls = tls(&cfg.seed_peer.tls, "seedPeer.tls")?;
+    let peer_tls = tls(&cfg.peer.tls, "peer.tls")?;
+    let service = SchedulerService::new(Scheduler::new(cfg.scheduler.clone()))
+        .with_seed_tls(seed_peer_tls.clone());
     if let Some(manager) = &cfg.manager.addr {
-        let channel = common::manager_client::channel(manager)
+        let channel = common::manager_client::channel(manager, manager_tls.as_deref())
             .map_err(|e| anyhow::anyhow!("manager.addr: {e}"))?;
         let ip = cfg.server.advertise_ip.unwrap_or_else(|| {
             if cfg.server.ip.is_unspecified() {
@@ -122,10 +128,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .build_v1()
         .context("reflection service")?;
     tracing::info!(%addr, "scheduler ready");
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &server_tls {
+        builder = builder.tls_config(t.grpc_server()).context("server.tls")?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(scheduler::jobs::JobService::new(service.clone()).into_server())
+        .add_service(
+            scheduler::jobs::JobService::new(service.clone())
+                .with_tls(seed_peer_tls, peer_tls)
+                .into_server(),
+        )
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
