@@ -397,3 +397,113 @@ async fn without_mutual_tls_download_task_still_obeys_the_allowlist() {
         seed.log_tail(20)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preheat_runs_over_mutual_tls_from_the_manager_through_the_scheduler_to_the_seed() {
+    integration::require_root_and_tools(&[]);
+    let dir = TestDir::new("mtls-preheat").unwrap();
+    let origin = TestOrigin::start().await.unwrap();
+    let ca = TestCa::new(&dir.join(""), "cluster").unwrap();
+    let node = ca.issue("node").unwrap();
+    let manager = Manager::start(
+        &dir,
+        "manager",
+        &format!(
+            "    tls: {}\njob:\n  preheat:\n    allowedHosts: ['127.0.0.1:{}']\n",
+            node.yaml(),
+            origin.addr().port()
+        ),
+    )
+    .await
+    .unwrap();
+    let session = manager.root_session().await.unwrap();
+    // The scheduler registers over TLS (manager.tls) and serves jobs over TLS (server.tls).
+    let sched_port = free_port();
+    let _sched = Scheduler::start_with(
+        &dir,
+        "scheduler",
+        sched_port,
+        &format!(
+            "server:\n  host: scheduler\n  tls: {t}\n\
+             manager:\n  addr: 127.0.0.1:{m}\n  schedulerClusterID: 1\n  keepAlive: {{interval: 1s}}\n  tls: {t}\n\
+             dynConfig: {{refreshInterval: 1s}}\nseedPeer:\n  tls: {t}\npeer:\n  tls: {t}\n",
+            t = node.yaml(),
+            m = manager.grpc_port
+        ),
+    )
+    .unwrap();
+    manager
+        .wait_state(&session, "/api/v1/schedulers", "scheduler", "active")
+        .await
+        .unwrap();
+    // The seed peer finds the scheduler through the manager, over TLS both ways.
+    let seed = Agent::start(
+        &dir,
+        "seed",
+        &format!(
+            "host:\n  hostname: seed\n  ip: 127.0.0.1\n\
+             manager:\n  addr: https://127.0.0.1:{m}\n  caCert: '{ca}'\n  cert: '{cert}'\n  key: '{key}'\n\
+             scheduler:\n  caCert: '{ca}'\n  cert: '{cert}'\n  key: '{key}'\n\
+             dynconfig:\n  refreshInterval: 1s\nseedPeer:\n  enable: true\n  keepaliveInterval: 1s\n\
+             upload:\n  server: {t}\n  client: {t}\n",
+            m = manager.grpc_port,
+            ca = node.ca_cert.display(),
+            cert = node.cert.display(),
+            key = node.key.display(),
+            t = node.yaml(),
+        ),
+    )
+    .await
+    .unwrap();
+    let sched_client =
+        SchedulerClient::new(channel(&format!("127.0.0.1:{sched_port}"), Some(&node)));
+    wait_for(
+        Duration::from_secs(30),
+        "the seed peer announced over TLS",
+        || {
+            let mut c = sched_client.clone();
+            async move {
+                c.list_hosts(ListHostsRequest::default())
+                    .await
+                    .map(|r| r.into_inner().hosts.len() == 1)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let token = manager
+        .create_token(&session, "harbor", &["job"])
+        .await
+        .unwrap();
+    let harbor = integration::harbor::HarborProvider::new(&manager.url(""), &token);
+    let data = random_bytes(79, 3 * MIB);
+    origin.put("/files/preheat.bin", data.clone());
+    let url = origin.url("/files/preheat.bin");
+    let id = harbor
+        .create(&serde_json::json!({
+            "type": "preheat",
+            "args": {"type": "file", "url": url, "scope": "single_seed_peer"}
+        }))
+        .await
+        .unwrap();
+    let job = harbor
+        .wait(id, Duration::from_millis(300), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert_eq!(
+        integration::harbor::successes(&job),
+        vec![(url.clone(), "seed".to_string(), "127.0.0.1".to_string())]
+    );
+    let task_id = common::id::url_task_id(&common::id::UrlTaskId {
+        url: &url,
+        tag: None,
+        application: None,
+        piece_length: None,
+        filtered_query_params: &common::id::default_filtered_query_params(),
+    })
+    .unwrap();
+    assert!(std::fs::read(seed.task_path(&task_id)).unwrap() == data);
+    assert_eq!(origin.requests_for("/files/preheat.bin"), 1);
+}
