@@ -303,11 +303,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::spawn(server.serve_quic(endpoint));
         }
         let announce = host.to_host(0);
+        // Names are resolved (again and again) in the background: a scheduler that does not
+        // resolve or answer yet leaves this node a mirror until it does.
         let sched = Arc::new(
             crate::scheduler_client::SchedulerClient::new(&cfg.scheduler.addrs, announce)
-                .await
-                .context("scheduler.addrs")?
-                .with_tls(scheduler_tls.clone()),
+                .with_tls(scheduler_tls.clone())
+                .with_metrics(metrics.clone()),
         );
         engine.set_scheduler(sched.clone());
         if !cfg.manager.addr.is_empty() {
@@ -352,13 +353,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 ));
             }
         }
-        tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(5);
-            loop {
-                sched.announce_host(every).await;
-                tokio::time::sleep(every).await;
-            }
-        });
+        tokio::spawn(sched.run(std::time::Duration::from_secs(5)));
         tracing::info!(upload = %upload_addr, vortex = %vortex_addr, "P2P servers listening");
     }
 

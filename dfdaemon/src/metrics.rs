@@ -114,6 +114,10 @@ pub struct Metrics {
     /// Rate of the last piece fetched from each parent host, in bytes per second (how fast
     /// its uplink serves this host now).
     pub parent_rate: Family<ParentLabels, Gauge>,
+    /// AnnounceHost calls that failed (a scheduler down or refusing).
+    pub announce_host_failures: Counter,
+    /// Schedulers in use: resolved and answering their health check.
+    pub schedulers_healthy: Gauge,
 }
 
 impl Default for Metrics {
@@ -143,6 +147,8 @@ impl Metrics {
             image_read_bytes: Family::default(),
             parent_bytes: Family::default(),
             parent_rate: Family::default(),
+            announce_host_failures: Counter::default(),
+            schedulers_healthy: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -217,6 +223,16 @@ impl Metrics {
             "parent_download_rate_bytes_per_second",
             "Rate of the last piece fetched from each parent host",
             m.parent_rate.clone(),
+        );
+        registry.register(
+            "announce_host_failures",
+            "AnnounceHost calls to a scheduler that failed",
+            m.announce_host_failures.clone(),
+        );
+        registry.register(
+            "schedulers_healthy",
+            "Schedulers in use: resolved and answering their gRPC health check",
+            m.schedulers_healthy.clone(),
         );
         // Pre-create the label sets users look for, so they read 0 rather than absent.
         for source in ["origin", "parent", "local"] {

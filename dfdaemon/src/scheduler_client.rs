@@ -11,6 +11,7 @@ use dragonfly_api::scheduler::v2::{
     AnnouncePeerResponse, RegisterPeerRequest,
 };
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +36,6 @@ impl std::fmt::Display for VNode {
 pub enum SchedulerError {
     #[error("no scheduler is configured")]
     NoScheduler,
-    #[error("cannot resolve scheduler address {addr:?}: {message}")]
-    Resolve { addr: String, message: String },
     #[error("scheduler {addr}: {message}")]
     Unavailable { addr: SocketAddr, message: String },
     #[error("scheduler {addr} answered {status}")]
@@ -79,46 +78,66 @@ impl Ring {
     }
 }
 
-/// Client of the schedulers: configured, or given by the manager (then replaced when the
-/// manager's list changes).
+/// The ring key of a task: its first five characters, as Dragonfly's client hashes it (so
+/// our peers and upstream ones meet on the same scheduler).
+fn ring_key(task_id: &str) -> String {
+    task_id.chars().take(5).collect()
+}
+
+/// The scheduler among `addrs` that a task hashes to (what [`SchedulerClient::scheduler_for`]
+/// answers with `addrs` in use).
+pub fn scheduler_of(addrs: &[SocketAddr], task_id: &str) -> Option<SocketAddr> {
+    Ring::of(addrs).ring.get(&ring_key(task_id)).map(|v| v.addr)
+}
+
+/// Client of the schedulers: configured (`scheduler.addrs`, names re-resolved), or given by
+/// the manager (then replaced when the manager's list changes). Tasks hash over the schedulers
+/// that answer their health check; one that stops answering leaves the ring at once and its
+/// tasks hash to the others.
 pub struct SchedulerClient {
     ring: std::sync::RwLock<Ring>,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     host: Host,
     /// Mutual TLS to the schedulers (`scheduler.caCert`, `cert`, `key`).
     tls: Option<Arc<common::tls::Tls>>,
+    /// `scheduler.addrs` as configured (`host:port`), resolved again by [`Self::refresh`].
+    names: Vec<String>,
+    /// What each name resolved to last (every address), kept while it does not resolve.
+    resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
+    /// Addresses the manager gave ([`Self::set_addrs`]).
+    given: Mutex<Vec<SocketAddr>>,
+    /// Schedulers whose AnnounceHost failed last time (logged once until they recover).
+    failing: Mutex<std::collections::HashSet<SocketAddr>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
-impl SchedulerClient {
-    /// Resolves the `host:port` addresses; `host` is what AnnounceHost sends.
-    pub async fn new(addrs: &[String], host: Host) -> Result<SchedulerClient, SchedulerError> {
-        let mut resolved = Vec::new();
-        for a in addrs {
-            let addr = tokio::net::lookup_host(a.as_str())
-                .await
-                .map_err(|e| SchedulerError::Resolve {
-                    addr: a.clone(),
-                    message: e.to_string(),
-                })?
-                .next()
-                .ok_or_else(|| SchedulerError::Resolve {
-                    addr: a.clone(),
-                    message: "no address".into(),
-                })?;
-            resolved.push(addr);
-        }
-        Ok(Self::with_addrs(&resolved, host))
-    }
+/// How long a health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// A client of these schedulers (none: every download goes to the origin until
-    /// [`set_addrs`](Self::set_addrs) gives some).
-    pub fn with_addrs(addrs: &[SocketAddr], host: Host) -> SchedulerClient {
+impl SchedulerClient {
+    /// A client of the schedulers named by `names` (`host:port`); `host` is what AnnounceHost
+    /// sends. Nothing is resolved yet: [`Self::refresh`] does, and a name that does not
+    /// resolve leaves this node a mirror until it does.
+    pub fn new(names: &[String], host: Host) -> SchedulerClient {
         SchedulerClient {
-            ring: std::sync::RwLock::new(Ring::of(addrs)),
+            ring: std::sync::RwLock::new(Ring::of(&[])),
             channels: Mutex::new(HashMap::new()),
             host,
             tls: None,
+            names: names.to_vec(),
+            resolved: Mutex::new(HashMap::new()),
+            given: Mutex::new(Vec::new()),
+            failing: Mutex::new(Default::default()),
+            metrics: None,
         }
+    }
+
+    /// A client of these schedulers, all in use at once (none: every download goes to the
+    /// origin until [`set_addrs`](Self::set_addrs) gives some).
+    pub fn with_addrs(addrs: &[SocketAddr], host: Host) -> SchedulerClient {
+        let c = Self::new(&[], host);
+        c.set_addrs(addrs);
+        c
     }
 
     /// Talks to the schedulers over mutual TLS with `tls`.
@@ -127,20 +146,116 @@ impl SchedulerClient {
         self
     }
 
-    /// Uses these schedulers from now on; whether the set changed. Tasks already on a
-    /// scheduler keep their stream; new ones hash over the new set.
+    /// Counts announce failures and healthy schedulers in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> SchedulerClient {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Uses these schedulers from the manager from now on, instead of the configured ones
+    /// (none: the configured ones again); whether the set in use changed. Tasks already on a
+    /// scheduler keep their stream; new ones hash over the new set. [`Self::refresh`] drops
+    /// those that fail their health check.
     pub fn set_addrs(&self, addrs: &[SocketAddr]) -> bool {
+        *lock(&self.given) = addrs.to_vec();
+        self.use_ring(&self.candidates())
+    }
+
+    /// The manager's schedulers if it gave any, else the configured ones as last resolved.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let given = lock(&self.given).clone();
+        let mut all = if given.is_empty() {
+            lock(&self.resolved).values().flatten().copied().collect()
+        } else {
+            given
+        };
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Puts `addrs` on the ring; whether the set changed.
+    fn use_ring(&self, addrs: &[SocketAddr]) -> bool {
         let new = Ring::of(addrs);
         let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
         let mut old_sorted = ring.addrs.clone();
         old_sorted.sort();
         let mut new_sorted = new.addrs.clone();
         new_sorted.sort();
+        if let Some(m) = &self.metrics {
+            m.schedulers_healthy.set(new_sorted.len() as i64);
+        }
         if old_sorted == new_sorted {
             return false;
         }
+        tracing::info!(schedulers = ?new_sorted, "schedulers in use");
         *ring = new;
         true
+    }
+
+    /// Resolves the configured names again (every address of each) and puts on the ring the
+    /// schedulers, configured or given, that answer their gRPC health check. A name that does
+    /// not resolve keeps its last addresses (a DNS hiccup does not drop a scheduler).
+    pub async fn refresh(&self) {
+        for name in &self.names {
+            match tokio::time::timeout(HEALTH_TIMEOUT, tokio::net::lookup_host(name.as_str())).await
+            {
+                Ok(Ok(addrs)) => {
+                    let mut list: Vec<SocketAddr> = addrs.collect();
+                    list.dedup();
+                    lock(&self.resolved).insert(name.clone(), list);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(scheduler = %name, error = %e, "cannot resolve scheduler address")
+                }
+                Err(_) => {
+                    tracing::warn!(scheduler = %name, "resolving scheduler address timed out")
+                }
+            }
+        }
+        let candidates = self.candidates();
+        let checks = candidates.iter().map(|a| self.healthy(*a));
+        let results = futures_util::future::join_all(checks).await;
+        let healthy: Vec<SocketAddr> = candidates
+            .iter()
+            .zip(results)
+            .filter(|(_, ok)| *ok)
+            .map(|(a, _)| *a)
+            .collect();
+        self.use_ring(&healthy);
+    }
+
+    /// Whether the scheduler at `addr` answers its gRPC health check as serving (one without
+    /// a health service counts as up if it answers at all).
+    async fn healthy(&self, addr: SocketAddr) -> bool {
+        let Ok(channel) = self.channel(addr) else {
+            return false;
+        };
+        let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        match tokio::time::timeout(HEALTH_TIMEOUT, c.check(req)).await {
+            Ok(Ok(r)) => {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            }
+            Ok(Err(s)) => s.code() == tonic::Code::Unimplemented,
+            Err(_) => false,
+        }
+    }
+
+    /// Takes `addr` off the ring until it passes a health check again (it refused a
+    /// connection).
+    pub fn mark_down(&self, addr: SocketAddr) {
+        let current = self.addrs();
+        if !current.contains(&addr) {
+            return;
+        }
+        tracing::warn!(scheduler = %addr, "scheduler unreachable; its tasks go to the others");
+        let rest: Vec<SocketAddr> = current.into_iter().filter(|a| *a != addr).collect();
+        self.use_ring(&rest);
+        lock(&self.channels).remove(&addr);
     }
 
     /// The schedulers in use.
@@ -159,57 +274,118 @@ impl SchedulerClient {
 
     /// The scheduler responsible for a task.
     pub fn scheduler_for(&self, task_id: &str) -> Option<SocketAddr> {
-        let key: String = task_id.chars().take(5).collect();
         self.ring
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .ring
-            .get(&key)
+            .get(&ring_key(task_id))
             .map(|v| v.addr)
     }
 
-    fn client(&self, addr: SocketAddr) -> Result<GrpcClient<Channel>, SchedulerError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+    fn channel(&self, addr: SocketAddr) -> Result<Channel, SchedulerError> {
+        let mut channels = lock(&self.channels);
         if let Some(c) = channels.get(&addr) {
-            return Ok(GrpcClient::new(c.clone()));
+            return Ok(c.clone());
         }
         let channel = common::tls::endpoint(&addr.to_string(), self.tls.as_deref(), "scheduler")
             .map_err(|message| SchedulerError::Unavailable { addr, message })?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         channels.insert(addr, channel.clone());
-        Ok(GrpcClient::new(channel))
+        Ok(channel)
     }
 
-    /// Announces this host to every scheduler; returns how many accepted it.
+    fn client(&self, addr: SocketAddr) -> Result<GrpcClient<Channel>, SchedulerError> {
+        Ok(GrpcClient::new(self.channel(addr)?))
+    }
+
+    /// Announces this host to every scheduler in use; returns how many accepted it. A
+    /// failure is counted, and logged at WARN once until that scheduler accepts again.
     pub async fn announce_host(&self, interval: Duration) -> usize {
         let mut ok = 0;
         for addr in &self.addrs() {
-            let Ok(mut c) = self.client(*addr) else {
-                continue;
+            let result = match self.client(*addr) {
+                Ok(mut c) => {
+                    let req = AnnounceHostRequest {
+                        host: Some(self.host.clone()),
+                        interval: prost_wkt_types::Duration::try_from(interval).ok(),
+                    };
+                    c.announce_host(req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
             };
-            let req = AnnounceHostRequest {
-                host: Some(self.host.clone()),
-                interval: prost_wkt_types::Duration::try_from(interval).ok(),
-            };
-            match c.announce_host(req).await {
-                Ok(_) => ok += 1,
-                Err(e) => tracing::debug!(scheduler = %addr, error = %e, "AnnounceHost failed"),
+            match result {
+                Ok(()) => {
+                    ok += 1;
+                    if lock(&self.failing).remove(addr) {
+                        tracing::info!(scheduler = %addr, "AnnounceHost accepted again");
+                    }
+                }
+                Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.announce_host_failures.inc();
+                    }
+                    if lock(&self.failing).insert(*addr) {
+                        tracing::warn!(scheduler = %addr, error = %e, "AnnounceHost failed");
+                    } else {
+                        tracing::debug!(scheduler = %addr, error = %e, "AnnounceHost failed again");
+                    }
+                }
             }
         }
         ok
     }
 
-    /// Opens the AnnouncePeer stream for a download and registers the peer.
+    /// Keeps the schedulers in use current: every `every`, names re-resolved, health checked,
+    /// the host announced.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        loop {
+            self.refresh().await;
+            self.announce_host(every).await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Opens the AnnouncePeer stream for a download and registers the peer, on the scheduler
+    /// the task hashes to. A scheduler that cannot be reached leaves the ring and the task
+    /// goes to the next one (so a dead scheduler sends no download to the origin while
+    /// another answers).
     pub async fn register_peer(
         &self,
         task_id: &str,
         peer_id: &str,
         download: Download,
     ) -> Result<PeerSession, SchedulerError> {
-        let addr = self
-            .scheduler_for(task_id)
-            .ok_or(SchedulerError::NoScheduler)?;
+        let mut last = SchedulerError::NoScheduler;
+        for _ in 0..self.addrs().len().max(1) {
+            let Some(addr) = self.scheduler_for(task_id) else {
+                return Err(last);
+            };
+            match self
+                .register_on(addr, task_id, peer_id, download.clone())
+                .await
+            {
+                Ok(s) => return Ok(s),
+                Err(e @ SchedulerError::Unavailable { .. }) => {
+                    self.mark_down(addr);
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn register_on(
+        &self,
+        addr: SocketAddr,
+        task_id: &str,
+        peer_id: &str,
+        download: Download,
+    ) -> Result<PeerSession, SchedulerError> {
         let mut client = self.client(addr)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let session = PeerSession {
@@ -236,15 +412,31 @@ impl SchedulerClient {
                 addr,
                 message: "AnnouncePeer timed out".into(),
             })?
-            .map_err(|s| SchedulerError::Status {
-                addr,
-                status: Box::new(s),
+            .map_err(|s| {
+                // The connection failed (refused, reset, TLS): the scheduler is not there.
+                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+                    && s.source().is_some()
+                {
+                    SchedulerError::Unavailable {
+                        addr,
+                        message: s.to_string(),
+                    }
+                } else {
+                    SchedulerError::Status {
+                        addr,
+                        status: Box::new(s),
+                    }
+                }
             })?;
         Ok(PeerSession {
             rx: Some(resp.into_inner()),
             ..session
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One peer's AnnouncePeer stream.
@@ -370,8 +562,10 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_map_to_a_stable_scheduler() {
-        let addrs: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}:8002")).collect();
-        let c = SchedulerClient::new(&addrs, Host::default()).await.unwrap();
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.{i}:8002").parse().unwrap())
+            .collect();
+        let c = SchedulerClient::with_addrs(&addrs, Host::default());
         let a = c.scheduler_for("abcdef0123").unwrap();
         // Only the first five characters matter.
         assert_eq!(c.scheduler_for("abcdeffff").unwrap(), a);
@@ -379,10 +573,28 @@ mod tests {
             .map(|i| c.scheduler_for(&format!("{i:05x}")).unwrap())
             .collect();
         assert!(used.len() > 1, "tasks should spread over schedulers");
+        // A scheduler marked down takes none of them; the others keep theirs.
+        c.mark_down(a);
+        let b = c.scheduler_for("abcdef0123").unwrap();
+        assert_ne!(b, a);
+        assert!((0..200).all(|i| c.scheduler_for(&format!("{i:05x}")) != Some(a)));
         assert!(SchedulerClient::new(&[], Host::default())
-            .await
-            .unwrap()
             .scheduler_for("abcde")
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn names_that_do_not_resolve_or_answer_leave_no_scheduler_in_use() {
+        // Nothing listens on port 1; `.invalid` never resolves (RFC 6761).
+        let c = SchedulerClient::new(
+            &[
+                "127.0.0.1:1".to_string(),
+                "scheduler.invalid:8002".to_string(),
+            ],
+            Host::default(),
+        );
+        c.refresh().await;
+        assert!(c.addrs().is_empty());
+        assert!(c.scheduler_for("abcde").is_none());
     }
 }

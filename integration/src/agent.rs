@@ -78,6 +78,8 @@ pub struct Agent {
     /// Descriptor holders seen after a launch: killed on drop (they live in their own process
     /// group, so stopping the daemon leaves them, and the test dir may be gone by then).
     holders: Vec<u32>,
+    /// Resolves names with this file as its `/etc/hosts` (a mount namespace of its own).
+    hosts_file: Option<PathBuf>,
 }
 
 impl Drop for Agent {
@@ -123,6 +125,27 @@ impl Agent {
         name: &str,
         extra_yaml: &str,
         env: &[(&str, &str)],
+    ) -> Result<Agent> {
+        Self::start_full(dir, name, extra_yaml, env, None).await
+    }
+
+    /// [`Agent::start`] in a mount namespace of its own whose `/etc/hosts` is `hosts` (names
+    /// the test makes up resolve as the test says; needs root and `unshare`).
+    pub async fn start_with_hosts_file(
+        dir: &TestDir,
+        name: &str,
+        extra_yaml: &str,
+        hosts: &Path,
+    ) -> Result<Agent> {
+        Self::start_full(dir, name, extra_yaml, &[], Some(hosts)).await
+    }
+
+    async fn start_full(
+        dir: &TestDir,
+        name: &str,
+        extra_yaml: &str,
+        env: &[(&str, &str)],
+        hosts_file: Option<&Path>,
     ) -> Result<Agent> {
         let store_dir = dir.join(format!("{name}-store"));
         let socket = dir.join(format!("{name}.sock"));
@@ -186,6 +209,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             holders: Vec::new(),
+            hosts_file: hosts_file.map(Path::to_path_buf),
         };
         agent.launch(Vec::new()).await?;
         Ok(agent)
@@ -195,7 +219,15 @@ impl Agent {
     /// from fd 3 on, named by `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (set by a
     /// shell that then execs dfdaemon, keeping its PID).
     async fn launch(&mut self, fds: Vec<(String, std::os::fd::OwnedFd)>) -> Result<()> {
-        let mut cmd = if fds.is_empty() {
+        let mut cmd = if let Some(hosts) = self.hosts_file.as_ref().filter(|_| fds.is_empty()) {
+            // unshare and sh exec in turn: dfdaemon keeps the PID the harness knows.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                .arg(hosts)
+                .arg(bin("dfdaemon"));
+            c
+        } else if fds.is_empty() {
             Command::new(bin("dfdaemon"))
         } else {
             let mut c = Command::new("/bin/sh");

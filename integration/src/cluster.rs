@@ -10,6 +10,8 @@ use std::time::Duration;
 
 /// A running `scheduler` process.
 pub struct Scheduler {
+    /// The loopback address it listens on.
+    pub ip: String,
     pub port: u16,
     pub process: ChildProcess,
 }
@@ -43,9 +45,14 @@ impl Scheduler {
             crate::Error::malformed("scheduler harness", format!("cannot render config: {e}"))
         })?;
         std::fs::write(&cfg, text).map_err(|e| crate::Error::io("write", &cfg, e))?;
+        let ip = value["server"]["ip"]
+            .as_str()
+            .unwrap_or("127.0.0.1")
+            .to_string();
         let mut cmd = Command::new(bin("scheduler"));
         cmd.arg("--config").arg(&cfg);
         Ok(Scheduler {
+            ip,
             port,
             process: ChildProcess::spawn(dir, name, cmd)?,
         })
@@ -53,7 +60,7 @@ impl Scheduler {
 
     /// A gRPC client, once the scheduler answers.
     pub async fn client(&self) -> Result<SchedulerClient<tonic::transport::Channel>> {
-        let url = format!("http://127.0.0.1:{}", self.port);
+        let url = format!("http://{}:{}", self.ip, self.port);
         wait_for(Duration::from_secs(30), "scheduler up", || async {
             SchedulerClient::connect(url.clone()).await.is_ok()
         })
@@ -256,6 +263,7 @@ impl Scheduler {
         let mut cmd = Command::new(bin("scheduler"));
         cmd.arg("--config").arg(&cfg);
         Ok(Scheduler {
+            ip: "127.0.0.1".into(),
             port,
             process: ChildProcess::spawn(dir, name, cmd)?,
         })
