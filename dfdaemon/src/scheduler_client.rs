@@ -216,13 +216,28 @@ impl SchedulerClient {
         let candidates = self.candidates();
         let checks = candidates.iter().map(|a| self.healthy(*a));
         let results = futures_util::future::join_all(checks).await;
-        let healthy: Vec<SocketAddr> = candidates
-            .iter()
-            .zip(results)
-            .filter(|(_, ok)| *ok)
-            .map(|(a, _)| *a)
-            .collect();
+        let mut healthy = Vec::new();
+        for (addr, ok) in candidates.iter().zip(results) {
+            if ok {
+                healthy.push(*addr);
+            } else {
+                // Not announced to while it does not answer: that is an announce failure.
+                self.failed(*addr, "no answer to the gRPC health check");
+            }
+        }
         self.use_ring(&healthy);
+    }
+
+    /// Counts a failure to reach `addr`, logged at WARN once until it answers again.
+    fn failed(&self, addr: SocketAddr, error: &str) {
+        if let Some(m) = &self.metrics {
+            m.announce_host_failures.inc();
+        }
+        if lock(&self.failing).insert(addr) {
+            tracing::warn!(scheduler = %addr, error, "AnnounceHost failed");
+        } else {
+            tracing::debug!(scheduler = %addr, error, "AnnounceHost failed again");
+        }
     }
 
     /// Whether the scheduler at `addr` answers its gRPC health check as serving (one without
@@ -324,16 +339,7 @@ impl SchedulerClient {
                         tracing::info!(scheduler = %addr, "AnnounceHost accepted again");
                     }
                 }
-                Err(e) => {
-                    if let Some(m) = &self.metrics {
-                        m.announce_host_failures.inc();
-                    }
-                    if lock(&self.failing).insert(*addr) {
-                        tracing::warn!(scheduler = %addr, error = %e, "AnnounceHost failed");
-                    } else {
-                        tracing::debug!(scheduler = %addr, error = %e, "AnnounceHost failed again");
-                    }
-                }
+                Err(e) => self.failed(*addr, &e),
             }
         }
         ok

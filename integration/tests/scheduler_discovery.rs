@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 
 const MIB: usize = 1024 * 1024;
 const FROM_PEERS: &str = "dragonfly_dfdaemon_download_traffic_bytes_total{type=\"remote_peer\"}";
+const ANNOUNCE_FAILURES: &str = "dragonfly_dfdaemon_announce_host_failures_total";
+const SCHEDULERS: &str = "dragonfly_dfdaemon_schedulers_healthy";
 const FROM_ORIGIN: &str =
     "dragonfly_dfdaemon_download_traffic_bytes_total{type=\"back_to_source\"}";
 
@@ -203,8 +205,24 @@ async fn a_dfdaemon_started_before_its_scheduler_is_a_mirror_until_the_scheduler
     assert!(std::fs::read(&out).unwrap() == early[0].1);
     assert_eq!(peer.metric(FROM_ORIGIN).await.unwrap() as usize, MIB);
 
+    // Its scheduler does not answer: counted and logged as announce failures.
+    integration::wait_for(
+        std::time::Duration::from_secs(20),
+        "announce failures counted",
+        || async { seed.metric(ANNOUNCE_FAILURES).await.unwrap_or(0.0) > 0.0 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(seed.metric(SCHEDULERS).await.unwrap(), 0.0);
+    assert!(
+        seed.log().contains("AnnounceHost failed"),
+        "{}",
+        seed.log_tail(20)
+    );
+
     let sched = Scheduler::start_on(&dir, "scheduler", port).unwrap();
     sched.wait_hosts(2).await.unwrap();
+    assert_eq!(seed.metric(SCHEDULERS).await.unwrap(), 1.0);
     let late = files(&origin, 701, 1, 4 * MIB);
     let out = dir.join("late.out");
     let o = peer.dfget(&[&late[0].0, "-O", out.to_str().unwrap()]);
