@@ -82,6 +82,15 @@ fn certificates(
 }
 
 impl TlsFiles {
+    /// The three keys of a config section that holds them inline (as dfdaemon's do).
+    pub fn of(ca_cert: &Option<PathBuf>, cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Self {
+        TlsFiles {
+            ca_cert: ca_cert.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }
+    }
+
     /// Whether none of the three is set.
     pub fn is_empty(&self) -> bool {
         self.ca_cert.is_none() && self.cert.is_none() && self.key.is_none()

@@ -90,6 +90,19 @@ impl Scheduler {
     }
 }
 
+/// The task ID a peer gives a file URL downloaded with no tag, application or piece length
+/// (Dragonfly's URL-based ID).
+pub fn file_task_id(url: &str) -> String {
+    common::id::url_task_id(&common::id::UrlTaskId {
+        url,
+        tag: None,
+        application: None,
+        piece_length: None,
+        filtered_query_params: &common::id::default_filtered_query_params(),
+    })
+    .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
 /// dfdaemon config of a P2P peer (or seed peer) named `name` using the
 /// scheduler on `scheduler_port`.
 pub fn peer_yaml(name: &str, scheduler_port: u16, seed: bool) -> String {

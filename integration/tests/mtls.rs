@@ -15,7 +15,7 @@ use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::ListHostsRequest;
 use integration::agent::Agent;
 use integration::certs::{Issued, TestCa};
-use integration::cluster::{peer_yaml, Manager, Scheduler};
+use integration::cluster::{file_task_id, peer_yaml, Manager, Scheduler};
 use integration::{free_port, random_bytes, wait_for, TestDir, TestOrigin};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +32,26 @@ fn channel(addr: &str, tls: Option<&Issued>) -> Channel {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .connect_lazy()
+}
+
+/// Waits until the scheduler at `addr`, reached over mutual TLS with `id`, knows `n` hosts.
+async fn wait_hosts_over_tls(addr: &str, id: &Issued, n: usize) {
+    let c = SchedulerClient::new(channel(addr, Some(id)));
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{n} hosts announced over TLS"),
+        || {
+            let mut c = c.clone();
+            async move {
+                c.list_hosts(ListHostsRequest::default())
+                    .await
+                    .map(|r| r.into_inner().hosts.len() == n)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// A TLS client that shows no certificate (it trusts the cluster CA).
@@ -153,22 +173,7 @@ async fn with_mutual_tls_peers_download_p2p_and_callers_without_a_certificate_ar
     .await
     .unwrap();
     let sched_addr = format!("127.0.0.1:{sched_port}");
-    let sched_client = SchedulerClient::new(channel(&sched_addr, Some(&node)));
-    wait_for(
-        Duration::from_secs(30),
-        "2 hosts announced over TLS",
-        || {
-            let mut c = sched_client.clone();
-            async move {
-                c.list_hosts(ListHostsRequest::default())
-                    .await
-                    .map(|r| r.into_inner().hosts.len() == 2)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_hosts_over_tls(&sched_addr, &node, 2).await;
 
     // P2P over TLS: the seed is triggered over TLS, the peer's pieces come from it.
     let data = random_bytes(77, 24 * MIB);
@@ -194,14 +199,7 @@ async fn with_mutual_tls_peers_download_p2p_and_callers_without_a_certificate_ar
     );
 
     // Vortex QUIC with verification: a client with a cluster certificate gets piece 0.
-    let task_id = common::id::url_task_id(&common::id::UrlTaskId {
-        url: &url,
-        tag: None,
-        application: None,
-        piece_length: None,
-        filtered_query_params: &common::id::default_filtered_query_params(),
-    })
-    .unwrap();
+    let task_id = file_task_id(&url);
     let piece_length = common::piece::piece_length_for(data.len() as u64);
     let (offset, length) = common::piece::piece_range(0, data.len() as u64, piece_length);
     let (tcp_port, quic_port) = vortex_ports(&seed);
@@ -455,23 +453,7 @@ async fn a_preheat_runs_over_mutual_tls_from_the_manager_through_the_scheduler_t
     )
     .await
     .unwrap();
-    let sched_client =
-        SchedulerClient::new(channel(&format!("127.0.0.1:{sched_port}"), Some(&node)));
-    wait_for(
-        Duration::from_secs(30),
-        "the seed peer announced over TLS",
-        || {
-            let mut c = sched_client.clone();
-            async move {
-                c.list_hosts(ListHostsRequest::default())
-                    .await
-                    .map(|r| r.into_inner().hosts.len() == 1)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_hosts_over_tls(&format!("127.0.0.1:{sched_port}"), &node, 1).await;
     let token = manager
         .create_token(&session, "harbor", &["job"])
         .await
@@ -496,14 +478,7 @@ async fn a_preheat_runs_over_mutual_tls_from_the_manager_through_the_scheduler_t
         integration::harbor::successes(&job),
         vec![(url.clone(), "seed".to_string(), "127.0.0.1".to_string())]
     );
-    let task_id = common::id::url_task_id(&common::id::UrlTaskId {
-        url: &url,
-        tag: None,
-        application: None,
-        piece_length: None,
-        filtered_query_params: &common::id::default_filtered_query_params(),
-    })
-    .unwrap();
+    let task_id = file_task_id(&url);
     assert!(std::fs::read(seed.task_path(&task_id)).unwrap() == data);
     assert_eq!(origin.requests_for("/files/preheat.bin"), 1);
 }

@@ -3,7 +3,7 @@
 //! into FAILURE with an error per host that did not finish. Never a job left PENDING.
 
 use integration::agent::Agent;
-use integration::cluster::{managed_peer_yaml, Manager, Scheduler};
+use integration::cluster::{file_task_id, managed_peer_yaml, Manager, Scheduler};
 use integration::harbor::{failures, successes, HarborProvider};
 use integration::origin::ObjectOptions;
 use integration::process::Signal;
@@ -129,20 +129,8 @@ async fn a_job_running_when_the_manager_is_killed_finishes_after_it_restarts() {
             "127.0.0.1".to_string()
         )]
     );
-    let hex = common_task_id(&origin.url(path));
+    let hex = file_task_id(&origin.url(path));
     assert!(std::fs::read(seed.task_path(&hex)).unwrap() == data);
-}
-
-/// The task ID a peer gives a file URL (Dragonfly's URL-based ID).
-fn common_task_id(url: &str) -> String {
-    common::id::url_task_id(&common::id::UrlTaskId {
-        url,
-        tag: None,
-        application: None,
-        piece_length: None,
-        filtered_query_params: &common::id::default_filtered_query_params(),
-    })
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,7 @@
 
 use dfdaemon::scheduler_client::scheduler_of;
 use integration::agent::Agent;
-use integration::cluster::{peer_yaml, Scheduler};
+use integration::cluster::{file_task_id, peer_yaml, Scheduler};
 use integration::process::Signal;
 use integration::{free_port, random_bytes, TestDir, TestOrigin};
 use std::net::SocketAddr;
@@ -36,17 +36,6 @@ fn files(origin: &TestOrigin, base: u64, n: u64, size: usize) -> Vec<(String, Ve
             (origin.url(&path), data)
         })
         .collect()
-}
-
-fn task_id(url: &str) -> String {
-    common::id::url_task_id(&common::id::UrlTaskId {
-        url,
-        tag: None,
-        application: None,
-        piece_length: None,
-        filtered_query_params: &common::id::default_filtered_query_params(),
-    })
-    .unwrap()
 }
 
 /// A free port at which neither of the two schedulers takes almost every task: tasks hash
@@ -82,7 +71,7 @@ fn files_for(
     while n_a < want_a || n_b < want_b {
         let path = format!("/files/discovery-{i}.bin");
         let url = origin.url(&path);
-        let to_a = scheduler_of(&addrs, &task_id(&url)) == Some(addrs[0]);
+        let to_a = scheduler_of(&addrs, &file_task_id(&url)) == Some(addrs[0]);
         i += 1;
         if (to_a && n_a >= want_a) || (!to_a && n_b >= want_b) {
             continue;

@@ -63,11 +63,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn tls_files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            ca_cert: self.ca_cert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        common::tls::TlsFiles::of(&self.ca_cert, &self.cert, &self.key)
     }
 }
 
@@ -144,11 +140,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn tls_files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            ca_cert: self.ca_cert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        common::tls::TlsFiles::of(&self.ca_cert, &self.cert, &self.key)
     }
 }
 

@@ -20,11 +20,7 @@ pub struct UploadServer {
 
 impl UploadServer {
     pub fn tls_files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            ca_cert: self.ca_cert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        common::tls::TlsFiles::of(&self.ca_cert, &self.cert, &self.key)
     }
 }
 
@@ -41,11 +37,7 @@ pub struct UploadClient {
 
 impl UploadClient {
     pub fn tls_files(&self) -> common::tls::TlsFiles {
-        common::tls::TlsFiles {
-            ca_cert: self.ca_cert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        }
+        common::tls::TlsFiles::of(&self.ca_cert, &self.cert, &self.key)
     }
 }
 
