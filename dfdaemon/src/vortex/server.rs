@@ -223,7 +223,10 @@ impl VortexServer {
         stream: TcpStream,
         acceptor: tokio_rustls::TlsAcceptor,
     ) -> Result<(), VortexError> {
-        let mut s = acceptor.accept(stream).await?;
+        // A client that never finishes its handshake holds nothing for long.
+        let mut s = tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream))
+            .await
+            .map_err(|_| VortexError::Timeout)??;
         match self.answer(&mut s).await? {
             Answer::Error(frame, e) => {
                 s.write_all(&frame).await?;
