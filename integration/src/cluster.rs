@@ -72,22 +72,26 @@ impl Scheduler {
 
     /// Waits until exactly `n` hosts have announced themselves.
     pub async fn wait_hosts(&self, n: usize) -> Result<()> {
-        let c = self.client().await?;
-        wait_for(
-            Duration::from_secs(30),
-            &format!("{n} hosts announced"),
-            || {
-                let mut c = c.clone();
-                async move {
-                    c.list_hosts(ListHostsRequest::default())
-                        .await
-                        .map(|r| r.into_inner().hosts.len() == n)
-                        .unwrap_or(false)
-                }
-            },
-        )
-        .await
+        wait_for_hosts(self.client().await?, n).await
     }
+}
+
+/// Waits until the scheduler behind `c` knows exactly `n` hosts.
+pub async fn wait_for_hosts(c: SchedulerClient<tonic::transport::Channel>, n: usize) -> Result<()> {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{n} hosts announced"),
+        || {
+            let mut c = c.clone();
+            async move {
+                c.list_hosts(ListHostsRequest::default())
+                    .await
+                    .map(|r| r.into_inner().hosts.len() == n)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await
 }
 
 /// The task ID a peer gives a file URL downloaded with no tag, application or piece length

@@ -16,7 +16,7 @@ use dragonfly_api::scheduler::v2::ListHostsRequest;
 use integration::agent::Agent;
 use integration::certs::{Issued, TestCa};
 use integration::cluster::{file_task_id, peer_yaml, Manager, Scheduler};
-use integration::{free_port, random_bytes, wait_for, TestDir, TestOrigin};
+use integration::{free_port, random_bytes, TestDir, TestOrigin};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -36,22 +36,9 @@ fn channel(addr: &str, tls: Option<&Issued>) -> Channel {
 
 /// Waits until the scheduler at `addr`, reached over mutual TLS with `id`, knows `n` hosts.
 async fn wait_hosts_over_tls(addr: &str, id: &Issued, n: usize) {
-    let c = SchedulerClient::new(channel(addr, Some(id)));
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{n} hosts announced over TLS"),
-        || {
-            let mut c = c.clone();
-            async move {
-                c.list_hosts(ListHostsRequest::default())
-                    .await
-                    .map(|r| r.into_inner().hosts.len() == n)
-                    .unwrap_or(false)
-            }
-        },
-    )
-    .await
-    .unwrap();
+    integration::cluster::wait_for_hosts(SchedulerClient::new(channel(addr, Some(id))), n)
+        .await
+        .unwrap();
 }
 
 /// A TLS client that shows no certificate (it trusts the cluster CA).
@@ -122,6 +109,19 @@ impl dfdaemon::vortex::client::PieceSink for Discard {
     }
 }
 
+/// `DownloadTask` for `url` is refused with `PERMISSION_DENIED`, naming `host_port`.
+async fn refused_by_allowlist(c: &mut DfdaemonUploadClient<Channel>, url: &str, host_port: &str) {
+    let Err(e) = c.download_task(file_download(url)).await else {
+        panic!("{url}: a URL outside the allowlist was accepted");
+    };
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("{host_port} is not in proxy.allowedRegistries")),
+        "{e:?}"
+    );
+}
+
 fn file_download(url: &str) -> DownloadTaskRequest {
     DownloadTaskRequest {
         download: Some(Download {
@@ -152,11 +152,7 @@ async fn with_mutual_tls_peers_download_p2p_and_callers_without_a_certificate_ar
         ),
     )
     .unwrap();
-    let origin_addr = origin
-        .url("/")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let origin_addr = origin.addr();
     let allow = format!("proxy:\n  allowedRegistries: ['{origin_addr}']\n");
     let seed = Agent::start(
         &dir,
@@ -327,18 +323,12 @@ async fn with_mutual_tls_peers_download_p2p_and_callers_without_a_certificate_ar
     );
 
     // DownloadTask for a host outside proxy.allowedRegistries, over mutual TLS.
-    let Err(e) = ok
-        .download_task(file_download("http://10.255.255.1:8080/internal/secret"))
-        .await
-    else {
-        panic!("a URL outside the allowlist was accepted");
-    };
-    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(
-        e.message()
-            .contains("10.255.255.1:8080 is not in proxy.allowedRegistries"),
-        "{e:?}"
-    );
+    refused_by_allowlist(
+        &mut ok,
+        "http://10.255.255.1:8080/internal/secret",
+        "10.255.255.1:8080",
+    )
+    .await;
     drop(sched);
 }
 
@@ -348,11 +338,7 @@ async fn without_mutual_tls_download_task_still_obeys_the_allowlist() {
     let dir = TestDir::new("allowlist-upload").unwrap();
     let origin = TestOrigin::start().await.unwrap();
     let sched = Scheduler::start(&dir, "scheduler").unwrap();
-    let origin_addr = origin
-        .url("/")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let origin_addr = origin.addr();
     let seed = Agent::start(
         &dir,
         "seed",
@@ -366,18 +352,12 @@ async fn without_mutual_tls_download_task_still_obeys_the_allowlist() {
     sched.wait_hosts(1).await.unwrap();
     let mut c =
         DfdaemonUploadClient::new(channel(&format!("127.0.0.1:{}", seed.upload_port), None));
-    let Err(e) = c
-        .download_task(file_download("http://169.254.169.254/latest/meta-data/"))
-        .await
-    else {
-        panic!("a URL outside the allowlist was accepted");
-    };
-    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(
-        e.message()
-            .contains("169.254.169.254:80 is not in proxy.allowedRegistries"),
-        "{e:?}"
-    );
+    refused_by_allowlist(
+        &mut c,
+        "http://169.254.169.254/latest/meta-data/",
+        "169.254.169.254:80",
+    )
+    .await;
     // An allowed host is downloaded.
     let data = random_bytes(78, MIB);
     origin.put("/files/allowed.bin", data.clone());
