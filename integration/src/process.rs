@@ -276,8 +276,10 @@ mod tests {
         cmd.args(["-c", "echo started; sleep 300 & echo $! > bg.pid; wait"])
             .current_dir(dir.path());
         let mut p = ChildProcess::spawn(&dir, "sh", cmd).expect("spawn");
+        // The shell creates bg.pid before it writes the PID: wait for the whole line.
         crate::wait_for(Duration::from_secs(5), "bg.pid", || async {
-            dir.join("bg.pid").exists() && p.log().contains("started")
+            std::fs::read_to_string(dir.join("bg.pid")).is_ok_and(|s| s.ends_with('\n'))
+                && p.log().contains("started")
         })
         .await
         .expect("child ran");
